@@ -1,0 +1,110 @@
+// Command rackboot netboots a rack of servers into Talos Linux, brings the
+// cluster up, and builds offline install images. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dotfile/rackboot/profiles"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// exitError carries an exit code out of a command.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// app is what every subcommand shares: the global flags and the logger.
+type app struct {
+	rackPath string
+	stateDir string
+	verbose  bool
+	log      *slog.Logger
+}
+
+// StateDir is --state, or .rackboot/ beside the rack file.
+func (a *app) StateDir() string {
+	if a.stateDir != "" {
+		return a.stateDir
+	}
+	return filepath.Join(filepath.Dir(a.rackPath), ".rackboot")
+}
+
+// loadRack reads and validates the rack file; problems are printed and make
+// the command fail with exit code 1, warnings are printed and let it go on.
+func (a *app) loadRack(cmd *cobra.Command) (*profiles.Rack, error) {
+	r, err := profiles.LoadFile(a.rackPath)
+	if err != nil {
+		var ps profiles.Problems
+		if errors.As(err, &ps) {
+			fmt.Fprintln(cmd.ErrOrStderr(), ps.Error())
+			return nil, &exitError{code: 1, err: fmt.Errorf("%s has %d problem(s); fix them and run `rackboot validate`", a.rackPath, len(ps))}
+		}
+		return nil, err
+	}
+	if ps := r.Validate(); len(ps) > 0 {
+		fmt.Fprintln(cmd.ErrOrStderr(), ps.Error())
+		if ps.Errors() {
+			return nil, &exitError{code: 1, err: fmt.Errorf("%s is not valid; fix the errors above", a.rackPath)}
+		}
+	}
+	return r, nil
+}
+
+func newRootCmd() *cobra.Command {
+	a := &app{}
+	root := &cobra.Command{
+		Use:           "rackboot",
+		Short:         "Netboot a rack into Talos Linux, bring the cluster up, build install images",
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
+			level := slog.LevelInfo
+			if a.verbose {
+				level = slog.LevelDebug
+			}
+			a.log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+		},
+	}
+	root.PersistentFlags().StringVarP(&a.rackPath, "rack", "f", "rack.yaml", "the rack file")
+	root.PersistentFlags().StringVar(&a.stateDir, "state", "", "state directory: secrets, leases, machine states (default .rackboot/ beside the rack file)")
+	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log at debug level")
+	for _, add := range subcommands {
+		root.AddCommand(add(a))
+	}
+	return root
+}
+
+// subcommands is filled by the init functions of this package's files, one
+// file per subcommand.
+var subcommands []func(*app) *cobra.Command
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRootCmd().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "rackboot:", err)
+		var ee *exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,452 @@
+// Package profiles holds the rack file: its types, its loader (which keeps the
+// position of every value so that problems point at file:line:col), its
+// validation, the matching of a booting machine to its entry, and the Talos
+// machine configs generated from it.
+package profiles
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// ExampleRack is the seed's rack: `rackboot init` writes it and the demo uses
+// it when no rack file is given.
+//
+//go:embed example/rack.yaml
+var ExampleRack []byte
+
+// Role is a machine's role in the cluster.
+type Role string
+
+// The two roles Talos knows.
+const (
+	RoleControlPlane Role = "controlplane"
+	RoleWorker       Role = "worker"
+)
+
+// Rack is a whole rack file.
+type Rack struct {
+	Cluster  Cluster   `yaml:"cluster"`
+	Machines []Machine `yaml:"machines"`
+	Lab      Lab       `yaml:"lab,omitempty"`
+
+	// Path is the file the rack was read from (for messages and the state dir).
+	Path string `yaml:"-"`
+	// pos maps a field path such as "machines[2].select.mac[0]" to where its
+	// value (or, for a missing value, its parent) stands in the file.
+	pos map[string]Pos
+}
+
+// Cluster is what all machines share.
+type Cluster struct {
+	Name              string    `yaml:"name"`
+	TalosVersion      string    `yaml:"talosVersion"`
+	KubernetesVersion string    `yaml:"kubernetesVersion"`
+	VIP               string    `yaml:"vip"`
+	Network           Network   `yaml:"network"`
+	Schematic         Schematic `yaml:"schematic,omitempty"`
+	// InstallDisk is the default install disk rule (default: type nvme).
+	InstallDisk DiskRule `yaml:"installDisk,omitempty"`
+	// CephDisks is the default Ceph device filter, an anchored regular
+	// expression over kernel disk names (default ^sd[a-z]+$).
+	CephDisks string `yaml:"cephDisks,omitempty"`
+	// Patches are Talos config patches applied to every machine, before the
+	// machine's own.
+	Patches []Patch `yaml:"patches,omitempty"`
+}
+
+// Network is the rack's L2/L3 network.
+type Network struct {
+	Subnet      string   `yaml:"subnet"`
+	Gateway     string   `yaml:"gateway"`
+	Nameservers []string `yaml:"nameservers,omitempty"`
+	// Link is the default interface name for static addresses and the VIP.
+	Link string `yaml:"link,omitempty"`
+}
+
+// Schematic is an Image Factory schematic: either a known ID or the
+// extensions and kernel arguments it is made of (the ID is then computed).
+type Schematic struct {
+	ID         string   `yaml:"id,omitempty"`
+	Extensions []string `yaml:"extensions,omitempty"`
+	KernelArgs []string `yaml:"kernelArgs,omitempty"`
+}
+
+// IsZero reports whether nothing is set.
+func (s Schematic) IsZero() bool {
+	return s.ID == "" && len(s.Extensions) == 0 && len(s.KernelArgs) == 0
+}
+
+// DiskRule selects a disk the way Talos's install disk selector does.
+type DiskRule struct {
+	// Type is the transport: nvme (default), sata/ssd/hdd, virtio...
+	Type   string `yaml:"type,omitempty"`
+	Model  string `yaml:"model,omitempty"`
+	Serial string `yaml:"serial,omitempty"`
+	// Size is a Talos size expression such as ">= 100GB".
+	Size    string `yaml:"size,omitempty"`
+	BusPath string `yaml:"busPath,omitempty"`
+}
+
+// IsZero reports whether nothing is set.
+func (d DiskRule) IsZero() bool { return d == DiskRule{} }
+
+// Selector says how a booting machine is recognised. The most specific
+// selector wins: UUID, then serial, then MAC.
+type Selector struct {
+	MAC    []string `yaml:"mac,omitempty"`
+	UUID   string   `yaml:"uuid,omitempty"`
+	Serial string   `yaml:"serial,omitempty"`
+}
+
+// Taint is a Kubernetes node taint.
+type Taint struct {
+	Key    string `yaml:"key"`
+	Value  string `yaml:"value,omitempty"`
+	Effect string `yaml:"effect"`
+}
+
+// LocalBoot is how an installed machine is sent to its disk by iPXE.
+type LocalBoot string
+
+// Local boot methods.
+const (
+	LocalBootExit    LocalBoot = "exit"
+	LocalBootSanboot LocalBoot = "sanboot"
+)
+
+// Machine is one server.
+type Machine struct {
+	Name   string   `yaml:"name"`
+	Role   Role     `yaml:"role"`
+	Select Selector `yaml:"select"`
+	// Address is "dhcp" (default) or a static address in CIDR form.
+	Address string `yaml:"address,omitempty"`
+	// Link overrides the network's link name.
+	Link        string            `yaml:"link,omitempty"`
+	InstallDisk DiskRule          `yaml:"installDisk,omitempty"`
+	CephDisks   string            `yaml:"cephDisks,omitempty"`
+	Schematic   Schematic         `yaml:"schematic,omitempty"`
+	Labels      map[string]string `yaml:"labels,omitempty"`
+	Taints      []Taint           `yaml:"taints,omitempty"`
+	Patches     []Patch           `yaml:"patches,omitempty"`
+	// Arch is amd64 (default) or arm64.
+	Arch string `yaml:"arch,omitempty"`
+	// LocalBoot is exit (default) or sanboot.
+	LocalBoot LocalBoot `yaml:"localBoot,omitempty"`
+}
+
+// Patch is a Talos config patch: a mapping (strategic merge) or a string
+// holding a patch document (YAML strategic merge or a JSON6902 list).
+type Patch struct {
+	node *yaml.Node
+}
+
+// UnmarshalYAML keeps the node as it is.
+func (p *Patch) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.MappingNode, yaml.ScalarNode, yaml.SequenceNode:
+		p.node = n
+		return nil
+	default:
+		return fmt.Errorf("line %d: a patch is a mapping or a string", n.Line)
+	}
+}
+
+// MarshalYAML gives the node back.
+func (p Patch) MarshalYAML() (any, error) { return p.node, nil }
+
+// Bytes is the patch as a document that configpatcher.LoadPatch accepts.
+func (p Patch) Bytes() ([]byte, error) {
+	if p.node == nil {
+		return nil, errors.New("empty patch")
+	}
+	if p.node.Kind == yaml.ScalarNode {
+		return []byte(p.node.Value), nil
+	}
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(p.node); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), enc.Close()
+}
+
+// Line is where the patch starts in the rack file.
+func (p Patch) Line() int {
+	if p.node == nil {
+		return 0
+	}
+	return p.node.Line
+}
+
+// Lab sizes the virtual rack (`rackboot lab`); real machines ignore it.
+type Lab struct {
+	// Machines limits the lab to the first N machines (0: all).
+	Machines int `yaml:"machines,omitempty"`
+	// MemoryMiB per VM (default 512).
+	MemoryMiB int `yaml:"memoryMiB,omitempty"`
+	// NVMeSize and SATASizes are disk sizes such as "4G".
+	NVMeSize  string   `yaml:"nvmeSize,omitempty"`
+	SATASizes []string `yaml:"sataSizes,omitempty"`
+	// Firmware per machine name: bios (default) or uefi.
+	Firmware map[string]string `yaml:"firmware,omitempty"`
+}
+
+// Pos is a place in the rack file.
+type Pos struct {
+	Line, Col int
+}
+
+// Problem is one thing wrong with a rack file.
+type Problem struct {
+	File    string
+	Pos     Pos
+	Warning bool
+	Msg     string
+}
+
+func (p Problem) String() string {
+	kind := "error"
+	if p.Warning {
+		kind = "warning"
+	}
+	return fmt.Sprintf("%s:%d:%d: %s: %s", p.File, p.Pos.Line, p.Pos.Col, kind, p.Msg)
+}
+
+// Problems is every problem found in a rack file; it is an error when at
+// least one of them is not a warning.
+type Problems []Problem
+
+func (ps Problems) Error() string {
+	lines := make([]string, len(ps))
+	for i, p := range ps {
+		lines[i] = p.String()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Errors reports whether any problem is an error, not a warning.
+func (ps Problems) Errors() bool {
+	for _, p := range ps {
+		if !p.Warning {
+			return true
+		}
+	}
+	return false
+}
+
+// LoadFile reads and parses a rack file. It returns Problems (with file:line)
+// for anything it cannot read; it does not validate meaning (see Validate).
+func LoadFile(path string) (*Rack, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read rack file: %w", err)
+	}
+	return Load(path, data)
+}
+
+// Load parses a rack file held in memory. name is used in messages.
+// Unknown fields and values of the wrong type are all reported at once.
+func Load(name string, data []byte) (*Rack, error) {
+	r := &Rack{Path: name, pos: map[string]Pos{}}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, Problems{{File: name, Pos: yamlErrPos(err), Msg: cleanYAMLErr(err)}}
+	}
+	if doc.Kind == 0 || len(doc.Content) == 0 {
+		return nil, Problems{{File: name, Pos: Pos{1, 1}, Msg: "the rack file is empty: start from `rackboot init`"}}
+	}
+	root := doc.Content[0]
+	var probs Problems
+	walk(root, reflect.TypeOf(Rack{}), "", r.pos, func(n *yaml.Node, msg string) {
+		probs = append(probs, Problem{File: name, Pos: Pos{n.Line, n.Column}, Msg: msg})
+	})
+	if len(probs) > 0 {
+		return nil, probs
+	}
+	if err := root.Decode(r); err != nil {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			for _, e := range te.Errors {
+				probs = append(probs, Problem{File: name, Pos: yamlErrPos(errors.New(e)), Msg: cleanYAMLErr(errors.New(e))})
+			}
+			return nil, probs
+		}
+		return nil, Problems{{File: name, Pos: yamlErrPos(err), Msg: cleanYAMLErr(err)}}
+	}
+	r.Path = name
+	return r, nil
+}
+
+// PosOf returns where the value at a field path stands, falling back to the
+// nearest parent that exists (so a missing field points at its parent).
+func (r *Rack) PosOf(path string) Pos {
+	for {
+		if p, ok := r.pos[path]; ok {
+			return p
+		}
+		i := strings.LastIndexAny(path, ".[")
+		if i <= 0 {
+			if p, ok := r.pos[""]; ok {
+				return p
+			}
+			return Pos{1, 1}
+		}
+		path = path[:i]
+	}
+}
+
+// walk checks that every mapping key names a field of t (reporting the ones
+// that do not, with the fields that exist) and records positions.
+func walk(n *yaml.Node, t reflect.Type, path string, pos map[string]Pos, report func(*yaml.Node, string)) {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	pos[path] = Pos{n.Line, n.Column}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == reflect.TypeOf(Patch{}) {
+		return
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+				return
+			}
+			report(n, fmt.Sprintf("%s must be a mapping (key: value lines)", describe(path)))
+			return
+		}
+		fields := yamlFields(t)
+		seen := map[string]bool{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			f, ok := fields[k.Value]
+			if !ok {
+				report(k, fmt.Sprintf("unknown field %q in %s: write one of %s", k.Value, describe(path), strings.Join(sortedKeys(fields), ", ")))
+				continue
+			}
+			if seen[k.Value] {
+				report(k, fmt.Sprintf("field %q is given twice in %s: keep one", k.Value, describe(path)))
+			}
+			seen[k.Value] = true
+			walk(v, f.Type, join(path, k.Value), pos, report)
+		}
+	case reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+				return
+			}
+			report(n, fmt.Sprintf("%s must be a list (lines starting with \"- \")", describe(path)))
+			return
+		}
+		for i, c := range n.Content {
+			walk(c, t.Elem(), path+"["+strconv.Itoa(i)+"]", pos, report)
+		}
+	case reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+				return
+			}
+			report(n, fmt.Sprintf("%s must be a mapping (key: value lines)", describe(path)))
+			return
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			walk(n.Content[i+1], t.Elem(), join(path, n.Content[i].Value), pos, report)
+		}
+	default:
+		if n.Kind != yaml.ScalarNode {
+			report(n, fmt.Sprintf("%s must be a single value, not a list or mapping", describe(path)))
+		}
+	}
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func describe(path string) string {
+	if path == "" {
+		return "the rack file"
+	}
+	return path
+}
+
+// yamlFields maps YAML keys to struct fields.
+func yamlFields(t reflect.Type) map[string]reflect.StructField {
+	out := map[string]reflect.StructField{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+		if tag == "-" {
+			continue
+		}
+		if tag == "" {
+			tag = strings.ToLower(f.Name)
+		}
+		out[tag] = f
+	}
+	return out
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	for i := 1; i < len(keys); i++ {
+		for j := i; j > 0 && keys[j] < keys[j-1]; j-- {
+			keys[j], keys[j-1] = keys[j-1], keys[j]
+		}
+	}
+	return keys
+}
+
+// yamlErrPos pulls "line N" out of a yaml.v3 error message.
+func yamlErrPos(err error) Pos {
+	s := err.Error()
+	i := strings.Index(s, "line ")
+	if i < 0 {
+		return Pos{1, 1}
+	}
+	j := i + 5
+	for j < len(s) && s[j] >= '0' && s[j] <= '9' {
+		j++
+	}
+	n, convErr := strconv.Atoi(s[i+5 : j])
+	if convErr != nil || n < 1 {
+		return Pos{1, 1}
+	}
+	return Pos{n, 1}
+}
+
+func cleanYAMLErr(err error) string {
+	s := strings.TrimPrefix(err.Error(), "yaml: ")
+	if i := strings.Index(s, "line "); i >= 0 {
+		if j := strings.Index(s[i:], ": "); j >= 0 {
+			s = s[:i] + s[i+j+2:]
+		}
+	}
+	s = strings.TrimSpace(s)
+	if strings.Contains(s, "cannot unmarshal") {
+		s += ": check the value's type (quote strings, use a list where a list is expected)"
+	}
+	return s
+}

@@ -1,0 +1,114 @@
+// Package pxe is the netboot appliance: proxy or full DHCP, TFTP for the iPXE
+// binaries, and HTTP for iPXE scripts, boot assets and per-machine configs.
+//
+// pxe knows nothing of Talos or of the rack file. It asks a Booter what a
+// machine should boot and records what it sees through a Recorder; cmd/ wires
+// in the implementations (profiles for the rack, inventory for the state).
+package pxe
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+)
+
+// Arch is a client's firmware type, from DHCP option 93 (RFC 4578, IANA
+// "Processor Architecture Types").
+type Arch int
+
+// The firmware types rackboot serves.
+const (
+	ArchUnknown   Arch = iota
+	ArchBIOS           // 0: x86 BIOS
+	ArchX64UEFI        // 7, 9: x64 UEFI
+	ArchARM64UEFI      // 11: arm64 UEFI
+	ArchX64HTTP        // 16: x64 UEFI HTTP boot
+	ArchARM64HTTP      // 19: arm64 UEFI HTTP boot
+)
+
+func (a Arch) String() string {
+	switch a {
+	case ArchBIOS:
+		return "bios"
+	case ArchX64UEFI:
+		return "efi-x64"
+	case ArchARM64UEFI:
+		return "efi-arm64"
+	case ArchX64HTTP:
+		return "http-x64"
+	case ArchARM64HTTP:
+		return "http-arm64"
+	default:
+		return "unknown"
+	}
+}
+
+// CPU is the Linux architecture name for the arch (amd64 or arm64).
+func (a Arch) CPU() string {
+	if a == ArchARM64UEFI || a == ArchARM64HTTP {
+		return "arm64"
+	}
+	return "amd64"
+}
+
+// Client is a booting machine as the network sees it.
+type Client struct {
+	MAC    net.HardwareAddr
+	UUID   string // SMBIOS UUID, lower case, or ""
+	Serial string // SMBIOS serial, or ""
+	Arch   Arch
+	Addr   netip.Addr // source address of the request, when known
+}
+
+// ErrUnknownMachine is returned by a Booter for a client it does not know.
+// Such a client never gets a config; it is recorded as discovered.
+var ErrUnknownMachine = errors.New("unknown machine")
+
+// LocalBoot says how iPXE leaves the network boot for the local disk.
+type LocalBoot string
+
+// Local boot methods.
+const (
+	LocalBootExit    LocalBoot = "exit"
+	LocalBootSanboot LocalBoot = "sanboot"
+)
+
+// BootSpec is what one machine boots.
+type BootSpec struct {
+	// Name identifies the machine in logs and the status page.
+	Name string
+	// Installed machines boot from their local disk with LocalBoot.
+	Installed bool
+	LocalBoot LocalBoot
+	// Kernel and Initrd are asset IDs, served under /assets/<id>.
+	Kernel string
+	Initrd []string
+	// Cmdline is a text/template for the kernel command line. pxe fills in:
+	// {{.ConfigURL}} (the token-protected config URL), {{.EventsAddr}}
+	// (host:port of the events sink), {{.LogAddr}} (host:port of the kernel
+	// log receiver) and {{.Server}} (this server's address).
+	Cmdline string
+}
+
+// Booter is what pxe asks about machines.
+type Booter interface {
+	// BootSpec returns what the client should boot, or ErrUnknownMachine.
+	BootSpec(ctx context.Context, c Client) (*BootSpec, error)
+	// Config returns the machine's config, named by BootSpec.Name. It is
+	// served only to that machine, behind a token.
+	Config(ctx context.Context, name string) ([]byte, error)
+}
+
+// Assets opens boot assets by ID (kernel or initramfs of one version,
+// schematic and arch). The file is served with sendfile and Range support.
+type Assets interface {
+	Open(id string) (ReadSeekCloser, error)
+}
+
+// ReadSeekCloser is an open asset; an *os.File is one.
+type ReadSeekCloser interface {
+	io.ReadSeeker
+	io.Closer
+}
