@@ -450,3 +450,94 @@ func cleanYAMLErr(err error) string {
 	}
 	return s
 }
+
+// Defaults the rack file may leave out.
+const (
+	DefaultCephDisks    = `^sd[a-z]+$`
+	DefaultLink         = "eth0"
+	VanillaSchematicID  = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba"
+	DefaultInstallType  = "nvme"
+	DefaultArch         = "amd64"
+	DefaultLabMemoryMiB = 512
+)
+
+// Machine returns the machine with that name, or nil.
+func (r *Rack) Machine(name string) *Machine {
+	for i := range r.Machines {
+		if r.Machines[i].Name == name {
+			return &r.Machines[i]
+		}
+	}
+	return nil
+}
+
+// ControlPlanes returns the control-plane machines in file order.
+func (r *Rack) ControlPlanes() []*Machine {
+	var out []*Machine
+	for i := range r.Machines {
+		if r.Machines[i].Role == RoleControlPlane {
+			out = append(out, &r.Machines[i])
+		}
+	}
+	return out
+}
+
+// InstallDisk is the machine's install disk rule over the cluster default;
+// with neither, the NVMe disk.
+func (r *Rack) InstallDisk(m *Machine) DiskRule {
+	d := r.Cluster.InstallDisk
+	if !m.InstallDisk.IsZero() {
+		d = m.InstallDisk
+	}
+	if d.Type == "" {
+		d.Type = DefaultInstallType
+	}
+	return d
+}
+
+// CephDisks is the machine's Ceph device filter.
+func (r *Rack) CephDisks(m *Machine) string {
+	switch {
+	case m.CephDisks != "":
+		return m.CephDisks
+	case r.Cluster.CephDisks != "":
+		return r.Cluster.CephDisks
+	default:
+		return DefaultCephDisks
+	}
+}
+
+// Schematic is the machine's schematic, else the cluster's, else vanilla.
+func (r *Rack) Schematic(m *Machine) Schematic {
+	switch {
+	case !m.Schematic.IsZero():
+		return m.Schematic
+	case !r.Cluster.Schematic.IsZero():
+		return r.Cluster.Schematic
+	default:
+		return Schematic{ID: VanillaSchematicID}
+	}
+}
+
+// Link is the machine's interface name for its static address and the VIP.
+func (r *Rack) Link(m *Machine) string {
+	switch {
+	case m.Link != "":
+		return m.Link
+	case r.Cluster.Network.Link != "":
+		return r.Cluster.Network.Link
+	default:
+		return DefaultLink
+	}
+}
+
+// Arch is the machine's CPU architecture (amd64 or arm64).
+func (m *Machine) ArchOrDefault() string {
+	if m.Arch == "" {
+		return DefaultArch
+	}
+	return m.Arch
+}
+
+// IsDHCP reports whether the machine gets its address by DHCP.
+func (m *Machine) IsDHCP() bool { return m.Address == "" || m.Address == "dhcp" }

@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"time"
 )
 
 // Arch is a client's firmware type, from DHCP option 93 (RFC 4578, IANA
@@ -112,3 +113,38 @@ type ReadSeekCloser interface {
 	io.ReadSeeker
 	io.Closer
 }
+
+// Stages pxe reports. Other packages (the Talos events sink) add later ones
+// (installing, installed, running) to the same timeline.
+const (
+	StageDiscovered   = "discovered"    // an unknown machine asked to boot
+	StageDHCP         = "dhcp"          // got a boot offer from rackboot
+	StageProxyIgnored = "proxy-ignored" // keeps sending DISCOVERs, ignoring our proxy offers
+	StageIPXE         = "ipxe"          // fetched an iPXE binary over TFTP/HTTP
+	StageScript       = "script"        // fetched its iPXE boot script
+	StageKernel       = "kernel"        // fetched its kernel
+	StageInitrd       = "initrd"        // fetched its initramfs
+	StageConfig       = "config"        // fetched its machine config
+	StageLocalBoot    = "local-boot"    // was sent to boot from its disk
+)
+
+// Event is something pxe saw a client do.
+type Event struct {
+	Time   time.Time
+	MAC    net.HardwareAddr
+	Name   string // machine name, "" when unknown
+	Addr   netip.Addr
+	Stage  string
+	Detail string // never a secret
+}
+
+// Recorder receives what pxe sees (the machine inventory implements it).
+type Recorder interface {
+	Record(Event)
+}
+
+// RecorderFunc adapts a function to Recorder.
+type RecorderFunc func(Event)
+
+// Record calls f.
+func (f RecorderFunc) Record(e Event) { f(e) }
