@@ -1,0 +1,85 @@
+# rackboot — see README.md.
+#
+#   make demo    a virtual rack netbooting from rackboot (QEMU, private network)
+#   make test    every test: unit, fuzz (short), loopback/netns servers, QEMU boots
+#   make lint    go vet + staticcheck + gofmt
+#   make build   bin/rackboot
+#   make release static binaries for five platforms into dist/
+#   make bench   side-by-side benchmarks into docs/BENCHMARKS.md (not part of test)
+
+SHELL       := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+GO          ?= go
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     := -s -w -X main.version=$(VERSION)
+TOOLS       := $(CURDIR)/.cache/bin
+FUZZTIME    ?= 5s
+
+# Pinned tools (go install at an exact version: checked by the Go checksum database).
+STATICCHECK_VERSION := v0.7.0
+
+IPXE_DIR    := pxe/ipxe/bin
+STANDIN_DIR := lab/standin/build
+
+.PHONY: all deps build ipxe standin test unit fuzz lint release demo bench clean
+
+all: build
+
+## deps: the Debian packages the build and the tests need (only missing ones).
+deps:
+	@scripts/deps.sh
+
+## ipxe: Debian's iPXE binaries, copied into a git-ignored folder that the binary embeds.
+ipxe: $(IPXE_DIR)/SOURCE
+$(IPXE_DIR)/SOURCE: scripts/materialize-ipxe.sh
+	@scripts/deps.sh
+	scripts/materialize-ipxe.sh $(IPXE_DIR)
+
+## build: bin/rackboot (with the iPXE binaries embedded).
+build: ipxe
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/rackboot ./cmd/rackboot
+
+## standin: the stand-in boot image (Debian kernel + our Go /init) for the lab and e2e tests.
+standin: $(STANDIN_DIR)/SOURCE
+$(STANDIN_DIR)/SOURCE: scripts/standin-kernel.sh $(shell find lab/standin -name '*.go' 2>/dev/null)
+	@scripts/deps.sh
+	scripts/standin.sh $(STANDIN_DIR)
+
+## test: everything a change must pass. Installs what it needs on a fresh Debian machine.
+test: deps build standin lint unit fuzz
+
+unit:
+	$(GO) test -count=1 -timeout 40m ./...
+
+fuzz:
+	@scripts/fuzz.sh $(FUZZTIME)
+
+lint: $(TOOLS)/staticcheck
+	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt: $$bad" >&2; exit 1; fi
+	$(GO) vet ./...
+	$(TOOLS)/staticcheck ./...
+
+$(TOOLS)/staticcheck:
+	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+## release: static binaries (CGO off) for the laptops rackboot runs on.
+PLATFORMS := linux/amd64 linux/arm64 darwin/arm64 darwin/amd64 windows/amd64
+release: ipxe
+	@mkdir -p dist
+	@for p in $(PLATFORMS); do \
+	  os=$${p%/*}; arch=$${p#*/}; ext=; [ $$os = windows ] && ext=.exe; \
+	  echo "release: $$os/$$arch"; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' \
+	    -o dist/rackboot-$(VERSION)-$$os-$$arch$$ext ./cmd/rackboot; \
+	done
+	@cd dist && sha256sum rackboot-$(VERSION)-* > SHA256SUMS
+
+## demo: three QEMU machines netboot from rackboot on a private network, reach "installed", then everything is removed.
+demo: deps build standin
+	bin/rackboot lab demo
+
+bench: deps build standin
+	scripts/bench.sh
+
+clean:
+	rm -rf bin dist $(IPXE_DIR) $(STANDIN_DIR)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the Debian packages rackboot's build and tests need, only those
+# missing. Safe to run again; does nothing when all are present.
+set -euo pipefail
+
+pkgs=(
+  # VMs, firmware and iPXE (the lab, e2e tests; iPXE binaries are embedded from `ipxe`)
+  qemu-system-x86 qemu-utils ovmf ipxe ipxe-qemu seabios
+  # network test peers: home-router DHCP, DHCP clients, TFTP clients/server, netns/netem
+  dnsmasq-base iproute2 busybox-static udhcpc isc-dhcp-client tftp-hpa atftp curl openssl
+  # boot media: independent readers and boot loaders taken at build time
+  xorriso isolinux syslinux-common systemd-boot-efi mtools dosfstools fdisk gdisk cpio
+  # the status page is tested in a real browser
+  chromium
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" != 0 ]; then
+  echo "deps: missing Debian packages: ${missing[*]}" >&2
+  echo "deps: run as root, or: sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+echo "deps: installing ${missing[*]}"
+# Another apt may be running (unattended upgrades, a colleague): wait for its lock.
+export DEBIAN_FRONTEND=noninteractive
+apt-get -o DPkg::Lock::Timeout=600 update -qq
+apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "deps: done"
