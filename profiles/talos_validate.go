@@ -1,5 +1,217 @@
 package profiles
 
-// talosProblems checks what only Talos can judge: the Kubernetes version
-// against the Talos version, and that every patch applies.
-func talosProblems(r *Rack) Problems { return nil }
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
+	"github.com/siderolabs/talos/pkg/machinery/compatibility"
+	"github.com/siderolabs/talos/pkg/machinery/compatibility/talos113"
+	"github.com/siderolabs/talos/pkg/machinery/config/configpatcher"
+	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
+	"github.com/siderolabs/talos/pkg/machinery/constants"
+)
+
+// validationClock dates the throwaway CAs that validation generates configs
+// with: they are never written anywhere, and a fixed date keeps validation
+// independent of the clock.
+func validationClock() secrets.Clock {
+	return secrets.NewFixedClock(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
+}
+
+// talosProblems checks what only Talos can judge: the Talos and Kubernetes
+// versions, the schematics, that every patch loads and applies, and that the
+// config generated for every machine passes Talos's metal validation. It
+// needs no secrets on disk: configs are generated with a throwaway bundle.
+//
+// Values the structural checks (validate.go) own — an unparsable VIP or
+// address, an unknown role — make it skip that machine instead of repeating
+// their message.
+func talosProblems(r *Rack) Problems {
+	var ps Problems
+	add := func(path string, warning bool, format string, args ...any) {
+		ps = append(ps, Problem{File: r.Path, Pos: r.PosOf(path), Warning: warning, Msg: fmt.Sprintf(format, args...)})
+	}
+	if !checkVersions(r, add) {
+		return ps
+	}
+	contract, err := r.versionContract()
+	if err != nil {
+		add("cluster.talosVersion", false, "%v", err)
+		return ps
+	}
+	b, err := secrets.NewBundle(validationClock(), contract)
+	if err != nil {
+		add("cluster", false, "cannot generate throwaway secrets to check the configs: %v", err)
+		return ps
+	}
+
+	schematicOK := true
+	if !r.Cluster.Schematic.IsZero() {
+		if _, err := SchematicID(r.Cluster.Schematic); err != nil {
+			add("cluster.schematic", false, "%v", err)
+			schematicOK = false
+		}
+	}
+	clusterPatches := make([]configpatcher.Patch, len(r.Cluster.Patches))
+	for j, p := range r.Cluster.Patches {
+		clusterPatches[j] = loadRackPatch(p, fmt.Sprintf("cluster.patches[%d]", j), add)
+	}
+	for _, m := range r.ControlPlanes() {
+		if m.IsDHCP() {
+			i := r.machineIndex(m)
+			add(fmt.Sprintf("machines[%d]", i), true, "control plane %s gets its address by DHCP: talosctl and the etcd bootstrap need its address known in advance (the VIP only answers after bootstrap); write address: <ip>/<prefix length>", m.Name)
+		}
+	}
+	if _, err := netip.ParseAddr(r.Cluster.VIP); err != nil {
+		return ps // the structural checks report the VIP
+	}
+
+	reported := map[int]bool{} // cluster patches already reported as failing
+	for i := range r.Machines {
+		m := &r.Machines[i]
+		at := fmt.Sprintf("machines[%d]", i)
+		if m.Role != RoleControlPlane && m.Role != RoleWorker {
+			continue
+		}
+		if !m.IsDHCP() {
+			if _, err := netip.ParsePrefix(m.Address); err != nil {
+				continue
+			}
+		}
+		if !m.Schematic.IsZero() {
+			if _, err := SchematicID(m.Schematic); err != nil {
+				add(at+".schematic", false, "%v", err)
+				continue
+			}
+		} else if !schematicOK {
+			continue
+		}
+		machinePatches := make([]configpatcher.Patch, len(m.Patches))
+		for j, p := range m.Patches {
+			machinePatches[j] = loadRackPatch(p, fmt.Sprintf("%s.patches[%d]", at, j), add)
+		}
+		cfg, err := r.baseConfig(m, b)
+		if err != nil {
+			add(at, false, "%v", err)
+			continue
+		}
+		patchesOK := true
+		for j, p := range clusterPatches {
+			if p == nil {
+				patchesOK = false
+				continue
+			}
+			out, err := configpatcher.Apply(configpatcher.WithConfig(cfg), []configpatcher.Patch{p})
+			if err == nil {
+				cfg, err = out.Config()
+			}
+			if err != nil {
+				patchesOK = false
+				if !reported[j] {
+					reported[j] = true
+					add(fmt.Sprintf("cluster.patches[%d]", j), false, "this patch does not apply to the config of %s: %v; check the field paths against the Talos v1.13 config reference", m.Name, err)
+				}
+			}
+		}
+		for j, p := range machinePatches {
+			if p == nil {
+				patchesOK = false
+				continue
+			}
+			out, err := configpatcher.Apply(configpatcher.WithConfig(cfg), []configpatcher.Patch{p})
+			if err == nil {
+				cfg, err = out.Config()
+			}
+			if err != nil {
+				patchesOK = false
+				add(fmt.Sprintf("%s.patches[%d]", at, j), false, "this patch does not apply to the config of %s: %v; check the field paths against the Talos v1.13 config reference", m.Name, err)
+			}
+		}
+		if !patchesOK {
+			continue // validating a half-patched config would only add noise
+		}
+		warnings, err := cfg.Validate(metalMode{})
+		if err != nil {
+			add(at, false, "the Talos config of %s fails metal validation: %s; fix the rack fields or patches that set it (see `rackboot config %s`)", m.Name, oneLine(err), m.Name)
+		}
+		for _, w := range warnings {
+			add(at, true, "Talos warns about the config of %s: %s", m.Name, w)
+		}
+	}
+	return ps
+}
+
+// checkVersions checks the Talos and Kubernetes versions; false means that
+// nothing else can be checked.
+func checkVersions(r *Rack, add func(path string, warning bool, format string, args ...any)) bool {
+	tv := r.Cluster.TalosVersion
+	if !strings.HasPrefix(tv, "v") {
+		add("cluster.talosVersion", false, "talosVersion %q: write the release tag with its v, such as v1.13.0 (images and assets are tagged that way)", tv)
+		return false
+	}
+	talos, err := compatibility.ParseTalosVersion(&machineapi.VersionInfo{Tag: tv})
+	if err != nil {
+		add("cluster.talosVersion", false, "talosVersion %q does not parse: write a release such as v1.13.0", tv)
+		return false
+	}
+	kv := r.Cluster.KubernetesVersion
+	k8s, err := compatibility.ParseKubernetesVersion(kv)
+	if err != nil || strings.HasPrefix(kv, "v") {
+		add("cluster.kubernetesVersion", false, "kubernetesVersion %q: write a version without v, such as %s", kv, constants.DefaultKubernetesVersion)
+		return false
+	}
+	if err := k8s.SupportedWith(talos); err != nil {
+		hint := fmt.Sprintf("rackboot's Talos machinery (v1.13) knows the supported ranges only up to Talos v1.13: write talosVersion v1.13.x with kubernetesVersion %s", constants.DefaultKubernetesVersion)
+		if strings.HasPrefix(talos.String(), "1.13.") {
+			hint = fmt.Sprintf("Talos 1.13 runs Kubernetes %s up to %d.%d.x: write kubernetesVersion %s",
+				talos113.MinimumKubernetesVersion, talos113.MaximumKubernetesVersion.Major, talos113.MaximumKubernetesVersion.Minor, constants.DefaultKubernetesVersion)
+		}
+		add("cluster.kubernetesVersion", false, "%v; %s", err, hint)
+		return false
+	}
+	return true
+}
+
+// loadRackPatch loads a patch, reporting (and returning nil) when it is
+// neither a strategic-merge patch nor a JSON6902 list.
+func loadRackPatch(p Patch, path string, add func(path string, warning bool, format string, args ...any)) configpatcher.Patch {
+	data, err := p.Bytes()
+	if err == nil {
+		var patch configpatcher.Patch
+		if patch, err = configpatcher.LoadPatch(data); err == nil {
+			return patch
+		}
+	}
+	add(path, false, "this patch does not load: %s; write a mapping of Talos config fields (e.g. machine: {sysctls: {vm.nr_hugepages: \"1024\"}}) or a JSON6902 list (- op: add, path: ..., value: ...)", oneLine(err))
+	return nil
+}
+
+// machineIndex is m's index in r.Machines.
+func (r *Rack) machineIndex(m *Machine) int {
+	for i := range r.Machines {
+		if &r.Machines[i] == m {
+			return i
+		}
+	}
+	return -1
+}
+
+// oneLine folds a multi-line error (Talos joins its validation errors with
+// newlines and bullets) into one line for file:line:col output.
+func oneLine(err error) string {
+	var parts []string
+	for _, l := range strings.Split(err.Error(), "\n") {
+		l = strings.TrimSpace(strings.TrimLeft(strings.TrimSpace(l), "*"))
+		if l != "" && !strings.HasSuffix(l, "error occurred:") && !strings.HasSuffix(l, "errors occurred:") {
+			parts = append(parts, l)
+		}
+	}
+	if len(parts) == 0 {
+		return strconv.Quote(err.Error())
+	}
+	return strings.Join(parts, "; ")
+}
