@@ -1,0 +1,98 @@
+// Package report is the one machine-readable line the stand-in prints on
+// the serial console before it powers off, and its parser for the host side.
+package report
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Prefix starts the report line.
+const Prefix = "RACKBOOT-STANDIN-REPORT "
+
+// Results.
+const (
+	ResultInstalled = "installed" // wrote the META marker on the install disk
+	ResultBooted    = "booted"    // found META already: behaved as an installed Talos
+	ResultFailed    = "failed"    // see Error
+)
+
+// Disk is one disk the stand-in saw.
+type Disk struct {
+	Dev       string `json:"dev"`
+	Transport string `json:"transport"`
+	Serial    string `json:"serial,omitempty"`
+	Model     string `json:"model,omitempty"`
+	Size      uint64 `json:"size"`
+	HasMeta   bool   `json:"has_meta"`
+}
+
+// Report is what one boot of the stand-in did. It never carries the
+// config's content or URL (which holds a token), only its hash.
+type Report struct {
+	Name         string  `json:"name"`
+	MAC          string  `json:"mac"`
+	IP           string  `json:"ip,omitempty"`
+	UUID         string  `json:"uuid,omitempty"`
+	Serial       string  `json:"serial,omitempty"`
+	ConfigSource string  `json:"config_source"` // "http", "metal-iso" or ""
+	ConfigSHA256 string  `json:"config_sha256"`
+	InstallDisk  string  `json:"install_disk"`
+	Disks        []Disk  `json:"disks"`
+	SDUntouched  bool    `json:"sd_untouched"`
+	EventsSent   int     `json:"events_sent"`
+	Result       string  `json:"result"`
+	Error        string  `json:"error,omitempty"`
+	Uptime       float64 `json:"uptime_seconds"`
+}
+
+// Line formats r as a single line (no newline) starting with Prefix.
+func (r Report) Line() string {
+	b, err := json.Marshal(r)
+	if err != nil {
+		// Only plain strings, numbers and bools: cannot happen.
+		panic(fmt.Sprintf("marshal report: %v", err))
+	}
+	return Prefix + string(b)
+}
+
+// ErrNoReport is returned by Find when the log holds no report line.
+var ErrNoReport = errors.New("no " + strings.TrimSpace(Prefix) + " line")
+
+// Parse reads one report line (with or without Prefix, surrounding space
+// and console carriage returns allowed).
+func Parse(line string) (Report, error) {
+	line = strings.TrimSpace(line)
+	line = strings.TrimPrefix(line, strings.TrimSpace(Prefix))
+	var r Report
+	dec := json.NewDecoder(strings.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return Report{}, fmt.Errorf("parse stand-in report: %w", err)
+	}
+	if dec.More() {
+		return Report{}, errors.New("parse stand-in report: trailing data after the JSON object")
+	}
+	switch r.Result {
+	case ResultInstalled, ResultBooted, ResultFailed:
+	default:
+		return Report{}, fmt.Errorf("parse stand-in report: unknown result %q", r.Result)
+	}
+	return r, nil
+}
+
+// Find returns the last report in a serial console log.
+func Find(log []byte) (Report, error) {
+	idx := bytes.LastIndex(log, []byte(Prefix))
+	if idx < 0 {
+		return Report{}, ErrNoReport
+	}
+	rest := log[idx:]
+	if nl := bytes.IndexByte(rest, '\n'); nl >= 0 {
+		rest = rest[:nl]
+	}
+	return Parse(string(rest))
+}
