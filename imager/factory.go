@@ -23,7 +23,6 @@ import (
 	"time"
 
 	"github.com/schollz/progressbar/v3"
-	"go.yaml.in/yaml/v3"
 )
 
 // Defaults of the Factory client.
@@ -557,29 +556,10 @@ func ParseSums(data []byte) (map[string]string, error) {
 	return out, nil
 }
 
-// SchematicYAML is an Image Factory schematic with these official system
-// extensions and extra kernel arguments.
-func SchematicYAML(extensions, kernelArgs []string) ([]byte, error) {
-	type exts struct {
-		Official []string `yaml:"officialExtensions,omitempty"`
-	}
-	type custom struct {
-		ExtraKernelArgs  []string `yaml:"extraKernelArgs,omitempty"`
-		SystemExtensions exts     `yaml:"systemExtensions,omitempty"`
-	}
-	doc := struct {
-		Customization custom `yaml:"customization"`
-	}{custom{kernelArgs, exts{extensions}}}
-	out, err := yaml.Marshal(doc)
-	if err != nil {
-		return nil, fmt.Errorf("encode schematic: %w", err)
-	}
-	return out, nil
-}
-
-// EnsureSchematic registers a schematic (YAML) with the Image Factory and
-// returns its id (POST /schematics; the factory answers the same id for the
-// same schematic, so this is idempotent).
+// EnsureSchematic registers a schematic (its YAML, as profiles.SchematicYAML
+// makes it) with the Image Factory and returns the id the factory gives it
+// (POST /schematics; the same schematic always gets the same id, so this is
+// idempotent). The factory serves images only for schematics it has stored.
 func (f *Factory) EnsureSchematic(ctx context.Context, schematic []byte) (string, error) {
 	u := f.base + "/schematics"
 	var lastErr error

@@ -619,14 +619,7 @@ func TestPullCancelLeavesResumablePart(t *testing.T) {
 func TestEnsureSchematic(t *testing.T) {
 	ff := newFakeFactory(t)
 	f, _ := newTestFactory(t, ff, &sleeps{})
-	doc, err := SchematicYAML([]string{"siderolabs/nvidia-container-toolkit-production"}, []string{"net.ifnames=0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := "customization:\n    extraKernelArgs:\n        - net.ifnames=0\n    systemExtensions:\n        officialExtensions:\n            - siderolabs/nvidia-container-toolkit-production\n"
-	if string(doc) != want {
-		t.Errorf("SchematicYAML =\n%s\nwant\n%s", doc, want)
-	}
+	doc := []byte("customization:\n    systemExtensions:\n        officialExtensions:\n            - siderolabs/nvidia-container-toolkit-production\n")
 	id, err := f.EnsureSchematic(context.Background(), doc)
 	if err != nil {
 		t.Fatal(err)
@@ -634,9 +627,15 @@ func TestEnsureSchematic(t *testing.T) {
 	if id != sha(doc) || len(ff.schematics) != 1 || ff.schematics[0] != string(doc) {
 		t.Errorf("id %s, posted %q", id, ff.schematics)
 	}
-	bare, _ := SchematicYAML(nil, nil)
-	if string(bare) != "customization: {}\n" {
-		t.Errorf("vanilla schematic YAML %q", bare)
+	// A factory that refuses the schematic: a clear error, no retry.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "unknown extension siderolabs/nope", http.StatusBadRequest)
+	}))
+	defer srv.Close()
+	sl := &sleeps{}
+	f2, _ := newTestFactory(t, ff, sl, WithFactoryURL(srv.URL))
+	if _, err := f2.EnsureSchematic(context.Background(), doc); err == nil || !strings.Contains(err.Error(), "unknown extension siderolabs/nope") || len(sl.get()) != 0 {
+		t.Errorf("EnsureSchematic on a 400 = %v (sleeps %v)", err, sl.get())
 	}
 }
 
