@@ -313,14 +313,14 @@ func (h *HTTP) machineScript(c Client, spec *BootSpec) ([]byte, bootRecord, erro
 // would never see the variables anyway. The literal values are the ones the
 // token is bound to.
 func ConfigURL(server, token string, mac net.HardwareAddr, uuid string) string {
-	q := url.Values{"t": {token}, "mac": {hexhyp(mac)}}
+	q := url.Values{"t": {token}, "mac": {macHexhyp(mac)}}
 	if uuid != "" {
 		q.Set("uuid", uuid)
 	}
 	return "http://" + server + "/config?" + q.Encode()
 }
 
-func hexhyp(mac net.HardwareAddr) string { return strings.ReplaceAll(mac.String(), ":", "-") }
+func macHexhyp(mac net.HardwareAddr) string { return strings.ReplaceAll(mac.String(), ":", "-") }
 
 // RenderCmdline executes a BootSpec.Cmdline template. The result must be one
 // line of printable text (it becomes an iPXE script line).
@@ -469,11 +469,11 @@ func (h *HTTP) serveConfig(w http.ResponseWriter, r *http.Request, addr netip.Ad
 // boot.ipxe sends: mac (required; hexhyp or colons), uuid, serial, arch
 // (iPXE's ${buildarch}) and platform (${platform}).
 func ParseIPXEQuery(q url.Values) (Client, error) {
-	mac, err := parseMAC(q.Get("mac"))
+	mac, err := parseQueryMAC(q.Get("mac"))
 	if err != nil {
 		return Client{}, err
 	}
-	uuid, err := parseUUID(q.Get("uuid"))
+	uuid, err := parseQueryUUID(q.Get("uuid"))
 	if err != nil {
 		return Client{}, err
 	}
@@ -490,35 +490,35 @@ func ParseConfigQuery(q url.Values) (token string, mac net.HardwareAddr, uuid st
 	if token == "" || len(token) > 1024 {
 		return "", nil, "", errors.New("missing or oversized token")
 	}
-	if mac, err = parseMAC(q.Get("mac")); err != nil {
+	if mac, err = parseQueryMAC(q.Get("mac")); err != nil {
 		return "", nil, "", err
 	}
-	if uuid, err = parseUUID(q.Get("uuid")); err != nil {
+	if uuid, err = parseQueryUUID(q.Get("uuid")); err != nil {
 		return "", nil, "", err
 	}
 	return token, mac, uuid, nil
 }
 
-func parseMAC(s string) (net.HardwareAddr, error) {
+func parseQueryMAC(s string) (net.HardwareAddr, error) {
 	if s == "" {
 		return nil, errors.New("missing mac")
 	}
 	mac, err := net.ParseMAC(s)
 	if err != nil || len(mac) != 6 {
-		return nil, fmt.Errorf("bad mac %q: want six hex bytes like 52-54-00-12-34-56", truncate(s))
+		return nil, fmt.Errorf("bad mac %q: want six hex bytes like 52-54-00-12-34-56", clip(s))
 	}
 	return mac, nil
 }
 
-// parseUUID returns the SMBIOS UUID in lower case, or "" when absent or a
+// parseQueryUUID returns the SMBIOS UUID in lower case, or "" when absent or a
 // placeholder (all zeros or all ones).
-func parseUUID(s string) (string, error) {
+func parseQueryUUID(s string) (string, error) {
 	if s == "" {
 		return "", nil
 	}
 	s = strings.ToLower(s)
 	if len(s) != 36 {
-		return "", fmt.Errorf("bad uuid %q", truncate(s))
+		return "", fmt.Errorf("bad uuid %q", clip(s))
 	}
 	for i, r := range s {
 		switch i {
@@ -538,7 +538,7 @@ func parseUUID(s string) (string, error) {
 	return s, nil
 }
 
-func truncate(s string) string {
+func clip(s string) string {
 	if len(s) > 64 {
 		return s[:64] + "..."
 	}

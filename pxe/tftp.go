@@ -139,14 +139,14 @@ var errTFTPNotFound = errors.New("file not found")
 // backslash, NUL, '%' or a control character is refused.
 func TFTPPath(requested string) (string, error) {
 	if strings.ContainsAny(requested, "\\%\x00") {
-		return "", fmt.Errorf("%w: bad character in %q", errTFTPNotFound, truncate(requested))
+		return "", fmt.Errorf("%w: bad character in %q", errTFTPNotFound, clip(requested))
 	}
 	if err := checkScriptText("file name", requested); err != nil {
 		return "", fmt.Errorf("%w: %v", errTFTPNotFound, err)
 	}
 	name := strings.TrimPrefix(requested, "/")
 	if !ipxe.IsBinary(name) {
-		return "", fmt.Errorf("%w: %q is not an iPXE binary", errTFTPNotFound, truncate(requested))
+		return "", fmt.Errorf("%w: %q is not an iPXE binary", errTFTPNotFound, clip(requested))
 	}
 	return name, nil
 }

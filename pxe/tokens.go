@@ -198,7 +198,7 @@ func (t *Tokens) tag(body []byte, mac net.HardwareAddr, uuid string, addr netip.
 // (forged, damaged, or another machine/address), ErrTokenExpired and
 // ErrTokenConsumed; none of them contain the token.
 func (t *Tokens) Verify(token string, mac net.HardwareAddr, uuid string, addr netip.Addr) (string, error) {
-	buf, err := base64.RawURLEncoding.DecodeString(token)
+	buf, err := base64.RawURLEncoding.Strict().DecodeString(token)
 	if err != nil || len(buf) < tokenHeader+1+tokenTag || buf[0] != tokenVersion || buf[1]&^flagUUID != 0 {
 		return "", ErrTokenInvalid
 	}
