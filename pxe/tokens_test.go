@@ -13,35 +13,35 @@ import (
 	"time"
 )
 
-// fakeClock is an injected clock the test moves by hand.
-type fakeClock struct {
+// tokClock is an injected clock the test moves by hand.
+type tokClock struct {
 	mu sync.Mutex
 	t  time.Time
 }
 
-func newFakeClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+func newTokClock() *tokClock {
+	return &tokClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
 }
 
-func (c *fakeClock) Now() time.Time {
+func (c *tokClock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.t
 }
 
-func (c *fakeClock) Advance(d time.Duration) {
+func (c *tokClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.t = c.t.Add(d)
 }
 
-// countingReader is a deterministic "random" source: 0, 1, 2, ...
-type countingReader struct {
+// seqReader is a deterministic "random" source: 0, 1, 2, ...
+type seqReader struct {
 	mu sync.Mutex
 	n  byte
 }
 
-func (r *countingReader) Read(p []byte) (int, error) {
+func (r *seqReader) Read(p []byte) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i := range p {
@@ -51,7 +51,7 @@ func (r *countingReader) Read(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func mustMAC(t testing.TB, s string) net.HardwareAddr {
+func tMAC(t testing.TB, s string) net.HardwareAddr {
 	t.Helper()
 	m, err := net.ParseMAC(s)
 	if err != nil {
@@ -60,9 +60,9 @@ func mustMAC(t testing.TB, s string) net.HardwareAddr {
 	return m
 }
 
-func testTokens(t *testing.T, clk *fakeClock) *Tokens {
+func testTokens(t *testing.T, clk *tokClock) *Tokens {
 	t.Helper()
-	tk, err := NewTokens(bytes.Repeat([]byte{7}, 32), TokenConfig{Now: clk.Now, Rand: &countingReader{}})
+	tk, err := NewTokens(bytes.Repeat([]byte{7}, 32), TokenConfig{Now: clk.Now, Rand: &seqReader{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,10 +70,10 @@ func testTokens(t *testing.T, clk *fakeClock) *Tokens {
 }
 
 func TestTokens(t *testing.T) {
-	clk := newFakeClock()
+	clk := newTokClock()
 	tk := testTokens(t, clk)
-	mac := mustMAC(t, "52:54:00:12:34:56")
-	other := mustMAC(t, "52:54:00:12:34:57")
+	mac := tMAC(t, "52:54:00:12:34:56")
+	other := tMAC(t, "52:54:00:12:34:57")
 	addr := netip.MustParseAddr("10.99.0.50")
 	uuid := "4c4c4544-0042-3510-8058-b4c04f4b4d32"
 	b := TokenBinding{Name: "cp1", MAC: mac, UUID: uuid, Addr: addr}
@@ -159,8 +159,8 @@ func TestTokens(t *testing.T) {
 }
 
 func TestMintRefuses(t *testing.T) {
-	tk := testTokens(t, newFakeClock())
-	mac := mustMAC(t, "52:54:00:12:34:56")
+	tk := testTokens(t, newTokClock())
+	mac := tMAC(t, "52:54:00:12:34:56")
 	a := netip.MustParseAddr("127.0.0.1")
 	for _, b := range []TokenBinding{
 		{MAC: mac, Addr: a},
@@ -180,7 +180,7 @@ func TestMintRefuses(t *testing.T) {
 // A restart reads the same key: a token minted before still verifies.
 func TestOpenTokensSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
-	clk := newFakeClock()
+	clk := newTokClock()
 	tk1, err := OpenTokens(dir, TokenConfig{Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -192,7 +192,7 @@ func TestOpenTokensSurvivesRestart(t *testing.T) {
 	if st.Mode().Perm() != 0o600 {
 		t.Fatalf("key mode %v, want 0600", st.Mode().Perm())
 	}
-	b := TokenBinding{Name: "cp1", MAC: mustMAC(t, "52:54:00:00:00:01"), Addr: netip.MustParseAddr("10.0.0.9")}
+	b := TokenBinding{Name: "cp1", MAC: tMAC(t, "52:54:00:00:00:01"), Addr: netip.MustParseAddr("10.0.0.9")}
 	tok, err := tk1.Mint(b)
 	if err != nil {
 		t.Fatal(err)
@@ -239,8 +239,8 @@ func TestOpenTokensBadKey(t *testing.T) {
 }
 
 func FuzzTokenVerify(f *testing.F) {
-	clk := newFakeClock()
-	tk, _ := NewTokens(bytes.Repeat([]byte{7}, 32), TokenConfig{Now: clk.Now, Rand: &countingReader{}})
+	clk := newTokClock()
+	tk, _ := NewTokens(bytes.Repeat([]byte{7}, 32), TokenConfig{Now: clk.Now, Rand: &seqReader{}})
 	mac, _ := net.ParseMAC("52:54:00:12:34:56")
 	addr := netip.MustParseAddr("10.0.0.1")
 	good, _ := tk.Mint(TokenBinding{Name: "cp1", MAC: mac, Addr: addr})
