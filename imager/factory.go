@@ -388,7 +388,7 @@ func (f *Factory) downloadOnce(ctx context.Context, u, part, name string, progre
 		}
 		resp, err := f.client.Do(req)
 		if err != nil {
-			return "", 0, true, fmt.Errorf("download %s: %w", u, err)
+			return "", 0, true, err // a *url.Error: it names the URL
 		}
 		act, total := decide(resp.StatusCode, resp.Header.Get("Content-Range"), resp.ContentLength, have)
 		switch act {
@@ -484,25 +484,12 @@ func hashPath(name string) (string, int64, error) {
 	return hex.EncodeToString(h.Sum(nil)), st.Size(), nil
 }
 
-// releaseSums fetches and parses a release's sha256sum.txt (with retries).
+// releaseSums fetches and parses a release's sha256sum.txt. It is a best
+// effort check (GitHub may be out of reach where the factory mirror is not),
+// so it is tried once.
 func (f *Factory) releaseSums(ctx context.Context, u string) (map[string]string, error) {
-	var lastErr error
-	for attempt := 0; attempt < f.attempts; attempt++ {
-		if attempt > 0 {
-			if err := f.sleep(ctx, min(f.backoff<<(attempt-1), maxBackoff)); err != nil {
-				return nil, err
-			}
-		}
-		sums, retry, err := f.releaseSumsOnce(ctx, u)
-		if err == nil {
-			return sums, nil
-		}
-		if !retry || ctx.Err() != nil {
-			return nil, err
-		}
-		lastErr = err
-	}
-	return nil, lastErr
+	sums, _, err := f.releaseSumsOnce(ctx, u)
+	return sums, err
 }
 
 func (f *Factory) releaseSumsOnce(ctx context.Context, u string) (map[string]string, bool, error) {
