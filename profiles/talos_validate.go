@@ -7,9 +7,11 @@ import (
 	"strings"
 	"time"
 
+	talosx509 "github.com/siderolabs/crypto/x509"
 	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/compatibility"
 	"github.com/siderolabs/talos/pkg/machinery/compatibility/talos113"
+	coreconfig "github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/config/configpatcher"
 	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
 	"github.com/siderolabs/talos/pkg/machinery/constants"
@@ -22,14 +24,54 @@ func validationClock() secrets.Clock {
 	return secrets.NewFixedClock(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 }
 
+// throwawayBundle is a complete secrets bundle for checking configs only.
+// secrets.NewBundle would take over a second (a 4096-bit RSA service-account
+// key); validation runs before every command, so the service-account key is
+// ECDSA here and the tokens are fixed: nothing made from it is kept.
+func throwawayBundle(contract *coreconfig.VersionContract) (*secrets.Bundle, error) {
+	now := validationClock().Now()
+	b := &secrets.Bundle{
+		Clock:      validationClock(),
+		Cluster:    &secrets.Cluster{ID: "cmFja2Jvb3QtdmFsaWRhdGlvbg==", Secret: "cmFja2Jvb3QtdmFsaWRhdGlvbg=="},
+		Secrets:    &secrets.Secrets{BootstrapToken: "abcdef.0123456789abcdef", SecretboxEncryptionSecret: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="},
+		TrustdInfo: &secrets.TrustdInfo{Token: "abcdef.0123456789abcdef"},
+		Certs:      &secrets.Certs{},
+	}
+	pair := func(ca *talosx509.CertificateAuthority, err error) (*talosx509.PEMEncodedCertificateAndKey, error) {
+		if err != nil {
+			return nil, err
+		}
+		return &talosx509.PEMEncodedCertificateAndKey{Crt: ca.CrtPEM, Key: ca.KeyPEM}, nil
+	}
+	var err error
+	if b.Certs.Etcd, err = pair(secrets.NewEtcdCA(now, contract)); err != nil {
+		return nil, fmt.Errorf("etcd CA: %w", err)
+	}
+	if b.Certs.K8s, err = pair(secrets.NewKubernetesCA(now, contract)); err != nil {
+		return nil, fmt.Errorf("Kubernetes CA: %w", err)
+	}
+	if b.Certs.K8sAggregator, err = pair(secrets.NewAggregatorCA(now, contract)); err != nil {
+		return nil, fmt.Errorf("aggregator CA: %w", err)
+	}
+	if b.Certs.OS, err = pair(secrets.NewTalosCA(now)); err != nil {
+		return nil, fmt.Errorf("Talos CA: %w", err)
+	}
+	sa, err := talosx509.NewECDSAKey()
+	if err != nil {
+		return nil, fmt.Errorf("service-account key: %w", err)
+	}
+	b.Certs.K8sServiceAccount = &talosx509.PEMEncodedKey{Key: sa.KeyPEM}
+	return b, nil
+}
+
 // talosProblems checks what only Talos can judge: the Talos and Kubernetes
 // versions, the schematics, that every patch loads and applies, and that the
 // config generated for every machine passes Talos's metal validation. It
 // needs no secrets on disk: configs are generated with a throwaway bundle.
 //
-// Values the structural checks (validate.go) own — an unparsable VIP or
-// address, an unknown role — make it skip that machine instead of repeating
-// their message.
+// Values the structural checks (validate.go) own — the form of talosVersion,
+// an unparsable VIP or address, an unknown role, a malformed schematic —
+// make it skip that part instead of repeating their message.
 func talosProblems(r *Rack) Problems {
 	var ps Problems
 	add := func(path string, warning bool, format string, args ...any) {
@@ -43,28 +85,15 @@ func talosProblems(r *Rack) Problems {
 		add("cluster.talosVersion", false, "%v", err)
 		return ps
 	}
-	b, err := secrets.NewBundle(validationClock(), contract)
+	b, err := throwawayBundle(contract)
 	if err != nil {
 		add("cluster", false, "cannot generate throwaway secrets to check the configs: %v", err)
 		return ps
 	}
 
-	schematicOK := true
-	if !r.Cluster.Schematic.IsZero() {
-		if _, err := SchematicID(r.Cluster.Schematic); err != nil {
-			add("cluster.schematic", false, "%v", err)
-			schematicOK = false
-		}
-	}
 	clusterPatches := make([]configpatcher.Patch, len(r.Cluster.Patches))
 	for j, p := range r.Cluster.Patches {
 		clusterPatches[j] = loadRackPatch(p, fmt.Sprintf("cluster.patches[%d]", j), add)
-	}
-	for _, m := range r.ControlPlanes() {
-		if m.IsDHCP() {
-			i := r.machineIndex(m)
-			add(fmt.Sprintf("machines[%d]", i), true, "control plane %s gets its address by DHCP: talosctl and the etcd bootstrap need its address known in advance (the VIP only answers after bootstrap); write address: <ip>/<prefix length>", m.Name)
-		}
 	}
 	if _, err := netip.ParseAddr(r.Cluster.VIP); err != nil {
 		return ps // the structural checks report the VIP
@@ -82,12 +111,8 @@ func talosProblems(r *Rack) Problems {
 				continue
 			}
 		}
-		if !m.Schematic.IsZero() {
-			if _, err := SchematicID(m.Schematic); err != nil {
-				add(at+".schematic", false, "%v", err)
-				continue
-			}
-		} else if !schematicOK {
+		// Schematic ids and extension names are validate.go's to report.
+		if _, err := SchematicID(r.Schematic(m)); err != nil {
 			continue
 		}
 		machinePatches := make([]configpatcher.Patch, len(m.Patches))
@@ -148,14 +173,13 @@ func talosProblems(r *Rack) Problems {
 // checkVersions checks the Talos and Kubernetes versions; false means that
 // nothing else can be checked.
 func checkVersions(r *Rack, add func(path string, warning bool, format string, args ...any)) bool {
+	// The form of talosVersion (vX.Y.Z) is validate.go's to report.
 	tv := r.Cluster.TalosVersion
 	if !strings.HasPrefix(tv, "v") {
-		add("cluster.talosVersion", false, "talosVersion %q: write the release tag with its v, such as v1.13.0 (images and assets are tagged that way)", tv)
 		return false
 	}
 	talos, err := compatibility.ParseTalosVersion(&machineapi.VersionInfo{Tag: tv})
 	if err != nil {
-		add("cluster.talosVersion", false, "talosVersion %q does not parse: write a release such as v1.13.0", tv)
 		return false
 	}
 	kv := r.Cluster.KubernetesVersion
