@@ -1,0 +1,324 @@
+package profiles
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/siderolabs/talos/pkg/machinery/config/types/v1alpha1"
+)
+
+// problemsOf loads a rack file and validates it, returning the loader's
+// problems when it cannot be loaded.
+func problemsOf(t *testing.T, path string) Problems {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Load(filepath.Base(path), data)
+	if err != nil {
+		var ps Problems
+		if !errors.As(err, &ps) {
+			t.Fatalf("load %s: %v is not Problems", path, err)
+		}
+		return ps
+	}
+	return r.Validate()
+}
+
+// badCase is a rack file in testdata/bad and the problem it must give.
+type badCase struct {
+	file    string
+	at      string // line:col as printed
+	warning bool
+	msg     string // a substring of the message
+}
+
+func TestBadRacks(t *testing.T) {
+	tests := []badCase{
+		{"vip-outside-subnet", "6:8", false, "vip 10.0.1.10 is outside the subnet 10.0.0.0/24: pick a free address in 10.0.0.0/24, e.g. 10.0.0.2"},
+		{"vip-is-broadcast", "6:8", false, "vip 10.0.0.255 is the subnet's broadcast address"},
+		{"gateway-outside", "9:14", false, "gateway 10.1.0.1 is outside the subnet 10.0.0.0/24"},
+		{"subnet-host-bits", "8:13", false, "has host bits set: write 10.0.0.0/24"},
+		{"talos-version", "4:17", false, "is not of the form vX.Y.Z: write v1.13.0"},
+		{"duplicate-mac", "20:13", false, "MAC 52:54:00:00:00:01 of w1 is also selected by cp1"},
+		{"bad-mac", "20:13", false, `MAC "52:54:00:00:02" is not a MAC address: write six bytes`},
+		{"unknown-field", "16:5", false, `unknown field "adress" in machines[0]: write one of address,`},
+		{"wrong-type", "10:18", false, "cluster.network.nameservers must be a list"},
+		{"tab-indent", "17:1", false, "tab character"},
+		{"no-controlplane", "12:3", false, "the rack has no control plane: give one machine (or three) role: controlplane"},
+		{"bad-role", "13:11", false, `role "master" of cp1 is not known: write controlplane or worker`},
+		{"cp-dhcp", "16:14", false, "control plane cp1 has no static address: talosconfig endpoints and the etcd bootstrap need it before it boots; write address: 10.0.0.2/24"},
+		{"address-is-vip", "16:14", false, "address 10.0.0.10/24 of cp1 is the cluster VIP"},
+		{"address-no-prefix", "16:14", false, `address "10.0.0.11" of cp1 has no prefix length: write 10.0.0.11/24`},
+		{"bad-hostname", "17:11", false, `machine name "Worker_1" is not a valid hostname`},
+		{"duplicate-name", "17:11", false, `machine name "cp1" is used twice`},
+		{"no-selector", "20:7", false, "w1 has no selector"},
+		{"duplicate-serial", "29:15", false, `serial "cz1234" of w3 is also selected by w2`},
+		{"duplicate-uuid", "28:13", false, "uuid 44454c4c-4200-1035-8052-b4c04f4e4e32 of w3 is also selected by w2"},
+		{"placeholder-uuid", "24:13", false, "is a placeholder"},
+		{"ceph-matches-nvme", "21:16", false, "matches nvme0n1, a name the install disk (type nvme) has"},
+		{"ceph-unanchored", "21:16", true, `cephDisks "sd." is not anchored`},
+		{"ceph-bad-regexp", "21:16", false, "is not a regular expression (missing closing ]"},
+		{"install-type-sata", "22:13", false, `install disk type "sata" is not one Talos knows (nvme, ssd, hdd, sd)`},
+		{"install-type-sd", "22:13", true, "type sd means SD/MMC cards (mmcblk*), not sd* disks"},
+		{"bad-label", "22:24", false, `label key "rack position" of w1 is not a Kubernetes label key`},
+		{"bad-taint", "23:17", false, `taint effect "NoScheduling" of w1 is not known: write NoSchedule, PreferNoSchedule, NoExecute`},
+		{"bad-arch", "21:11", false, `arch "x86_64" of w1 is not supported: write amd64 or arm64`},
+		{"bad-localboot", "21:16", false, `localBoot "grub" of w1 is not known`},
+		{"schematic-both", "22:11", false, "schematic has both an id and extensions/kernelArgs"},
+		{"schematic-short-id", "22:11", false, `schematic id "376567988ad3" is not 64 lower-case hex digits`},
+		{"lab-firmware-unknown", "23:10", false, `lab.firmware names "cp2", which is not a machine in the rack: write one of cp1, w1`},
+		{"lab-firmware-value", "23:9", false, `firmware "efi" for w1 is not known: write bios or uefi`},
+		{"lab-size", "22:13", false, `size "2GB" is not a disk size`},
+		{"even-controlplanes", "12:3", true, "2 control planes cannot lose either etcd member"},
+	}
+
+	files, err := filepath.Glob("testdata/bad/*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		name := strings.TrimSuffix(filepath.Base(f), ".yaml")
+		if !slices.ContainsFunc(tests, func(tc badCase) bool { return tc.file == name }) {
+			t.Errorf("%s has no case in TestBadRacks", f)
+		}
+	}
+
+	for _, tc := range tests {
+		t.Run(tc.file, func(t *testing.T) {
+			ps := problemsOf(t, filepath.Join("testdata", "bad", tc.file+".yaml"))
+			prefix := fmt.Sprintf("%s.yaml:%s: ", tc.file, tc.at)
+			kind := "error: "
+			if tc.warning {
+				kind = "warning: "
+			}
+			found := false
+			for _, p := range ps {
+				if strings.HasPrefix(p.String(), prefix+kind) && strings.Contains(p.Msg, tc.msg) {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("want %s%s...%s...; got:\n%s", prefix, kind, tc.msg, ps.Error())
+			}
+			if tc.warning && ps.Errors() {
+				t.Errorf("a warning-only mistake gave errors:\n%s", ps.Error())
+			}
+			if !tc.warning && !ps.Errors() {
+				t.Errorf("Errors() = false for:\n%s", ps.Error())
+			}
+		})
+	}
+}
+
+func TestGoodRackHasNoProblems(t *testing.T) {
+	if ps := problemsOf(t, "testdata/good.yaml"); len(ps) != 0 {
+		t.Errorf("good.yaml:\n%s", ps.Error())
+	}
+}
+
+func TestExampleRackWarnsOnlyAboutTwoControlPlanes(t *testing.T) {
+	r, err := Load("rack.yaml", ExampleRack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := r.Validate()
+	if ps.Errors() {
+		t.Fatalf("the example rack has errors:\n%s", ps.Error())
+	}
+	if len(ps) != 1 || !strings.Contains(ps[0].Msg, "2 control planes") || !strings.HasPrefix(ps[0].String(), "rack.yaml:27:3: warning:") {
+		t.Errorf("want one warning about 2 control planes at rack.yaml:27:3, got:\n%s", ps.Error())
+	}
+}
+
+// TestValidateReportsEverythingAtOnce puts many mistakes into one rack and
+// expects each of them, in file order.
+func TestValidateReportsEverythingAtOnce(t *testing.T) {
+	src := `cluster:
+  name: Lab_1
+  talosVersion: 1.13
+  kubernetesVersion: 1.36.0
+  vip: 10.0.0.1
+  network:
+    subnet: 10.0.0.0/24
+    gateway: 10.0.0.1
+    nameservers: [dns.example]
+  cephDisks: sd
+machines:
+  - name: a
+    role: controlplane
+    select: {mac: ["zz"]}
+    address: 10.0.0.20/16
+  - name: a
+    role: worker
+    select: {}
+lab:
+  machines: 5
+`
+	r, err := Load("r.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := r.Validate()
+	want := []string{
+		`r.yaml:2:9: error: cluster name "Lab_1" is not a DNS label`,
+		`r.yaml:3:17: error: talosVersion "1.13" is not of the form vX.Y.Z`,
+		`r.yaml:5:8: error: vip 10.0.0.1 is the gateway`,
+		`r.yaml:9:19: error: nameserver "dns.example" is not an IP address`,
+		`r.yaml:10:14: warning: cephDisks "sd" is not anchored`,
+		`r.yaml:14:20: error: MAC "zz" is not a MAC address`,
+		`r.yaml:15:14: error: address 10.0.0.20/16 of a has prefix length /16 but the subnet is 10.0.0.0/24: write 10.0.0.20/24`,
+		`r.yaml:16:11: error: machine name "a" is used twice`,
+		`r.yaml:18:13: error: a has no selector`,
+		`r.yaml:20:13: error: lab.machines is 5 but the rack has 2 machines`,
+	}
+	got := strings.Split(ps.Error(), "\n")
+	for _, w := range want {
+		if !slices.ContainsFunc(got, func(g string) bool { return strings.HasPrefix(g, w) }) {
+			t.Errorf("missing %q", w)
+		}
+	}
+	for i := 1; i < len(ps); i++ {
+		a, b := ps[i-1].Pos, ps[i].Pos
+		if a.Line > b.Line || (a.Line == b.Line && a.Col > b.Col) {
+			t.Errorf("problems out of file order: %s before %s", ps[i-1], ps[i])
+		}
+	}
+	if t.Failed() {
+		t.Logf("got:\n%s", ps.Error())
+	}
+}
+
+// TestValidateWithoutPositions: a rack built in code (no file) still
+// validates, every problem pointing at 1:1.
+func TestValidateWithoutPositions(t *testing.T) {
+	r := &Rack{Cluster: Cluster{Name: "x"}}
+	ps := r.Validate()
+	if !ps.Errors() {
+		t.Fatal("an empty rack validated")
+	}
+	for _, p := range ps {
+		if p.Pos != (Pos{1, 1}) {
+			t.Errorf("%s: want 1:1", p)
+		}
+	}
+}
+
+// TestInstallDiskTypesAreTalos checks the list of install disk types against
+// Talos's own selector: each type we accept builds a disk match expression,
+// the transports we turn away do not.
+func TestInstallDiskTypesAreTalos(t *testing.T) {
+	expr := func(typ string) error {
+		ic := &v1alpha1.InstallConfig{InstallDiskSelector: &v1alpha1.InstallDiskSelector{Type: v1alpha1.InstallDiskType(typ)}}
+		_, err := ic.DiskMatchExpression()
+		return err
+	}
+	for _, typ := range installDiskTypes() {
+		if err := expr(typ); err != nil {
+			t.Errorf("we accept type %q but Talos says %v", typ, err)
+		}
+	}
+	for _, typ := range []string{"sata", "virtio", "scsi", "usb", "NVME", "mmc"} {
+		if err := expr(typ); err == nil {
+			t.Errorf("we refuse type %q but Talos accepts it", typ)
+		}
+		r := &Rack{Cluster: Cluster{InstallDisk: DiskRule{Type: typ}}}
+		c := &checker{r: r}
+		c.diskRule("cluster.installDisk", r.Cluster.InstallDisk)
+		if !c.ps.Errors() {
+			t.Errorf("type %q: no error", typ)
+		}
+	}
+}
+
+// TestDiskSizeAgreesWithTalos checks our size check against Talos's parser.
+func TestDiskSizeAgreesWithTalos(t *testing.T) {
+	for _, s := range []string{">= 100GB", "<=2TB", "== 4GiB", "100", "1.5 TB", "> 512 MB", "4g", "", "big", ">= GB", "=> 10GB", "10 XB", "~ 4GB"} {
+		var m v1alpha1.InstallDiskSizeMatcher
+		talosErr := m.UnmarshalYAML(func(v any) error { *(v.(*string)) = s; return nil })
+		ours := diskSizeRE.MatchString(strings.TrimSpace(s))
+		if ours != (talosErr == nil) {
+			t.Errorf("size %q: we say ok=%v, Talos says %v", s, ours, talosErr)
+		}
+	}
+}
+
+func TestNormalizeMAC(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"52:54:00:AB:cd:01", "52:54:00:ab:cd:01"},
+		{"52-54-00-ab-cd-01", "52:54:00:ab:cd:01"},
+		{"5254.00ab.cd01", "52:54:00:ab:cd:01"},
+		{"525400ABCD01", "52:54:00:ab:cd:01"},
+		{" 52:54:00:ab:cd:01 ", "52:54:00:ab:cd:01"},
+		{"52:54:00:ab:cd", ""},
+		{"00:00:00:00:fe:80:00:00:00:00:00:00:02:00:5e:10:00:00:00:01", ""}, // IPoIB: not Ethernet
+		{"52:54:00:ab:cd:0g", ""},
+		{"", ""},
+	}
+	for _, tc := range tests {
+		hw, err := NormalizeMAC(tc.in)
+		switch {
+		case tc.want == "" && err == nil:
+			t.Errorf("NormalizeMAC(%q) = %s, want an error", tc.in, hw)
+		case tc.want != "" && (err != nil || hw.String() != tc.want):
+			t.Errorf("NormalizeMAC(%q) = %s, %v; want %s", tc.in, hw, err, tc.want)
+		}
+	}
+}
+
+func TestParseLabSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+	}{
+		{"4G", 4 << 30}, {"512m", 512 << 20}, {"1T", 1 << 40}, {"4096", 4096}, {"10K", 10 << 10}, {"7B", 7},
+		{"2GB", -1}, {"1.5G", -1}, {"0", -1}, {"G", -1}, {"-1G", -1}, {"99999999999999999999", -1}, {"16777216T", -1},
+	}
+	for _, tc := range tests {
+		got, err := ParseLabSize(tc.in)
+		switch {
+		case tc.want < 0 && err == nil:
+			t.Errorf("ParseLabSize(%q) = %d, want an error", tc.in, got)
+		case tc.want >= 0 && (err != nil || got != tc.want):
+			t.Errorf("ParseLabSize(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+func TestAnchored(t *testing.T) {
+	tests := []struct {
+		expr string
+		want bool
+	}{
+		{`^sd[a-z]+$`, true},
+		{`\Asd[a-z]+\z`, true},
+		{`^(sda|sdb)$`, true},
+		{`^sda|sdb$`, false},
+		{`^sd.`, false},
+		{`sd[a-z]+$`, false},
+		{`^$`, true},
+		{`sd`, false},
+	}
+	for _, tc := range tests {
+		if got := anchored(tc.expr); got != tc.want {
+			t.Errorf("anchored(%q) = %v, want %v", tc.expr, got, tc.want)
+		}
+	}
+}
+
+func TestSuggestLabel(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"Worker_1", "worker-1"}, {"--a--b--", "a-b"}, {"___", "node-1"}, {"GPU Node #2", "gpu-node-2"},
+	}
+	for _, tc := range tests {
+		if got := suggestLabel(tc.in); got != tc.want {
+			t.Errorf("suggestLabel(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
