@@ -19,6 +19,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/dotfile/rackboot/internal/atomicfile"
@@ -55,6 +56,9 @@ var (
 	// ErrBadImage is returned by Import for a file that is not a kernel or an
 	// initramfs.
 	ErrBadImage = errors.New("not a boot image")
+	// ErrBusy is returned when another process is pulling or importing the
+	// same set.
+	ErrBusy = errors.New("asset set busy")
 )
 
 var (
@@ -418,6 +422,32 @@ func (c *Cache) commit(s Set, recs map[string]FileRecord) (*Manifest, error) {
 	return m, nil
 }
 
+// lockSet creates the set's directory and takes an exclusive lock on it
+// (flock on <dir>/.lock), so that two pulls or imports of one set do not
+// write the same .part files. It fails at once with ErrBusy when the set is
+// locked. The lock goes with the process, even on a crash.
+func (c *Cache) lockSet(s Set) (unlock func(), err error) {
+	dir := filepath.Dir(c.path(s, FileKernel))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("lock %s: %w", s, err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", s, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s: %w: another rackboot is pulling or importing it", s, ErrBusy)
+		}
+		return nil, fmt.Errorf("lock %s: %w", s, err)
+	}
+	return func() {
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
+}
+
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
@@ -447,10 +477,11 @@ func (c *Cache) Import(s Set, kernelPath, initramfsPath string) (*Manifest, erro
 	if err != nil {
 		return nil, fmt.Errorf("import initramfs: %w", err)
 	}
-	dir := filepath.Dir(c.path(s, FileKernel))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("import %s: %w", s, err)
+	unlock, err := c.lockSet(s)
+	if err != nil {
+		return nil, fmt.Errorf("import: %w", err)
 	}
+	defer unlock()
 	recs := map[string]FileRecord{}
 	srcs := []struct{ file, src, format string }{{FileKernel, kernelPath, kfmt}, {FileInitramfs, initramfsPath, ifmt}}
 	for _, x := range srcs {

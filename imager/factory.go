@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -181,8 +180,14 @@ func (f *Factory) Pull(ctx context.Context, version, schematic, arch string, pro
 	if progress == nil {
 		progress = nopProgress{}
 	}
-	if err := os.MkdirAll(filepath.Dir(f.cache.path(s, FileKernel)), 0o755); err != nil {
-		return nil, fmt.Errorf("pull %s: %w", s, err)
+	unlock, err := f.cache.lockSet(s)
+	if err != nil {
+		return nil, fmt.Errorf("pull: %w", err)
+	}
+	defer unlock()
+	// A pull that finished between the check above and the lock.
+	if err := f.cache.Has(version, schematic, arch); err == nil {
+		return f.cache.Manifest(s)
 	}
 	var sums map[string]string
 	sumsURL := ""

@@ -769,3 +769,24 @@ func TestBarProgressWrites(t *testing.T) {
 		t.Errorf("bar output %q", out.String())
 	}
 }
+
+func TestPullRefusesWhileAnotherHoldsTheSet(t *testing.T) {
+	ff := newFakeFactory(t)
+	s := Set{testVersion, strings.Repeat("89", 32), "amd64"}
+	ff.addSet(s, fakeKernel(8<<10, 40), fakeInitramfs(8<<10, 41))
+	f, c := newTestFactory(t, ff, &sleeps{})
+	unlock, err := c.lockSet(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Pull(context.Background(), s.Version, s.Schematic, s.Arch, nil); !errors.Is(err, ErrBusy) {
+		t.Errorf("Pull while locked = %v, want ErrBusy", err)
+	}
+	if ff.requests != 0 {
+		t.Errorf("%d requests while locked", ff.requests)
+	}
+	unlock()
+	if _, err := f.Pull(context.Background(), s.Version, s.Schematic, s.Arch, nil); err != nil {
+		t.Errorf("Pull after unlock: %v", err)
+	}
+}
