@@ -55,7 +55,7 @@ func sha(b []byte) string {
 // POST /schematics) and GitHub releases (GET /releases/<version>/sha256sum.txt)
 // on a real loopback HTTP server.
 type fakeFactory struct {
-	t   *testing.T
+	t   testing.TB
 	srv *httptest.Server
 
 	mu          sync.Mutex
@@ -71,7 +71,7 @@ type fakeFactory struct {
 	schematics  []string
 }
 
-func newFakeFactory(t *testing.T) *fakeFactory {
+func newFakeFactory(t testing.TB) *fakeFactory {
 	t.Helper()
 	ff := &fakeFactory{
 		t:         t,
@@ -788,5 +788,26 @@ func TestPullRefusesWhileAnotherHoldsTheSet(t *testing.T) {
 	unlock()
 	if _, err := f.Pull(context.Background(), s.Version, s.Schematic, s.Arch, nil); err != nil {
 		t.Errorf("Pull after unlock: %v", err)
+	}
+}
+
+// BenchmarkPull pulls a 16 MiB kernel and a 48 MiB initramfs over loopback
+// HTTP: hashing, writing, fsync and rename included.
+func BenchmarkPull(b *testing.B) {
+	ff := newFakeFactory(b)
+	s := Set{testVersion, strings.Repeat("ba", 32), "amd64"}
+	kernel, initramfs := fakeKernel(16<<20, 50), fakeInitramfs(48<<20, 51)
+	ff.addSet(s, kernel, initramfs)
+	b.SetBytes(int64(len(kernel) + len(initramfs)))
+	for b.Loop() {
+		c, err := OpenCache(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		f, _ := NewFactory(c, WithFactoryURL(ff.srv.URL), WithReleaseURL(""))
+		if _, err := f.Pull(context.Background(), s.Version, s.Schematic, s.Arch, nil); err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
 	}
 }
