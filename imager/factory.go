@@ -46,6 +46,7 @@ type HTTPError struct {
 	Body   string // the start of the body, for the message
 }
 
+// Error names the URL and the status.
 func (e *HTTPError) Error() string {
 	s := fmt.Sprintf("GET %s: %s", e.URL, http.StatusText(e.Status))
 	if e.Status != 0 {
