@@ -226,9 +226,17 @@ type DHCPServer struct {
 	now      func() time.Time
 	rec      Recorder
 
-	mu      sync.Mutex // guards leases and ignored
+	mu      sync.Mutex // guards leases, ignored and seen
 	leases  *Leases    // full mode
 	ignored *ignoreTracker
+	seen    map[netip.Addr]seenAddr // proxy mode: addresses PXE clients took from the router
+}
+
+// seenAddr is a PXE client's address as seen in its broadcast REQUEST to
+// the network's DHCP server.
+type seenAddr struct {
+	mac net.HardwareAddr
+	at  time.Time
 }
 
 // NewDHCP checks cfg, loads the leases (full mode) and opens the sockets
@@ -253,6 +261,7 @@ func NewDHCP(cfg DHCPConfig, opts ...DHCPOption) (*DHCPServer, error) {
 		s.rec = RecorderFunc(func(Event) {})
 	}
 	s.ignored = newIgnoreTracker(cfg.IgnoredAfter, cfg.IgnoredWindow)
+	s.seen = map[netip.Addr]seenAddr{}
 	if cfg.Mode == DHCPOff {
 		s.closeConns()
 		return s, nil
@@ -324,6 +333,30 @@ func (s *DHCPServer) Followed(mac net.HardwareAddr) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ignored.followed(mac.String())
+}
+
+// FollowedAddr is Followed for a client known only by its address (TFTP
+// sees no MAC). It returns the client's MAC when the server knows it: in
+// full mode from the leases, in proxy mode from the REQUESTs PXE clients
+// broadcast to the network's DHCP server (rackboot sees those too).
+func (s *DHCPServer) FollowedAddr(addr netip.Addr) (net.HardwareAddr, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.leases != nil {
+		for _, le := range s.leases.All() {
+			if le.Addr == addr && s.leases.Active(le) {
+				mac, err := net.ParseMAC(le.MAC)
+				return mac, err == nil
+			}
+		}
+		return nil, false
+	}
+	seen, ok := s.seen[addr]
+	if !ok {
+		return nil, false
+	}
+	s.ignored.followed(seen.mac.String())
+	return seen.mac, true
 }
 
 // Leases returns the full-mode leases on record (nil in other modes).
@@ -429,6 +462,10 @@ func (s *DHCPServer) handle(req *dhcpv4.DHCPv4, bootServer bool) *dhcpv4.DHCPv4 
 func (s *DHCPServer) handleProxy(req *dhcpv4.DHCPv4, bootServer bool) *dhcpv4.DHCPv4 {
 	mac := req.ClientHWAddr
 	mt := req.MessageType()
+	if !bootServer && mt == dhcpv4.MessageTypeRequest && (IsPXE(req) || IsIPXE(req)) {
+		s.learnAddr(req)
+		return nil // the network's DHCP server answers it
+	}
 	switch {
 	case !bootServer && mt == dhcpv4.MessageTypeDiscover:
 	case bootServer && (mt == dhcpv4.MessageTypeRequest || mt == dhcpv4.MessageTypeInform):
@@ -463,6 +500,25 @@ func (s *DHCPServer) handleProxy(req *dhcpv4.DHCPv4, bootServer bool) *dhcpv4.DH
 	}
 	s.record(Event{Time: now, MAC: mac, Addr: addr, Stage: StageDHCP, Detail: "proxy offer: " + b.String()})
 	return reply
+}
+
+// learnAddr remembers which address a PXE client requests from the
+// network's DHCP server, for FollowedAddr.
+func (s *DHCPServer) learnAddr(req *dhcpv4.DHCPv4) {
+	addr, ok := netip.AddrFromSlice(req.RequestedIPAddress().To4())
+	if !ok {
+		addr, ok = netip.AddrFromSlice(req.ClientIPAddr.To4())
+	}
+	if !ok || addr.IsUnspecified() {
+		return
+	}
+	now := s.now()
+	for a, seen := range s.seen {
+		if now.Sub(seen.at) > s.cfg.IgnoredWindow {
+			delete(s.seen, a)
+		}
+	}
+	s.seen[addr] = seenAddr{mac: append(net.HardwareAddr(nil), req.ClientHWAddr...), at: now}
 }
 
 // decide returns the boot decision for a PXE client, false for clients

@@ -291,6 +291,28 @@ func TestProxyIgnoredRecorded(t *testing.T) {
 	if len(rec.stages(StageProxyIgnored)) != 1 {
 		t.Error("reported twice in one run")
 	}
+
+	// TFTP knows only the address: the server learned it from the PXE
+	// client's REQUEST to the router (broadcast, so rackboot sees it).
+	macC := net.HardwareAddr{0x52, 0x54, 0, 0, 0, 0xc}
+	for range 3 {
+		discover(macC)
+	}
+	toRouter := pkt(t, macC, dhcpv4.MessageTypeRequest, vcBIOS, arch93(0), withRequested("10.99.0.77"),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(10, 99, 0, 254))))
+	if r := s.handle(toRouter, false); r != nil {
+		t.Fatalf("answered a REQUEST meant for the router: %s", r.Summary())
+	}
+	if _, ok := s.FollowedAddr(netip.MustParseAddr("10.99.0.78")); ok {
+		t.Error("unknown address resolved")
+	}
+	if mac, ok := s.FollowedAddr(netip.MustParseAddr("10.99.0.77")); !ok || mac.String() != macC.String() {
+		t.Fatalf("FollowedAddr = %v, %v", mac, ok)
+	}
+	discover(macC)
+	if len(rec.stages(StageProxyIgnored)) != 1 {
+		t.Error("a client that came to TFTP was flagged")
+	}
 }
 
 func TestFullHandler(t *testing.T) {
@@ -384,6 +406,12 @@ func TestFullHandler(t *testing.T) {
 	s.handle(pkt(t, macA, dhcpv4.MessageTypeRelease, ourID, dhcpv4.WithClientIP(net.IPv4(10, 99, 0, 100))), false)
 	if le, _ := s.leases.Get(macA); s.leases.Active(le) {
 		t.Error("lease active after RELEASE")
+	}
+	if mac, ok := s.FollowedAddr(netip.MustParseAddr("10.99.0.101")); !ok || mac.String() != reservedMAC.String() {
+		t.Errorf("FollowedAddr in full mode = %v, %v", mac, ok)
+	}
+	if _, ok := s.FollowedAddr(netip.MustParseAddr("10.99.0.100")); ok {
+		t.Error("FollowedAddr resolved a released address")
 	}
 
 	// Exhaustion: 100..103 minus the reserved 101 = 3 dynamic addresses;
