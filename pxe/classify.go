@@ -145,6 +145,7 @@ func (b Boot) HTTPBoot() bool {
 	return !b.IPXE && (b.Arch == ArchX64HTTP || b.Arch == ArchARM64HTTP)
 }
 
+// String describes the decision for logs and events.
 func (b Boot) String() string {
 	how := "http"
 	if b.TFTP {
