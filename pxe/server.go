@@ -106,7 +106,7 @@ type Server struct {
 // New binds the sockets (so a port in use or a missing privilege is
 // reported now, naming the port) and builds the handlers. Call Serve to run
 // them; if Serve is never called, Close releases the sockets.
-func New(cfg Config, booter Booter, assets Assets, opts ...Option) (s *Server, err error) {
+func New(cfg Config, booter Booter, assets Assets, opts ...Option) (_ *Server, err error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
@@ -116,7 +116,7 @@ func New(cfg Config, booter Booter, assets Assets, opts ...Option) (s *Server, e
 	if cfg.TFTPAddr == "" {
 		cfg.TFTPAddr = ":69"
 	}
-	s = &Server{cfg: cfg, log: cfg.Log}
+	s := &Server{cfg: cfg, log: cfg.Log}
 	for _, o := range opts {
 		o(s)
 	}
