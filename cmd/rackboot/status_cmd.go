@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dotfile/rackboot/inventory"
+	"github.com/dotfile/rackboot/status"
+)
+
+// defaultStatusServer is where `rackboot status` looks for a running
+// rackboot unless --server says otherwise.
+const defaultStatusServer = "http://127.0.0.1:8080"
+
+func init() {
+	subcommands = append(subcommands, func(a *app) *cobra.Command {
+		var (
+			server  string
+			offline bool
+			asJSON  bool
+			timeout time.Duration
+		)
+		cmd := &cobra.Command{
+			Use:   "status",
+			Short: "Print every machine's stage, address and last event",
+			Long: "Print the machine table of a running rackboot (from its /api/machines), or with --offline\n" +
+				"the one saved in the state directory (machines.json).",
+			Args: cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				var ms []inventory.Machine
+				now := time.Now()
+				if offline {
+					// Open only reads; the store is never flushed here.
+					st, err := inventory.Open(a.StateDir(), inventory.WithLogger(a.log))
+					if err != nil {
+						return err
+					}
+					ms = st.Machines()
+				} else {
+					parent := cmd.Context()
+					if parent == nil {
+						parent = context.Background()
+					}
+					ctx, cancel := context.WithTimeout(parent, timeout)
+					defer cancel()
+					resp, err := status.Fetch(ctx, &http.Client{}, server)
+					if err != nil {
+						return fmt.Errorf("%w (is rackboot running? try --server or --offline)", err)
+					}
+					ms, now = resp.Machines, resp.Time
+				}
+				if asJSON {
+					enc := json.NewEncoder(cmd.OutOrStdout())
+					enc.SetIndent("", "  ")
+					if err := enc.Encode(ms); err != nil {
+						return fmt.Errorf("print machines: %w", err)
+					}
+					return nil
+				}
+				if len(ms) == 0 {
+					fmt.Fprintln(cmd.OutOrStdout(), "no machine has asked to boot yet")
+					return nil
+				}
+				return status.WriteTable(cmd.OutOrStdout(), ms, now)
+			},
+		}
+		cmd.Flags().StringVar(&server, "server", defaultStatusServer, "URL of the running rackboot's status server")
+		cmd.Flags().BoolVar(&offline, "offline", false, "read machines.json from the state directory instead of asking a server")
+		cmd.Flags().BoolVar(&asJSON, "json", false, "print the machines as JSON")
+		cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the server")
+		return cmd
+	})
+}
