@@ -400,4 +400,3 @@ func TestListenError(t *testing.T) {
 		}
 	}
 }
-
