@@ -76,6 +76,9 @@ type Entry struct {
 	Time   time.Time `json:"time"`
 	Stage  string    `json:"stage"`
 	Detail string    `json:"detail,omitempty"`
+	// ID is the Talos event ID for entries from the events sink; it lets
+	// replays be dropped even after a restart.
+	ID string `json:"id,omitempty"`
 }
 
 // LogLine is one kernel log line a machine sent.
@@ -299,6 +302,28 @@ func (s *Store) MarkStage(who, stage, detail string) error {
 	return nil
 }
 
+// MarkEvent is MarkStage for an event with an ID (a Talos event): if the
+// machine's timeline already holds id, nothing changes and applied is false.
+func (s *Store) MarkEvent(who, id, stage, detail string) (applied bool, err error) {
+	if stage == "" {
+		return false, fmt.Errorf("mark event %s of %s: empty stage", id, who)
+	}
+	s.mu.Lock()
+	m := s.findLocked(who)
+	if m == nil {
+		s.mu.Unlock()
+		return false, fmt.Errorf("mark event %s (%s) of %s: %w", id, stage, who, ErrUnknownMachine)
+	}
+	if id != "" && slices.ContainsFunc(m.Timeline, func(e Entry) bool { return e.ID == id }) {
+		s.mu.Unlock()
+		return false, nil
+	}
+	s.applyIDLocked(m, s.now(), id, stage, detail)
+	s.changedLocked()
+	s.mu.Unlock()
+	return true, nil
+}
+
 // AddLog appends a kernel log line to the machine who (key or address); only
 // the last lines are kept, in memory.
 func (s *Store) AddLog(who string, l LogLine) error {
@@ -494,6 +519,10 @@ func (s *Store) byAddrLocked(addr netip.Addr) *Machine {
 
 // applyLocked sets the current stage and adds a timeline entry.
 func (s *Store) applyLocked(m *Machine, t time.Time, stage, detail string) {
+	s.applyIDLocked(m, t, "", stage, detail)
+}
+
+func (s *Store) applyIDLocked(m *Machine, t time.Time, id, stage, detail string) {
 	detail = truncate(detail, maxDetailLen)
 	s.events[stage]++
 	if t.After(m.LastSeen) {
@@ -506,13 +535,16 @@ func (s *Store) applyLocked(m *Machine, t time.Time, stage, detail string) {
 		m.Installed = true
 	}
 	m.Stage, m.Detail = stage, detail
-	s.appendLocked(m, Entry{Time: t, Stage: stage, Detail: detail})
+	s.appendLocked(m, Entry{Time: t, Stage: stage, Detail: detail, ID: id})
 }
 
 // appendLocked adds e to the timeline, collapsing a repeat of the last entry
 // (a client retrying) and dropping the oldest entries beyond the limit.
 func (s *Store) appendLocked(m *Machine, e Entry) {
 	if n := len(m.Timeline); n > 0 && m.Timeline[n-1].Stage == e.Stage && m.Timeline[n-1].Detail == e.Detail {
+		if m.Timeline[n-1].ID == "" {
+			m.Timeline[n-1].ID = e.ID
+		}
 		return
 	}
 	if len(m.Timeline) >= s.maxTimeline {

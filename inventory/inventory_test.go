@@ -381,3 +381,32 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestMarkEventDropsReplaysAcrossRestarts(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	s.Record(pxe.Event{Name: "cp1", Stage: pxe.StageConfig})
+	for i, want := range []bool{true, false} {
+		applied, err := s.MarkEvent("cp1", "id-1", StageInstalling, "")
+		if err != nil || applied != want {
+			t.Fatalf("MarkEvent #%d = %v %v, want %v", i, applied, err, want)
+		}
+	}
+	if _, err := s.MarkEvent("zz", "id-1", StageInstalling, ""); !errors.Is(err, ErrUnknownMachine) {
+		t.Fatalf("unknown machine: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, dir)
+	if applied, err := s.MarkEvent("cp1", "id-1", StageInstalling, ""); err != nil || applied {
+		t.Fatalf("replay after reopen applied=%v err=%v", applied, err)
+	}
+	if applied, err := s.MarkEvent("cp1", "id-2", StageInstalled, ""); err != nil || !applied {
+		t.Fatalf("new event applied=%v err=%v", applied, err)
+	}
+	m, _ := s.Machine("cp1")
+	if len(m.Timeline) != 3 || m.Timeline[1].ID != "id-1" || m.Timeline[2].ID != "id-2" {
+		t.Fatalf("timeline %+v", m.Timeline)
+	}
+}

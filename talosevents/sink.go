@@ -30,7 +30,9 @@ type Resolver func(addr netip.Addr) (name string, ok bool)
 
 // Recorder is where stages and kernel log lines go; *inventory.Store is one.
 type Recorder interface {
-	MarkStage(name, stage, detail string) error
+	// MarkEvent records a stage reached by event id; applied is false when
+	// the event was already recorded (a replay, maybe from before a restart).
+	MarkEvent(name, id, stage, detail string) (applied bool, err error)
 	AddLog(name string, line inventory.LogLine) error
 }
 
@@ -170,17 +172,28 @@ func (s *Server) Publish(ctx context.Context, req *eventsapi.EventRequest) (*eve
 		log.Warn("events sink: event from an address no machine is known at", "stage", stage)
 		return ok, nil
 	}
-	if id := req.GetId(); id != "" {
+	seenKey := name + "\x00" + req.GetId()
+	if req.GetId() != "" {
 		s.mu.Lock()
-		dup := !s.seen.add(name + "\x00" + id)
+		dup := s.seen.has(seenKey)
 		s.mu.Unlock()
 		if dup {
 			log.Debug("events sink: replayed event dropped", "machine", name)
 			return ok, nil
 		}
 	}
-	if err := s.cfg.Recorder.MarkStage(name, stage, detail); err != nil {
+	applied, err := s.cfg.Recorder.MarkEvent(name, req.GetId(), stage, detail)
+	if err != nil {
 		log.Warn("events sink: record stage", "machine", name, "stage", stage, "err", err)
+		return ok, nil
+	}
+	if req.GetId() != "" {
+		s.mu.Lock()
+		s.seen.add(seenKey)
+		s.mu.Unlock()
+	}
+	if !applied {
+		log.Debug("events sink: event already recorded", "machine", name)
 		return ok, nil
 	}
 	log.Info("talos event", "machine", name, "stage", stage, "detail", detail)
@@ -256,6 +269,12 @@ type idSet struct {
 
 func newIDSet(n int) *idSet {
 	return &idSet{ring: make([]string, n), set: make(map[string]struct{}, n)}
+}
+
+// has reports whether id is remembered.
+func (s *idSet) has(id string) bool {
+	_, ok := s.set[id]
+	return ok
 }
 
 // add records id and reports whether it was new.

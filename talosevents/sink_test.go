@@ -314,3 +314,65 @@ func TestIDSetForgetsOldest(t *testing.T) {
 		t.Fatalf("set holds %d ids, want 3", len(s.set))
 	}
 }
+
+// TestSinkReplayAfterRestart: rackboot restarts (new sink, inventory
+// reloaded from disk) and Talos replays its whole ring.
+func TestSinkReplayAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	st, err := inventory.Open(dir, inventory.WithFlushDelay(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Record(pxe.Event{Name: "cp1", Addr: netip.MustParseAddr("127.0.0.1"), Stage: pxe.StageConfig})
+	calls := 0
+	onInstalled := func(string) { calls++ }
+	flow := []struct {
+		id  string
+		msg proto.Message
+	}{
+		{"r1", &machine.SequenceEvent{Sequence: "install", Action: machine.SequenceEvent_START}},
+		{"r2", installedEvent()},
+		{"r3", &machine.SequenceEvent{Sequence: "boot", Action: machine.SequenceEvent_START}},
+	}
+	func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := New(Config{Resolver: st.ByAddr, Recorder: st, OnInstalled: onInstalled}, WithListener(lis))
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- s.Serve(ctx) }()
+		c := dialFrom(t, lis.Addr().String(), "127.0.0.1")
+		for _, ev := range flow {
+			publish(t, c, ev.id, ev.msg)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}()
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st2, err := inventory.Open(dir, inventory.WithFlushDelay(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := startSink(t, Config{Resolver: st2.ByAddr, Recorder: st2, OnInstalled: onInstalled})
+	c := dialFrom(t, addr, "127.0.0.1")
+	for _, ev := range flow {
+		publish(t, c, ev.id, ev.msg)
+	}
+	m, _ := st2.Machine("cp1")
+	if want := []string{pxe.StageConfig, inventory.StageInstalling, inventory.StageInstalled, inventory.StageRebooted}; !slices.Equal(stages(m), want) {
+		t.Fatalf("timeline after restart and replay %v, want %v", stages(m), want)
+	}
+	if calls != 1 {
+		t.Fatalf("OnInstalled called %d times, want 1", calls)
+	}
+}
