@@ -37,7 +37,7 @@ const (
 	StageConfigError   = "config-error"   // Talos could not load or validate its config
 )
 
-// Stages lists the stages in the order a machine normally goes through them,
+// stageOrder lists the stages in the order a machine normally goes through them,
 // followed by the side stages. The status page and metrics use this order.
 var stageOrder = []string{
 	pxe.StageDiscovered, pxe.StageDHCP, pxe.StageIPXE, pxe.StageScript,
