@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# materialize-rook.sh OUTDIR — copy Rook-Ceph's operator manifests from the
+# pinned Go module github.com/rook/rook into OUTDIR (normally
+# bundles/rook/upstream/, git-ignored and embedded by `go build`). Nothing here
+# is committed.
+#
+#   OUTDIR/crds.yaml OUTDIR/common.yaml OUTDIR/operator.yaml OUTDIR/csi-operator.yaml
+#                    deploy/examples/<file> of the module, unchanged
+#   OUTDIR/SOURCE    module, version, go.sum h1 hash, sha256 of each file
+#
+# `go mod download -json` runs in an empty temp module, outside rackboot's
+# go.mod, so our go.mod/go.sum are not touched; the go command checks the
+# module zip against the checksum database (GONOSUMDB/GOFLAGS=-insecure are
+# refused below) and the h1 hash is compared with the pin here.
+#
+# Environment: GO overrides the go command.
+set -euo pipefail
+
+MODULE=github.com/rook/rook
+VERSION=v1.18.8
+# go.sum line of the module zip: `github.com/rook/rook v1.18.8 h1:...`.
+PIN_SUM=h1:O4HBcdlqJE3QxysMUSeNfG9nljvbrVuuB9ygTfn5vfE=
+FILES=(crds.yaml common.yaml operator.yaml csi-operator.yaml)
+GO=${GO:-go}
+
+die() { echo "materialize-rook: $*" >&2; exit 1; }
+
+[[ $# -eq 1 ]] || die "usage: $0 OUTDIR"
+OUT=$1
+command -v "$GO" >/dev/null || die "no go command (install Go 1.26 at /usr/local/go)"
+command -v sha256sum >/dev/null || die "missing sha256sum (Debian: apt-get install coreutils)"
+[[ ${GONOSUMDB:-}${GONOSUMCHECK:-}${GOINSECURE:-} == "" && ${GOSUMDB:-} != off && ${GOFLAGS:-} != *insecure* ]] ||
+	die "checksum verification is turned off in the environment (GOSUMDB/GONOSUMDB/GOINSECURE/GOFLAGS): refusing"
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+# An empty module: `go mod download` needs no main module, and this keeps
+# rackboot's go.mod out of it.
+json=$(cd "$TMP" && GOWORK=off GOFLAGS=-mod=mod "$GO" mod download -json "$MODULE@$VERSION") ||
+	die "go mod download $MODULE@$VERSION failed: $json"
+field() { sed -n "s/^[[:space:]]*\"$1\": \"\(.*\)\",\{0,1\}$/\1/p" <<<"$json" | head -n1; }
+err=$(field Error)
+[[ -z $err ]] || die "go mod download $MODULE@$VERSION: $err"
+dir=$(field Dir)
+sum=$(field Sum)
+[[ -d $dir ]] || die "go mod download gave no module directory for $MODULE@$VERSION"
+[[ $sum == "$PIN_SUM" ]] || die "$MODULE@$VERSION has hash $sum, the pin says $PIN_SUM: refusing it"
+
+mkdir -p "$TMP/out"
+for f in "${FILES[@]}"; do
+	src=$dir/deploy/examples/$f
+	[[ -f $src ]] || die "$MODULE@$VERSION has no deploy/examples/$f"
+	cp "$src" "$TMP/out/$f"
+done
+{
+	echo "module: $MODULE"
+	echo "version: $VERSION"
+	echo "go.sum: $MODULE $VERSION $sum"
+	for f in "${FILES[@]}"; do
+		echo "file: deploy/examples/$f $(sha256sum "$TMP/out/$f" | awk '{print $1}')"
+	done
+} >"$TMP/out/SOURCE"
+
+# Replace OUTDIR's content only once everything is in hand.
+mkdir -p "$OUT"
+for f in "${FILES[@]}" SOURCE; do
+	install -m 0644 "$TMP/out/$f" "$OUT/.$f.tmp"
+	mv -f "$OUT/.$f.tmp" "$OUT/$f"
+done
+echo "materialize-rook: ${FILES[*]} from $MODULE $VERSION ($sum) in $OUT"
