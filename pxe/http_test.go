@@ -273,7 +273,8 @@ func TestHTTPScripts(t *testing.T) {
 func TestHTTPAssetStages(t *testing.T) {
 	f := newHTTPFixture(t)
 	f.get(scriptURL(macCP1, uuidCP1), "10.99.0.50")
-	for id, want := range map[string]string{kernelID: "KERNEL-BYTES", initrdID: "INITRD-BYTES"} {
+	for _, a := range [][2]string{{kernelID, "KERNEL-BYTES"}, {initrdID, "INITRD-BYTES"}} {
+		id, want := a[0], a[1]
 		w := f.get("/assets/"+id, "10.99.0.50")
 		if w.Code != http.StatusOK || w.Body.String() != want {
 			t.Fatalf("GET %s: %d %q", id, w.Code, w.Body)

@@ -50,8 +50,10 @@ type Config struct {
 	Recorder Recorder         // default: none
 	Now      func() time.Time // default: time.Now
 	Rand     io.Reader        // default: crypto/rand
-	// Followed is passed to HTTPConfig.Followed.
-	Followed func(mac net.HardwareAddr)
+	// Followed is passed to HTTPConfig.Followed and FollowedAddr to
+	// TFTPConfig.Followed (DHCPServer.Followed and FollowedAddr).
+	Followed     func(mac net.HardwareAddr)
+	FollowedAddr func(addr netip.Addr) (net.HardwareAddr, bool)
 }
 
 // Option adds to a Server.
@@ -188,7 +190,7 @@ func New(cfg Config, booter Booter, assets Assets, opts ...Option) (_ *Server, e
 			topts = append(topts, TFTPConn(s.tftpConn))
 		}
 		s.tftp, err = NewTFTP(TFTPConfig{Addr: cfg.TFTPAddr, Files: files,
-			Log: cfg.Log.With("service", "tftp"), Recorder: cfg.Recorder, Now: cfg.Now}, topts...)
+			Log: cfg.Log.With("service", "tftp"), Recorder: cfg.Recorder, Now: cfg.Now, Followed: cfg.FollowedAddr}, topts...)
 		if err != nil {
 			return nil, err
 		}

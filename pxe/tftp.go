@@ -34,6 +34,10 @@ type TFTPConfig struct {
 	Log      *slog.Logger     // default: discard
 	Recorder Recorder         // default: none
 	Now      func() time.Time // default: time.Now (event times)
+	// Followed, when set, is told the address of every client that asks for
+	// an iPXE binary and may return its MAC (DHCPServer.FollowedAddr): the
+	// event then names the MAC too.
+	Followed func(addr netip.Addr) (net.HardwareAddr, bool)
 }
 
 // TFTPOption changes how NewTFTP builds the server.
@@ -167,6 +171,10 @@ func (t *TFTP) read(filename string, rf io.ReaderFrom) error {
 		t.log.Info("tftp request refused", "addr", addr, "err", err)
 		return errTFTPNotFound
 	}
+	var mac net.HardwareAddr
+	if t.cfg.Followed != nil && addr.IsValid() {
+		mac, _ = t.cfg.Followed(addr)
+	}
 	f, err := t.cfg.Files.Open(name)
 	if err != nil {
 		t.log.Warn("tftp: iPXE binary missing", "file", name, "addr", addr, "err", err)
@@ -182,8 +190,8 @@ func (t *TFTP) read(filename string, rf io.ReaderFrom) error {
 		return fmt.Errorf("send %s: %w", name, err)
 	}
 	t.log.Info("tftp sent iPXE binary", "file", name, "addr", addr, "bytes", n)
-	// TFTP knows only the address; the inventory joins it to a MAC.
-	t.cfg.Recorder.Record(Event{Time: t.cfg.Now(), Addr: addr, Stage: StageIPXE, Detail: "tftp " + name})
+	// TFTP sees only the address; the MAC comes from DHCP when it knows it.
+	t.cfg.Recorder.Record(Event{Time: t.cfg.Now(), MAC: mac, Addr: addr, Stage: StageIPXE, Detail: "tftp " + name})
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,7 +115,9 @@ func startTFTP(t *testing.T) *tftpFixture {
 		t.Fatal(err)
 	}
 	f := &tftpFixture{events: &httpEvents{}, logs: &logSink{}, dir: dir}
+	known := map[netip.Addr]net.HardwareAddr{netip.MustParseAddr("127.0.0.1"): tMAC(t, macCP1)}
 	srv, err := NewTFTP(TFTPConfig{Files: files, Timeout: time.Second, Retries: 3,
+		Followed: func(a netip.Addr) (net.HardwareAddr, bool) { m, ok := known[a]; return m, ok },
 		Log:      slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Recorder: f.events}, TFTPConn(conn))
 	if err != nil {
@@ -193,7 +196,7 @@ func TestTFTPAtftpDownload(t *testing.T) {
 	f.events.mu.Lock()
 	e := f.events.events[0]
 	f.events.mu.Unlock()
-	if e.Addr.String() != "127.0.0.1" || e.Detail != "tftp "+ipxe.EFI {
+	if e.Addr.String() != "127.0.0.1" || e.MAC.String() != macCP1 || e.Detail != "tftp "+ipxe.EFI {
 		t.Fatalf("event %+v", e)
 	}
 }
