@@ -121,7 +121,7 @@ func WriteInitramfs(w io.Writer, files []InitramfsFile, opts InitramfsOptions) (
 	out := w
 	var gz *gzip.Writer
 	if opts.Gzip {
-		gz, err = gzip.NewWriterLevel(w, gzip.BestCompression)
+		gz, err = gzip.NewWriterLevel(w, gzip.DefaultCompression)
 		if err != nil {
 			return fmt.Errorf("initramfs gzip: %w", err)
 		}

@@ -6,6 +6,7 @@
 #
 #   OUTDIR/vmlinuz
 #   OUTDIR/modules/<name>.ko      (uncompressed, as Debian 6.1 ships them)
+#   OUTDIR/modules/order          module names in load (dependency) order
 #   OUTDIR/SOURCE                 package, version, sha256, module list
 #
 # Environment: STANDIN_KERNEL_PKG / STANDIN_KERNEL_VERSION override the pin.
@@ -52,9 +53,12 @@ WANT_SHA=$(apt-cache show "$PKG=$VERSION" | awk '/^SHA256:/ {print $2; exit}')
 
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
+# apt-get download drops privileges to _apt, which must be able to write here.
+chmod 0755 "$TMP"
+mkdir -m 0777 "$TMP/dl"
 
-(cd "$TMP" && apt-get download -q "$PKG=$VERSION" >/dev/null) || die "apt-get download $PKG=$VERSION failed"
-DEB=$(ls "$TMP"/*.deb)
+(cd "$TMP/dl" && apt-get download -q "$PKG=$VERSION" >/dev/null) || die "apt-get download $PKG=$VERSION failed"
+DEB=$(ls "$TMP"/dl/*.deb)
 GOT_SHA=$(sha256sum "$DEB" | awk '{print $1}')
 [[ $GOT_SHA == "$WANT_SHA" ]] || die "sha256 mismatch for $DEB: got $GOT_SHA, apt says $WANT_SHA"
 
@@ -104,6 +108,7 @@ cp "$VMLINUZ" "$OUT/vmlinuz"
 for m in "${ORDER[@]}"; do
 	cp "${PATHS[$m]}" "$OUT/modules/$m.ko"
 done
+printf '%s\n' "${ORDER[@]}" >"$OUT/modules/order"
 {
 	echo "package=$PKG"
 	echo "version=$VERSION"

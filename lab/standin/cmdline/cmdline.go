@@ -189,3 +189,13 @@ func Populate(raw string, v Vars) (string, []string, error) {
 	u.RawQuery = query.Encode()
 	return u.String(), missing, nil
 }
+
+// DefaultHostname is the hostname Talos v1.13 uses before it has a config
+// and when DHCP gives none: "talos-" and the node address with its dots (or
+// colons) turned into dashes (or removed), as in HostnameConfigController.
+func DefaultHostname(addr string) string {
+	if addr == "" {
+		return ""
+	}
+	return "talos-" + strings.ReplaceAll(strings.ReplaceAll(addr, ":", ""), ".", "-")
+}

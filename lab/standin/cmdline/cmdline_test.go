@@ -116,3 +116,11 @@ func FuzzPopulate(f *testing.F) {
 		}
 	})
 }
+
+func TestDefaultHostname(t *testing.T) {
+	for in, want := range map[string]string{"10.99.0.50": "talos-10-99-0-50", "fd00::1": "talos-fd001", "": ""} {
+		if got := DefaultHostname(in); got != want {
+			t.Errorf("DefaultHostname(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -1,0 +1,503 @@
+//go:build linux
+
+// Command init is the stand-in boot image's /init: a small static Go PID 1
+// that behaves like Talos where rackboot can observe it. It loads the
+// kernel modules from /lib/modules, gets an address with DHCP, fetches
+// talos.config= (variables filled like Talos) or reads it from a metal-iso
+// volume, validates it with machinery in metal mode, picks the install disk
+// with the config's selector exactly as Talos does, writes Talos's
+// "installed" marker (a GPT with a 1 MiB META partition) there, reports
+// install/boot sequence events to talos.events.sink, prints one
+// RACKBOOT-STANDIN-REPORT line on the console and powers off.
+//
+// Build it with CGO_ENABLED=0; lab/standin.Build does.
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dotfile/rackboot/lab/standin/cmdline"
+	"github.com/dotfile/rackboot/lab/standin/disks"
+	"github.com/dotfile/rackboot/lab/standin/events"
+	"github.com/dotfile/rackboot/lab/standin/marker"
+	"github.com/dotfile/rackboot/lab/standin/report"
+	"github.com/dotfile/rackboot/lab/standin/volume"
+	blkdev "github.com/siderolabs/go-blockdevice/v2/block"
+	"github.com/siderolabs/go-blockdevice/v2/partitioning/gpt"
+	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
+	"github.com/siderolabs/talos/pkg/machinery/config"
+	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
+	"github.com/siderolabs/talos/pkg/machinery/resources/block"
+	"golang.org/x/sys/unix"
+)
+
+// Lab limits: Talos retries for hours, a rehearsal should not.
+const (
+	configTimeout = 2 * time.Minute
+	attemptLimit  = 15 * time.Second
+	maxDelay      = 5 * time.Second
+	deviceWait    = 20 * time.Second
+	eventsTimeout = 30 * time.Second
+)
+
+func main() {
+	log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log.Info("rackboot stand-in init starting", "pid", os.Getpid())
+	if err := mountBase(); err != nil {
+		log.Error("mount base filesystems", "err", err)
+	}
+	raw, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		log.Error("read kernel command line", "err", err)
+	}
+	cmd, err := cmdline.Parse(string(raw))
+	if err != nil {
+		log.Error("parse kernel command line", "err", err)
+		cmd, _ = cmdline.Parse("")
+	}
+
+	m := &machine{log: log, cmd: cmd}
+	rep := m.run(context.Background())
+	rep.Uptime = uptime()
+	// The line the host looks for: alone on its line, flushed before power off.
+	fmt.Fprintf(os.Stdout, "\n%s\n", rep.Line())
+	_ = os.Stdout.Sync()
+	unix.Sync()
+
+	how := unix.LINUX_REBOOT_CMD_POWER_OFF
+	if v, _ := cmd.Get(cmdline.KeyReboot); v == "1" || v == "true" {
+		how = unix.LINUX_REBOOT_CMD_RESTART
+	}
+	if err := unix.Reboot(how); err != nil {
+		log.Error("power off", "err", err)
+	}
+	// PID 1 must not exit.
+	select {}
+}
+
+// machine is one boot of the stand-in.
+type machine struct {
+	log *slog.Logger
+	cmd *cmdline.Cmdline
+	rep report.Report
+	pub *events.Publisher
+}
+
+func (m *machine) run(ctx context.Context) report.Report {
+	m.rep.Result = report.ResultFailed
+	if err := m.boot(ctx); err != nil {
+		m.log.Error("stand-in failed", "err", err)
+		m.rep.Error = err.Error()
+	}
+	if m.pub != nil {
+		m.rep.EventsSent = m.pub.Sent()
+		_ = m.pub.Close()
+	}
+	return m.rep
+}
+
+func (m *machine) boot(ctx context.Context) error {
+	if err := loadModules(m.log, "/lib/modules"); err != nil {
+		return err
+	}
+	m.rep.UUID = readTrim("/sys/class/dmi/id/product_uuid")
+	m.rep.Serial = readTrim("/sys/class/dmi/id/product_serial")
+
+	source, _ := m.cmd.Get(cmdline.KeyConfig)
+	sink, hasSink := m.cmd.Get(cmdline.KeyEventsSink)
+	needNet := (source != "" && source != cmdline.MetalISO) || hasSink
+
+	var vars cmdline.Vars
+	vars.UUID, vars.Serial = m.rep.UUID, m.rep.Serial
+	if needNet {
+		lease, err := bringUpNetwork(ctx, m.log, deviceWait)
+		if err != nil {
+			return err
+		}
+		m.rep.MAC, m.rep.IP = lease.MAC, lease.IP
+		vars.MAC = lease.MAC
+		vars.Hostname = lease.Hostname
+		if vars.Hostname == "" {
+			vars.Hostname = cmdline.DefaultHostname(lease.IP)
+		}
+	} else if mac, err := firstMAC(); err == nil {
+		m.rep.MAC = mac
+		vars.MAC = mac
+	}
+	if hasSink {
+		pub, err := events.New(sink, events.WithLogger(m.log), events.WithMaxDelay(maxDelay))
+		if err != nil {
+			return err
+		}
+		m.pub = pub
+	}
+
+	// Disks settle while the config is fetched; probe after.
+	var cfgBytes []byte
+	var err error
+	switch source {
+	case "":
+		return errors.New("no talos.config= on the kernel command line (maintenance mode is not emulated)")
+	case cmdline.MetalISO:
+		m.rep.ConfigSource = "metal-iso"
+		cfgBytes, err = readMetalISO(ctx, m.log)
+	default:
+		m.rep.ConfigSource = "http"
+		cfgBytes, err = fetchConfig(ctx, m.log, source, vars)
+	}
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(cfgBytes)
+	m.rep.ConfigSHA256 = hex.EncodeToString(sum[:])
+
+	cfg, err := configloader.NewFromBytes(cfgBytes)
+	if err != nil {
+		return fmt.Errorf("load machine config: %w", err)
+	}
+	warnings, err := cfg.Validate(metalMode{})
+	for _, w := range warnings {
+		m.log.Warn("machine config", "warning", w)
+	}
+	if err != nil {
+		return fmt.Errorf("validate machine config (metal): %w", err)
+	}
+	m.rep.Name = machineName(cfg)
+
+	all, err := waitForDisks(m.log, deviceWait)
+	if err != nil {
+		return err
+	}
+	installed := ""
+	for _, d := range all {
+		has, err := hasMeta(d.DevPath)
+		if err != nil {
+			m.log.Warn("read partition table", "disk", d.DevPath, "err", err)
+		}
+		m.rep.Disks = append(m.rep.Disks, report.Disk{
+			Dev: d.DevPath, Transport: d.Transport, Serial: d.Serial, Model: d.Model, Size: d.Size, HasMeta: has,
+		})
+		if has && installed == "" {
+			installed = d.DevPath
+		}
+	}
+	m.rep.SDUntouched = true
+
+	if installed != "" {
+		// Talos: a META partition anywhere means installed; run the boot
+		// sequence (from the network kernel, like a PXE-booted Talos).
+		m.rep.InstallDisk = installed
+		m.publish(ctx, events.SequenceStart("boot"))
+		m.publish(ctx, events.SequenceStop("boot"))
+		m.rep.Result = report.ResultBooted
+		return nil
+	}
+
+	m.publish(ctx, events.SequenceStart("install"))
+	chosen, err := disks.Choose(cfg.Machine().Install(), all)
+	if err == nil {
+		err = disks.CheckInstallDisk(chosen.DevPath)
+	}
+	if err == nil {
+		m.rep.InstallDisk = chosen.DevPath
+		err = writeMarker(chosen.DevPath)
+	}
+	if err != nil {
+		m.publish(ctx, events.SequenceFailed("install", err))
+		return fmt.Errorf("install: %w", err)
+	}
+	// Re-read every disk: the marker must be on the install disk only.
+	for i := range m.rep.Disks {
+		d := &m.rep.Disks[i]
+		has, err := hasMeta(d.Dev)
+		if err != nil {
+			return fmt.Errorf("verify %s: %w", d.Dev, err)
+		}
+		d.HasMeta = has
+		if disks.IsSD(d.Dev) && has {
+			m.rep.SDUntouched = false
+		}
+	}
+	m.publish(ctx, events.InstallRebooting())
+	m.rep.Result = report.ResultInstalled
+	return nil
+}
+
+// publish sends an event when a sink is configured; failures are logged
+// (Talos keeps its events in a ring and goes on).
+func (m *machine) publish(ctx context.Context, ev *machineapi.SequenceEvent) {
+	if m.pub == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, eventsTimeout)
+	defer cancel()
+	if err := m.pub.Publish(ctx, ev); err != nil {
+		m.log.Error("publish event", "sequence", ev.GetSequence(), "err", err)
+	}
+}
+
+// blockDisk is Talos's view of a disk.
+type blockDisk = block.DiskSpec
+
+// metalMode is Talos's metal runtime mode for config validation.
+type metalMode struct{}
+
+func (metalMode) String() string        { return "metal" }
+func (metalMode) RequiresInstall() bool { return true }
+func (metalMode) InContainer() bool     { return false }
+
+// machineName is the config's hostname (HostnameConfig document, or
+// machine.network.hostname through machinery's compatibility view).
+func machineName(cfg config.Provider) string {
+	if h := cfg.NetworkHostnameConfig(); h != nil {
+		return h.Hostname()
+	}
+	return ""
+}
+
+func mountBase() error {
+	var errs []error
+	for _, mt := range []struct {
+		src, dst, fstype string
+		flags            uintptr
+	}{
+		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC},
+		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC},
+		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID},
+		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV},
+		{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV},
+	} {
+		if err := os.MkdirAll(mt.dst, 0o755); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := unix.Mount(mt.src, mt.dst, mt.fstype, mt.flags, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+			errs = append(errs, fmt.Errorf("mount %s on %s: %w", mt.fstype, mt.dst, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// loadModules loads dir/<name>.ko for each name in dir/order (dependency
+// order, written by scripts/standin-kernel.sh).
+func loadModules(log *slog.Logger, dir string) error {
+	order, err := os.ReadFile(filepath.Join(dir, "order"))
+	if err != nil {
+		return fmt.Errorf("read module load order: %w", err)
+	}
+	for _, name := range strings.Fields(string(order)) {
+		if err := loadModule(filepath.Join(dir, name+".ko")); err != nil {
+			return fmt.Errorf("load module %s: %w", name, err)
+		}
+	}
+	log.Info("modules loaded", "count", len(strings.Fields(string(order))))
+	return nil
+}
+
+func loadModule(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
+		return err
+	}
+	return nil
+}
+
+// waitForDisks probes until the disk list has not changed for a second
+// (device probing is asynchronous after the modules load), at most wait.
+func waitForDisks(log *slog.Logger, wait time.Duration) ([]blockDisk, error) {
+	deadline := time.Now().Add(wait)
+	var last []blockDisk
+	stableSince := time.Now()
+	for {
+		cur, err := disks.Probe("/sys/block", "/dev")
+		if err != nil {
+			return nil, err
+		}
+		names := func(ds []blockDisk) []string {
+			out := make([]string, len(ds))
+			for i, d := range ds {
+				out[i] = d.DevPath + "/" + strconv.FormatUint(d.Size, 10) + "/" + d.Transport
+			}
+			return out
+		}
+		if !slices.Equal(names(cur), names(last)) {
+			last = cur
+			stableSince = time.Now()
+		}
+		if len(last) > 0 && time.Since(stableSince) >= time.Second {
+			log.Info("disks", "found", names(last))
+			return last, nil
+		}
+		if time.Now().After(deadline) {
+			if len(last) == 0 {
+				return nil, errors.New("no disks appeared")
+			}
+			return last, nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func hasMeta(dev string) (bool, error) {
+	bd, err := blkdev.NewFromPath(dev)
+	if err != nil {
+		return false, err
+	}
+	defer bd.Close() //nolint:errcheck
+	gd, err := gpt.DeviceFromBlockDevice(bd)
+	if err != nil {
+		return false, err
+	}
+	return marker.Has(gd)
+}
+
+func writeMarker(dev string) error {
+	bd, err := blkdev.NewFromPath(dev, blkdev.OpenForWrite())
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dev, err)
+	}
+	defer bd.Close() //nolint:errcheck
+	gd, err := gpt.DeviceFromBlockDevice(bd)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dev, err)
+	}
+	if err := marker.Write(gd); err != nil {
+		return fmt.Errorf("write META on %s: %w", dev, err)
+	}
+	return nil
+}
+
+// fetchConfig downloads the machine config like Talos's pkg/download:
+// variables re-filled on every attempt, any error or non-200 retried with
+// exponential backoff (capped here), a timeout per attempt.
+func fetchConfig(ctx context.Context, log *slog.Logger, raw string, vars cmdline.Vars) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, configTimeout)
+	defer cancel()
+	client := &http.Client{Timeout: attemptLimit}
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		u, missing, err := cmdline.Populate(raw, vars)
+		if err != nil {
+			return nil, err
+		}
+		if len(missing) > 0 {
+			log.Warn("talos.config variables without a value", "vars", missing)
+		}
+		// The URL holds a token: log its host only.
+		log.Info("fetching machine config", "attempt", attempt+1, "host", hostOf(u))
+		b, err := getOnce(ctx, client, u)
+		if err == nil {
+			return b, nil
+		}
+		lastErr = err
+		delay := events.Backoff(attempt, maxDelay)
+		log.Warn("config fetch failed", "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("fetch machine config: %w (last error: %w)", ctx.Err(), lastErr)
+		case <-time.After(delay):
+		}
+	}
+}
+
+func getOnce(ctx context.Context, client *http.Client, u string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, errors.New(strings.ReplaceAll(err.Error(), u, hostOf(u)))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("failed to download config, status code %d", resp.StatusCode)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return b, nil
+}
+
+func hostOf(u string) string {
+	if i := strings.Index(u, "://"); i >= 0 {
+		rest := u[i+3:]
+		if j := strings.IndexAny(rest, "/?"); j >= 0 {
+			return rest[:j]
+		}
+		return rest
+	}
+	return "?"
+}
+
+// readMetalISO finds the volume labelled metal-iso (filesystem label or GPT
+// partition name), mounts it read-only and reads /config.yaml.
+func readMetalISO(ctx context.Context, log *slog.Logger) ([]byte, error) {
+	deadline := time.Now().Add(deviceWait)
+	for {
+		found, err := volume.FindLabel("/sys/block", "/dev", cmdline.MetalISO)
+		if err == nil {
+			log.Info("metal-iso volume", "dev", found.DevPath(), "fs", found.FSType)
+			return volume.ReadFile(found, "/run/metal-iso", "config.yaml")
+		}
+		if !errors.Is(err, volume.ErrNotFound) || time.Now().After(deadline) {
+			return nil, fmt.Errorf("metal-iso: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func readTrim(p string) string {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func uptime() float64 {
+	f := strings.Fields(readTrim("/proc/uptime"))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}
+
+// firstMAC is the hardware address of the first non-loopback link (by
+// interface index), like Talos's FirstHardwareAddr.
+func firstMAC() (string, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return "", err
+	}
+	for _, i := range ifs {
+		if i.Flags&net.FlagLoopback == 0 && len(i.HardwareAddr) == 6 {
+			return i.HardwareAddr.String(), nil
+		}
+	}
+	return "", errors.New("no network interface")
+}

@@ -1,0 +1,220 @@
+// Package standin builds the stand-in boot image the QEMU lab and the e2e
+// tests boot instead of Talos (whose images cannot be downloaded here):
+// Debian's 6.1 kernel (materialized by scripts/standin-kernel.sh) and a
+// reproducible initramfs whose /init is the static Go program in
+// lab/standin/init.
+package standin
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/dotfile/rackboot/imager"
+)
+
+// Output file names in BuildOptions.OutDir.
+const (
+	KernelFile    = "vmlinuz"
+	InitramfsFile = "initramfs.cpio.gz"
+	SourceFile    = "SOURCE"
+)
+
+// BuildOptions say where the inputs are and where the image goes.
+type BuildOptions struct {
+	// KernelDir is the output of scripts/standin-kernel.sh: vmlinuz,
+	// modules/*.ko, modules/order, SOURCE.
+	KernelDir string
+	// OutDir receives vmlinuz, initramfs.cpio.gz and SOURCE.
+	OutDir string
+	// ModuleRoot is the rackboot module's root (holding go.mod); the init
+	// is built from ModuleRoot/lab/standin/init.
+	ModuleRoot string
+	// Epoch is every archive entry's mtime (SOURCE_DATE_EPOCH); zero: 0.
+	Epoch time.Time
+	// Go is the go command (default "go" from PATH).
+	Go  string
+	Log *slog.Logger
+}
+
+// Result describes a built image.
+type Result struct {
+	Kernel, Initramfs string
+	InitramfsSHA256   string
+	InitramfsSize     int64
+	InitSize          int64
+	Modules           []string
+}
+
+// Build compiles the init (CGO_ENABLED=0, -trimpath, no build ID: the same
+// sources give the same binary) and writes the image into OutDir. Outputs
+// are replaced atomically.
+func Build(ctx context.Context, o BuildOptions) (*Result, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Go == "" {
+		o.Go = "go"
+	}
+	if o.KernelDir == "" || o.OutDir == "" || o.ModuleRoot == "" {
+		return nil, errors.New("build stand-in: KernelDir, OutDir and ModuleRoot are required")
+	}
+	vmlinuz := filepath.Join(o.KernelDir, KernelFile)
+	if _, err := os.Stat(vmlinuz); err != nil {
+		return nil, fmt.Errorf("build stand-in: no kernel (run scripts/standin-kernel.sh %s): %w", o.KernelDir, err)
+	}
+	orderData, err := os.ReadFile(filepath.Join(o.KernelDir, "modules", "order"))
+	if err != nil {
+		return nil, fmt.Errorf("build stand-in: module order (run scripts/standin-kernel.sh %s): %w", o.KernelDir, err)
+	}
+	modules := strings.Fields(string(orderData))
+	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
+		return nil, fmt.Errorf("build stand-in: %w", err)
+	}
+
+	tmp, err := os.MkdirTemp(o.OutDir, ".build-")
+	if err != nil {
+		return nil, fmt.Errorf("build stand-in: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+
+	initBin := filepath.Join(tmp, "init")
+	cmd := exec.CommandContext(ctx, o.Go, "build", "-trimpath", "-buildvcs=false", "-ldflags", "-s -w -buildid=", "-o", initBin, "./lab/standin/init")
+	cmd.Dir = o.ModuleRoot
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	start := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build stand-in init: %w\n%s", err, out)
+	}
+	st, err := os.Stat(initBin)
+	if err != nil {
+		return nil, fmt.Errorf("build stand-in init: %w", err)
+	}
+	o.Log.Info("built stand-in init", "bytes", st.Size(), "took", time.Since(start).Round(time.Millisecond))
+
+	files := []imager.InitramfsFile{
+		imager.InitramfsCharDevice("dev/console", 0o600, 5, 1),
+		imager.InitramfsCharDevice("dev/null", 0o666, 1, 3),
+		imager.InitramfsDir("proc", 0o555),
+		imager.InitramfsDir("sys", 0o555),
+		imager.InitramfsDir("run", 0o755),
+		imager.InitramfsDir("tmp", 0o1777|os.ModeSticky),
+		imager.InitramfsDir("etc", 0o755),
+		imager.InitramfsBytes("lib/modules/order", 0o644, orderData),
+	}
+	f, err := imager.InitramfsFromFile("init", 0o755, initBin)
+	if err != nil {
+		return nil, err
+	}
+	files = append(files, f)
+	for _, m := range modules {
+		f, err := imager.InitramfsFromFile("lib/modules/"+m+".ko", 0o644, filepath.Join(o.KernelDir, "modules", m+".ko"))
+		if err != nil {
+			return nil, fmt.Errorf("build stand-in: %w", err)
+		}
+		files = append(files, f)
+	}
+
+	initrdTmp := filepath.Join(tmp, InitramfsFile)
+	out, err := os.Create(initrdTmp)
+	if err != nil {
+		return nil, fmt.Errorf("build stand-in: %w", err)
+	}
+	h := sha256.New()
+	cw := &countWriter{w: io.MultiWriter(out, h)}
+	if err := imager.WriteInitramfs(cw, files, imager.InitramfsOptions{Gzip: true, MTime: o.Epoch}); err != nil {
+		out.Close()
+		return nil, fmt.Errorf("build stand-in initramfs: %w", err)
+	}
+	if err := out.Close(); err != nil {
+		return nil, fmt.Errorf("build stand-in initramfs: %w", err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+
+	kernelTmp := filepath.Join(tmp, KernelFile)
+	if err := copyFile(kernelTmp, vmlinuz); err != nil {
+		return nil, fmt.Errorf("build stand-in: copy kernel: %w", err)
+	}
+	kernelSource, _ := os.ReadFile(filepath.Join(o.KernelDir, SourceFile))
+	source := fmt.Sprintf("# rackboot stand-in boot image\n%sinitramfs_sha256=%s\ninitramfs_bytes=%d\ninit_bytes=%d\nsource_date_epoch=%d\n",
+		kernelSource, sum, cw.n, st.Size(), o.Epoch.Unix()*boolInt(!o.Epoch.IsZero()))
+	if err := os.WriteFile(filepath.Join(tmp, SourceFile), []byte(source), 0o644); err != nil {
+		return nil, fmt.Errorf("build stand-in: %w", err)
+	}
+	for _, name := range []string{KernelFile, InitramfsFile, SourceFile} {
+		if err := os.Rename(filepath.Join(tmp, name), filepath.Join(o.OutDir, name)); err != nil {
+			return nil, fmt.Errorf("build stand-in: %w", err)
+		}
+	}
+	o.Log.Info("built stand-in image", "dir", o.OutDir, "initramfs_bytes", cw.n, "sha256", sum)
+	return &Result{
+		Kernel:          filepath.Join(o.OutDir, KernelFile),
+		Initramfs:       filepath.Join(o.OutDir, InitramfsFile),
+		InitramfsSHA256: sum,
+		InitramfsSize:   cw.n,
+		InitSize:        st.Size(),
+		Modules:         modules,
+	}, nil
+}
+
+func boolInt(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func copyFile(dst, src string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// FindModuleRoot walks up from dir to the directory holding go.mod.
+func FindModuleRoot(dir string) (string, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod above the current directory")
+		}
+		dir = parent
+	}
+}
