@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	jsonpatch "github.com/evanphx/json-patch"
 	talosx509 "github.com/siderolabs/crypto/x509"
 	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/compatibility"
@@ -207,10 +208,16 @@ func loadRackPatch(p Patch, path string, add func(path string, warning bool, for
 	if err == nil {
 		var patch configpatcher.Patch
 		if patch, err = configpatcher.LoadPatch(data); err == nil {
-			return patch
+			if _, isJSON := patch.(jsonpatch.Patch); !isJSON {
+				return patch
+			}
+			// Talos applies JSON6902 only to single-document configs, and
+			// every config rackboot writes has several documents.
+			add(path, false, "this is a JSON6902 patch, which Talos cannot apply to multi-document configs (v1.12+): write it as a strategic-merge mapping instead (e.g. machine: {sysctls: {vm.nr_hugepages: \"1024\"}}; delete a field with $patch: delete)")
+			return nil
 		}
 	}
-	add(path, false, "this patch does not load: %s; write a mapping of Talos config fields (e.g. machine: {sysctls: {vm.nr_hugepages: \"1024\"}}) or a JSON6902 list (- op: add, path: ..., value: ...)", oneLine(err))
+	add(path, false, "this patch does not load: %s; write a mapping of Talos config fields, e.g. machine: {sysctls: {vm.nr_hugepages: \"1024\"}}", oneLine(err))
 	return nil
 }
 
