@@ -1,0 +1,284 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dotfile/rackboot/inventory"
+	"github.com/dotfile/rackboot/profiles"
+	"github.com/dotfile/rackboot/pxe"
+	"github.com/dotfile/rackboot/status"
+	"github.com/dotfile/rackboot/talosevents"
+)
+
+// serveFlags are `rackboot serve`'s flags (`rackboot up` and the lab reuse them).
+type serveFlags struct {
+	iface      string
+	serverIP   string
+	dhcpMode   string
+	dhcpRange  string
+	router     string
+	httpPort   int
+	tftpPort   int
+	eventsPort int
+	logPort    int
+	ipxeDir    string
+	standin    string
+	extraArgs  []string
+}
+
+func (f *serveFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVarP(&f.iface, "interface", "i", "", "network interface facing the rack (default: the one whose address is in the rack's subnet, or the only LAN interface)")
+	fl.StringVar(&f.serverIP, "server-ip", "", "address machines reach rackboot on (default: the interface's address)")
+	fl.StringVar(&f.dhcpMode, "dhcp", "proxy", "DHCP mode: proxy (answer PXE clients only; the router keeps DHCP), full (a DHCP server, isolated networks only), off")
+	fl.StringVar(&f.dhcpRange, "range", "", "address range for --dhcp full, e.g. 192.168.1.100-192.168.1.199")
+	fl.StringVar(&f.router, "router", "", "default gateway handed out by --dhcp full (default: the rack's gateway; \"none\" for no route)")
+	fl.IntVar(&f.httpPort, "http-port", 8080, "HTTP port (iPXE scripts, boot assets, configs, status page)")
+	fl.IntVar(&f.tftpPort, "tftp-port", 69, "TFTP port (iPXE binaries); 0 turns TFTP off")
+	fl.IntVar(&f.eventsPort, "events-port", 4002, "TCP port of the Talos events sink (gRPC); 0 turns it off")
+	fl.IntVar(&f.logPort, "log-port", 4003, "UDP port of the Talos kernel log receiver; 0 turns it off")
+	fl.StringVar(&f.ipxeDir, "ipxe-dir", "", "serve the iPXE binaries from this directory instead of the embedded ones")
+	fl.StringVar(&f.standin, "standin", "", "directory with a stand-in vmlinuz + initramfs, booted when the asset cache has no Talos for a machine (the lab)")
+	fl.StringSliceVar(&f.extraArgs, "kernel-arg", nil, "extra kernel argument for every machine (repeatable), e.g. console=ttyS0")
+}
+
+func init() {
+	subcommands = append(subcommands, func(a *app) *cobra.Command {
+		f := &serveFlags{}
+		cmd := &cobra.Command{
+			Use:   "serve",
+			Short: "Netboot the rack: DHCP (proxy by default), TFTP and HTTP, with a status page",
+			Long: `Runs DHCP, TFTP and HTTP together. Each machine of the rack file boots Talos
+with its own config; unknown machines get no config and show up as discovered.
+Open http://<server>:8080/ for the status page, or run ` + "`rackboot status`.",
+			Args: cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				return runServe(cmd.Context(), a, cmd, f)
+			},
+		}
+		f.register(cmd)
+		return cmd
+	})
+}
+
+// runServe runs the netboot appliance until ctx ends.
+func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) error {
+	r, err := a.loadRack(cmd)
+	if err != nil {
+		return err
+	}
+	state := a.StateDir()
+	bundle, created, err := profiles.LoadOrCreateSecrets(state, time.Now)
+	if err != nil {
+		return err
+	}
+	if created {
+		a.log.Info("created cluster secrets: back them up", "dir", state)
+	}
+	subnet, err := netip.ParsePrefix(r.Cluster.Network.Subnet)
+	if err != nil {
+		return fmt.Errorf("rack subnet: %w", err)
+	}
+	iface, ip, err := chooseInterface(f.iface, f.serverIP, subnet)
+	if err != nil {
+		return err
+	}
+	a.log.Info("serving the rack", "rack", a.rackPath, "interface", iface, "address", ip, "dhcp", f.dhcpMode, "machines", len(r.Machines))
+
+	store, err := inventory.Open(state, inventory.WithLogger(a.log.With("service", "inventory")))
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := store.Close(); err != nil {
+			a.log.Error("save machine states", "err", err)
+		}
+	}()
+
+	cache, err := openAssetCache(a)
+	if err != nil {
+		return err
+	}
+	defer cache.Close()
+	assets, resolve, err := bootAssets(cache, f.standin)
+	if err != nil {
+		return err
+	}
+	for _, m := range r.Machines {
+		id, err := profiles.SchematicID(r.Schematic(&m))
+		if err != nil {
+			return fmt.Errorf("schematic of %s: %w", m.Name, err)
+		}
+		if _, _, err := resolve(r.Cluster.TalosVersion, id, m.ArchOrDefault()); err != nil {
+			a.log.Warn("machine cannot netboot yet", "machine", m.Name, "err", err)
+		}
+	}
+	booter := profiles.NewBooter(r, bundle, resolve,
+		profiles.WithInstalled(store.Installed), profiles.WithExtraKernelArgs(f.extraArgs...))
+
+	mode := pxe.DHCPMode(f.dhcpMode)
+	dcfg, err := dhcpConfig(r, mode, iface, ip, f, state)
+	if err != nil {
+		return err
+	}
+	dhcp, err := pxe.NewDHCP(dcfg, pxe.WithDHCPLogger(a.log.With("service", "dhcp")), pxe.WithDHCPRecorder(store))
+	if err != nil {
+		return err
+	}
+
+	// Talos reports events from whatever address it has: the DHCP one while
+	// netbooting, its static one once its config is applied.
+	static := staticAddrs(r)
+	resolver := func(addr netip.Addr) (string, bool) {
+		if n, ok := static[addr]; ok {
+			return n, true
+		}
+		return store.ByAddr(addr)
+	}
+
+	statusHandler, err := status.Handler(store, status.WithLogger(a.log.With("service", "status")))
+	if err != nil {
+		return err
+	}
+	cfg := pxe.Config{
+		ServerIP:     ip,
+		HTTPAddr:     net.JoinHostPort("", strconv.Itoa(f.httpPort)),
+		TFTPAddr:     net.JoinHostPort("", strconv.Itoa(f.tftpPort)),
+		DisableTFTP:  f.tftpPort == 0,
+		StateDir:     state,
+		Log:          a.log,
+		Recorder:     store,
+		Followed:     dhcp.Followed,
+		FollowedAddr: dhcp.FollowedAddr,
+	}
+	if f.eventsPort != 0 {
+		cfg.EventsAddr = net.JoinHostPort(ip.String(), strconv.Itoa(f.eventsPort))
+	}
+	if f.logPort != 0 {
+		cfg.LogAddr = net.JoinHostPort(ip.String(), strconv.Itoa(f.logPort))
+	}
+	if f.ipxeDir != "" {
+		if _, err := os.Stat(f.ipxeDir); err != nil {
+			return fmt.Errorf("--ipxe-dir: %w", err)
+		}
+		cfg.IPXE = os.DirFS(f.ipxeDir)
+	}
+
+	var srv *pxe.Server
+	opts := []pxe.Option{
+		pxe.WithHandler("GET /{$}", statusHandler),
+		pxe.WithHandler("GET /app.js", statusHandler),
+		pxe.WithHandler("GET /style.css", statusHandler),
+		pxe.WithHandler("GET /api/", statusHandler),
+		pxe.WithHandler("GET /metrics", statusHandler),
+		pxe.WithService("dhcp", dhcp.Serve),
+	}
+	if f.eventsPort != 0 {
+		sink, err := talosevents.New(talosevents.Config{
+			Addr: net.JoinHostPort("", strconv.Itoa(f.eventsPort)), Resolver: resolver, Recorder: store,
+			OnInstalled: func(name string) {
+				a.log.Info("machine installed: its next boot goes to its disk", "machine", name)
+				if srv != nil {
+					srv.Tokens().Consume(name)
+				}
+			},
+		}, talosevents.WithLogger(a.log.With("service", "events")))
+		if err != nil {
+			return err
+		}
+		opts = append(opts, pxe.WithService("events", sink.Serve))
+	}
+	if f.logPort != 0 {
+		kmsg, err := talosevents.NewKmsgReceiver(talosevents.KmsgConfig{
+			Addr: net.JoinHostPort("", strconv.Itoa(f.logPort)), Resolver: resolver, Recorder: store,
+		}, talosevents.WithLogger(a.log.With("service", "kmsg")))
+		if err != nil {
+			return err
+		}
+		opts = append(opts, pxe.WithService("kernel-log", kmsg.Serve))
+	}
+	srv, err = pxe.New(cfg, booter, assets, opts...)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "rackboot: serving %d machines on %s (%s); status: http://%s/\n",
+		len(r.Machines), iface, ip, net.JoinHostPort(ip.String(), strconv.Itoa(f.httpPort)))
+	return srv.Serve(ctx)
+}
+
+// staticAddrs maps each machine's static address to its name.
+func staticAddrs(r *profiles.Rack) map[netip.Addr]string {
+	out := map[netip.Addr]string{}
+	for _, m := range r.Machines {
+		if m.IsDHCP() {
+			continue
+		}
+		if p, err := netip.ParsePrefix(m.Address); err == nil {
+			out[p.Addr()] = m.Name
+		}
+	}
+	return out
+}
+
+// dhcpConfig turns the flags and the rack into the DHCP server's config.
+func dhcpConfig(r *profiles.Rack, mode pxe.DHCPMode, iface string, ip netip.Addr, f *serveFlags, state string) (pxe.DHCPConfig, error) {
+	cfg := pxe.DHCPConfig{Mode: mode, Interface: iface, ServerIP: ip, HTTPPort: f.httpPort}
+	if mode != pxe.DHCPFull {
+		if f.dhcpRange != "" {
+			return cfg, errors.New("--range is only for --dhcp full")
+		}
+		return cfg, nil
+	}
+	if f.dhcpRange == "" {
+		return cfg, errors.New("--dhcp full needs --range A-B: the addresses it may hand out")
+	}
+	var err error
+	if cfg.RangeStart, cfg.RangeEnd, err = pxe.ParseDHCPRange(f.dhcpRange); err != nil {
+		return cfg, fmt.Errorf("--range: %w", err)
+	}
+	if cfg.Subnet, err = netip.ParsePrefix(r.Cluster.Network.Subnet); err != nil {
+		return cfg, fmt.Errorf("rack subnet: %w", err)
+	}
+	router := f.router
+	if router == "" {
+		router = r.Cluster.Network.Gateway
+	}
+	if router != "none" && router != "" {
+		if cfg.Router, err = netip.ParseAddr(router); err != nil {
+			return cfg, fmt.Errorf("router %q: %w", router, err)
+		}
+	}
+	for _, ns := range r.Cluster.Network.Nameservers {
+		a, err := netip.ParseAddr(ns)
+		if err != nil {
+			return cfg, fmt.Errorf("nameserver %q: %w", ns, err)
+		}
+		cfg.DNS = append(cfg.DNS, a)
+	}
+	cfg.LeasesFile = state + "/dhcp-leases.json"
+	byMAC := map[string]netip.Addr{}
+	reserved := map[netip.Addr]bool{}
+	for addr, name := range staticAddrs(r) {
+		reserved[addr] = true
+		for _, s := range r.Machine(name).Select.MAC {
+			if mac, err := profiles.NormalizeMAC(s); err == nil {
+				byMAC[mac.String()] = addr
+			}
+		}
+	}
+	cfg.Reservations = func(mac net.HardwareAddr) (netip.Addr, bool) {
+		a, ok := byMAC[mac.String()]
+		return a, ok
+	}
+	cfg.Reserved = func(a netip.Addr) bool { return reserved[a] }
+	return cfg, nil
+}
