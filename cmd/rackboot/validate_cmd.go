@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 
 	"github.com/spf13/cobra"
 
@@ -14,25 +15,41 @@ func init() {
 		return &cobra.Command{
 			Use:   "validate",
 			Short: "Check the rack file and print every problem as file:line:col",
-			Args:  cobra.NoArgs,
+			Long: `Check the rack file and print every problem at once, one per line, as
+FILE:LINE:COL: error|warning: what is wrong: what to write instead.
+Exits 1 when there is an error, 0 when there are only warnings.`,
+			Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
-				r, err := profiles.LoadFile(a.rackPath)
-				var ps profiles.Problems
-				if err != nil && !errors.As(err, &ps) {
-					return err
-				}
-				if err == nil {
-					ps = r.Validate()
-				}
-				for _, p := range ps {
-					fmt.Fprintln(cmd.OutOrStdout(), p.String())
-				}
-				if ps.Errors() {
-					return &exitError{code: 1, err: fmt.Errorf("%s: %d problem(s)", a.rackPath, len(ps))}
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d machines)\n", a.rackPath, len(r.Machines))
-				return nil
+				return runValidate(cmd, a.rackPath)
 			},
 		}
 	})
+}
+
+func runValidate(cmd *cobra.Command, path string) error {
+	out := cmd.OutOrStdout()
+	r, err := profiles.LoadFile(path)
+	var ps profiles.Problems
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return &exitError{code: 1, err: fmt.Errorf("validate %s: %w (write an example with `rackboot init`, or name the rack file with -f)", path, err)}
+	case err != nil && !errors.As(err, &ps):
+		return &exitError{code: 1, err: fmt.Errorf("validate %s: %w", path, err)}
+	case err == nil:
+		ps = r.Validate()
+	}
+	nerr, nwarn := 0, 0
+	for _, p := range ps {
+		fmt.Fprintln(out, p.String())
+		if p.Warning {
+			nwarn++
+		} else {
+			nerr++
+		}
+	}
+	if nerr > 0 {
+		return &exitError{code: 1, err: fmt.Errorf("%s: %d error(s), %d warning(s)", path, nerr, nwarn)}
+	}
+	fmt.Fprintf(out, "%s: ok: %d machines, %d control plane(s), %d warning(s)\n", path, len(r.Machines), len(r.ControlPlanes()), nwarn)
+	return nil
 }
