@@ -1,0 +1,246 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dotfile/rackboot/internal/netns"
+)
+
+const serveTestRack = `cluster:
+  name: nstest
+  talosVersion: v1.13.0
+  kubernetesVersion: 1.36.0
+  vip: 10.77.0.10
+  network:
+    subnet: 10.77.0.0/24
+    gateway: 10.77.0.254
+    nameservers: [10.77.0.254]
+machines:
+  - name: formula
+    role: controlplane
+    select: {mac: ["52:54:00:b0:00:01"]}
+    address: 10.77.0.11/24
+  - name: lailah
+    role: worker
+    select: {mac: ["52:54:00:b0:00:03"]}
+`
+
+// udhcpcScript applies the lease udhcpc got (busybox exports ip and mask).
+const udhcpcScript = `#!/bin/sh
+case "$1" in
+bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface" ;;
+esac
+`
+
+// buildRackboot builds the command into dir (the test runs the real binary:
+// `serve` must bind its sockets inside a network namespace).
+func buildRackboot(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "rackboot")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build rackboot: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestServeInNamespace runs `rackboot serve --dhcp full` in a network
+// namespace, with a client namespace whose NIC has a rack machine's MAC:
+// real udhcpc gets the machine's reserved address, real curl fetches its
+// boot script and its config (only from its own address), and a restart of
+// serve in the middle of the boot keeps the config URL working and the
+// secrets unchanged.
+func TestServeInNamespace(t *testing.T) {
+	for _, tool := range []string{"udhcpc", "curl", "ip"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is missing: run `make deps` (Debian packages udhcpc, curl, iproute2)", tool)
+		}
+	}
+	dir := t.TempDir()
+	bin := buildRackboot(t, dir)
+	rack := filepath.Join(dir, "rack.yaml")
+	standin := filepath.Join(dir, "standin")
+	must(t, os.WriteFile(rack, []byte(serveTestRack), 0o644))
+	must(t, os.MkdirAll(standin, 0o755))
+	kernel := strings.Repeat("K", 100_000)
+	must(t, os.WriteFile(filepath.Join(standin, "vmlinuz"), []byte(kernel), 0o644))
+	must(t, os.WriteFile(filepath.Join(standin, "initramfs.cpio.gz"), []byte("initramfs"), 0o644))
+	script := filepath.Join(dir, "udhcpc.sh")
+	must(t, os.WriteFile(script, []byte(udhcpcScript), 0o755))
+
+	srv := netns.New(t, "srv")
+	cli := netns.New(t, "cli")
+	srv.AddBridge("br0", netip.MustParsePrefix("10.77.0.1/24"))
+	srv.AddVeth("s0", cli, "c0")
+	srv.SetMaster("s0", "br0")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if out, err := cli.Exec(ctx, "ip", "link", "set", "c0", "address", "52:54:00:b0:00:01"); err != nil {
+		t.Fatalf("set MAC: %v %s", err, out)
+	}
+	for _, ns := range []*netns.NS{srv, cli} {
+		if r, err := ns.DefaultRoute(); err != nil || r != "" {
+			t.Fatalf("namespace %s has a default route %q (%v): refusing to run", ns.Name(), r, err)
+		}
+	}
+
+	serveArgs := []string{"-f", rack, "serve", "-i", "br0", "--dhcp", "full", "--range", "10.77.0.100-10.77.0.150",
+		"--router", "none", "--standin", standin}
+	serve := srv.Start(bin, serveArgs...)
+	curl := func(ns *netns.NS, args ...string) (string, error) {
+		out, err := ns.Exec(ctx, "curl", append([]string{"-sS", "--max-time", "5"}, args...)...)
+		return string(out), err
+	}
+	waitHTTP := func(p *netns.Process) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			if _, err := curl(srv, "-f", "http://10.77.0.1:8080/boot.ipxe"); err == nil {
+				return
+			}
+			select {
+			case <-p.Done():
+				t.Fatalf("serve exited: %v\n%s", p.Err(), p.Output())
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("serve did not answer on :8080 within 30 s\n%s", p.Output())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitHTTP(serve)
+
+	// The machine's NIC gets its reserved (static) address by DHCP.
+	if out, err := cli.Exec(ctx, "udhcpc", "-i", "c0", "-n", "-q", "-f", "-t", "5", "-T", "1", "-s", script); err != nil {
+		t.Fatalf("udhcpc: %v\n%s\nserve:\n%s", err, out, serve.Output())
+	}
+	addrs, _ := cli.Exec(ctx, "ip", "-4", "-o", "addr", "show", "c0")
+	if !strings.Contains(string(addrs), "10.77.0.11/24") {
+		t.Fatalf("formula's NIC has %q, want its reserved 10.77.0.11/24", addrs)
+	}
+
+	// Its boot script names the kernel and a token-protected config URL.
+	body, err := curl(cli, "-f", "http://10.77.0.1:8080/ipxe?mac=52-54-00-b0-00-01&arch=x86_64&platform=pcbios")
+	if err != nil {
+		t.Fatalf("boot script: %v %s", err, body)
+	}
+	if !strings.Contains(body, "kernel http://10.77.0.1:8080/assets/standin/vmlinuz") {
+		t.Fatalf("boot script does not boot the stand-in kernel:\n%s", body)
+	}
+	m := regexp.MustCompile(`talos\.config=(\S+)`).FindStringSubmatch(body)
+	if m == nil {
+		t.Fatalf("no talos.config= in the script:\n%s", body)
+	}
+	configURL := m[1]
+	for _, want := range []string{"talos.events.sink=10.77.0.1:4002", "talos.logging.kernel=udp://10.77.0.1:4003"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("boot script lacks %s", want)
+		}
+	}
+	if got, err := curl(cli, "-f", "http://10.77.0.1:8080/assets/standin/vmlinuz"); err != nil || got != kernel {
+		t.Fatalf("kernel download: %d bytes, err %v", len(got), err)
+	}
+
+	code := func(ns *netns.NS, url string) string {
+		out, _ := curl(ns, "-o", "/dev/null", "-w", "%{http_code}", url)
+		return out
+	}
+	if c := code(cli, configURL); c != "200" {
+		t.Fatalf("config from the machine's own address: HTTP %s", c)
+	}
+	cfg, _ := curl(cli, configURL)
+	if !strings.Contains(cfg, "hostname: formula") {
+		t.Errorf("the config served is not formula's")
+	}
+	if c := code(srv, configURL); c != "403" {
+		t.Errorf("config from another address: HTTP %s, want 403", c)
+	}
+	if c := code(cli, strings.Replace(configURL, "t=", "t=A", 1)); c != "403" {
+		t.Errorf("config with a forged token: HTTP %s, want 403", c)
+	}
+	unknown, _ := curl(cli, "http://10.77.0.1:8080/ipxe?mac=52-54-00-99-99-99&arch=x86_64&platform=pcbios")
+	if !strings.Contains(unknown, "unknown machine 52:54:00:99:99:99") {
+		t.Errorf("unknown machine's script: %q", unknown)
+	}
+
+	var api struct {
+		Machines []struct {
+			Name, Stage, Addr string
+		}
+	}
+	js, err := curl(srv, "-f", "http://10.77.0.1:8080/api/machines")
+	if err != nil || json.Unmarshal([]byte(js), &api) != nil {
+		t.Fatalf("/api/machines: %v %q", err, js)
+	}
+	stages := map[string]string{}
+	for _, mc := range api.Machines {
+		stages[mc.Name] = mc.Stage
+	}
+	if stages["formula"] != "config" || stages[""] != "discovered" {
+		t.Errorf("status: %+v, want formula at config and one discovered machine", api.Machines)
+	}
+
+	// Restart serve in the middle of the boot: Talos retries its config
+	// fetch, and the same URL must still work; secrets are kept.
+	secretsPath := filepath.Join(dir, ".rackboot", "secrets.yaml")
+	before := fileSHA(t, secretsPath)
+	must(t, serve.Cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case <-serve.Done():
+		if serve.Err() != nil {
+			t.Fatalf("serve did not stop cleanly on SIGTERM: %v\n%s", serve.Err(), serve.Output())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not stop within 20 s of SIGTERM")
+	}
+	serve2 := srv.Start(bin, serveArgs...)
+	waitHTTP(serve2)
+	if c := code(cli, configURL); c != "200" {
+		t.Errorf("config after a restart of serve: HTTP %s, want 200\n%s", c, serve2.Output())
+	}
+	if after := fileSHA(t, secretsPath); after != before {
+		t.Error("secrets changed across a restart of serve")
+	}
+	if st, err := os.Stat(secretsPath); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("secrets file mode: %v %v", st.Mode(), err)
+	}
+	leases, err := os.ReadFile(filepath.Join(dir, ".rackboot", "dhcp-leases.json"))
+	if err != nil || !strings.Contains(string(leases), "10.77.0.11") {
+		t.Errorf("leases file after restart: %v %s", err, leases)
+	}
+	if strings.Contains(serve.Output()+serve2.Output(), strings.TrimPrefix(regexp.MustCompile(`t=[^&\s]+`).FindString(configURL), "t=")) {
+		t.Error("serve logged a config token")
+	}
+}
+
+func fileSHA(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
