@@ -31,7 +31,11 @@ const ImageFactory = "factory.talos.dev"
 //     service layer was not read): the ID depends on the order written, so
 //     rackboot keeps the rack file's order;
 //   - extraKernelArgs [noapic, nolapic] → 9cba8e32753f91a16c1837ab8abf356af021706ef284aef07380780177d9a06c
-//     (the factory's own test vector; ours is checked against it).
+//     (the factory's own test vector; ours is checked against it);
+//   - the NVIDIA pair siderolabs/nvidia-container-toolkit-production,
+//     siderolabs/nvidia-open-gpu-kernel-modules-production →
+//     6698d6f136c5bb37ca8bb8482c9084305084da0a5ead1f4dcae760796f8ab3a2, the id
+//     public Talos setups record from the real factory for that list.
 type factorySchematic struct {
 	Customization factoryCustomization `yaml:"customization"`
 }

@@ -15,6 +15,12 @@ func TestSchematicID(t *testing.T) {
 		// Image Factory's own test vectors (pkg/schematic/schematic_test.go).
 		{name: "vanilla", s: Schematic{}, want: VanillaSchematicID},
 		{name: "extra args", s: Schematic{KernelArgs: []string{"noapic", "nolapic"}}, want: "9cba8e32753f91a16c1837ab8abf356af021706ef284aef07380780177d9a06c"},
+		// The id the real factory returns for these two extensions (found
+		// paired with this exact list in several public Talos setups).
+		{name: "nvidia production", s: Schematic{Extensions: []string{
+			"siderolabs/nvidia-container-toolkit-production",
+			"siderolabs/nvidia-open-gpu-kernel-modules-production",
+		}}, want: "6698d6f136c5bb37ca8bb8482c9084305084da0a5ead1f4dcae760796f8ab3a2"},
 		{name: "empty lists are vanilla", s: Schematic{KernelArgs: []string{}, Extensions: []string{}}, want: VanillaSchematicID},
 		{name: "id passes through", s: Schematic{ID: strings.Repeat("ab", 32)}, want: strings.Repeat("ab", 32)},
 		{name: "short id", s: Schematic{ID: "abc"}, wantErr: "64 hex digits"},
