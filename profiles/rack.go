@@ -9,6 +9,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"reflect"
 	"strconv"
@@ -259,16 +260,30 @@ func LoadFile(path string) (*Rack, error) {
 // Unknown fields and values of the wrong type are all reported at once.
 func Load(name string, data []byte) (*Rack, error) {
 	r := &Rack{Path: name, pos: map[string]Pos{}}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
 		return nil, Problems{{File: name, Pos: yamlErrPos(err), Msg: cleanYAMLErr(err)}}
 	}
 	if doc.Kind == 0 || len(doc.Content) == 0 {
 		return nil, Problems{{File: name, Pos: Pos{1, 1}, Msg: "the rack file is empty: start from `rackboot init`"}}
 	}
+	// A second document (after ---) would be silently ignored: refuse it.
+	var extra yaml.Node
+	switch err := dec.Decode(&extra); {
+	case errors.Is(err, io.EOF):
+	case err != nil:
+		return nil, Problems{{File: name, Pos: yamlErrPos(err), Msg: cleanYAMLErr(err)}}
+	default:
+		at := Pos{extra.Line, extra.Column}
+		if len(extra.Content) > 0 {
+			at = Pos{extra.Content[0].Line, extra.Content[0].Column}
+		}
+		return nil, Problems{{File: name, Pos: at, Msg: "a second YAML document starts here (after ---), and a rack file holds one: move its fields into the first document and remove the ---"}}
+	}
 	root := doc.Content[0]
 	var probs Problems
-	walk(root, reflect.TypeOf(Rack{}), "", r.pos, func(n *yaml.Node, msg string) {
+	walk(root, reflect.TypeOf(Rack{}), "", r.pos, map[*yaml.Node]bool{}, func(n *yaml.Node, msg string) {
 		probs = append(probs, Problem{File: name, Pos: Pos{n.Line, n.Column}, Msg: msg})
 	})
 	if len(probs) > 0 {
@@ -307,18 +322,42 @@ func (r *Rack) PosOf(path string) Pos {
 }
 
 // walk checks that every mapping key names a field of t (reporting the ones
-// that do not, with the fields that exist) and records positions.
-func walk(n *yaml.Node, t reflect.Type, path string, pos map[string]Pos, report func(*yaml.Node, string)) {
+// that do not, with the fields that exist) and records positions. merging
+// holds the mappings being merged in (YAML "<<" keys) on the way down, so
+// that a mapping merging itself stops here (Decode reports it).
+func walk(n *yaml.Node, t reflect.Type, path string, pos map[string]Pos, merging map[*yaml.Node]bool, report func(*yaml.Node, string)) {
 	for n.Kind == yaml.AliasNode && n.Alias != nil {
 		n = n.Alias
 	}
-	pos[path] = Pos{n.Line, n.Column}
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
 	if t == reflect.TypeOf(Patch{}) {
+		pos[path] = Pos{n.Line, n.Column}
 		return
 	}
+	if n.Kind == yaml.MappingNode && (t.Kind() == reflect.Struct || t.Kind() == reflect.Map) {
+		// Merged mappings first, so that the mapping's own keys override
+		// the positions they record.
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if !isMergeKey(n.Content[i]) {
+				continue
+			}
+			for _, src := range mergeSources(n.Content[i+1]) {
+				if src.Kind != yaml.MappingNode {
+					report(src, fmt.Sprintf("<< in %s must merge a mapping (an alias such as *defaults)", describe(path)))
+					continue
+				}
+				if merging[src] {
+					continue
+				}
+				merging[src] = true
+				walk(src, t, path, pos, merging, report)
+				delete(merging, src)
+			}
+		}
+	}
+	pos[path] = Pos{n.Line, n.Column}
 	switch t.Kind() {
 	case reflect.Struct:
 		if n.Kind != yaml.MappingNode {
@@ -332,6 +371,9 @@ func walk(n *yaml.Node, t reflect.Type, path string, pos map[string]Pos, report 
 		seen := map[string]bool{}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
+			if isMergeKey(k) {
+				continue
+			}
 			f, ok := fields[k.Value]
 			if !ok {
 				report(k, fmt.Sprintf("unknown field %q in %s: write one of %s", k.Value, describe(path), strings.Join(sortedKeys(fields), ", ")))
@@ -341,7 +383,7 @@ func walk(n *yaml.Node, t reflect.Type, path string, pos map[string]Pos, report 
 				report(k, fmt.Sprintf("field %q is given twice in %s: keep one", k.Value, describe(path)))
 			}
 			seen[k.Value] = true
-			walk(v, f.Type, join(path, k.Value), pos, report)
+			walk(v, f.Type, join(path, k.Value), pos, merging, report)
 		}
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
@@ -352,7 +394,7 @@ func walk(n *yaml.Node, t reflect.Type, path string, pos map[string]Pos, report 
 			return
 		}
 		for i, c := range n.Content {
-			walk(c, t.Elem(), path+"["+strconv.Itoa(i)+"]", pos, report)
+			walk(c, t.Elem(), path+"["+strconv.Itoa(i)+"]", pos, merging, report)
 		}
 	case reflect.Map:
 		if n.Kind != yaml.MappingNode {
@@ -363,13 +405,41 @@ func walk(n *yaml.Node, t reflect.Type, path string, pos map[string]Pos, report 
 			return
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			walk(n.Content[i+1], t.Elem(), join(path, n.Content[i].Value), pos, report)
+			if isMergeKey(n.Content[i]) {
+				continue
+			}
+			walk(n.Content[i+1], t.Elem(), join(path, n.Content[i].Value), pos, merging, report)
 		}
 	default:
 		if n.Kind != yaml.ScalarNode {
 			report(n, fmt.Sprintf("%s must be a single value, not a list or mapping", describe(path)))
 		}
 	}
+}
+
+// isMergeKey reports a YAML merge key (<<).
+func isMergeKey(k *yaml.Node) bool {
+	return k.Kind == yaml.ScalarNode && k.Value == "<<" && k.ShortTag() == "!!merge"
+}
+
+// mergeSources is what a merge key's value brings in: one mapping or a list
+// of them, usually aliases.
+func mergeSources(v *yaml.Node) []*yaml.Node {
+	deref := func(n *yaml.Node) *yaml.Node {
+		for n.Kind == yaml.AliasNode && n.Alias != nil {
+			n = n.Alias
+		}
+		return n
+	}
+	v = deref(v)
+	if v.Kind != yaml.SequenceNode {
+		return []*yaml.Node{v}
+	}
+	out := make([]*yaml.Node, 0, len(v.Content))
+	for _, c := range v.Content {
+		out = append(out, deref(c))
+	}
+	return out
 }
 
 func join(path, key string) string {

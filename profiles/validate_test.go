@@ -77,6 +77,7 @@ func TestBadRacks(t *testing.T) {
 		{"lab-firmware-value", "23:9", false, `firmware "efi" for w1 is not known: write bios or uefi`},
 		{"lab-size", "22:13", false, `size "2GB" is not a disk size`},
 		{"even-controlplanes", "12:3", true, "2 control planes cannot lose either etcd member"},
+		{"second-document", "22:1", false, "a second YAML document starts here"},
 	}
 
 	files, err := filepath.Glob("testdata/bad/*.yaml")
@@ -319,6 +320,63 @@ func TestSuggestLabel(t *testing.T) {
 	for _, tc := range tests {
 		if got := suggestLabel(tc.in); got != tc.want {
 			t.Errorf("suggestLabel(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestLoadMergeKeys: YAML merge keys (<<: *defaults) are valid YAML that the
+// decoder applies, so the loader's field check must accept them, check the
+// merged fields, and not loop on a mapping that merges itself.
+func TestLoadMergeKeys(t *testing.T) {
+	src := `cluster:
+  name: lab
+  talosVersion: v1.13.0
+  kubernetesVersion: 1.36.0
+  vip: 10.0.0.10
+  network: {subnet: 10.0.0.0/24, gateway: 10.0.0.1, nameservers: [10.0.0.1]}
+machines:
+  - &worker
+    name: w1
+    role: worker
+    arch: amd64
+    labels: &labels {example.com/rack: a}
+    select: {mac: ["52:54:00:00:00:01"]}
+  - <<: *worker
+    name: w2
+    labels: {<<: *labels, example.com/slot: "2"}
+    select: {mac: ["52:54:00:00:00:02"]}
+  - name: cp1
+    role: controlplane
+    address: 10.0.0.11/24
+    select: {mac: ["52:54:00:00:00:03"]}
+`
+	r, err := Load("rack.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w2 := r.Machine("w2")
+	if w2 == nil || w2.Role != RoleWorker || w2.Arch != "amd64" || w2.Labels["example.com/rack"] != "a" || w2.Labels["example.com/slot"] != "2" {
+		t.Fatalf("w2 = %+v", w2)
+	}
+	if p := r.PosOf("machines[1].name"); p != (Pos{15, 11}) {
+		t.Errorf("w2's own name at %v, want 15:11", p)
+	}
+	if p := r.PosOf("machines[1].role"); p != (Pos{10, 11}) {
+		t.Errorf("w2's merged role at %v, want 10:11 (where the merged value stands)", p)
+	}
+	if ps := r.Validate(); len(ps) != 0 {
+		t.Errorf("problems:\n%s", ps.Error())
+	}
+
+	for _, bad := range []struct{ src, at, msg string }{
+		{"cluster: &c\n  <<: *c\n  name: x\n", "", "contains itself"},
+		{"machines:\n  - &m {name: a, rol: worker}\n  - <<: *m\n", "2:18", `unknown field "rol" in machines[1]`},
+		{"machines:\n  - <<: [a]\n", "2:10", "must merge a mapping"},
+	} {
+		_, err := Load("rack.yaml", []byte(bad.src))
+		var ps Problems
+		if !errors.As(err, &ps) || !strings.Contains(ps.Error(), "rack.yaml:"+bad.at) || !strings.Contains(ps.Error(), bad.msg) {
+			t.Errorf("Load(%q) = %v; want %s ...%s", bad.src, err, bad.at, bad.msg)
 		}
 	}
 }
