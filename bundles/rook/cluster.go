@@ -109,6 +109,7 @@ func Cluster(p Params) ([]*unstructured.Unstructured, error) {
 
 	ns := obj("v1", "Namespace", "", Namespace)
 	ns.SetLabels(map[string]string{
+		"app.kubernetes.io/managed-by":       "rackboot",
 		"pod-security.kubernetes.io/enforce": "privileged",
 		"pod-security.kubernetes.io/audit":   "privileged",
 		"pod-security.kubernetes.io/warn":    "privileged",
