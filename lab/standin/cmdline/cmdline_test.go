@@ -13,11 +13,11 @@ func TestParse(t *testing.T) {
 		t.Fatal(err)
 	}
 	for key, want := range map[string]string{
-		"console":       "ttyS0", // first value wins, as in Talos
-		"talos.config":  "http://10.99.0.1/c?mac=${mac}&uuid=",
-		"quiet":         "",
-		"a":             "b c",
-		KeyPlatform:     "metal",
+		"console":      "ttyS0", // first value wins, as in Talos
+		"talos.config": "http://10.99.0.1/c?mac=${mac}&uuid=",
+		"quiet":        "",
+		"a":            "b c",
+		KeyPlatform:    "metal",
 	} {
 		got, ok := c.Get(key)
 		if !ok || got != want {

@@ -55,7 +55,7 @@ func probeOne(dev string) (block.DiskSpec, bool, error) {
 	if isCD && bd.IsCDNoMedia() {
 		size = 0
 	}
-	ioSize, _ := bd.GetIOSize()  //nolint:errcheck // Talos only logs it
+	ioSize, _ := bd.GetIOSize()    //nolint:errcheck // Talos only logs it
 	readOnly, _ := bd.IsReadOnly() //nolint:errcheck // Talos only logs it
 	props, err := bd.GetProperties()
 	if err != nil {
