@@ -3,6 +3,7 @@ package bundles
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,6 +19,23 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
+// certsDir is shared by the tests that only read certificates (issuing RSA
+// keys is the slow part); it is removed after the run.
+var certsDir string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "bundles-certs-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	certsDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
 // exampleParams are what `rackboot bundles render` derives from
 // profiles/example/rack.yaml (cmd/rackboot checks that): six machines with
 // the default Ceph filter; four workers, so CockroachDB stays off the
@@ -31,7 +49,7 @@ func exampleParams(t *testing.T) Params {
 	return Params{
 		Rook:      rp,
 		Cockroach: CockroachParams{Nodes: []string{"lailah", "verus", "mastema", "amdusias-ii"}},
-		CertsDir:  t.TempDir(),
+		CertsDir:  certsDir,
 		Now:       func() time.Time { return time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC) },
 	}
 }

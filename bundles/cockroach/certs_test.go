@@ -20,6 +20,47 @@ var testNow = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 func fixedNow() time.Time { return testNow }
 
+// sharedDir holds certificates issued once for the whole test binary;
+// tests that change files work on copies (copyDir).
+var sharedDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "cockroach-certs-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	sharedDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func sharedCertsDir(t *testing.T) string {
+	t.Helper()
+	if _, err := LoadOrCreateCerts(sharedDir, 3, DefaultNamespace, fixedNow); err != nil {
+		t.Fatal(err)
+	}
+	return sharedDir
+}
+
+// copyDir copies the shared certificates into a fresh directory.
+func copyDir(t *testing.T) string {
+	t.Helper()
+	src := sharedCertsDir(t)
+	dst := t.TempDir()
+	for _, f := range allFiles {
+		b, err := os.ReadFile(filepath.Join(src, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
+}
+
 var allFiles = []string{CACertFile, CAKeyFile, NodeCertFile, NodeKeyFile, RootCertFile, RootKeyFile}
 
 func TestCertsX509(t *testing.T) {
@@ -189,13 +230,7 @@ func TestCertsCreatedOnce(t *testing.T) {
 }
 
 func TestCertsBad(t *testing.T) {
-	fresh := func(t *testing.T) string {
-		dir := t.TempDir()
-		if _, err := LoadOrCreateCerts(dir, 3, "cockroachdb", fixedNow); err != nil {
-			t.Fatal(err)
-		}
-		return dir
-	}
+	fresh := copyDir
 	for _, c := range []struct {
 		name   string
 		break_ func(t *testing.T, dir string)
@@ -212,7 +247,10 @@ func TestCertsBad(t *testing.T) {
 			write(t, dir, NodeKeyFile, k)
 		}, "does not belong"},
 		{"foreign CA", func(t *testing.T, dir string) {
-			other := fresh(t)
+			other := t.TempDir()
+			if _, err := LoadOrCreateCerts(other, 1, "cockroachdb", fixedNow); err != nil {
+				t.Fatal(err)
+			}
 			for _, f := range []string{CACertFile, CAKeyFile} {
 				b, _ := os.ReadFile(filepath.Join(other, f))
 				write(t, dir, f, b)
