@@ -19,12 +19,24 @@ import (
 // with the place in the file and what to write instead. Problems come sorted
 // by their place in the file.
 func (r *Rack) Validate() Problems {
-	c := &checker{r: r}
+	c := &checker{r: r, machineErrs: map[int]bool{}}
 	c.cluster()
 	c.machines()
 	c.lab()
 	ps := c.ps
-	ps = append(ps, talosProblems(r)...)
+	// Talos's verdict on the whole config of a machine that has errors
+	// above only repeats them (an invalid label, taint or disk type fails
+	// Talos's validation too): leave it out until those are fixed.
+	repeated := map[Pos]bool{}
+	for i := range c.machineErrs {
+		repeated[r.PosOf(fmt.Sprintf("machines[%d]", i))] = true
+	}
+	for _, p := range talosProblems(r) {
+		if !p.Warning && repeated[p.Pos] {
+			continue
+		}
+		ps = append(ps, p)
+	}
 	slices.SortStableFunc(ps, func(a, b Problem) int {
 		if a.Pos.Line != b.Pos.Line {
 			return a.Pos.Line - b.Pos.Line
@@ -64,9 +76,15 @@ type checker struct {
 	gatewayOK bool
 	vip       netip.Addr
 	vipOK     bool
+	// machineErrs holds the indexes of machines with an error.
+	machineErrs map[int]bool
 }
 
 func (c *checker) errf(path, format string, args ...any) {
+	var i int
+	if _, err := fmt.Sscanf(path, "machines[%d]", &i); err == nil && c.machineErrs != nil {
+		c.machineErrs[i] = true
+	}
 	c.ps = append(c.ps, Problem{File: c.r.Path, Pos: c.r.PosOf(path), Msg: fmt.Sprintf(format, args...)})
 }
 

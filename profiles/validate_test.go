@@ -108,6 +108,15 @@ func TestBadRacks(t *testing.T) {
 			if !found {
 				t.Errorf("want %s%s...%s...; got:\n%s", prefix, kind, tc.msg, ps.Error())
 			}
+			// One mistake, one message; an unknown role also leaves the
+			// rack without a control plane.
+			n := 1
+			if tc.file == "bad-role" {
+				n = 2
+			}
+			if len(ps) != n {
+				t.Errorf("%d problems, want %d (one mistake, one message):\n%s", len(ps), n, ps.Error())
+			}
 			if tc.warning && ps.Errors() {
 				t.Errorf("a warning-only mistake gave errors:\n%s", ps.Error())
 			}
