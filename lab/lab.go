@@ -161,6 +161,11 @@ func (l *Lab) Name() string { return l.name }
 // Dir is the lab's state directory.
 func (l *Lab) Dir() string { return l.dir }
 
+// Path is a path inside the lab's state directory.
+func (l *Lab) Path(elem ...string) string {
+	return filepath.Join(append([]string{l.dir}, elem...)...)
+}
+
 // StatePath is the lab's lab.json.
 func (l *Lab) StatePath() string { return filepath.Join(l.dir, "lab.json") }
 

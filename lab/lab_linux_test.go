@@ -7,7 +7,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +21,17 @@ import (
 
 	"github.com/vishvananda/netlink"
 )
+
+// TestMain lets the test binary play a small HTTP server in the lab
+// namespace (a stand-in for rackboot serve): LAB_TEST_HTTP=addr.
+func TestMain(m *testing.M) {
+	if addr := os.Getenv("LAB_TEST_HTTP"); addr != "" {
+		// Serves its working directory: proves WorkDir, Files and the namespace.
+		fmt.Fprintln(os.Stderr, http.ListenAndServe(addr, http.FileServer(http.Dir("."))))
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
 
 // requireLabTools fails (never skips) when the machine cannot run a lab,
 // naming the Debian packages to install.
@@ -253,12 +266,49 @@ func TestLabProxyUEFI(t *testing.T) {
 	defer cancel()
 	rack := exampleRack(t)
 	start := time.Now()
-	st, err := l.Up(ctx, Spec{
-		Rack: rack, Machines: 2, DHCP: DHCPProxy,
-		Serve: &ProcessSpec{Role: "serve", Path: "sleep", Args: []string{"600"}},
-	})
+	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
+	}
+	client := &http.Client{Transport: &http.Transport{DialContext: l.DialContext}, Timeout: 2 * time.Second}
+	get := func(ctx context.Context, url string) (string, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return "", fmt.Errorf("%s: %s", url, resp.Status)
+		}
+		return string(b), err
+	}
+	serve := &ProcessSpec{
+		Role: "serve", Path: self, Env: []string{"LAB_TEST_HTTP=192.168.1.2:8080"},
+		WorkDir: "serve",
+		Files:   map[string][]byte{"hello.txt": []byte("from the lab")},
+		Links:   map[string]string{"assets": "/nonexistent/assets"},
+		Ready: func(ctx context.Context) error {
+			for {
+				body, err := get(ctx, "http://192.168.1.2:8080/hello.txt")
+				if err == nil && body == "from the lab" {
+					return nil
+				}
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+		},
+	}
+	st, err := l.Up(ctx, Spec{Rack: rack, Machines: 2, DHCP: DHCPProxy, Serve: serve})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if target, err := os.Readlink(l.Path("serve", "assets")); err != nil || target != "/nonexistent/assets" {
+		t.Errorf("assets link: %q %v", target, err)
 	}
 	ns, rns := Namespace(l.Name()), RouterNamespace(l.Name())
 	if !slices.Equal(st.Namespaces, []string{ns, rns}) || !slices.Equal(st.Veths, []string{routerVeth}) || !st.Serve {

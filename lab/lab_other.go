@@ -2,7 +2,10 @@
 
 package lab
 
-import "context"
+import (
+	"context"
+	"net"
+)
 
 // DetectAccel is TCG outside Linux (the lab does not run there anyway).
 func DetectAccel() Accel { return AccelTCG }
@@ -18,3 +21,8 @@ func (l *Lab) Status() (*Status, error) { return nil, ErrNeedsLinux }
 
 // InNamespace needs Linux: it returns ErrNeedsLinux.
 func (l *Lab) InNamespace(int) (bool, error) { return false, ErrNeedsLinux }
+
+// DialContext needs Linux: it returns ErrNeedsLinux.
+func (l *Lab) DialContext(context.Context, string, string) (net.Conn, error) {
+	return nil, ErrNeedsLinux
+}

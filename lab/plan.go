@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -84,6 +86,19 @@ type ProcessSpec struct {
 	Path string   // program
 	Args []string // arguments, without the program
 	Env  []string // extra environment (KEY=value), added to the lab's own
+	// WorkDir, when set, is a directory name under the lab's directory that
+	// Up creates for the process (its working directory) and Down removes
+	// with everything in it. Lab.Path gives its full path in advance.
+	WorkDir string
+	// Files are written into WorkDir before the process starts.
+	Files map[string][]byte
+	// Links are symbolic links made in WorkDir (name → target).
+	Links map[string]string
+	// Ready, when set, is called after the start and must return nil once
+	// the process serves; its context ends when the process exits.
+	Ready func(ctx context.Context) error
+	// ReadyTimeout bounds Ready (default 30s).
+	ReadyTimeout time.Duration
 }
 
 var vmNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -119,7 +134,7 @@ type Plan struct {
 	ServerAddr      netip.Prefix // on br0
 	RouterAddr      netip.Prefix // the rack's gateway, in the router namespace
 	DHCP            DHCPMode
-	DHCPRange       [2]netip.Addr // the router's pool (proxy mode)
+	DHCPRange       [2]netip.Addr // the DHCP pool: dnsmasq's (proxy) or serve's (full)
 	VMs             []VMPlan
 }
 
@@ -195,13 +210,13 @@ func NewPlan(name string, s Spec) (*Plan, error) {
 	}
 	if dhcp == DHCPProxy {
 		p.RouterNamespace = RouterNamespace(name)
-		if p.ServerAddr.IsValid() {
-			used[p.ServerAddr.Addr()] = "the lab's server"
-		}
-		lo, hi, err := DHCPRange(subnet, used)
-		if err != nil {
-			errs = append(errs, err)
-		}
+	}
+	if p.ServerAddr.IsValid() {
+		used[p.ServerAddr.Addr()] = "the lab's server"
+	}
+	if lo, hi, err := DHCPRange(subnet, used); err != nil {
+		errs = append(errs, err)
+	} else {
 		p.DHCPRange = [2]netip.Addr{lo, hi}
 	}
 	mem := r.Lab.MemoryMiB

@@ -111,10 +111,11 @@ func stopProcess(p Process, grace time.Duration) (bool, error) {
 
 // startProcess starts spec inside the named namespace, in its own process
 // group (a Ctrl-C in the terminal does not reach it; it outlives the
-// command), with stdout and stderr appended to logPath. The returned Process
+// command), with stdout and stderr appended to logPath, in dir ("": this
+// process's working directory). The returned Process
 // is what the state records. The child is reaped in the background while
 // this process lives; afterwards init reaps it.
-func startProcess(namespace string, spec ProcessSpec, logPath string) (Process, <-chan error, error) {
+func startProcess(namespace string, spec ProcessSpec, logPath, dir string) (Process, <-chan error, error) {
 	exe, err := exec.LookPath(spec.Path)
 	if err != nil {
 		return Process{}, nil, fmt.Errorf("start %s: %w", spec.Role, err)
@@ -128,6 +129,7 @@ func startProcess(namespace string, spec ProcessSpec, logPath string) (Process, 
 	cmd.Env = append(os.Environ(), spec.Env...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
+	cmd.Dir = dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := inNamespace(namespace, cmd.Start); err != nil {
 		return Process{}, nil, fmt.Errorf("start %s in namespace %s: %w", spec.Role, namespace, err)

@@ -39,8 +39,13 @@ type State struct {
 	// Down; directories are removed when they end up empty.
 	Files []string `json:"files,omitempty"`
 	Dirs  []string `json:"dirs,omitempty"`
+	// Trees are directories the lab made for a process (its WorkDir),
+	// removed by Down with everything in them.
+	Trees []string `json:"trees,omitempty"`
 	// Serve says whether a serve process was started in the namespace.
 	Serve bool `json:"serve"`
+	// DHCPRange is the pool ("lo-hi"): dnsmasq's or serve's.
+	DHCPRange string `json:"dhcpRange,omitempty"`
 }
 
 // Process is one process the lab started. A PID is only ever signalled when

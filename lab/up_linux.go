@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,6 +90,7 @@ func (l *Lab) Up(ctx context.Context, spec Spec) (_ *State, err error) {
 		DHCP:       p.DHCP,
 		Accel:      accel.Name,
 		ServerAddr: p.ServerAddr.String(),
+		DHCPRange:  p.DHCPRange[0].String() + "-" + p.DHCPRange[1].String(),
 	}
 	if p.RouterAddr.IsValid() && p.DHCP == DHCPProxy {
 		st.RouterAddr = p.RouterAddr.String()
@@ -159,15 +161,7 @@ func (l *Lab) Up(ctx context.Context, spec Spec) (_ *State, err error) {
 
 	// rackboot serve.
 	if spec.Serve != nil {
-		s := *spec.Serve
-		if s.Role == "" {
-			s.Role = "serve"
-		}
-		if err := l.start(st, p.Namespace, s, filepath.Join(l.dir, s.Role+".log")); err != nil {
-			return nil, err
-		}
-		st.Serve = true
-		if err := l.save(st); err != nil {
+		if err := l.startServe(ctx, st, *spec.Serve); err != nil {
 			return nil, err
 		}
 	}
@@ -184,20 +178,117 @@ func (l *Lab) Up(ctx context.Context, spec Spec) (_ *State, err error) {
 	return st, nil
 }
 
+// startServe starts the serve process in the lab namespace, with its own
+// working directory, and waits until it is ready.
+func (l *Lab) startServe(ctx context.Context, st *State, s ProcessSpec) error {
+	if s.Role == "" {
+		s.Role = "serve"
+	}
+	var dir string
+	if s.WorkDir != "" {
+		if !vmNameRE.MatchString(s.WorkDir) || s.WorkDir != filepath.Base(s.WorkDir) || s.WorkDir == "lab.json" {
+			return fmt.Errorf("%s: work directory %q must be one plain name", s.Role, s.WorkDir)
+		}
+		dir = filepath.Join(l.dir, s.WorkDir)
+		st.Trees = append(st.Trees, dir)
+		if err := l.save(st); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("%s: %w", s.Role, err)
+		}
+		for name, data := range s.Files {
+			if name != filepath.Base(name) {
+				return fmt.Errorf("%s: file name %q must be one plain name", s.Role, name)
+			}
+			if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+				return fmt.Errorf("%s: %w", s.Role, err)
+			}
+		}
+		for name, target := range s.Links {
+			if name != filepath.Base(name) {
+				return fmt.Errorf("%s: link name %q must be one plain name", s.Role, name)
+			}
+			if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+				return fmt.Errorf("%s: %w", s.Role, err)
+			}
+		}
+	}
+	done, err := l.startWait(st, st.Namespaces[0], s, filepath.Join(l.dir, s.Role+".log"), dir)
+	if err != nil {
+		return err
+	}
+	st.Serve = true
+	if err := l.save(st); err != nil {
+		return err
+	}
+	if s.Ready == nil {
+		return nil
+	}
+	timeout := s.ReadyTimeout
+	if timeout == 0 {
+		timeout = 30 * time.Second
+	}
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	exited := make(chan error, 1)
+	go func() {
+		select {
+		case werr := <-done:
+			exited <- werr
+			cancel()
+		case <-rctx.Done():
+		}
+	}()
+	if err := s.Ready(rctx); err != nil {
+		out, _ := os.ReadFile(filepath.Join(l.dir, s.Role+".log"))
+		select {
+		case werr := <-exited:
+			err = fmt.Errorf("it exited (%v)", werr)
+		default:
+		}
+		return fmt.Errorf("%s is not ready: %w\n%s", s.Role, err, tail(out, 20))
+	}
+	l.log.Info("ready", "lab", l.name, "role", s.Role)
+	return nil
+}
+
+// tail is the last n lines of b.
+func tail(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// DialContext connects from inside the lab namespace (the socket is made
+// there), so this process can reach the lab's serve on the bridge address.
+func (l *Lab) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := inNamespace(Namespace(l.name), func() error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
 // start starts a process in a namespace and records it (and the files it
 // will write, so Down removes them).
 func (l *Lab) start(st *State, namespace string, spec ProcessSpec, logPath string, files ...string) error {
-	_, err := l.startWait(st, namespace, spec, logPath, files...)
+	_, err := l.startWait(st, namespace, spec, logPath, "", files...)
 	return err
 }
 
-func (l *Lab) startWait(st *State, namespace string, spec ProcessSpec, logPath string, files ...string) (<-chan error, error) {
+func (l *Lab) startWait(st *State, namespace string, spec ProcessSpec, logPath, dir string, files ...string) (<-chan error, error) {
 	st.Files = append(st.Files, logPath)
 	st.Files = append(st.Files, files...)
 	if err := l.save(st); err != nil {
 		return nil, err
 	}
-	proc, done, err := startProcess(namespace, spec, logPath)
+	proc, done, err := startProcess(namespace, spec, logPath, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -259,7 +350,7 @@ func (l *Lab) startVM(ctx context.Context, st *State, vm VMPlan, accel Accel) er
 			return fmt.Errorf("vm %s: UEFI variable store: %w", vm.Name, err)
 		}
 	}
-	done, err := l.startWait(st, st.Namespaces[0], ProcessSpec{Role: "vm:" + vm.Name, Path: l.tools.QEMU, Args: args}, vs.QEMULog)
+	done, err := l.startWait(st, st.Namespaces[0], ProcessSpec{Role: "vm:" + vm.Name, Path: l.tools.QEMU, Args: args}, vs.QEMULog, "")
 	if err != nil {
 		return fmt.Errorf("vm %s: %w", vm.Name, err)
 	}
@@ -347,6 +438,16 @@ func (l *Lab) Down(ctx context.Context) (*DownReport, error) {
 			rep.Files++
 		case !errors.Is(err, fs.ErrNotExist):
 			errs = append(errs, fmt.Errorf("remove %s: %w", st.Files[i], err))
+		}
+	}
+	for i := len(st.Trees) - 1; i >= 0; i-- {
+		tree := st.Trees[i]
+		if rel, err := filepath.Rel(l.dir, tree); err != nil || rel == "." || strings.HasPrefix(rel, "..") {
+			errs = append(errs, fmt.Errorf("not removing %s: it is not inside the lab directory %s", tree, l.dir))
+			continue
+		}
+		if err := os.RemoveAll(tree); err != nil {
+			errs = append(errs, fmt.Errorf("remove %s: %w", tree, err))
 		}
 	}
 	if len(errs) > 0 {
