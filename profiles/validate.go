@@ -115,8 +115,11 @@ func (c *checker) cluster() {
 	c.network()
 	c.schematic("cluster.schematic", cl.Schematic)
 	c.diskRule("cluster.installDisk", cl.InstallDisk)
-	if cl.CephDisks != "" {
-		c.cephDisks("cluster.cephDisks", cl.CephDisks, c.r.InstallDisk(&Machine{}))
+	switch {
+	case cl.CephDisks != "":
+		c.cephOverlap("cluster.cephDisks", c.cephForm("cluster.cephDisks", cl.CephDisks), c.r.InstallDisk(&Machine{}))
+	case !cl.InstallDisk.IsZero():
+		c.cephOverlap("cluster.installDisk", regexp.MustCompile(DefaultCephDisks), c.r.InstallDisk(&Machine{}))
 	}
 	if cl.Network.Link != "" {
 		c.link("cluster.network.link", cl.Network.Link)
@@ -374,12 +377,15 @@ func (c *checker) machines() {
 			c.link(p+".link", m.Link)
 		}
 		c.diskRule(p+".installDisk", m.InstallDisk)
-		if m.CephDisks != "" || !m.InstallDisk.IsZero() {
-			path := p + ".cephDisks"
-			if m.CephDisks == "" {
-				path = p + ".installDisk"
+		switch {
+		case m.CephDisks != "":
+			c.cephOverlap(p+".cephDisks", c.cephForm(p+".cephDisks", m.CephDisks), c.r.InstallDisk(m))
+		case !m.InstallDisk.IsZero():
+			// The cluster's filter against this machine's install disk; a
+			// filter that does not compile is reported at the cluster.
+			if re, err := regexp.Compile(c.r.CephDisks(m)); err == nil {
+				c.cephOverlap(p+".installDisk", re, c.r.InstallDisk(m))
 			}
-			c.cephDisks(path, c.r.CephDisks(m), c.r.InstallDisk(m))
 		}
 		c.schematic(p+".schematic", m.Schematic)
 		c.labelsAndTaints(p, m)
@@ -487,40 +493,51 @@ func (c *checker) diskRule(path string, d DiskRule) {
 	}
 }
 
-// cephDisks checks a Ceph device filter against the install disk it must
-// never match.
-func (c *checker) cephDisks(path, expr string, install DiskRule) {
+// cephForm checks that a Ceph device filter compiles and matches whole
+// disk names only; it returns the compiled filter, or nil.
+func (c *checker) cephForm(path, expr string) *regexp.Regexp {
 	re, err := regexp.Compile(expr)
 	if err != nil {
 		c.errf(path, "cephDisks %q is not a regular expression (%v): write e.g. %s", expr, regexpErr(err), DefaultCephDisks)
-		return
+		return nil
 	}
 	if !anchored(expr) {
 		c.warnf(path, "cephDisks %q is not anchored, so it also matches names that merely contain it (^sd. matches the partition sda1): write it as ^...$, e.g. %s", expr, DefaultCephDisks)
 	} else if re.MatchString("sda1") || re.MatchString("nvme0n1p1") {
 		c.warnf(path, "cephDisks %q matches partition names such as sda1: Rook needs whole disks; write e.g. %s", expr, DefaultCephDisks)
 	}
-	var names []string
+	return re
+}
+
+// cephOverlap checks a Ceph device filter against the names the install
+// disk can have: Rook must never be given the Talos disk.
+func (c *checker) cephOverlap(path string, re *regexp.Regexp, install DiskRule) {
+	if re == nil {
+		return
+	}
+	expr := re.String()
+	pinned := install.Serial != "" || install.Model != "" || install.BusPath != ""
 	switch install.Type {
 	case "nvme":
-		names = []string{"nvme0n1", "nvme1n1"}
+		if re.MatchString("nvme0n1") {
+			c.errf(path, "cephDisks %q matches nvme0n1, the name of the NVMe install disk: Rook would take the Talos disk; exclude it, e.g. %s", expr, DefaultCephDisks)
+		} else if re.MatchString("nvme1n1") && !pinned {
+			c.warnf(path, "cephDisks %q matches nvme1n1, and with several NVMe disks Talos installs to the first that matches type nvme, whatever its name: pin the install disk with serial or model", expr)
+		}
 	case "sd":
-		names = []string{"mmcblk0"}
-	case "ssd":
-		names = []string{"nvme0n1", "sda", "vda"}
-	case "hdd":
-		names = []string{"sda", "vda"}
-	}
-	for _, n := range names {
-		if !re.MatchString(n) {
-			continue
+		if re.MatchString("mmcblk0") {
+			c.errf(path, "cephDisks %q matches mmcblk0, the name of the SD/MMC install disk: Rook would take the Talos disk; exclude it, e.g. %s", expr, DefaultCephDisks)
 		}
-		if install.Type == "nvme" || install.Type == "sd" {
-			c.errf(path, "cephDisks %q matches %s, a name the install disk (type %s) has: Rook would take the Talos disk; exclude it, e.g. %s", expr, n, install.Type, DefaultCephDisks)
-		} else {
-			c.warnf(path, "cephDisks %q matches %s, which the install disk (type %s) may be: select the install disk by serial or model and make sure cephDisks cannot match it", expr, n, install.Type)
+	case "ssd", "hdd":
+		if pinned {
+			return
 		}
-		return
+		for _, n := range []string{"sda", "vda", "nvme0n1"} {
+			if re.MatchString(n) && (n != "nvme0n1" || install.Type == "ssd") {
+				c.warnf(path, "cephDisks %q matches %s, which the install disk (type %s) may be: pin the install disk with serial or model, and make sure cephDisks cannot match it", expr, n, install.Type)
+				return
+			}
+		}
 	}
 }
 

@@ -62,7 +62,7 @@ func TestBadRacks(t *testing.T) {
 		{"duplicate-serial", "29:15", false, `serial "cz1234" of w3 is also selected by w2`},
 		{"duplicate-uuid", "28:13", false, "uuid 44454c4c-4200-1035-8052-b4c04f4e4e32 of w3 is also selected by w2"},
 		{"placeholder-uuid", "24:13", false, "is a placeholder"},
-		{"ceph-matches-nvme", "21:16", false, "matches nvme0n1, a name the install disk (type nvme) has"},
+		{"ceph-matches-nvme", "21:16", false, "matches nvme0n1, the name of the NVMe install disk"},
 		{"ceph-unanchored", "21:16", true, `cephDisks "sd." is not anchored`},
 		{"ceph-bad-regexp", "21:16", false, "is not a regular expression (missing closing ]"},
 		{"install-type-sata", "22:13", false, `install disk type "sata" is not one Talos knows (nvme, ssd, hdd, sd)`},
@@ -386,6 +386,57 @@ machines:
 		var ps Problems
 		if !errors.As(err, &ps) || !strings.Contains(ps.Error(), "rack.yaml:"+bad.at) || !strings.Contains(ps.Error(), bad.msg) {
 			t.Errorf("Load(%q) = %v; want %s ...%s", bad.src, err, bad.at, bad.msg)
+		}
+	}
+}
+
+// TestCephAgainstInstallDisk: the Ceph filter is checked against the names
+// the install disk can have, with the defaults filled in.
+func TestCephAgainstInstallDisk(t *testing.T) {
+	const head = "cluster:\n  name: lab\n  talosVersion: v1.13.0\n  kubernetesVersion: 1.36.0\n  vip: 10.0.0.10\n" +
+		"  network: {subnet: 10.0.0.0/24, gateway: 10.0.0.1, nameservers: [10.0.0.1]}\n" // lines 1-6
+	const machine = "machines:\n  - name: cp1\n    role: controlplane\n    address: 10.0.0.11/24\n" +
+		"    select: {mac: [\"52:54:00:00:00:01\"]}\n" // 5 lines
+	tests := []struct {
+		cluster, machine string // extra lines under cluster: (from line 7) and under the machine
+		at               string
+		warning          bool
+		msg              string
+	}{
+		{"  installDisk: {type: ssd}\n", "", "7:16", true, `cephDisks "^sd[a-z]+$" matches sda, which the install disk (type ssd) may be`},
+		{"  installDisk: {type: ssd, serial: S1}\n", "", "", false, ""},
+		{"", "    installDisk: {type: hdd}\n", "11:18", true, `cephDisks "^sd[a-z]+$" matches sda, which the install disk (type hdd) may be`},
+		{"  cephDisks: ^(sd[a-z]+|mmcblk[0-9])$\n", "    installDisk: {type: sd}\n", "12:18", false, "matches mmcblk0, the name of the SD/MMC install disk"},
+		{"", "    cephDisks: ^nvme[0-9]n1$\n", "11:16", false, "matches nvme0n1, the name of the NVMe install disk"},
+		{"", "    cephDisks: ^nvme1n1$\n", "11:16", true, "with several NVMe disks Talos installs to the first that matches type nvme"},
+		{"", "    cephDisks: ^nvme1n1$\n    installDisk: {type: nvme, model: \"Samsung*\"}\n", "", false, ""},
+		{"", "    cephDisks: ^sd[b-z]$\n    installDisk: {type: ssd, serial: X1}\n", "", false, ""},
+	}
+	for _, tc := range tests {
+		src := head + tc.cluster + strings.Replace(machine, "    select:", tc.machine+"    select:", 1)
+		r, err := Load("rack.yaml", []byte(src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps := r.Validate()
+		if tc.msg == "" {
+			if len(ps) != 0 {
+				t.Errorf("%s\nwant no problem, got:\n%s", src, ps.Error())
+			}
+			continue
+		}
+		kind := "error"
+		if tc.warning {
+			kind = "warning"
+		}
+		want := 1
+		if strings.Contains(src, "type: sd}") {
+			want = 2 // and the warning that sd means SD cards
+		}
+		if len(ps) != want || !slices.ContainsFunc(ps, func(p Problem) bool {
+			return strings.HasPrefix(p.String(), "rack.yaml:"+tc.at+": "+kind+": ") && strings.Contains(p.Msg, tc.msg)
+		}) {
+			t.Errorf("%s\nwant rack.yaml:%s: %s: ...%s; got:\n%s", src, tc.at, kind, tc.msg, ps.Error())
 		}
 	}
 }
