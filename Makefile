@@ -41,9 +41,10 @@ build: ipxe
 
 ## standin: the stand-in boot image (Debian kernel + our Go /init) for the lab and e2e tests.
 standin: $(STANDIN_DIR)/SOURCE
-$(STANDIN_DIR)/SOURCE: scripts/standin-kernel.sh $(shell find lab/standin -name '*.go' 2>/dev/null)
+$(STANDIN_DIR)/SOURCE: scripts/standin-kernel.sh $(shell find lab/standin imager -name '*.go' 2>/dev/null)
 	@scripts/deps.sh
-	scripts/standin.sh $(STANDIN_DIR)
+	[ -f $(STANDIN_DIR)/kernel/SOURCE ] || scripts/standin-kernel.sh $(STANDIN_DIR)/kernel
+	$(GO) run ./lab/standin/mkimage -kernel-dir $(STANDIN_DIR)/kernel -o $(STANDIN_DIR)
 
 ## test: everything a change must pass. Installs what it needs on a fresh Debian machine.
 test: deps build standin lint unit fuzz

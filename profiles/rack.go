@@ -523,8 +523,11 @@ func cleanYAMLErr(err error) string {
 
 // Defaults the rack file may leave out.
 const (
-	DefaultCephDisks    = `^sd[a-z]+$`
-	DefaultLink         = "eth0"
+	DefaultCephDisks = `^sd[a-z]+$`
+	// LinkAlias names the rack-facing NIC when the rack file gives no link:
+	// a LinkAliasConfig selects it by the machine's MAC, so the name is the
+	// same whatever the kernel calls the interface (enp3s0, eno1...).
+	LinkAlias           = "rack0"
 	VanillaSchematicID  = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba"
 	DefaultInstallType  = "nvme"
 	DefaultArch         = "amd64"
@@ -589,15 +592,17 @@ func (r *Rack) Schematic(m *Machine) Schematic {
 	}
 }
 
-// Link is the machine's interface name for its static address and the VIP.
-func (r *Rack) Link(m *Machine) string {
+// Link is the machine's interface name for its static address and the VIP:
+// the machine's link, else the network's, else LinkAlias (an alias selected
+// by MAC; see talos.go). aliased says whether the alias is used.
+func (r *Rack) Link(m *Machine) (name string, aliased bool) {
 	switch {
 	case m.Link != "":
-		return m.Link
+		return m.Link, false
 	case r.Cluster.Network.Link != "":
-		return r.Cluster.Network.Link
+		return r.Cluster.Network.Link, false
 	default:
-		return DefaultLink
+		return LinkAlias, true
 	}
 }
 

@@ -6,8 +6,11 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
+	"github.com/siderolabs/talos/pkg/machinery/cel"
+	"github.com/siderolabs/talos/pkg/machinery/cel/celenv"
 	coreconfig "github.com/siderolabs/talos/pkg/machinery/config"
 	docconfig "github.com/siderolabs/talos/pkg/machinery/config/config"
 	"github.com/siderolabs/talos/pkg/machinery/config/configpatcher"
@@ -318,8 +321,15 @@ func (r *Rack) applyMachineSettings(mc *v1alpha1.MachineConfig, m *Machine) erro
 // with a default route and the nameservers (DHCP machines keep Talos's
 // default DHCP), and on control planes the shared layer-2 VIP.
 func (r *Rack) networkDocs(m *Machine) ([]docconfig.Document, error) {
-	link := r.Link(m)
+	link, aliased := r.Link(m)
 	var docs []docconfig.Document
+	if aliased && (!m.IsDHCP() || m.Role == RoleControlPlane) {
+		alias, err := linkAlias(m)
+		if err != nil {
+			return nil, err
+		}
+		docs = append(docs, alias)
+	}
 	if !m.IsDHCP() {
 		addr, err := netip.ParsePrefix(m.Address)
 		if err != nil {
@@ -354,4 +364,32 @@ func (r *Rack) networkDocs(m *Machine) ([]docconfig.Document, error) {
 		docs = append(docs, vip)
 	}
 	return docs, nil
+}
+
+// linkAlias names the machine's rack-facing NIC LinkAlias, selected by the
+// MACs the rack file knows it by: Talos 1.13 names interfaces predictably
+// (enp3s0...), so a fixed "eth0" would match nothing on most servers.
+func linkAlias(m *Machine) (*network.LinkAliasConfigV1Alpha1, error) {
+	var macs []string
+	for _, s := range m.Select.MAC {
+		hw, err := NormalizeMAC(s)
+		if err != nil {
+			return nil, fmt.Errorf("mac %q: %w", s, err)
+		}
+		macs = append(macs, strconv.Quote(hw.String()))
+	}
+	if len(macs) == 0 {
+		return nil, fmt.Errorf("%s has a static address or the VIP but no MAC to find its NIC by: add select.mac, or name the interface with link:", m.Name)
+	}
+	expr := "mac(link.permanent_addr) == " + macs[0]
+	if len(macs) > 1 {
+		expr = "mac(link.permanent_addr) in [" + strings.Join(macs, ", ") + "]"
+	}
+	sel, err := cel.ParseBooleanExpression(expr, celenv.LinkLocator())
+	if err != nil {
+		return nil, fmt.Errorf("link selector for %s: %w", m.Name, err)
+	}
+	a := network.NewLinkAliasConfigV1Alpha1(LinkAlias)
+	a.Selector.Match = sel
+	return a, nil
 }

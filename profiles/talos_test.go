@@ -205,17 +205,25 @@ func TestExampleConfigs(t *testing.T) {
 
 			// Static address on the link, default route, nameservers.
 			var link *network.LinkConfigV1Alpha1
+			var alias *network.LinkAliasConfigV1Alpha1
 			var vips []*network.Layer2VIPConfigV1Alpha1
 			for _, d := range cfg.Documents() {
 				switch d := d.(type) {
 				case *network.LinkConfigV1Alpha1:
 					link = d
+				case *network.LinkAliasConfigV1Alpha1:
+					alias = d
 				case *network.Layer2VIPConfigV1Alpha1:
 					vips = append(vips, d)
 				}
 			}
-			if link == nil || link.MetaName != "eth0" || len(link.LinkAddresses) != 1 || link.LinkAddresses[0].AddressAddress.String() != m.Address {
-				t.Fatalf("link config = %+v, want eth0 with %s", link, m.Address)
+			// The rack file names no link: the NIC is found by its MAC
+			// and aliased, whatever the kernel calls it.
+			if alias == nil || alias.MetaName != LinkAlias || !strings.Contains(alias.Selector.Match.String(), `mac(link.permanent_addr) == "`+m.Select.MAC[0]+`"`) {
+				t.Fatalf("link alias = %+v, want %s selected by mac %s", alias, LinkAlias, m.Select.MAC[0])
+			}
+			if link == nil || link.MetaName != LinkAlias || len(link.LinkAddresses) != 1 || link.LinkAddresses[0].AddressAddress.String() != m.Address {
+				t.Fatalf("link config = %+v, want %s with %s", link, LinkAlias, m.Address)
 			}
 			if len(link.LinkRoutes) != 1 || link.LinkRoutes[0].RouteGateway.String() != "192.168.1.1" {
 				t.Fatalf("routes = %+v, want a default route via 192.168.1.1", link.LinkRoutes)
@@ -227,8 +235,8 @@ func TestExampleConfigs(t *testing.T) {
 			// The VIP on control planes only.
 			switch m.Role {
 			case RoleControlPlane:
-				if len(vips) != 1 || vips[0].MetaName != "192.168.1.10" || vips[0].LinkName != "eth0" {
-					t.Fatalf("control plane VIP docs = %+v, want one Layer2VIPConfig 192.168.1.10 on eth0", vips)
+				if len(vips) != 1 || vips[0].MetaName != "192.168.1.10" || vips[0].LinkName != LinkAlias {
+					t.Fatalf("control plane VIP docs = %+v, want one Layer2VIPConfig 192.168.1.10 on %s", vips, LinkAlias)
 				}
 				if !cfg.Machine().Type().IsControlPlane() {
 					t.Fatal("machine type is not controlplane")
