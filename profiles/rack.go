@@ -293,7 +293,9 @@ func Load(name string, data []byte) (*Rack, error) {
 		var te *yaml.TypeError
 		if errors.As(err, &te) {
 			for _, e := range te.Errors {
-				probs = append(probs, Problem{File: name, Pos: yamlErrPos(errors.New(e)), Msg: cleanYAMLErr(errors.New(e))})
+				at := yamlErrPos(errors.New(e))
+				at.Col = valueCol(data, at.Line, e)
+				probs = append(probs, Problem{File: name, Pos: at, Msg: cleanYAMLErr(errors.New(e))})
 			}
 			return nil, probs
 		}
@@ -487,6 +489,39 @@ func sortedKeys[V any](m map[string]V) []string {
 		}
 	}
 	return keys
+}
+
+// valueCol finds the column of the value a yaml.v3 type error quotes
+// ("cannot unmarshal !!str `lots` into int", long values cut to 7
+// characters and "...") on its line; 1 when it cannot.
+func valueCol(data []byte, line int, msg string) int {
+	i := strings.Index(msg, "`")
+	j := strings.LastIndex(msg, "`")
+	if i < 0 || j <= i+1 {
+		return 1
+	}
+	v := strings.TrimSuffix(msg[i+1:j], "...")
+	lines := strings.Split(string(data), "\n")
+	if line < 1 || line > len(lines) {
+		return 1
+	}
+	text := lines[line-1]
+	// Skip the key: the value comes after the first ": " or "- ".
+	from := 0
+	if k := strings.Index(text, ": "); k >= 0 {
+		from = k + 2
+	} else if k := strings.Index(text, "- "); k >= 0 {
+		from = k + 2
+	}
+	k := strings.Index(text[from:], v)
+	if k < 0 {
+		return 1
+	}
+	col := from + k
+	if col > 0 && (text[col-1] == '"' || text[col-1] == '\'') {
+		col--
+	}
+	return col + 1
 }
 
 // yamlErrPos pulls "line N" out of a yaml.v3 error message.

@@ -78,6 +78,7 @@ func TestBadRacks(t *testing.T) {
 		{"lab-size", "22:13", false, `size "2GB" is not a disk size`},
 		{"even-controlplanes", "12:3", true, "2 control planes cannot lose either etcd member"},
 		{"second-document", "22:1", false, "a second YAML document starts here"},
+		{"wrong-scalar-type", "21:31", false, "cannot unmarshal !!str `big` into int"},
 	}
 
 	files, err := filepath.Glob("testdata/bad/*.yaml")
