@@ -379,7 +379,7 @@ func linkAlias(m *Machine) (*network.LinkAliasConfigV1Alpha1, error) {
 		macs = append(macs, strconv.Quote(hw.String()))
 	}
 	if len(macs) == 0 {
-		return nil, fmt.Errorf("%s has a static address or the VIP but no MAC to find its NIC by: add select.mac, or name the interface with link:", m.Name)
+		return nil, fmt.Errorf("%s has a static address or the VIP but no MAC to find its NIC by: add select.mac, or name the interface with link", m.Name)
 	}
 	expr := "mac(link.permanent_addr) == " + macs[0]
 	if len(macs) > 1 {

@@ -49,13 +49,13 @@ func throwawayBundle(contract *coreconfig.VersionContract) (*secrets.Bundle, err
 		return nil, fmt.Errorf("etcd CA: %w", err)
 	}
 	if b.Certs.K8s, err = pair(secrets.NewKubernetesCA(now, contract)); err != nil {
-		return nil, fmt.Errorf("Kubernetes CA: %w", err)
+		return nil, fmt.Errorf("kubernetes CA: %w", err)
 	}
 	if b.Certs.K8sAggregator, err = pair(secrets.NewAggregatorCA(now, contract)); err != nil {
 		return nil, fmt.Errorf("aggregator CA: %w", err)
 	}
 	if b.Certs.OS, err = pair(secrets.NewTalosCA(now)); err != nil {
-		return nil, fmt.Errorf("Talos CA: %w", err)
+		return nil, fmt.Errorf("talos CA: %w", err)
 	}
 	sa, err := talosx509.NewECDSAKey()
 	if err != nil {
@@ -186,7 +186,11 @@ func checkVersions(r *Rack, add func(path string, warning bool, format string, a
 	kv := r.Cluster.KubernetesVersion
 	k8s, err := compatibility.ParseKubernetesVersion(kv)
 	if err != nil || strings.HasPrefix(kv, "v") {
-		add("cluster.kubernetesVersion", false, "kubernetesVersion %q: write a version without v, such as %s", kv, constants.DefaultKubernetesVersion)
+		if kv == "" {
+			add("cluster.kubernetesVersion", false, "kubernetesVersion is missing: write one such as %s", constants.DefaultKubernetesVersion)
+		} else {
+			add("cluster.kubernetesVersion", false, "kubernetesVersion %q is not a version: write one without v, such as %s", kv, constants.DefaultKubernetesVersion)
+		}
 		return false
 	}
 	if err := k8s.SupportedWith(talos); err != nil {
@@ -219,16 +223,6 @@ func loadRackPatch(p Patch, path string, add func(path string, warning bool, for
 	}
 	add(path, false, "this patch does not load: %s; write a mapping of Talos config fields, e.g. machine: {sysctls: {vm.nr_hugepages: \"1024\"}}", oneLine(err))
 	return nil
-}
-
-// machineIndex is m's index in r.Machines.
-func (r *Rack) machineIndex(m *Machine) int {
-	for i := range r.Machines {
-		if &r.Machines[i] == m {
-			return i
-		}
-	}
-	return -1
 }
 
 // oneLine folds a multi-line error (Talos joins its validation errors with
