@@ -14,7 +14,6 @@ import (
 	"github.com/diskfs/go-diskfs/backend"
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/filesystem/fat16"
-	"github.com/diskfs/go-diskfs/filesystem/fat32"
 
 	"github.com/dotfile/rackboot/imager/bootloaders"
 )
@@ -25,9 +24,7 @@ const (
 	// minESPSize is the smallest ESP rackboot makes: FAT16 with 16 MiB
 	// boots on OVMF (BOOT-MEDIA.md).
 	minESPSize = 16 * miB
-	// maxFAT16Size is where FAT16 stops (go-diskfs's limit, 2 GiB); above it
-	// the ESP is FAT32, which go-diskfs gives 4 KiB clusters there, far
-	// above OVMF's 65,525-cluster minimum.
+	// maxFAT16Size is where FAT16 stops (go-diskfs's limit, 2 GiB).
 	maxFAT16Size = 2048 * miB
 	// metalISOSize is the FAT16 volume holding config.yaml on a USB image.
 	metalISOSize = 8 * miB
@@ -116,10 +113,11 @@ func LoaderEntry(name, cmdline string) string {
 }
 
 // FATLayout chooses the filesystem and size of a FAT volume holding
-// content bytes of files: FAT16 (at least 16 MiB, which OVMF boots) up to
-// 2 GiB, FAT32 above (with 4 KiB clusters there, so well over the 65,525
-// clusters OVMF requires of FAT32). The size leaves 5% plus 4 MiB free and
-// is a multiple of 4 MiB.
+// content bytes of files: FAT16, at least 16 MiB (which OVMF boots: a FAT32
+// ESP would need 33 MiB or more for OVMF's 65,525-cluster minimum), at most
+// 2 GiB. The size leaves 5% plus 4 MiB free and is a multiple of 4 MiB.
+// Larger boot files are refused: go-diskfs v1.9.4's FAT32 fails fsck.fat -n
+// (wrong ".." of subdirectories of the root, no free-cluster count).
 func FATLayout(content int64) (filesystem.Type, int64, error) {
 	if content < 0 {
 		return 0, 0, fmt.Errorf("FAT layout: negative content size %d", content)
@@ -129,13 +127,10 @@ func FATLayout(content int64) (filesystem.Type, int64, error) {
 	if size < minESPSize {
 		size = minESPSize
 	}
-	if size <= maxFAT16Size {
-		return filesystem.TypeFat16, size, nil
+	if size > maxFAT16Size {
+		return 0, 0, fmt.Errorf("FAT layout: %d MiB of boot files need a %d MiB volume; at most %d MiB are supported (FAT16)", content/miB, size/miB, maxFAT16Size/miB)
 	}
-	if size > fat32.Fat32MaxSize {
-		return 0, 0, fmt.Errorf("FAT layout: %d bytes of boot files do not fit a FAT32 volume", content)
-	}
-	return filesystem.TypeFat32, size, nil
+	return filesystem.TypeFat16, size, nil
 }
 
 // fatContentSize is what files take in a FAT volume, rounding each up to
@@ -164,8 +159,6 @@ func createFAT(b backend.Storage, t filesystem.Type, start, size int64, label st
 	switch t {
 	case filesystem.TypeFat16:
 		return fat16.Create(b, size, start, 512, label, true)
-	case filesystem.TypeFat32:
-		return fat32.Create(b, size, start, 512, label, true)
 	}
 	return nil, fmt.Errorf("create FAT: unsupported filesystem type %v", t)
 }

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/backend"
+	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem/iso9660"
 
 	"github.com/dotfile/rackboot/imager/bootloaders"
@@ -366,3 +368,24 @@ var (
 	loadersDir  string
 	loadersErr  error
 )
+
+// cmdOut runs a command and returns its combined output and error.
+func cmdOut(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	return string(out), err
+}
+
+// cmdEnv runs a command with extra environment, failing on error.
+func cmdEnv(t testing.TB, env []string, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// fileBackend wraps a file for go-diskfs.
+func fileBackend(f *os.File) backend.Storage { return file.New(f, false) }
