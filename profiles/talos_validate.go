@@ -189,7 +189,7 @@ func checkVersions(r *Rack, add func(path string, warning bool, format string, a
 		if kv == "" {
 			add("cluster.kubernetesVersion", false, "kubernetesVersion is missing: write one such as %s", constants.DefaultKubernetesVersion)
 		} else {
-			add("cluster.kubernetesVersion", false, "kubernetesVersion %q is not a version: write one without v, such as %s", kv, constants.DefaultKubernetesVersion)
+			add("cluster.kubernetesVersion", false, "kubernetesVersion %q is not a version: write a version without v, such as %s", kv, constants.DefaultKubernetesVersion)
 		}
 		return false
 	}
