@@ -125,6 +125,7 @@ type Loader struct {
 	pending map[dhcpv4.TransactionID]chan *dhcpv4.DHCPv4
 	nextXID atomic.Uint32
 	strays  atomic.Int64
+	naks    atomic.Int64
 }
 
 // LoaderOption changes a Loader.
@@ -152,6 +153,9 @@ func NewLoader(conn net.PacketConn, dst net.Addr, xidBase uint32, opts ...Loader
 // Strays is how many packets were read that matched no pending exchange
 // (late replies after a retry, other traffic).
 func (l *Loader) Strays() int64 { return l.strays.Load() }
+
+// Naks is how many times a client was refused (NAK) and started over.
+func (l *Loader) Naks() int64 { return l.naks.Load() }
 
 // Receive reads replies until the conn is closed or ctx ends.
 func (l *Loader) Receive(ctx context.Context) error {
@@ -228,38 +232,59 @@ func (l *Loader) exchange(ctx context.Context, cfg Config, req *dhcpv4.DHCPv4, w
 					l.strays.Add(1)
 					continue
 				}
-				if slices.Contains(want, m.MessageType()) {
+				switch t := m.MessageType(); {
+				case slices.Contains(want, t):
 					return m, nil
+				case t == dhcpv4.MessageTypeNak:
+					return nil, fmt.Errorf("%s: %w: %s", req.MessageType(), ErrNak, m.Message())
+				default:
+					// A late answer to the previous step (an OFFER
+					// to a resent DISCOVER shares the REQUEST's xid).
+					l.strays.Add(1)
 				}
-				return nil, fmt.Errorf("%s answered with %s", req.MessageType(), m.MessageType())
 			}
 		}
 	}
 	return nil, fmt.Errorf("no answer to %s after %d sends", req.MessageType(), cfg.Retries+1)
 }
 
-// Client runs one client's exchange and returns its latency.
+// ErrNak is a NAK to a REQUEST; the client then starts again with a
+// DISCOVER, as RFC 2131 says (up to Retries times).
+var ErrNak = errors.New("NAK")
+
+// Client runs one client's exchange and returns its latency. A NAK makes
+// it start over from the DISCOVER, as a real client does; the restarts
+// are counted in Naks.
 func (l *Loader) Client(ctx context.Context, cfg Config, mac net.HardwareAddr) (time.Duration, error) {
 	start := l.now()
+	for restart := 0; ; restart++ {
+		err := l.dora(ctx, cfg, mac)
+		if err == nil {
+			return l.now().Sub(start), nil
+		}
+		if !errors.Is(err, ErrNak) || restart >= cfg.Retries {
+			return 0, err
+		}
+		l.naks.Add(1)
+	}
+}
+
+// dora does one DISCOVER→OFFER (and REQUEST→ACK in DORA mode).
+func (l *Loader) dora(ctx context.Context, cfg Config, mac net.HardwareAddr) error {
 	disc, err := dhcpv4.NewDiscovery(mac, dhcpv4.WithTransactionID(l.xid()), dhcpv4.WithBroadcast(true))
 	if err != nil {
-		return 0, fmt.Errorf("build DISCOVER: %w", err)
+		return fmt.Errorf("build DISCOVER: %w", err)
 	}
 	offer, err := l.exchange(ctx, cfg, disc, dhcpv4.MessageTypeOffer)
-	if err != nil {
-		return 0, err
-	}
-	if cfg.Mode == ModeDiscover {
-		return l.now().Sub(start), nil
+	if err != nil || cfg.Mode == ModeDiscover {
+		return err
 	}
 	req, err := dhcpv4.NewRequestFromOffer(offer, dhcpv4.WithBroadcast(true))
 	if err != nil {
-		return 0, fmt.Errorf("build REQUEST: %w", err)
+		return fmt.Errorf("build REQUEST: %w", err)
 	}
-	if _, err := l.exchange(ctx, cfg, req, dhcpv4.MessageTypeAck); err != nil {
-		return 0, err
-	}
-	return l.now().Sub(start), nil
+	_, err = l.exchange(ctx, cfg, req, dhcpv4.MessageTypeAck)
+	return err
 }
 
 // Run simulates cfg.Clients clients, cfg.Concurrency at a time. Receive

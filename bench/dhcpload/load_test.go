@@ -222,3 +222,52 @@ func FuzzDeliver(f *testing.F) {
 		}
 	})
 }
+
+// TestNakRestarts: a server that NAKs each client's first REQUEST makes the
+// client start over from the DISCOVER, and the run still succeeds.
+func TestNakRestarts(t *testing.T) {
+	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	go func() {
+		naked := map[string]bool{}
+		buf := make([]byte, 1500)
+		for {
+			n, peer, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			req, err := dhcpv4.FromBytes(buf[:n])
+			if err != nil {
+				continue
+			}
+			typ := dhcpv4.MessageTypeOffer
+			if req.MessageType() == dhcpv4.MessageTypeRequest {
+				typ = dhcpv4.MessageTypeAck
+				if !naked[req.ClientHWAddr.String()] {
+					naked[req.ClientHWAddr.String()] = true
+					typ = dhcpv4.MessageTypeNak
+				}
+			}
+			reply, _ := dhcpv4.NewReplyFromRequest(req, dhcpv4.WithMessageType(typ), dhcpv4.WithYourIP(net.IPv4(10, 0, 0, 9)),
+				dhcpv4.WithServerIP(net.IPv4(10, 0, 0, 1)), dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(10, 0, 0, 1))))
+			_, _ = srv.WriteTo(reply.ToBytes(), peer)
+		}
+	}()
+	l := newTestLoader(t, srv.LocalAddr())
+	res, err := l.Run(context.Background(), Config{Mode: ModeDORA, Clients: 5, Concurrency: 2, Timeout: time.Second, Retries: 1, MACPrefix: [2]byte{2, 0xc0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.OK != 5 || l.Naks() != 5 {
+		t.Errorf("ok %d naks %d, want 5 and 5", res.OK, l.Naks())
+	}
+	// With no retries left, a NAK is a failure.
+	l2 := newTestLoader(t, srv.LocalAddr())
+	res, _ = l2.Run(context.Background(), Config{Mode: ModeDORA, Clients: 3, Concurrency: 1, Timeout: time.Second, Retries: 0, MACPrefix: [2]byte{2, 0xc1}})
+	if res.Failed != 3 {
+		t.Errorf("failed %d, want 3", res.Failed)
+	}
+}

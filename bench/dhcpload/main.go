@@ -162,7 +162,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info("done", "mode", res.Mode, "ok", res.OK, "failed", res.Failed, "elapsed", res.Elapsed,
 		"rate", fmt.Sprintf("%.0f/s", res.Rate()), "p50", Percentile(res.Latencies, 50), "p99", Percentile(res.Latencies, 99),
-		"strays", l.Strays())
+		"strays", l.Strays(), "nak_restarts", l.Naks())
 	fmt.Fprintln(stdout, res.BenchLine(f.name))
 	if res.OK == 0 {
 		return fmt.Errorf("no client got an answer (%d failed)", res.Failed)
