@@ -131,7 +131,8 @@ func fakeBootFiles(t testing.TB, n int64) (kernel, initrd string) {
 	dir := t.TempDir()
 	kernel = filepath.Join(dir, "vmlinuz")
 	k := make([]byte, 600*1024)
-	copy(k[0x1fe:], "\x55\xaaHdrS")
+	copy(k[0x1fe:], "\x55\xaa")
+	copy(k[0x202:], "HdrS")
 	if err := os.WriteFile(kernel, k, 0o644); err != nil {
 		t.Fatal(err)
 	}
