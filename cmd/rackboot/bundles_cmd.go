@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -189,9 +190,33 @@ func (a *app) restConfig(flag string) (*rest.Config, string, error) {
 
 // applyBundles applies each bundle, then (with wait) waits on its gates
 // before the next: CockroachDB's volumes need Ceph healthy.
-//
-// TODO(bundles apply): wire bundles.Apply and bundles.WaitGates (the apply
-// engine, bundles/apply.go + wait.go) once they are committed.
-func applyBundles(_ *cobra.Command, _ *app, _ *rest.Config, _ []bundles.Bundle, _ bool, _ time.Duration) error {
-	return errors.New("bundles apply: the apply engine (bundles.Apply) is not in this build yet; use `rackboot bundles render --show-secrets | kubectl apply --server-side -f -`")
+func applyBundles(cmd *cobra.Command, a *app, cfg *rest.Config, bs []bundles.Bundle, wait bool, timeout time.Duration) error {
+	out := cmd.OutOrStdout()
+	for _, b := range bs {
+		fmt.Fprintf(out, "bundle %s: applying %d objects\n", b.Name, len(b.Objects))
+		res, err := bundles.Apply(cmd.Context(), cfg, b.Objects,
+			bundles.WithLogger(a.log),
+			bundles.WithProgress(func(r bundles.ObjectResult) { a.log.Debug("applied", "object", r.Ref.String(), "action", r.Action) }))
+		fmt.Fprintf(out, "bundle %s: %d created, %d configured, %d unchanged, %d failed\n", b.Name, res.Created, res.Configured, res.Unchanged, res.Failed)
+		if err != nil {
+			return fmt.Errorf("apply bundle %s: %w", b.Name, err)
+		}
+		if !wait {
+			continue
+		}
+		fmt.Fprintf(out, "bundle %s: waiting up to %s on %d health gates\n", b.Name, timeout, len(b.Gates))
+		err = bundles.WaitGates(cmd.Context(), cfg, b.Gates, timeout, func(s bundles.GateStatus) { printGate(out, b.Name, s) }, bundles.WithLogger(a.log))
+		if err != nil {
+			return fmt.Errorf("bundle %s is not healthy: %w", b.Name, err)
+		}
+	}
+	return nil
+}
+
+func printGate(w io.Writer, bundle string, s bundles.GateStatus) {
+	if s.Passed {
+		fmt.Fprintf(w, "bundle %s: ok: %s\n", bundle, s.Gate)
+		return
+	}
+	fmt.Fprintf(w, "bundle %s: waiting: %s: %s\n", bundle, s.Gate, s.Why)
 }
