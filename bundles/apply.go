@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -484,6 +485,22 @@ func (a *applier) applyOne(ctx context.Context, obj *unstructured.Unstructured, 
 		return Failed, fmt.Errorf("read current state: %w", err)
 	}
 
+	if before != "" {
+		// A dry run first: when its result is the live object, nothing needs
+		// writing. Without it, some kinds are written (and their
+		// resourceVersion bumped) by an apply that changes nothing: a Job on
+		// its first re-apply (kube-apiserver v1.35.8, see TestAPIServer),
+		// StatefulSets in some versions (kubernetes#119304). Each such write
+		// wakes controllers and watchers for nothing.
+		dry, err := ri.Apply(ctx, name, body, metav1.ApplyOptions{FieldManager: FieldManager, Force: true, DryRun: []string{metav1.DryRunAll}})
+		if err != nil {
+			return Failed, explain(err, obj)
+		}
+		if sameObject(cur, dry) {
+			return Unchanged, nil
+		}
+	}
+
 	// Force: rackboot owns these objects; the rendered bundle is the source
 	// of truth for every field it sets. Without force, a field once changed
 	// by another manager (kubectl edit, a client-side apply from a manual
@@ -493,10 +510,7 @@ func (a *applier) applyOne(ctx context.Context, obj *unstructured.Unstructured, 
 	// not mention (e.g. the operator's status, annotations) stay theirs.
 	after, err := ri.Apply(ctx, name, body, metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
 	if err != nil {
-		if apierrors.IsInvalid(err) && strings.Contains(err.Error(), "immutable") {
-			return Failed, fmt.Errorf("%w (the live object differs in a field that cannot change in place; rackboot never deletes: delete %s by hand to have it recreated)", err, RefOf(obj))
-		}
-		return Failed, err
+		return Failed, explain(err, obj)
 	}
 	switch rv := after.GetResourceVersion(); {
 	case before == "":
@@ -506,6 +520,23 @@ func (a *applier) applyOne(ctx context.Context, obj *unstructured.Unstructured, 
 	default:
 		return Configured, nil
 	}
+}
+
+// explain adds what to do to a rejection for an immutable field.
+func explain(err error, obj *unstructured.Unstructured) error {
+	if apierrors.IsInvalid(err) && strings.Contains(err.Error(), "immutable") {
+		return fmt.Errorf("%w (the live object differs in a field that cannot change in place; rackboot never deletes: delete %s by hand to have it recreated)", err, RefOf(obj))
+	}
+	return err
+}
+
+// sameObject tells whether two states of an object are equal but for their
+// resourceVersion.
+func sameObject(a, b *unstructured.Unstructured) bool {
+	a, b = a.DeepCopy(), b.DeepCopy()
+	unstructured.RemoveNestedField(a.Object, "metadata", "resourceVersion")
+	unstructured.RemoveNestedField(b.Object, "metadata", "resourceVersion")
+	return equality.Semantic.DeepEqual(a.Object, b.Object)
 }
 
 // mapping finds the resource of a kind. For the custom resources of CRDs

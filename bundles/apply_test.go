@@ -148,6 +148,35 @@ spec:
       serviceAccountName: web
       containers: [{name: web, image: "registry.invalid/web:1.0", ports: [{containerPort: 8080}]}]
 ---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: db, namespace: demo}
+spec:
+  maxUnavailable: 1
+  selector: {matchLabels: {app: db}}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, namespace: demo}
+spec:
+  serviceName: web
+  replicas: 3
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+      - name: db
+        image: "registry.invalid/db:1.0"
+        resources: {requests: {cpu: 100m, memory: 128Mi}}
+        volumeMounts: [{name: data, mountPath: /data}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      storageClassName: ceph-block
+      resources: {requests: {storage: 1Gi}}
+---
 apiVersion: batch/v1
 kind: Job
 metadata: {name: init, namespace: demo}
@@ -178,7 +207,7 @@ func TestPlanOrder(t *testing.T) {
 			kinds = append(kinds, s.obj.GetKind())
 		}
 		// Fully determined by the phases and kindRank, whatever the input order.
-		if want := []string{"Namespace", "CustomResourceDefinition", "ServiceAccount", "Secret", "ConfigMap", "Role", "RoleBinding", "Service", "Deployment", "Job", "Widget"}; !slices.Equal(kinds, want) {
+		if want := []string{"Namespace", "CustomResourceDefinition", "ServiceAccount", "Secret", "ConfigMap", "Role", "RoleBinding", "Service", "PodDisruptionBudget", "Deployment", "StatefulSet", "Job", "Widget"}; !slices.Equal(kinds, want) {
 			t.Errorf("seed %d: order %v, want %v", seed, kinds, want)
 		}
 		if steps[len(steps)-1].crd != "widgets.test.rackboot.io" {

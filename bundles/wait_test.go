@@ -250,7 +250,7 @@ func testGates(t *testing.T, cfg *rest.Config) {
 	gates := []Gate{cephGate("rook-ceph"), cephGate("missing")}
 
 	// No status yet, and an object that does not exist.
-	err := WaitGates(ctx, cfg, gates, 10*time.Minute, nil, WithClock(newStepClock()))
+	err := WaitGates(ctx, cfg, gates, 10*time.Minute, nil, WithClock(newStepClock()), WithPollInterval(15*time.Second))
 	t.Logf("timeout message:\n%v", err)
 	if !errors.Is(err, ErrTimeout) {
 		t.Fatalf("err = %v, want ErrTimeout", err)
@@ -267,7 +267,7 @@ func testGates(t *testing.T, cfg *rest.Config) {
 
 	// HEALTH_ERR: times out naming the gate and the health.
 	setHealth("HEALTH_ERR")
-	err = WaitGates(ctx, cfg, gates[:1], 10*time.Minute, nil, WithClock(newStepClock()))
+	err = WaitGates(ctx, cfg, gates[:1], 10*time.Minute, nil, WithClock(newStepClock()), WithPollInterval(15*time.Second))
 	if !errors.Is(err, ErrTimeout) || !strings.Contains(err.Error(), "CephCluster rook-ceph/rook-ceph is HEALTH_OK: ceph health is HEALTH_ERR") {
 		t.Fatalf("with HEALTH_ERR: %v", err)
 	}
@@ -313,7 +313,7 @@ func testNodes(t *testing.T, cfg *rest.Config) {
 	setNode("n1", corev1.ConditionTrue)
 	setNode("n2", corev1.ConditionFalse)
 	names := []string{"n1", "n2", "n3"}
-	err := WaitNodesReady(ctx, cs, names, 5*time.Minute, WithClock(newStepClock()))
+	err := WaitNodesReady(ctx, cs, names, 5*time.Minute, WithClock(newStepClock()), WithPollInterval(15*time.Second))
 	if !errors.Is(err, ErrTimeout) {
 		t.Fatalf("err = %v, want ErrTimeout", err)
 	}

@@ -65,6 +65,7 @@ t0=$SECONDS
 log "building kube-apiserver $v and etcd v$ETCD_VERSION (cold: ~5 min on 2 cores)"
 (cd "$mod" && go build -ldflags "$ldf" -o "$tmp/" k8s.io/kubernetes/cmd/kube-apiserver ./cmd/etcd)
 echo "$stamp" >"$tmp/STAMP"
+chmod 0755 "$tmp"
 "$tmp/kube-apiserver" --version >&2
 "$tmp/etcd" --version | head -1 >&2
 rm -rf "$out"
