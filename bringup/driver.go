@@ -1,0 +1,345 @@
+package bringup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/dotfile/rackboot/bundles"
+)
+
+// Node is one machine of the rack, as the driver sees it.
+type Node struct {
+	// Name is the machine's name in the rack file (and its Kubernetes node
+	// name).
+	Name         string
+	ControlPlane bool
+	// IP is the machine's static address; the zero Addr for a DHCP machine.
+	IP netip.Addr
+}
+
+// FirstControlPlane is the node etcd is bootstrapped on: the first control
+// plane in rack file order. It must have a static address (the driver talks
+// to it before anything else is up), and that address must not be the VIP
+// (the VIP comes up only after etcd is bootstrapped).
+func FirstControlPlane(nodes []Node, vip netip.Addr) (Node, error) {
+	for _, n := range nodes {
+		if !n.ControlPlane {
+			continue
+		}
+		switch {
+		case !n.IP.IsValid():
+			return Node{}, fmt.Errorf("the first control plane %s has no static address: etcd is bootstrapped through it before the VIP exists, so give it one (address: 192.168.1.11/24) or move a control plane with a static address first", n.Name)
+		case n.IP == vip:
+			return Node{}, fmt.Errorf("the first control plane %s has the VIP %s as its address: the VIP is shared by the control planes and comes up only after etcd is bootstrapped; give %s its own address", n.Name, vip, n.Name)
+		}
+		return n, nil
+	}
+	return Node{}, errors.New("the rack has no control plane")
+}
+
+// Stages is what the driver needs from the machine inventory.
+type Stages interface {
+	// Stage is the machine's last stage ("" if it was never seen) and
+	// whether Talos is installed on its disk.
+	Stage(name string) (stage string, installed bool)
+	// Subscribe returns a channel that receives a value after changes, and
+	// a function to stop.
+	Subscribe() (<-chan struct{}, func())
+}
+
+// Bootstrap is what the driver needs from a Bootstrapper.
+type Bootstrap interface {
+	// Done is the bootstrap record, nil if etcd was not bootstrapped yet.
+	Done() (*Record, error)
+	// Bootstrap bootstraps etcd once (see Bootstrapper.Bootstrap).
+	Bootstrap(ctx context.Context) (BootstrapResult, error)
+}
+
+// Cluster is what the driver needs from the Kubernetes side (the bundles
+// engine, on the admin kubeconfig for https://<vip>:6443). Each method waits
+// until its condition holds or ctx ends; on timeout its error says what is
+// not healthy yet.
+type Cluster interface {
+	// WaitAPIServer waits until /readyz on the VIP answers ok.
+	WaitAPIServer(ctx context.Context) error
+	// WaitNodesReady waits until the named nodes are Ready.
+	WaitNodesReady(ctx context.Context, names []string) error
+	// Apply applies the bundles (server-side apply, idempotent).
+	Apply(ctx context.Context, b []bundles.Bundle) error
+	// WaitGates waits on the bundles' health gates.
+	WaitGates(ctx context.Context, b []bundles.Bundle) error
+}
+
+// SQL is how applications reach the cluster's database, printed at the end.
+type SQL struct {
+	// ConnectionString is the SQL URL for the root client.
+	ConnectionString string
+	// CertsDir holds the CA and the client certificate and key.
+	CertsDir string
+}
+
+// Plan is what Run brings up.
+type Plan struct {
+	Cluster string
+	VIP     netip.Addr
+	// Nodes are the rack's machines in file order.
+	Nodes   []Node
+	Bundles []bundles.Bundle
+	// SkipBundles stops after the nodes are Ready.
+	SkipBundles bool
+	// StepTimeout bounds each step (default DefaultStepTimeout).
+	StepTimeout time.Duration
+	// TalosconfigPath and KubeconfigPath are shown in hints and at the end.
+	TalosconfigPath string
+	KubeconfigPath  string
+	// SQL is printed at the end when the bundles were applied; optional.
+	SQL *SQL
+}
+
+// DefaultStepTimeout bounds each step when the plan gives none.
+const DefaultStepTimeout = 20 * time.Minute
+
+// Deps are the parts Run drives.
+type Deps struct {
+	// Stages is the inventory; nil skips waiting for the first control
+	// plane to report installed (machines installed from USB send no
+	// events to this rackboot).
+	Stages    Stages
+	Bootstrap Bootstrap
+	Cluster   Cluster
+	// Out receives the progress lines (default: discard).
+	Out io.Writer
+	Log *slog.Logger
+	// Now is the clock for the durations shown (default time.Now).
+	Now func() time.Time
+}
+
+// StepError is a step that failed; cmd/ shows it as is.
+type StepError struct {
+	Step, Steps int
+	Title       string
+	// Timeout is true when the step's time ran out, Interrupted when the
+	// whole run was cancelled.
+	Timeout, Interrupted bool
+	After                time.Duration
+	Err                  error
+	// Hint says what to look at.
+	Hint string
+}
+
+func (e *StepError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "[%d/%d] %s: ", e.Step, e.Steps, e.Title)
+	switch {
+	case e.Interrupted:
+		fmt.Fprintf(&b, "interrupted after %s: %v", e.After.Round(time.Second), e.Err)
+	case e.Timeout:
+		fmt.Fprintf(&b, "not done after %s: %v", e.After.Round(time.Second), e.Err)
+	default:
+		fmt.Fprintf(&b, "%v", e.Err)
+	}
+	if e.Hint != "" {
+		fmt.Fprintf(&b, "\n  look at: %s", e.Hint)
+	}
+	b.WriteString("\n  every step is idempotent: run `rackboot up` again to continue where it stopped")
+	return b.String()
+}
+
+func (e *StepError) Unwrap() error { return e.Err }
+
+// step is one stage of the bring-up.
+type step struct {
+	title string
+	// skip, when not empty, says why the step is not run.
+	skip string
+	run  func(ctx context.Context, out io.Writer) error
+	hint string
+}
+
+// Run brings the cluster up, one step after the other, each bounded by the
+// plan's step timeout and printed as progress: wait for the first control
+// plane, bootstrap etcd on it once, wait for the Kubernetes API on the VIP,
+// wait for the nodes, apply the bundles, wait on their gates. Nothing is
+// applied unless everything before it succeeded. Every step is idempotent,
+// so running it again after a failure continues where it stopped.
+func Run(ctx context.Context, plan Plan, deps Deps) error {
+	if deps.Bootstrap == nil || deps.Cluster == nil {
+		return errors.New("bring-up: no bootstrapper or cluster")
+	}
+	out := deps.Out
+	if out == nil {
+		out = io.Discard
+	}
+	log := deps.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	now := deps.Now
+	if now == nil {
+		now = time.Now
+	}
+	timeout := plan.StepTimeout
+	if timeout <= 0 {
+		timeout = DefaultStepTimeout
+	}
+	first, err := FirstControlPlane(plan.Nodes, plan.VIP)
+	if err != nil {
+		return fmt.Errorf("bring-up: %w", err)
+	}
+	rec, err := deps.Bootstrap.Done()
+	if err != nil {
+		return fmt.Errorf("bring-up: %w", err)
+	}
+	talosctl := "talosctl"
+	if plan.TalosconfigPath != "" {
+		talosctl += " --talosconfig " + plan.TalosconfigPath
+	}
+	kubectl := "kubectl"
+	if plan.KubeconfigPath != "" {
+		kubectl += " --kubeconfig " + plan.KubeconfigPath
+	}
+	names := make([]string, len(plan.Nodes))
+	for i, n := range plan.Nodes {
+		names[i] = n.Name
+	}
+	vip := net.JoinHostPort(plan.VIP.String(), "6443")
+	firstIP := first.IP.String()
+
+	waitSkip := ""
+	switch {
+	case rec != nil:
+		waitSkip = fmt.Sprintf("etcd already bootstrapped on %s at %s", rec.Node, rec.Time.Format(time.RFC3339))
+	case deps.Stages == nil:
+		waitSkip = "no inventory to watch"
+	}
+	bundleSkip := ""
+	if plan.SkipBundles {
+		bundleSkip = "--skip-bundles"
+	}
+
+	steps := []step{
+		{
+			title: fmt.Sprintf("waiting for the first control plane %s (%s) to be installed", first.Name, firstIP),
+			skip:  waitSkip,
+			run: func(ctx context.Context, _ io.Writer) error {
+				return waitInstalled(ctx, deps.Stages, first.Name)
+			},
+			hint: fmt.Sprintf("`rackboot status` and %s's console: it must netboot, install Talos and report it to the events sink", first.Name),
+		},
+		{
+			title: fmt.Sprintf("bootstrapping etcd on %s (%s)", first.Name, firstIP),
+			run: func(ctx context.Context, out io.Writer) error {
+				res, err := deps.Bootstrap.Bootstrap(ctx)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "      %s on %s\n", res.Outcome, res.Record.Node)
+				return nil
+			},
+			hint: fmt.Sprintf("`%s -n %s service etcd`, `%s -n %s dmesg`", talosctl, firstIP, talosctl, firstIP),
+		},
+		{
+			title: fmt.Sprintf("waiting for the VIP %s", vip),
+			run:   func(ctx context.Context, _ io.Writer) error { return deps.Cluster.WaitAPIServer(ctx) },
+			hint: fmt.Sprintf("a control plane takes the VIP once etcd is healthy: `%s -n %s service etcd`, `%s -n %s service kube-apiserver`, `%s -n %s get addresses`; make sure nothing else on the network uses %s",
+				talosctl, firstIP, talosctl, firstIP, talosctl, firstIP, plan.VIP),
+		},
+		{
+			title: fmt.Sprintf("waiting for %d node(s) to be Ready", len(names)),
+			run:   func(ctx context.Context, _ io.Writer) error { return deps.Cluster.WaitNodesReady(ctx, names) },
+			hint:  fmt.Sprintf("`%s get nodes -o wide`; for a NotReady node `%s -n <node> service kubelet`; a missing node has not joined: `rackboot status`", kubectl, talosctl),
+		},
+		{
+			title: fmt.Sprintf("applying %s", bundleNames(plan.Bundles)),
+			skip:  bundleSkip,
+			run:   func(ctx context.Context, _ io.Writer) error { return deps.Cluster.Apply(ctx, plan.Bundles) },
+			hint:  "the objects the API server refused are named above; `rackboot bundles render` shows what is applied",
+		},
+		{
+			title: "waiting for the health gates",
+			skip:  bundleSkip,
+			run:   func(ctx context.Context, _ io.Writer) error { return deps.Cluster.WaitGates(ctx, plan.Bundles) },
+			hint:  fmt.Sprintf("`%s -n rook-ceph get cephcluster`, `%s -n rook-ceph logs deploy/rook-ceph-operator`, `%s get pods -A | grep -v Running`", kubectl, kubectl, kubectl),
+		},
+	}
+
+	for i, s := range steps {
+		n := i + 1
+		if s.skip != "" {
+			fmt.Fprintf(out, "[%d/%d] %s: skipped (%s)\n", n, len(steps), s.title, s.skip)
+			continue
+		}
+		fmt.Fprintf(out, "[%d/%d] %s ...\n", n, len(steps), s.title)
+		log.Debug("bring-up step", "step", n, "title", s.title, "timeout", timeout)
+		start := now()
+		sctx, cancel := context.WithTimeout(ctx, timeout)
+		err := s.run(sctx, out)
+		timedOut := sctx.Err() != nil && ctx.Err() == nil
+		cancel()
+		took := now().Sub(start)
+		if err != nil {
+			return &StepError{
+				Step: n, Steps: len(steps), Title: s.title,
+				Timeout: timedOut, Interrupted: ctx.Err() != nil,
+				After: took, Err: err, Hint: s.hint,
+			}
+		}
+		fmt.Fprintf(out, "[%d/%d] done in %s\n", n, len(steps), took.Round(time.Second))
+	}
+
+	fmt.Fprintf(out, "\ncluster %s is up\n", plan.Cluster)
+	fmt.Fprintf(out, "  Kubernetes API  https://%s", vip)
+	if plan.KubeconfigPath != "" {
+		fmt.Fprintf(out, "  (kubeconfig: %s)", plan.KubeconfigPath)
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintf(out, "  Talos API       %s", firstIP)
+	if plan.TalosconfigPath != "" {
+		fmt.Fprintf(out, "  (talosconfig: %s)", plan.TalosconfigPath)
+	}
+	fmt.Fprintln(out)
+	if !plan.SkipBundles && plan.SQL != nil {
+		fmt.Fprintf(out, "  SQL             %s\n", plan.SQL.ConnectionString)
+		fmt.Fprintf(out, "  client certs    %s\n", plan.SQL.CertsDir)
+	}
+	return nil
+}
+
+// waitInstalled waits until the inventory says Talos is installed on name.
+func waitInstalled(ctx context.Context, st Stages, name string) error {
+	ch, stop := st.Subscribe()
+	defer stop()
+	for {
+		stage, installed := st.Stage(name)
+		if installed {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			if stage == "" {
+				return fmt.Errorf("%s was never seen (no DHCP or boot request from it): %w", name, context.Cause(ctx))
+			}
+			return fmt.Errorf("%s is at stage %q, not installed yet: %w", name, stage, context.Cause(ctx))
+		}
+	}
+}
+
+// bundleNames is "the bundles rook-ceph, cockroachdb".
+func bundleNames(bs []bundles.Bundle) string {
+	if len(bs) == 0 {
+		return "the bundles (none)"
+	}
+	names := make([]string, len(bs))
+	for i, b := range bs {
+		names[i] = b.Name
+	}
+	return "the bundles " + strings.Join(names, ", ")
+}

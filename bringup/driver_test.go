@@ -1,0 +1,441 @@
+package bringup
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dotfile/rackboot/bundles"
+)
+
+// journal records what the fakes were asked to do, in order.
+type journal struct {
+	mu  sync.Mutex
+	ops []string
+}
+
+func (j *journal) add(op string) {
+	j.mu.Lock()
+	j.ops = append(j.ops, op)
+	j.mu.Unlock()
+}
+
+func (j *journal) list() []string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return slices.Clone(j.ops)
+}
+
+// fakeStages is an inventory whose first control plane is installed once
+// the test says so.
+type fakeStages struct {
+	j          *journal
+	mu         sync.Mutex
+	stage      string
+	installed  bool
+	ch         chan struct{}
+	subscribed chan struct{}
+}
+
+func newFakeStages(j *journal, stage string, installed bool) *fakeStages {
+	return &fakeStages{j: j, stage: stage, installed: installed, ch: make(chan struct{}, 1), subscribed: make(chan struct{})}
+}
+
+func (f *fakeStages) Stage(name string) (string, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.j.add("stage " + name)
+	return f.stage, f.installed
+}
+
+func (f *fakeStages) Subscribe() (<-chan struct{}, func()) {
+	close(f.subscribed)
+	return f.ch, func() {}
+}
+
+func (f *fakeStages) set(stage string, installed bool) {
+	f.mu.Lock()
+	f.stage, f.installed = stage, installed
+	f.mu.Unlock()
+	f.ch <- struct{}{}
+}
+
+type fakeBootstrap struct {
+	j   *journal
+	rec *Record
+	err error
+}
+
+func (f *fakeBootstrap) Done() (*Record, error) { return f.rec, nil }
+
+func (f *fakeBootstrap) Bootstrap(context.Context) (BootstrapResult, error) {
+	f.j.add("bootstrap")
+	if f.err != nil {
+		return BootstrapResult{}, f.err
+	}
+	if f.rec != nil {
+		return BootstrapResult{Record: *f.rec, Outcome: Recorded}, nil
+	}
+	return BootstrapResult{Record: Record{Node: "192.168.1.11", Time: testNow}, Outcome: Bootstrapped, Attempts: 1}, nil
+}
+
+// fakeCluster fails the operation named in fail; "block:<op>" waits for the
+// step's context to end instead, as a wait that never succeeds does.
+type fakeCluster struct {
+	j    *journal
+	fail map[string]error
+}
+
+func (f *fakeCluster) do(ctx context.Context, op string) error {
+	f.j.add(op)
+	err := f.fail[op]
+	if errors.Is(err, errBlock) {
+		<-ctx.Done()
+		return fmt.Errorf("%s: still not healthy: %w", op, ctx.Err())
+	}
+	return err
+}
+
+var errBlock = errors.New("block until the step ends")
+
+func (f *fakeCluster) WaitAPIServer(ctx context.Context) error { return f.do(ctx, "vip") }
+func (f *fakeCluster) WaitNodesReady(ctx context.Context, names []string) error {
+	return f.do(ctx, "nodes "+strings.Join(names, ","))
+}
+func (f *fakeCluster) Apply(ctx context.Context, b []bundles.Bundle) error {
+	return f.do(ctx, "apply "+bundleNames(b))
+}
+func (f *fakeCluster) WaitGates(ctx context.Context, b []bundles.Bundle) error {
+	return f.do(ctx, "gates")
+}
+
+func testPlan() Plan {
+	return Plan{
+		Cluster: "dotfile",
+		VIP:     netip.MustParseAddr("192.168.1.10"),
+		Nodes: []Node{
+			{Name: "w1", IP: netip.MustParseAddr("192.168.1.21")},
+			{Name: "cp1", ControlPlane: true, IP: netip.MustParseAddr("192.168.1.11")},
+			{Name: "cp2", ControlPlane: true, IP: netip.MustParseAddr("192.168.1.12")},
+		},
+		Bundles:         []bundles.Bundle{{Name: "rook-ceph"}, {Name: "cockroachdb"}},
+		StepTimeout:     time.Minute,
+		TalosconfigPath: "/state/talosconfig",
+		KubeconfigPath:  "/state/kubeconfig",
+		SQL:             &SQL{ConnectionString: "postgresql://root@192.168.1.10:26257/defaultdb?sslmode=verify-full", CertsDir: "/state/cockroach/certs"},
+	}
+}
+
+// stepClock advances one second per reading, so durations are known.
+func stepClock() func() time.Time {
+	var mu sync.Mutex
+	t := testNow
+	return func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		t = t.Add(time.Second)
+		return t
+	}
+}
+
+func TestRunOrder(t *testing.T) {
+	j := &journal{}
+	var out bytes.Buffer
+	err := Run(t.Context(), testPlan(), Deps{
+		Stages:    newFakeStages(j, "running", true),
+		Bootstrap: &fakeBootstrap{j: j},
+		Cluster:   &fakeCluster{j: j},
+		Out:       &out,
+		Now:       stepClock(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "apply the bundles rook-ceph, cockroachdb", "gates"}
+	if got := j.list(); !slices.Equal(got, want) {
+		t.Fatalf("order %q, want %q", got, want)
+	}
+	for _, line := range []string{
+		"[1/6] waiting for the first control plane cp1 (192.168.1.11) to be installed ...",
+		"[2/6] bootstrapping etcd on cp1 (192.168.1.11) ...",
+		"      bootstrapped on 192.168.1.11",
+		"[3/6] waiting for the VIP 192.168.1.10:6443 ...",
+		"[4/6] waiting for 3 node(s) to be Ready ...",
+		"[5/6] applying the bundles rook-ceph, cockroachdb ...",
+		"[6/6] waiting for the health gates ...",
+		"[6/6] done in 1s",
+		"cluster dotfile is up",
+		"Kubernetes API  https://192.168.1.10:6443  (kubeconfig: /state/kubeconfig)",
+		"SQL             postgresql://root@192.168.1.10:26257/defaultdb?sslmode=verify-full",
+		"client certs    /state/cockroach/certs",
+	} {
+		if !strings.Contains(out.String(), line+"\n") {
+			t.Errorf("output lacks %q:\n%s", line, out.String())
+		}
+	}
+}
+
+// Nothing happens to the cluster before the first control plane is
+// installed; the wait ends on the inventory's change notification.
+func TestRunWaitsForInstalled(t *testing.T) {
+	j := &journal{}
+	st := newFakeStages(j, "config", false)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(t.Context(), testPlan(), Deps{Stages: st, Bootstrap: &fakeBootstrap{j: j}, Cluster: &fakeCluster{j: j}})
+	}()
+	<-st.subscribed
+	st.set("installing", false) // not yet
+	st.set("installed", true)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	ops := j.list()
+	b := slices.Index(ops, "bootstrap")
+	if b < 0 || slices.Contains(ops[:b], "vip") {
+		t.Fatalf("ops %q", ops)
+	}
+	if last := ops[b-1]; last != "stage cp1" {
+		t.Fatalf("bootstrap came after %q, want after the stage check that saw installed", last)
+	}
+	if n := strings.Count(strings.Join(ops[:b], "\n"), "stage cp1"); n < 2 {
+		t.Fatalf("stage read %d times before bootstrap, want at least 2 (before and after install): %q", n, ops)
+	}
+}
+
+func TestRunStops(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		stages  *fakeStages
+		boot    *fakeBootstrap
+		fail    map[string]error
+		skip    bool
+		ops     []string
+		step    int
+		timeout bool
+		msg     []string
+	}{
+		{
+			name: "bootstrap refused: no VIP wait, nothing applied",
+			boot: &fakeBootstrap{err: errors.New("the node refused (PermissionDenied)")},
+			ops:  []string{"stage cp1", "bootstrap"}, step: 2,
+			msg: []string{"[2/6] bootstrapping etcd on cp1 (192.168.1.11): the node refused", "talosctl --talosconfig /state/talosconfig -n 192.168.1.11 service etcd", "run `rackboot up` again"},
+		},
+		{
+			name: "VIP never answers: nothing applied",
+			fail: map[string]error{"vip": errBlock},
+			ops:  []string{"stage cp1", "bootstrap", "vip"}, step: 3, timeout: true,
+			msg: []string{"[3/6] waiting for the VIP 192.168.1.10:6443: not done after", "vip: still not healthy", "get addresses", "nothing else on the network uses 192.168.1.10"},
+		},
+		{
+			name: "a node not Ready: nothing applied",
+			fail: map[string]error{"nodes w1,cp1,cp2": errBlock},
+			ops:  []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2"}, step: 4, timeout: true,
+			msg: []string{"kubectl --kubeconfig /state/kubeconfig get nodes -o wide"},
+		},
+		{
+			name: "apply refused: no gate wait",
+			fail: map[string]error{"apply the bundles rook-ceph, cockroachdb": errors.New(`CephCluster rook-ceph/rook-ceph: spec.mon.count: Invalid value`)},
+			ops:  []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "apply the bundles rook-ceph, cockroachdb"}, step: 5,
+			msg: []string{"CephCluster rook-ceph/rook-ceph: spec.mon.count"},
+		},
+		{
+			name: "gates time out",
+			fail: map[string]error{"gates": errBlock},
+			ops:  []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "apply the bundles rook-ceph, cockroachdb", "gates"}, step: 6, timeout: true,
+			msg: []string{"get cephcluster"},
+		},
+		{
+			name:   "first control plane never installs",
+			stages: newFakeStages(nil, "kernel", false),
+			ops:    []string{"stage cp1"}, step: 1, timeout: true,
+			msg: []string{`cp1 is at stage "kernel", not installed yet`, "rackboot status"},
+		},
+		{
+			name:   "first control plane never seen",
+			stages: newFakeStages(nil, "", false),
+			ops:    []string{"stage cp1"}, step: 1, timeout: true,
+			msg: []string{"cp1 was never seen"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := &journal{}
+			st := tc.stages
+			if st == nil {
+				st = newFakeStages(j, "running", true)
+			}
+			st.j = j
+			boot := tc.boot
+			if boot == nil {
+				boot = &fakeBootstrap{}
+			}
+			boot.j = j
+			plan := testPlan()
+			plan.StepTimeout = 50 * time.Millisecond
+			var out bytes.Buffer
+			err := Run(t.Context(), plan, Deps{Stages: st, Bootstrap: boot, Cluster: &fakeCluster{j: j, fail: tc.fail}, Out: &out})
+			var se *StepError
+			if !errors.As(err, &se) {
+				t.Fatalf("err = %v, want a StepError", err)
+			}
+			if se.Step != tc.step || se.Timeout != tc.timeout || se.Interrupted {
+				t.Errorf("step %d timeout %v interrupted %v, want step %d timeout %v", se.Step, se.Timeout, se.Interrupted, tc.step, tc.timeout)
+			}
+			if got := j.list(); !slices.Equal(dedupe(got), tc.ops) {
+				t.Errorf("ops %q, want %q", got, tc.ops)
+			}
+			for _, m := range tc.msg {
+				if !strings.Contains(err.Error(), m) {
+					t.Errorf("error lacks %q:\n%v", m, err)
+				}
+			}
+			if strings.Contains(out.String(), "is up") {
+				t.Errorf("printed success after a failure:\n%s", out.String())
+			}
+		})
+	}
+}
+
+// dedupe drops repeated stage reads (the wait loop reads once per change).
+func dedupe(ops []string) []string {
+	var out []string
+	for _, o := range ops {
+		if len(out) > 0 && out[len(out)-1] == o {
+			continue
+		}
+		out = append(out, o)
+	}
+	return out
+}
+
+// A re-run after etcd was bootstrapped does not wait for install events
+// (the inventory may not see them again) and continues with the VIP.
+func TestRunAfterBootstrapRecorded(t *testing.T) {
+	j := &journal{}
+	var out bytes.Buffer
+	rec := &Record{Node: "192.168.1.11", Time: testNow}
+	err := Run(t.Context(), testPlan(), Deps{
+		Stages:    newFakeStages(j, "", false),
+		Bootstrap: &fakeBootstrap{j: j, rec: rec},
+		Cluster:   &fakeCluster{j: j},
+		Out:       &out,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := j.list(); slices.Contains(got, "stage cp1") || got[0] != "bootstrap" {
+		t.Fatalf("ops %q: want no stage wait", got)
+	}
+	if !strings.Contains(out.String(), "[1/6] waiting for the first control plane cp1 (192.168.1.11) to be installed: skipped (etcd already bootstrapped on 192.168.1.11 at 2026-05-04T12:00:00Z)") {
+		t.Fatalf("output:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "already bootstrapped (recorded) on 192.168.1.11") {
+		t.Fatalf("output:\n%s", out.String())
+	}
+}
+
+func TestRunSkipBundles(t *testing.T) {
+	j := &journal{}
+	var out bytes.Buffer
+	plan := testPlan()
+	plan.SkipBundles = true
+	err := Run(t.Context(), plan, Deps{Stages: newFakeStages(j, "running", true), Bootstrap: &fakeBootstrap{j: j}, Cluster: &fakeCluster{j: j}, Out: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := j.list(); !slices.Equal(got, []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2"}) {
+		t.Fatalf("ops %q", got)
+	}
+	for _, s := range []string{"[5/6] applying the bundles rook-ceph, cockroachdb: skipped (--skip-bundles)", "[6/6] waiting for the health gates: skipped (--skip-bundles)"} {
+		if !strings.Contains(out.String(), s) {
+			t.Errorf("output lacks %q:\n%s", s, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "SQL") {
+		t.Errorf("printed the SQL string without the bundles:\n%s", out.String())
+	}
+}
+
+// Ctrl-C is an interruption, not a timeout.
+func TestRunInterrupted(t *testing.T) {
+	j := &journal{}
+	ctx, cancel := context.WithCancel(t.Context())
+	st := newFakeStages(j, "dhcp", false)
+	go func() {
+		<-st.subscribed
+		cancel()
+	}()
+	err := Run(ctx, testPlan(), Deps{Stages: st, Bootstrap: &fakeBootstrap{j: j}, Cluster: &fakeCluster{j: j}})
+	var se *StepError
+	if !errors.As(err, &se) || !se.Interrupted || se.Timeout || se.Step != 1 {
+		t.Fatalf("err = %#v", err)
+	}
+	if !strings.Contains(err.Error(), "interrupted after") || !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v", err)
+	}
+	if slices.Contains(j.list(), "bootstrap") {
+		t.Fatal("bootstrapped after an interrupt")
+	}
+}
+
+// Without an inventory the wait is skipped, the rest runs.
+func TestRunWithoutInventory(t *testing.T) {
+	j := &journal{}
+	var out bytes.Buffer
+	if err := Run(t.Context(), testPlan(), Deps{Bootstrap: &fakeBootstrap{j: j}, Cluster: &fakeCluster{j: j}, Out: &out}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "skipped (no inventory to watch)") || j.list()[0] != "bootstrap" {
+		t.Fatalf("ops %q output:\n%s", j.list(), out.String())
+	}
+}
+
+func TestRunBadPlan(t *testing.T) {
+	j := &journal{}
+	plan := testPlan()
+	plan.Nodes[1].IP = netip.Addr{}
+	err := Run(t.Context(), plan, Deps{Stages: newFakeStages(j, "running", true), Bootstrap: &fakeBootstrap{j: j}, Cluster: &fakeCluster{j: j}})
+	if err == nil || !strings.Contains(err.Error(), "cp1 has no static address") {
+		t.Fatalf("err = %v", err)
+	}
+	if len(j.list()) != 0 {
+		t.Fatalf("did something with a bad plan: %q", j.list())
+	}
+}
+
+func TestFirstControlPlane(t *testing.T) {
+	vip := netip.MustParseAddr("10.0.0.10")
+	ip := netip.MustParseAddr
+	for _, tc := range []struct {
+		name  string
+		nodes []Node
+		want  string
+		err   string
+	}{
+		{"first in file order", []Node{{Name: "w1", IP: ip("10.0.0.21")}, {Name: "cp2", ControlPlane: true, IP: ip("10.0.0.12")}, {Name: "cp1", ControlPlane: true, IP: ip("10.0.0.11")}}, "cp2", ""},
+		{"first is DHCP: no fallback to the next", []Node{{Name: "cp1", ControlPlane: true}, {Name: "cp2", ControlPlane: true, IP: ip("10.0.0.12")}}, "", "cp1 has no static address"},
+		{"first has the VIP", []Node{{Name: "cp1", ControlPlane: true, IP: vip}}, "", "has the VIP 10.0.0.10"},
+		{"no control plane", []Node{{Name: "w1", IP: ip("10.0.0.21")}}, "", "no control plane"},
+		{"empty rack", nil, "", "no control plane"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, err := FirstControlPlane(tc.nodes, vip)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || n.Name != tc.want {
+				t.Fatalf("got %+v, %v; want %s", n, err, tc.want)
+			}
+		})
+	}
+}
