@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/dotfile/rackboot/bundles"
+	"github.com/dotfile/rackboot/inventory"
 )
 
 // Node is one machine of the rack, as the driver sees it.
@@ -46,9 +48,9 @@ func FirstControlPlane(nodes []Node, vip netip.Addr) (Node, error) {
 
 // Stages is what the driver needs from the machine inventory.
 type Stages interface {
-	// Stage is the machine's last stage ("" if it was never seen) and
-	// whether Talos is installed on its disk.
-	Stage(name string) (stage string, installed bool)
+	// Stage is the machine's last stage ("" if it was never seen), its
+	// detail, and whether Talos is installed on its disk.
+	Stage(name string) (stage, detail string, installed bool)
 	// Subscribe returns a channel that receives a value after changes, and
 	// a function to stop.
 	Subscribe() (<-chan struct{}, func())
@@ -71,10 +73,10 @@ type Cluster interface {
 	WaitAPIServer(ctx context.Context) error
 	// WaitNodesReady waits until the named nodes are Ready.
 	WaitNodesReady(ctx context.Context, names []string) error
-	// Apply applies the bundles (server-side apply, idempotent).
-	Apply(ctx context.Context, b []bundles.Bundle) error
-	// WaitGates waits on the bundles' health gates.
-	WaitGates(ctx context.Context, b []bundles.Bundle) error
+	// Apply applies one bundle (server-side apply, idempotent).
+	Apply(ctx context.Context, b bundles.Bundle) error
+	// WaitGates waits on one bundle's health gates.
+	WaitGates(ctx context.Context, b bundles.Bundle) error
 }
 
 // SQL is how applications reach the cluster's database, printed at the end.
@@ -219,10 +221,6 @@ func Run(ctx context.Context, plan Plan, deps Deps) error {
 	case deps.Stages == nil:
 		waitSkip = "no inventory to watch"
 	}
-	bundleSkip := ""
-	if plan.SkipBundles {
-		bundleSkip = "--skip-bundles"
-	}
 
 	steps := []step{
 		{
@@ -256,18 +254,25 @@ func Run(ctx context.Context, plan Plan, deps Deps) error {
 			run:   func(ctx context.Context, _ io.Writer) error { return deps.Cluster.WaitNodesReady(ctx, names) },
 			hint:  fmt.Sprintf("`%s get nodes -o wide`; for a NotReady node `%s -n <node> service kubelet`; a missing node has not joined: `rackboot status`", kubectl, talosctl),
 		},
-		{
-			title: fmt.Sprintf("applying %s", bundleNames(plan.Bundles)),
-			skip:  bundleSkip,
-			run:   func(ctx context.Context, _ io.Writer) error { return deps.Cluster.Apply(ctx, plan.Bundles) },
-			hint:  "the objects the API server refused are named above; `rackboot bundles render` shows what is applied",
-		},
-		{
-			title: "waiting for the health gates",
-			skip:  bundleSkip,
-			run:   func(ctx context.Context, _ io.Writer) error { return deps.Cluster.WaitGates(ctx, plan.Bundles) },
-			hint:  fmt.Sprintf("`%s -n rook-ceph get cephcluster`, `%s -n rook-ceph logs deploy/rook-ceph-operator`, `%s get pods -A | grep -v Running`", kubectl, kubectl, kubectl),
-		},
+	}
+	// Each bundle is applied, then its gates awaited, before the next one:
+	// CockroachDB's volumes need Ceph healthy.
+	if plan.SkipBundles {
+		steps = append(steps, step{title: "applying " + bundleNames(plan.Bundles), skip: "--skip-bundles"})
+		plan.Bundles = nil
+	}
+	for _, b := range plan.Bundles {
+		steps = append(steps,
+			step{
+				title: fmt.Sprintf("applying bundle %s (%d objects)", b.Name, len(b.Objects)),
+				run:   func(ctx context.Context, _ io.Writer) error { return deps.Cluster.Apply(ctx, b) },
+				hint:  "the objects the API server refused are named above; `rackboot bundles render` shows what is applied",
+			},
+			step{
+				title: fmt.Sprintf("waiting for %s's %d health gate(s)", b.Name, len(b.Gates)),
+				run:   func(ctx context.Context, _ io.Writer) error { return deps.Cluster.WaitGates(ctx, b) },
+				hint:  gateHint(kubectl, b),
+			})
 	}
 
 	for i, s := range steps {
@@ -281,7 +286,7 @@ func Run(ctx context.Context, plan Plan, deps Deps) error {
 		start := now()
 		sctx, cancel := context.WithTimeout(ctx, timeout)
 		err := s.run(sctx, out)
-		timedOut := sctx.Err() != nil && ctx.Err() == nil
+		timedOut := ctx.Err() == nil && (sctx.Err() != nil || errors.Is(err, bundles.ErrTimeout))
 		cancel()
 		took := now().Sub(start)
 		if err != nil {
@@ -317,9 +322,12 @@ func waitInstalled(ctx context.Context, st Stages, name string) error {
 	ch, stop := st.Subscribe()
 	defer stop()
 	for {
-		stage, installed := st.Stage(name)
+		stage, detail, installed := st.Stage(name)
 		if installed {
 			return nil
+		}
+		if stage == inventory.StageInstallFailed || stage == inventory.StageConfigError {
+			return fmt.Errorf("%s: %s: %s", name, stage, detail)
 		}
 		select {
 		case <-ch:
@@ -330,6 +338,25 @@ func waitInstalled(ctx context.Context, st Stages, name string) error {
 			return fmt.Errorf("%s is at stage %q, not installed yet: %w", name, stage, context.Cause(ctx))
 		}
 	}
+}
+
+// gateHint says where to look when a bundle's gates do not pass: the
+// namespaces of its gated objects.
+func gateHint(kubectl string, b bundles.Bundle) string {
+	var nss []string
+	for _, g := range b.Gates {
+		if g.Namespace != "" && !slices.Contains(nss, g.Namespace) {
+			nss = append(nss, g.Namespace)
+		}
+	}
+	if len(nss) == 0 {
+		return fmt.Sprintf("`%s get pods -A`", kubectl)
+	}
+	var parts []string
+	for _, ns := range nss {
+		parts = append(parts, fmt.Sprintf("`%s -n %s get pods,pvc`, `%s -n %s get events --sort-by=.lastTimestamp`", kubectl, ns, kubectl, ns))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // bundleNames is "the bundles rook-ceph, cockroachdb".

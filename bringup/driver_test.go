@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
 	"github.com/dotfile/rackboot/bundles"
 )
 
@@ -39,6 +41,7 @@ type fakeStages struct {
 	j          *journal
 	mu         sync.Mutex
 	stage      string
+	detail     string
 	installed  bool
 	ch         chan struct{}
 	subscribed chan struct{}
@@ -48,11 +51,11 @@ func newFakeStages(j *journal, stage string, installed bool) *fakeStages {
 	return &fakeStages{j: j, stage: stage, installed: installed, ch: make(chan struct{}, 1), subscribed: make(chan struct{})}
 }
 
-func (f *fakeStages) Stage(name string) (string, bool) {
+func (f *fakeStages) Stage(name string) (string, string, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.j.add("stage " + name)
-	return f.stage, f.installed
+	return f.stage, f.detail, f.installed
 }
 
 func (f *fakeStages) Subscribe() (<-chan struct{}, func()) {
@@ -109,11 +112,11 @@ func (f *fakeCluster) WaitAPIServer(ctx context.Context) error { return f.do(ctx
 func (f *fakeCluster) WaitNodesReady(ctx context.Context, names []string) error {
 	return f.do(ctx, "nodes "+strings.Join(names, ","))
 }
-func (f *fakeCluster) Apply(ctx context.Context, b []bundles.Bundle) error {
-	return f.do(ctx, "apply "+bundleNames(b))
+func (f *fakeCluster) Apply(ctx context.Context, b bundles.Bundle) error {
+	return f.do(ctx, "apply "+b.Name)
 }
-func (f *fakeCluster) WaitGates(ctx context.Context, b []bundles.Bundle) error {
-	return f.do(ctx, "gates")
+func (f *fakeCluster) WaitGates(ctx context.Context, b bundles.Bundle) error {
+	return f.do(ctx, "gates "+b.Name)
 }
 
 func testPlan() Plan {
@@ -125,7 +128,10 @@ func testPlan() Plan {
 			{Name: "cp1", ControlPlane: true, IP: netip.MustParseAddr("192.168.1.11")},
 			{Name: "cp2", ControlPlane: true, IP: netip.MustParseAddr("192.168.1.12")},
 		},
-		Bundles:         []bundles.Bundle{{Name: "rook-ceph"}, {Name: "cockroachdb"}},
+		Bundles: []bundles.Bundle{
+			{Name: "rook-ceph", Objects: make([]*unstructured.Unstructured, 3), Gates: []bundles.Gate{{Namespace: "rook-ceph"}}},
+			{Name: "cockroachdb", Objects: make([]*unstructured.Unstructured, 2), Gates: []bundles.Gate{{Namespace: "cockroachdb"}, {Namespace: "cockroachdb"}}},
+		},
 		StepTimeout:     time.Minute,
 		TalosconfigPath: "/state/talosconfig",
 		KubeconfigPath:  "/state/kubeconfig",
@@ -158,19 +164,21 @@ func TestRunOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "apply the bundles rook-ceph, cockroachdb", "gates"}
+	want := []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "apply rook-ceph", "gates rook-ceph", "apply cockroachdb", "gates cockroachdb"}
 	if got := j.list(); !slices.Equal(got, want) {
 		t.Fatalf("order %q, want %q", got, want)
 	}
 	for _, line := range []string{
-		"[1/6] waiting for the first control plane cp1 (192.168.1.11) to be installed ...",
-		"[2/6] bootstrapping etcd on cp1 (192.168.1.11) ...",
+		"[1/8] waiting for the first control plane cp1 (192.168.1.11) to be installed ...",
+		"[2/8] bootstrapping etcd on cp1 (192.168.1.11) ...",
 		"      bootstrapped on 192.168.1.11",
-		"[3/6] waiting for the VIP 192.168.1.10:6443 ...",
-		"[4/6] waiting for 3 node(s) to be Ready ...",
-		"[5/6] applying the bundles rook-ceph, cockroachdb ...",
-		"[6/6] waiting for the health gates ...",
-		"[6/6] done in 1s",
+		"[3/8] waiting for the VIP 192.168.1.10:6443 ...",
+		"[4/8] waiting for 3 node(s) to be Ready ...",
+		"[5/8] applying bundle rook-ceph (3 objects) ...",
+		"[6/8] waiting for rook-ceph's 1 health gate(s) ...",
+		"[7/8] applying bundle cockroachdb (2 objects) ...",
+		"[8/8] waiting for cockroachdb's 2 health gate(s) ...",
+		"[8/8] done in 1s",
 		"cluster dotfile is up",
 		"Kubernetes API  https://192.168.1.10:6443  (kubeconfig: /state/kubeconfig)",
 		"SQL             postgresql://root@192.168.1.10:26257/defaultdb?sslmode=verify-full",
@@ -226,13 +234,13 @@ func TestRunStops(t *testing.T) {
 			name: "bootstrap refused: no VIP wait, nothing applied",
 			boot: &fakeBootstrap{err: errors.New("the node refused (PermissionDenied)")},
 			ops:  []string{"stage cp1", "bootstrap"}, step: 2,
-			msg: []string{"[2/6] bootstrapping etcd on cp1 (192.168.1.11): the node refused", "talosctl --talosconfig /state/talosconfig -n 192.168.1.11 service etcd", "run `rackboot up` again"},
+			msg: []string{"[2/8] bootstrapping etcd on cp1 (192.168.1.11): the node refused", "talosctl --talosconfig /state/talosconfig -n 192.168.1.11 service etcd", "run `rackboot up` again"},
 		},
 		{
 			name: "VIP never answers: nothing applied",
 			fail: map[string]error{"vip": errBlock},
 			ops:  []string{"stage cp1", "bootstrap", "vip"}, step: 3, timeout: true,
-			msg: []string{"[3/6] waiting for the VIP 192.168.1.10:6443: not done after", "vip: still not healthy", "get addresses", "nothing else on the network uses 192.168.1.10"},
+			msg: []string{"[3/8] waiting for the VIP 192.168.1.10:6443: not done after", "vip: still not healthy", "get addresses", "nothing else on the network uses 192.168.1.10"},
 		},
 		{
 			name: "a node not Ready: nothing applied",
@@ -242,15 +250,27 @@ func TestRunStops(t *testing.T) {
 		},
 		{
 			name: "apply refused: no gate wait",
-			fail: map[string]error{"apply the bundles rook-ceph, cockroachdb": errors.New(`CephCluster rook-ceph/rook-ceph: spec.mon.count: Invalid value`)},
-			ops:  []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "apply the bundles rook-ceph, cockroachdb"}, step: 5,
-			msg: []string{"CephCluster rook-ceph/rook-ceph: spec.mon.count"},
+			fail: map[string]error{"apply rook-ceph": errors.New(`CephCluster rook-ceph/rook-ceph: spec.mon.count: Invalid value`)},
+			ops:  []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "apply rook-ceph"}, step: 5,
+			msg: []string{"[5/8] applying bundle rook-ceph (3 objects): CephCluster rook-ceph/rook-ceph: spec.mon.count"},
 		},
 		{
-			name: "gates time out",
-			fail: map[string]error{"gates": errBlock},
-			ops:  []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "apply the bundles rook-ceph, cockroachdb", "gates"}, step: 6, timeout: true,
-			msg: []string{"get cephcluster"},
+			name: "Ceph unhealthy: CockroachDB not applied",
+			fail: map[string]error{"gates rook-ceph": errBlock},
+			ops:  []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "apply rook-ceph", "gates rook-ceph"}, step: 6, timeout: true,
+			msg: []string{"kubectl --kubeconfig /state/kubeconfig -n rook-ceph get pods,pvc"},
+		},
+		{
+			name: "the gates' own timeout counts as a timeout",
+			fail: map[string]error{"gates cockroachdb": fmt.Errorf("%w: 1 gate not passed: 0/3 cockroachdb pods ready", bundles.ErrTimeout)},
+			ops:  []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "apply rook-ceph", "gates rook-ceph", "apply cockroachdb", "gates cockroachdb"}, step: 8, timeout: true,
+			msg: []string{"[8/8] waiting for cockroachdb's 2 health gate(s): not done after", "0/3 cockroachdb pods ready", "-n cockroachdb get events"},
+		},
+		{
+			name:   "install failed: no waiting for the timeout",
+			stages: &fakeStages{stage: "install-failed", detail: "no disks matched the expression", ch: make(chan struct{}, 1), subscribed: make(chan struct{})},
+			ops:    []string{"stage cp1"}, step: 1,
+			msg: []string{"cp1: install-failed: no disks matched the expression"},
 		},
 		{
 			name:   "first control plane never installs",
@@ -333,7 +353,7 @@ func TestRunAfterBootstrapRecorded(t *testing.T) {
 	if got := j.list(); slices.Contains(got, "stage cp1") || got[0] != "bootstrap" {
 		t.Fatalf("ops %q: want no stage wait", got)
 	}
-	if !strings.Contains(out.String(), "[1/6] waiting for the first control plane cp1 (192.168.1.11) to be installed: skipped (etcd already bootstrapped on 192.168.1.11 at 2026-05-04T12:00:00Z)") {
+	if !strings.Contains(out.String(), "[1/8] waiting for the first control plane cp1 (192.168.1.11) to be installed: skipped (etcd already bootstrapped on 192.168.1.11 at 2026-05-04T12:00:00Z)") {
 		t.Fatalf("output:\n%s", out.String())
 	}
 	if !strings.Contains(out.String(), "already bootstrapped (recorded) on 192.168.1.11") {
@@ -353,7 +373,7 @@ func TestRunSkipBundles(t *testing.T) {
 	if got := j.list(); !slices.Equal(got, []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2"}) {
 		t.Fatalf("ops %q", got)
 	}
-	for _, s := range []string{"[5/6] applying the bundles rook-ceph, cockroachdb: skipped (--skip-bundles)", "[6/6] waiting for the health gates: skipped (--skip-bundles)"} {
+	for _, s := range []string{"[5/5] applying the bundles rook-ceph, cockroachdb: skipped (--skip-bundles)", "[4/5] done in"} {
 		if !strings.Contains(out.String(), s) {
 			t.Errorf("output lacks %q:\n%s", s, out.String())
 		}
