@@ -80,37 +80,37 @@ func testBootstrapAgainstApid(t *testing.T, pki talosPKI) {
 		{name: "once", calls: 1, outcome: Bootstrapped, recorded: true},
 		{
 			name:    "unavailable twice then ok",
-			answers: []answer{{err: status.Error(codes.Unavailable, "apid not ready")}, {err: status.Error(codes.Unavailable, "apid not ready")}, {}},
+			answers: []answer{{Err: status.Error(codes.Unavailable, "apid not ready")}, {Err: status.Error(codes.Unavailable, "apid not ready")}, {}},
 			calls:   3, outcome: Bootstrapped, recorded: true, waits: []time.Duration{time.Second, 2 * time.Second},
 		},
 		{
 			name:    "failed precondition backs off to the cap",
-			answers: []answer{{err: status.Error(codes.FailedPrecondition, "bootstrap is not available yet")}, {err: status.Error(codes.FailedPrecondition, "x")}, {err: status.Error(codes.FailedPrecondition, "x")}, {err: status.Error(codes.FailedPrecondition, "x")}, {}},
+			answers: []answer{{Err: status.Error(codes.FailedPrecondition, "bootstrap is not available yet")}, {Err: status.Error(codes.FailedPrecondition, "x")}, {Err: status.Error(codes.FailedPrecondition, "x")}, {Err: status.Error(codes.FailedPrecondition, "x")}, {}},
 			calls:   5, outcome: Bootstrapped, recorded: true, waits: []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 4 * time.Second},
 		},
 		{
 			name:    "already exists is done",
-			answers: []answer{{err: status.Error(codes.AlreadyExists, "etcd data directory is not empty")}},
+			answers: []answer{{Err: status.Error(codes.AlreadyExists, "etcd data directory is not empty")}},
 			calls:   1, outcome: AlreadyBootstrapped, recorded: true, already: true,
 		},
 		{
 			name:    "already exists inside the node metadata",
-			answers: []answer{{err: status.Error(codes.AlreadyExists, "etcd data directory is not empty"), inMetadata: true}},
+			answers: []answer{{Err: status.Error(codes.AlreadyExists, "etcd data directory is not empty"), InMetadata: true}},
 			calls:   1, outcome: AlreadyBootstrapped, recorded: true, already: true,
 		},
 		{
 			name:    "permission denied fails fast",
-			answers: []answer{{err: status.Error(codes.PermissionDenied, "not authorized")}},
+			answers: []answer{{Err: status.Error(codes.PermissionDenied, "not authorized")}},
 			calls:   1, wantErr: "the node refused (PermissionDenied)",
 		},
 		{
 			name:    "unimplemented fails fast",
-			answers: []answer{{err: status.Error(codes.Unimplemented, "no such method")}},
+			answers: []answer{{Err: status.Error(codes.Unimplemented, "no such method")}},
 			calls:   1, wantErr: "does not serve the Talos machine API",
 		},
 		{
 			name:    "never ready gives up when the step ends",
-			answers: []answer{{err: status.Error(codes.Unavailable, "etcd service not running")}},
+			answers: []answer{{Err: status.Error(codes.Unavailable, "etcd service not running")}},
 			calls:   3, sleepsCap: 3, wantErr: "gave up after 3 attempt(s)",
 			waits: []time.Duration{time.Second, 2 * time.Second, 4 * time.Second},
 		},
@@ -154,15 +154,19 @@ func testBootstrapAgainstApid(t *testing.T, pki talosPKI) {
 			}
 			// Every call went to the node by its own address, with an
 			// admin client certificate from the rack's talosconfig.
-			srv.mu.Lock()
-			defer srv.mu.Unlock()
-			for i, n := range srv.nodes {
+			for i, n := range srv.Nodes() {
 				if n != "127.0.0.1" {
 					t.Errorf("call %d: node metadata %q, want 127.0.0.1", i, n)
 				}
 			}
-			if len(srv.orgs) != tc.calls || !hasRole(srv.orgs[0], "os:admin") {
-				t.Errorf("client certificate organizations %v, want os:admin on each call", srv.orgs)
+			orgs := srv.Orgs()
+			if len(orgs) != tc.calls {
+				t.Fatalf("%d client certificates seen, want %d", len(orgs), tc.calls)
+			}
+			for _, o := range orgs {
+				if !slices.Contains(o, "os:admin") {
+					t.Errorf("client certificate organizations %v, want os:admin", o)
+				}
 			}
 		})
 	}
@@ -206,7 +210,7 @@ func testBootstrapRestartMakesNoCall(t *testing.T, pki talosPKI) {
 // record was written. The next run is told AlreadyExists, which is success,
 // and writes the record; the run after that makes no call.
 func testBootstrapCrashWindow(t *testing.T, pki talosPKI) {
-	srv, addr := startApid(t, pki, answer{}, answer{err: status.Error(codes.AlreadyExists, "etcd data directory is not empty")})
+	srv, addr := startApid(t, pki, answer{}, answer{Err: status.Error(codes.AlreadyExists, "etcd data directory is not empty")})
 	dir := t.TempDir()
 	sl := &sleeps{}
 	if _, err := newTestBootstrapper(t, pki, dir, addr, sl).Bootstrap(t.Context()); err != nil {
