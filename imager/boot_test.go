@@ -82,7 +82,18 @@ func TestBootInQEMU(t *testing.T) {
 			t.Fatalf("%v: install the Debian packages ovmf and seabios", err)
 		}
 	}
-	kernel, initrd := standinFiles(t)
+	kernel, standin := standinFiles(t)
+	// Pad the initramfs with zeros (the kernel skips zero padding between
+	// cpio archives) so the ESP exceeds 32 MiB, as with a Talos initramfs:
+	// its El Torito sector count no longer fits 16 bits and is written 0.
+	initrd := filepath.Join(t.TempDir(), "initramfs.padded")
+	data, err := os.ReadFile(standin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(initrd, append(data, make([]byte, 40<<20)...), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cfg, cmdline := testConfig(t, "cp1")
 	spec := ImageSpec{Name: "cp1", Cmdline: cmdline + " console=ttyS0", Config: cfg, Kernel: kernel, Initramfs: initrd}
 	dir := t.TempDir()
@@ -94,6 +105,9 @@ func TestBootInQEMU(t *testing.T) {
 	}
 	if _, err := b.USB(context.Background(), spec, usb); err != nil {
 		t.Fatal(err)
+	}
+	if rep := run(t, "xorriso", "-indev", iso, "-report_el_torito", "plain"); !regexpMatch("El Torito boot img : 2 UEFI y none 0x0000 0x00 0 ", rep) {
+		t.Fatalf("the EFI boot image should be over 32 MiB (sector count 0) like a Talos one:\n%s", rep)
 	}
 	cd := []string{"-drive", "file=" + iso + ",if=none,id=cd,media=cdrom,readonly=on,format=raw", "-device", "ide-cd,drive=cd,bus=ide.0,bootindex=0"}
 	for _, m := range []bootMedium{

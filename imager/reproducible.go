@@ -284,7 +284,7 @@ func (n *isoNormalizer) susp(area []byte, depth int) error {
 // 17-byte form, bits 0-6 say which of 7 stamps are present.
 func (n *isoNormalizer) tf(e []byte) error {
 	if len(e) < 5 {
-		return fmt.Errorf("Rock Ridge TF entry of %d bytes", len(e))
+		return fmt.Errorf("a Rock Ridge TF entry of %d bytes", len(e))
 	}
 	flags := e[4]
 	width := 7
@@ -297,7 +297,7 @@ func (n *isoNormalizer) tf(e []byte) error {
 			continue
 		}
 		if pos+width > len(e) {
-			return fmt.Errorf("Rock Ridge TF entry of %d bytes is too short for its flags %#x", len(e), flags)
+			return fmt.Errorf("a Rock Ridge TF entry of %d bytes is too short for its flags %#x", len(e), flags)
 		}
 		if width == 7 {
 			putDirDateTime(e[pos:pos+7], n.t)
