@@ -199,13 +199,14 @@ func Run(ctx context.Context, plan Plan, deps Deps) error {
 	if err != nil {
 		return fmt.Errorf("bring-up: %w", err)
 	}
-	talosctl := "talosctl"
+	// Hints name the client configs once, then show short commands.
+	talosctl, kubectl := "talosctl", "kubectl"
+	talosEnv, kubeEnv := "", ""
 	if plan.TalosconfigPath != "" {
-		talosctl += " --talosconfig " + plan.TalosconfigPath
+		talosEnv = "with TALOSCONFIG=" + plan.TalosconfigPath + ": "
 	}
-	kubectl := "kubectl"
 	if plan.KubeconfigPath != "" {
-		kubectl += " --kubeconfig " + plan.KubeconfigPath
+		kubeEnv = "with KUBECONFIG=" + plan.KubeconfigPath + ": "
 	}
 	names := make([]string, len(plan.Nodes))
 	for i, n := range plan.Nodes {
@@ -241,18 +242,18 @@ func Run(ctx context.Context, plan Plan, deps Deps) error {
 				fmt.Fprintf(out, "      %s on %s\n", res.Outcome, res.Record.Node)
 				return nil
 			},
-			hint: fmt.Sprintf("`%s -n %s service etcd`, `%s -n %s dmesg`", talosctl, firstIP, talosctl, firstIP),
+			hint: fmt.Sprintf("%s`%s -n %s service etcd`, `%s -n %s dmesg`", talosEnv, talosctl, firstIP, talosctl, firstIP),
 		},
 		{
 			title: fmt.Sprintf("waiting for the VIP %s", vip),
 			run:   func(ctx context.Context, _ io.Writer) error { return deps.Cluster.WaitAPIServer(ctx) },
-			hint: fmt.Sprintf("a control plane takes the VIP once etcd is healthy: `%s -n %s service etcd`, `%s -n %s service kube-apiserver`, `%s -n %s get addresses`; make sure nothing else on the network uses %s",
-				talosctl, firstIP, talosctl, firstIP, talosctl, firstIP, plan.VIP),
+			hint: fmt.Sprintf("a control plane takes the VIP once etcd is healthy; %s`%s -n %s service etcd`, `%s -n %s service kube-apiserver`, `%s -n %s get addresses`; make sure nothing else on the network uses %s",
+				talosEnv, talosctl, firstIP, talosctl, firstIP, talosctl, firstIP, plan.VIP),
 		},
 		{
 			title: fmt.Sprintf("waiting for %d node(s) to be Ready", len(names)),
 			run:   func(ctx context.Context, _ io.Writer) error { return deps.Cluster.WaitNodesReady(ctx, names) },
-			hint:  fmt.Sprintf("`%s get nodes -o wide`; for a NotReady node `%s -n <node> service kubelet`; a missing node has not joined: `rackboot status`", kubectl, talosctl),
+			hint:  fmt.Sprintf("%s`%s get nodes -o wide`; for a NotReady node (%s) `%s -n <node> service kubelet`; a missing node has not joined: `rackboot status`", kubeEnv, kubectl, strings.TrimSuffix(talosEnv, ": "), talosctl),
 		},
 	}
 	// Each bundle is applied, then its gates awaited, before the next one:
@@ -271,7 +272,7 @@ func Run(ctx context.Context, plan Plan, deps Deps) error {
 			step{
 				title: fmt.Sprintf("waiting for %s's %d health gate(s)", b.Name, len(b.Gates)),
 				run:   func(ctx context.Context, _ io.Writer) error { return deps.Cluster.WaitGates(ctx, b) },
-				hint:  gateHint(kubectl, b),
+				hint:  kubeEnv + gateHint(kubectl, b),
 			})
 	}
 

@@ -234,7 +234,7 @@ func TestRunStops(t *testing.T) {
 			name: "bootstrap refused: no VIP wait, nothing applied",
 			boot: &fakeBootstrap{err: errors.New("the node refused (PermissionDenied)")},
 			ops:  []string{"stage cp1", "bootstrap"}, step: 2,
-			msg: []string{"[2/8] bootstrapping etcd on cp1 (192.168.1.11): the node refused", "talosctl --talosconfig /state/talosconfig -n 192.168.1.11 service etcd", "run `rackboot up` again"},
+			msg: []string{"[2/8] bootstrapping etcd on cp1 (192.168.1.11): the node refused", "with TALOSCONFIG=/state/talosconfig: `talosctl -n 192.168.1.11 service etcd`", "run `rackboot up` again"},
 		},
 		{
 			name: "VIP never answers: nothing applied",
@@ -246,7 +246,7 @@ func TestRunStops(t *testing.T) {
 			name: "a node not Ready: nothing applied",
 			fail: map[string]error{"nodes w1,cp1,cp2": errBlock},
 			ops:  []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2"}, step: 4, timeout: true,
-			msg: []string{"kubectl --kubeconfig /state/kubeconfig get nodes -o wide"},
+			msg: []string{"with KUBECONFIG=/state/kubeconfig: `kubectl get nodes -o wide`"},
 		},
 		{
 			name: "apply refused: no gate wait",
@@ -258,7 +258,7 @@ func TestRunStops(t *testing.T) {
 			name: "Ceph unhealthy: CockroachDB not applied",
 			fail: map[string]error{"gates rook-ceph": errBlock},
 			ops:  []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "apply rook-ceph", "gates rook-ceph"}, step: 6, timeout: true,
-			msg: []string{"kubectl --kubeconfig /state/kubeconfig -n rook-ceph get pods,pvc"},
+			msg: []string{"with KUBECONFIG=/state/kubeconfig: `kubectl -n rook-ceph get pods,pvc`"},
 		},
 		{
 			name: "the gates' own timeout counts as a timeout",
