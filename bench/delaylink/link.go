@@ -18,20 +18,32 @@ type End struct {
 	Name  string // the TAP device's name in it
 }
 
-// frame is one Ethernet frame and when it was read.
+// frame is one Ethernet frame and when it is due (CLOCK_MONOTONIC, ns).
 type frame struct {
 	data []byte
-	at   time.Time
+	due  int64
+}
+
+// monotonic is CLOCK_MONOTONIC in nanoseconds: the clock clock_nanosleep
+// sleeps on.
+func monotonic() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
 }
 
 // Link relays Ethernet frames between two TAP devices, each frame delayed
 // by a fixed time: a point-to-point cable with latency, for kernels without
 // the netem qdisc. Frames keep their order; nothing is dropped unless a
 // queue of QueueLen frames overflows (counted in Dropped).
+//
+// Go's timers sleep at least 1 ms when the process is idle (the netpoller
+// waits in milliseconds), too coarse for a 0.5 ms delay; each direction's
+// writer therefore runs on its own OS thread and sleeps with
+// clock_nanosleep (high-resolution timers, tens of µs).
 type Link struct {
 	Delay    time.Duration
 	QueueLen int
-	Now      func() time.Time
 
 	mu      sync.Mutex
 	dropped int64
@@ -92,9 +104,6 @@ func OpenTAP(end End) (*os.File, error) {
 
 // Run relays between a and b in both directions until ctx ends.
 func (l *Link) Run(ctx context.Context, a, b *os.File) error {
-	if l.Now == nil {
-		l.Now = time.Now
-	}
 	if l.QueueLen <= 0 {
 		l.QueueLen = 1 << 16
 	}
@@ -133,7 +142,7 @@ func (l *Link) read(ctx context.Context, from *os.File, q chan<- frame) error {
 			return fmt.Errorf("read %s: %w", from.Name(), err)
 		}
 		select {
-		case q <- frame{data: buf[:n:n], at: l.Now()}:
+		case q <- frame{data: buf[:n:n], due: monotonic() + l.Delay.Nanoseconds()}:
 		default:
 			l.mu.Lock()
 			l.dropped++
@@ -143,8 +152,9 @@ func (l *Link) read(ctx context.Context, from *os.File, q chan<- frame) error {
 }
 
 func (l *Link) write(ctx context.Context, to *os.File, q <-chan frame) error {
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
+	// Never unlocked: the thread sleeps in clock_nanosleep for this
+	// goroutine only and is discarded when it ends.
+	runtime.LockOSThread()
 	for {
 		var f frame
 		select {
@@ -152,12 +162,13 @@ func (l *Link) write(ctx context.Context, to *os.File, q <-chan frame) error {
 			return nil
 		case f = <-q:
 		}
-		if wait := f.at.Add(l.Delay).Sub(l.Now()); wait > 0 {
-			timer.Reset(wait)
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-timer.C:
+		if f.due > monotonic() {
+			ts := unix.NsecToTimespec(f.due)
+			for {
+				err := unix.ClockNanosleep(unix.CLOCK_MONOTONIC, unix.TIMER_ABSTIME, &ts, nil)
+				if err != unix.EINTR {
+					break
+				}
 			}
 		}
 		if _, err := to.Write(f.data); err != nil {

@@ -104,6 +104,9 @@ func TestLinkDelaysUDP(t *testing.T) {
 	if slow < 4*time.Millisecond {
 		t.Errorf("RTT %s with a 2 ms delay each way, want >= 4 ms", slow)
 	}
+	if slow > 7*time.Millisecond {
+		t.Errorf("RTT %s with a 2 ms delay each way: the relay adds more than 3 ms", slow)
+	}
 	if slow-fast < 3*time.Millisecond {
 		t.Errorf("the delay added only %s to the RTT", slow-fast)
 	}
