@@ -168,8 +168,11 @@ func runUp(ctx context.Context, a *app, cmd *cobra.Command, f *upFlags) error {
 	if f.serving {
 		// The driver reads the machine stages from serve's own status API:
 		// serve keeps its inventory to itself.
-		base := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(f.serve.httpPort))
-		deps.Stages = newServedStages(base, 2*time.Second, a.log)
+		// Without the events sink no machine ever reports installed.
+		if f.serve.eventsPort != 0 {
+			base := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(f.serve.httpPort))
+			deps.Stages = newServedStages(base, 2*time.Second, a.log)
+		}
 		serveDone = make(chan error, 1)
 		go func() { serveDone <- runServe(ctx, a, cmd, &f.serve) }()
 	}
