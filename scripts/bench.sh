@@ -1,0 +1,554 @@
+#!/usr/bin/env bash
+# scripts/bench.sh — `make bench`: rackboot side by side with the tools people
+# would otherwise use (nginx, tftpd-hpa, dnsmasq, a direct QEMU boot, xorriso),
+# each pair in one go, runs alternating A/B/A/B on the same machine. Writes
+# docs/BENCHMARKS.md (header kept, results replaced).
+#
+# Everything runs in network namespaces this script creates; it never sends a
+# packet anywhere else. Everything it starts is stopped by PID and every
+# namespace deleted on exit, failure included.
+#
+# Environment:
+#   RACKBOOT=bin/rackboot   the binary under test
+#   BENCH_ONLY="P1 P3"      run only these rows (default: all)
+#   BENCH_QUICK=1           short runs, one round: for debugging the harness
+#   BENCH_OUT=FILE          where to write (default docs/BENCHMARKS.md)
+#   BENCH_KEEP=1            keep the work directory (logs, raw results)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+RB=$(realpath -m "${RACKBOOT:-bin/rackboot}")
+ONLY=${BENCH_ONLY:-P1 P2 P3 P4 P5 P6}
+QUICK=${BENCH_QUICK:-0}
+OUT=${BENCH_OUT:-docs/BENCHMARKS.md}
+BENCHSTAT_VERSION=v0.0.0-20260908200009-22c9c6c9d4da # golang.org/x/perf
+STANDIN=$ROOT/lab/standin/build
+IPXE_EFI=$ROOT/pxe/ipxe/bin/ipxe.efi
+
+if [ "$QUICK" = 1 ]; then
+  ROUNDS=1 P1_SECS=2 P3_ROUNDS=1 P4_ROUNDS=1 P5_ROUNDS=1 P6_RUNS=3 P2_BIG=100
+else
+  ROUNDS=3 P1_SECS=10 P3_ROUNDS=3 P4_ROUNDS=3 P5_ROUNDS=5 P6_RUNS=20 P2_BIG=400
+fi
+
+log() { echo "bench: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+want() { [[ " $ONLY " == *" $1 "* ]]; }
+
+[ "$(id -u)" = 0 ] || die "run as root: network namespaces, ports 67/69, raw DHCP sockets"
+[ -x "$RB" ] || die "$RB missing: run \`make build\`"
+[ -f "$IPXE_EFI" ] || die "$IPXE_EFI missing: run \`make ipxe\`"
+
+# ---------------------------------------------------------------- packages
+# Installed only when missing. A policy-rc.d that refuses service starts is
+# put in place for the install (unless one exists): nginx and tftpd-hpa
+# must not start as system services on the host's addresses.
+PKGS=(wrk hyperfine time nginx tftpd-hpa dnsmasq-base xorriso busybox-static qemu-system-x86 iproute2 jq curl)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  added_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && added_policy=1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || {
+    [ -n "$added_policy" ] && rm -f /usr/sbin/policy-rc.d; die "apt-get install ${missing[*]} failed"; }
+  [ -n "$added_policy" ] && rm -f /usr/sbin/policy-rc.d
+fi
+
+# ---------------------------------------------------------------- cleanup
+WORK=$(mktemp -d /tmp/rackboot-bench.XXXXXX)
+chmod 755 "$WORK" # nginx and in.tftpd drop privileges and must read files here
+RES=$WORK/results
+mkdir -p "$RES" "$WORK/bin" "$WORK/logs"
+PIDS=()
+NSS=()
+cleanup() {
+  local rc=$? pid ns i
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for i in $(seq 50); do
+    local alive=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for ns in "${NSS[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+  if [ "${BENCH_KEEP:-0}" = 1 ] || [ $rc != 0 ]; then
+    log "work directory kept: $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# mkns ROLE: a fresh namespace with lo up and no route out; prints its name.
+mkns() {
+  local ns="rbb$$-$1"
+  ip netns add "$ns"
+  NSS+=("$ns")
+  ip -n "$ns" link set lo up
+  if [ -n "$(ip -n "$ns" route show default; ip -n "$ns" -6 route show default)" ]; then
+    die "namespace $ns has a default route: refusing to run"
+  fi
+  NS=$ns
+}
+
+# start NS LOG CMD...: runs CMD in the background (in NS unless NS is -);
+# sets PID. `ip netns exec` execs CMD, so PID is CMD's own PID.
+start() {
+  local ns=$1 logf=$2
+  shift 2
+  if [ "$ns" = - ]; then "$@" >"$logf" 2>&1 &
+  else ip netns exec "$ns" "$@" >"$logf" 2>&1 &
+  fi
+  PID=$!
+  PIDS+=("$PID")
+}
+
+# stop PID: SIGTERM, then SIGKILL after 5 s; reaps it.
+stop() {
+  local pid=$1 i
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# wait_http NS URL PID LOG: until URL answers 200 (30 s), or PID died.
+wait_http() {
+  local i
+  for i in $(seq 300); do
+    ip netns exec "$1" curl -fsS -o /dev/null --max-time 2 "$2" 2>/dev/null && return 0
+    kill -0 "$3" 2>/dev/null || { cat "$4" >&2; die "server for $2 exited"; }
+    sleep 0.1
+  done
+  cat "$4" >&2
+  die "$2 did not answer within 30 s"
+}
+
+# median and p95 of numbers on stdin.
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "n/a"; exit} if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+p95() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "n/a"; exit} i=int(NR*0.95+0.999999); if (i<1) i=1; print a[i]}'; }
+# metric FILE BENCHNAME UNIT: the values of UNIT on the lines of BENCHNAME.
+metric() { awk -v n="Benchmark$2" -v u="$3" '$1==n {for (i=3;i<NF;i++) if ($(i+1)==u) print $i}' "$1"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a=="n/a"||b=="n/a"||b==0) print "n/a"; else printf "%.2f×", a/b}'; }
+fmt() { awk -v a="$1" -v d="${2:-1}" 'BEGIN {if (a=="n/a") print a; else printf "%.*f", d, a}'; }
+# verdict OK?: "met" / "missed"
+verdict() { if awk "BEGIN {exit !($1)}" 2>/dev/null; then echo met; else echo "**missed**"; fi; }
+
+ROWS=()   # markdown table rows
+NOTES=()  # per-row notes (missed targets, what limits)
+row() { ROWS+=("| $1 | $2 | $3 | $4 | $5 | $6 |"); }
+
+# ---------------------------------------------------------------- shared
+log "building the load generators"
+go build -o "$WORK/bin/" ./bench/dhcpload ./bench/tftpload ./bench/delaylink
+DHCPLOAD=$WORK/bin/dhcpload
+TFTPLOAD=$WORK/bin/tftpload
+
+RACK=$WORK/rack.yaml
+cat >"$RACK" <<'EOF'
+cluster:
+  name: bench
+  talosVersion: v1.13.0
+  kubernetesVersion: 1.36.0
+  vip: 10.98.0.10
+  network:
+    subnet: 10.98.0.0/20
+    gateway: 10.98.0.254
+    nameservers: [10.98.0.254]
+machines:
+  - name: bench1
+    role: controlplane
+    address: 10.98.0.11/20
+    select: {mac: ["52:54:00:be:00:01"]}
+EOF
+"$RB" -f "$RACK" validate >/dev/null || die "bench rack file does not validate"
+
+# One state directory with the cluster secrets made once; every server run
+# gets a fresh copy (no leases, no machine states from an earlier run).
+STATE_TEMPLATE=$WORK/state-template
+# Until P3 makes the template, a state directory starts empty (serve then
+# makes secrets, untimed).
+fresh_state() {
+  rm -rf "$1"
+  if [ -d "$STATE_TEMPLATE" ]; then cp -a "$STATE_TEMPLATE" "$1"; rm -f "$1/dhcp-leases.json"; else mkdir -p "$1"; fi
+}
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+STARTED=$(date -u +%Y-%m-%dT%H:%MZ)
+T0=$SECONDS
+
+# ================================================================ P1 HTTP
+if want P1; then
+  log "P1: HTTP, a 100 MB file to 6 and 100 clients: rackboot vs nginx"
+  mkns http; ns=$NS
+  ip -n "$ns" link add d0 type bridge # no dummy module here; a bridge with no ports holds the address as well
+  ip -n "$ns" addr add 10.98.0.1/20 dev d0
+  ip -n "$ns" link set d0 up
+  d=$WORK/p1
+  mkdir -p "$d/www" "$d/nginx"
+  head -c 100000000 /dev/urandom >"$d/www/initramfs.cpio.gz"
+  printf 'kernel' >"$d/www/vmlinuz"
+  chmod 755 "$d" "$d/www"; chmod 644 "$d/www/"*
+  mkdir -p "$WORK/state-p1"; fresh_state "$WORK/state-p1"
+  start "$ns" "$WORK/logs/p1-rackboot.log" "$RB" -f "$RACK" --state "$WORK/state-p1" serve -i d0 --dhcp off \
+    --tftp-port 0 --events-port 0 --log-port 0 --http-port 8080 --standin "$d/www"
+  rb_pid=$PID
+  cat >"$d/nginx/nginx.conf" <<EOF
+daemon off;
+worker_processes auto;
+pid $d/nginx/nginx.pid;
+error_log $d/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  client_body_temp_path $d/nginx/body;
+  proxy_temp_path $d/nginx/proxy;
+  fastcgi_temp_path $d/nginx/fastcgi;
+  uwsgi_temp_path $d/nginx/uwsgi;
+  scgi_temp_path $d/nginx/scgi;
+  types { application/octet-stream gz; }
+  server { listen 10.98.0.1:8081; root $d/www; }
+}
+EOF
+  start "$ns" "$WORK/logs/p1-nginx.log" nginx -p "$d/nginx" -e "$d/nginx/error.log" -c "$d/nginx/nginx.conf"
+  ngx_pid=$PID
+  URL_RB=http://10.98.0.1:8080/assets/standin/initramfs.cpio.gz
+  URL_NGX=http://10.98.0.1:8081/initramfs.cpio.gz
+  wait_http "$ns" "$URL_RB" "$rb_pid" "$WORK/logs/p1-rackboot.log"
+  wait_http "$ns" "$URL_NGX" "$ngx_pid" "$WORK/logs/p1-nginx.log"
+  want_sum=$(sha256sum <"$d/www/initramfs.cpio.gz" | cut -d' ' -f1)
+  for u in "$URL_RB" "$URL_NGX"; do
+    got=$(ip netns exec "$ns" curl -fsS "$u" | sha256sum | cut -d' ' -f1)
+    [ "$got" = "$want_sum" ] || die "$u serves different bytes"
+  done
+  for c in 6 100; do
+    for r in $(seq "$ROUNDS"); do
+      for s in rackboot nginx; do
+        u=$URL_RB; [ $s = nginx ] && u=$URL_NGX
+        out=$(ip netns exec "$ns" wrk -t2 -c$c -d${P1_SECS}s --timeout 60s "$u")
+        echo "$out" >>"$WORK/logs/p1-wrk-$s.log"
+        rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+        mibs=$(awk '/^Transfer\/sec:/ {v=$2; u=v; sub(/[0-9.]+/,"",u); sub(/[A-Za-z]+$/,"",v);
+          m=(u=="GB")?1024:(u=="MB")?1:(u=="KB")?1/1024:1/1048576; printf "%.1f", v*m}' <<<"$out")
+        errs=$(awk '/Socket errors/ {gsub(/,/,""); print $4+$6+$8+$10} /Non-2xx/ {print $NF}' <<<"$out" | awk '{s+=$1} END {print s+0}')
+        nsop=$(awk -v r="$rps" 'BEGIN {printf "%.0f", (r>0)?1e9/r:0}')
+        echo "BenchmarkP1/c$c 1 $nsop ns/op $mibs MiB/s $rps req/s $errs errors" >>"$RES/p1-$s.txt"
+        log "P1 c=$c round $r $s: $mibs MiB/s, $rps req/s, $errs errors"
+      done
+    done
+  done
+  rb_rss=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$rb_pid/status")
+  ngx_workers_rss=$(for p in $(pgrep -P "$ngx_pid"); do awk '/VmHWM/ {print $2}' "/proc/$p/status"; done | awk '{s+=$1} END {printf "%.1f", s/1024}')
+  stop "$rb_pid"; stop "$ngx_pid"
+  for c in 6 100; do
+    a=$(metric "$RES/p1-rackboot.txt" "P1/c$c" MiB/s | median)
+    b=$(metric "$RES/p1-nginx.txt" "P1/c$c" MiB/s | median)
+    rat=$(ratio "$a" "$b")
+    v=$(verdict "$a >= $b && $rb_rss < 64")
+    row "P1 HTTP 100 MB, $c clients (MiB/s, median of $ROUNDS × ${P1_SECS}s wrk)" "$(fmt "$a") MiB/s, peak RSS $rb_rss MiB" \
+      "nginx $(fmt "$b") MiB/s (workers' RSS $ngx_workers_rss MiB)" "$rat" "≥ 1.0× nginx, RSS < 64 MB" "$v"
+  done
+fi
+
+# ================================================================ P2 TFTP
+if want P2; then
+  log "P2: TFTP ipxe.efi, 1 and 200 clients, blksize 1468: rackboot vs tftpd-hpa"
+  mkns tftps; srv=$NS
+  mkns tftpc; cli=$NS
+  start - "$WORK/logs/p2-delaylink.log" "$WORK/bin/delaylink" -a "/run/netns/$cli:dl0" -b "/run/netns/$srv:dl1" -delay 400us
+  dl_pid=$PID
+  for i in $(seq 100); do grep -q ready "$WORK/logs/p2-delaylink.log" && break; sleep 0.05; done
+  grep -q ready "$WORK/logs/p2-delaylink.log" || { cat "$WORK/logs/p2-delaylink.log" >&2; die "delaylink did not start"; }
+  ip -n "$srv" addr add 10.98.0.1/20 dev dl1; ip -n "$srv" link set dl1 up
+  ip -n "$cli" addr add 10.98.0.2/20 dev dl0; ip -n "$cli" link set dl0 up
+  # A plain veth beside it: the same transfers at loopback-like RTT.
+  ip -n "$srv" link add v1 type veth peer name v0 netns "$cli"
+  ip -n "$srv" addr add 10.97.0.1/24 dev v1; ip -n "$srv" link set v1 up
+  ip -n "$cli" addr add 10.97.0.2/24 dev v0; ip -n "$cli" link set v0 up
+  rtt_delay=$(ip netns exec "$cli" busybox ping -c 20 -i 0.05 10.98.0.1 | awk -F'[/ ]+' '/round-trip/ {print $(NF-2)}')
+  rtt_veth=$(ip netns exec "$cli" busybox ping -c 20 -i 0.05 10.97.0.1 | awk -F'[/ ]+' '/round-trip/ {print $(NF-2)}')
+  log "P2: measured RTT (busybox ping, avg): ${rtt_delay} ms through the delay link, ${rtt_veth} ms over the veth"
+  mkdir -p "$WORK/state-p2" "$WORK/p2/tftproot"; fresh_state "$WORK/state-p2"
+  cp "$IPXE_EFI" "$WORK/p2/tftproot/ipxe.efi"; chmod 755 "$WORK/p2" "$WORK/p2/tftproot"; chmod 644 "$WORK/p2/tftproot/ipxe.efi"
+  start "$srv" "$WORK/logs/p2-rackboot.log" "$RB" -f "$RACK" --state "$WORK/state-p2" serve -i dl1 --dhcp off \
+    --tftp-port 69 --events-port 0 --log-port 0 --http-port 8080
+  rb_pid=$PID
+  # -L: foreground; -s: chroot to the root; drops to user tftp.
+  start "$srv" "$WORK/logs/p2-tftpd.log" in.tftpd -L -v -s -a :6969 "$WORK/p2/tftproot"
+  tftpd_pid=$PID
+  wait_http "$srv" http://10.98.0.1:8080/boot.ipxe "$rb_pid" "$WORK/logs/p2-rackboot.log"
+  for path in delay veth; do
+    host=10.98.0.1; [ $path = veth ] && host=10.97.0.1
+    for c in 1 200; do
+      n=$P2_BIG; [ $c = 1 ] && { n=5; [ $path = veth ] && n=20; }
+      for r in $(seq "$ROUNDS"); do
+        for s in rackboot tftpd-hpa; do
+          port=69; [ $s = tftpd-hpa ] && port=6969
+          line=$(ip netns exec "$cli" "$TFTPLOAD" -server "$host:$port" -file ipxe.efi -expect "$IPXE_EFI" \
+            -n "$n" -c "$c" -blksize 1468 -name "P2/$path-c$c" 2>>"$WORK/logs/p2-tftpload.log") || line="BenchmarkP2/$path-c$c $n 0 ns/op 0 xfers/s 0 MB/s 0 p50-ms $n failed"
+          echo "$line" >>"$RES/p2-$s.txt"
+          log "P2 $path c=$c round $r $s: $line"
+        done
+      done
+    done
+  done
+  stop "$rb_pid"; stop "$tftpd_pid"; stop "$dl_pid"
+  for path in delay veth; do
+    for c in 1 200; do
+      a=$(metric "$RES/p2-rackboot.txt" "P2/$path-c$c" xfers/s | median)
+      b=$(metric "$RES/p2-tftpd-hpa.txt" "P2/$path-c$c" xfers/s | median)
+      fa=$(metric "$RES/p2-rackboot.txt" "P2/$path-c$c" failed | awk '{s+=$1} END {print s+0}')
+      fb=$(metric "$RES/p2-tftpd-hpa.txt" "P2/$path-c$c" failed | awk '{s+=$1} END {print s+0}')
+      rtt=$rtt_delay; [ $path = veth ] && rtt=$rtt_veth
+      row "P2 TFTP ipxe.efi, $c client(s), RTT ${rtt} ms ($path) (transfers/s)" "$(fmt "$a" 2) /s, $fa failed" \
+        "tftpd-hpa $(fmt "$b" 2) /s, $fb failed" "$(ratio "$a" "$b")" "≥ 1.0× tftpd-hpa, 0 failures at 200" "$(verdict "$a >= $b && $fa == 0")"
+    done
+  done
+fi
+
+# ================================================================ P3 + P6 DHCP
+if want P3 || want P6; then
+  mkns dhcps; srv=$NS
+  mkns dhcpc; cli=$NS
+  ip -n "$srv" link add s0 type veth peer name c0 netns "$cli"
+  ip -n "$srv" addr add 10.98.0.1/20 dev s0; ip -n "$srv" link set s0 up
+  ip -n "$cli" link set c0 up
+  RANGE_RB=10.98.1.0-10.98.12.255
+  rb_cmd() { echo "$RB" -f "$RACK" --state "$1" serve -i s0 --dhcp full --range $RANGE_RB --router none \
+    --tftp-port 0 --events-port 0 --log-port 0 --http-port 8080; }
+  dm_cmd() { echo dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --interface=s0 --bind-interfaces \
+    --except-interface=lo --dhcp-authoritative --dhcp-range=10.98.1.0,10.98.12.255,255.255.240.0,1h \
+    --dhcp-leasefile="$1/dnsmasq.leases" --dhcp-lease-max=10000 --no-ping --pid-file= --log-facility="$1/dnsmasq.log"; }
+  # The first serve creates the cluster secrets: that is the template.
+  rm -rf "$STATE_TEMPLATE"; mkdir -p "$STATE_TEMPLATE"
+  start "$srv" "$WORK/logs/p3-template.log" $(rb_cmd "$STATE_TEMPLATE")
+  ip netns exec "$cli" "$DHCPLOAD" -i c0 -n 1 -c 1 -mac-prefix 02:ff -timeout 200ms -retries 150 >/dev/null 2>&1 ||
+    { cat "$WORK/logs/p3-template.log" >&2; die "rackboot serve never answered DHCP"; }
+  stop "$PID"
+fi
+if want P3; then
+  log "P3: DHCP, 1000 clients (distinct MACs), 100 in flight: rackboot --dhcp full vs dnsmasq"
+  for r in $(seq "$P3_ROUNDS"); do
+    for s in rackboot dnsmasq; do
+      st=$WORK/state-p3-$s-$r
+      mkdir -p "$st"; fresh_state "$st"
+      if [ $s = rackboot ]; then start "$srv" "$WORK/logs/p3-$s-$r.log" $(rb_cmd "$st")
+      else start "$srv" "$WORK/logs/p3-$s-$r.log" $(dm_cmd "$st"); fi
+      pid=$PID
+      ip netns exec "$cli" "$DHCPLOAD" -i c0 -n 1 -c 1 -mac-prefix 02:ff -timeout 200ms -retries 150 >/dev/null 2>&1 ||
+        { cat "$WORK/logs/p3-$s-$r.log" >&2; die "$s never answered DHCP"; }
+      for mode in discover dora; do
+        pfx=02:$(printf '%x%x' "$r" $([ $mode = discover ] && echo 1 || echo 2))
+        line=$(ip netns exec "$cli" "$DHCPLOAD" -i c0 -mode $mode -n 1000 -c 100 -timeout 1s -retries 4 \
+          -mac-prefix "$pfx" -name "P3/$mode" 2>>"$WORK/logs/p3-dhcpload.log") ||
+          line="BenchmarkP3/$mode 1000 0 ns/op 0 exch/s 0 p50-us 0 p99-us 1000 failed"
+        echo "$line" >>"$RES/p3-$s.txt"
+        log "P3 round $r $s: $line"
+      done
+      stop "$pid"
+    done
+  done
+  for mode in discover dora; do
+    a=$(metric "$RES/p3-rackboot.txt" "P3/$mode" exch/s | median)
+    b=$(metric "$RES/p3-dnsmasq.txt" "P3/$mode" exch/s | median)
+    a99=$(metric "$RES/p3-rackboot.txt" "P3/$mode" p99-us | median)
+    b99=$(metric "$RES/p3-dnsmasq.txt" "P3/$mode" p99-us | median)
+    a50=$(metric "$RES/p3-rackboot.txt" "P3/$mode" p50-us | median)
+    b50=$(metric "$RES/p3-dnsmasq.txt" "P3/$mode" p50-us | median)
+    fa=$(metric "$RES/p3-rackboot.txt" "P3/$mode" failed | awk '{s+=$1} END {print s+0}')
+    fb=$(metric "$RES/p3-dnsmasq.txt" "P3/$mode" failed | awk '{s+=$1} END {print s+0}')
+    ms() { awk -v u="$1" 'BEGIN {if (u=="n/a") print u; else printf "%.1f", u/1000}'; }
+    label=DISCOVER→OFFER; [ $mode = dora ] && label="full DORA"
+    row "P3 DHCP $label, 1000 clients, 100 in flight (exchanges/s; p50/p99 ms)" \
+      "$(fmt "$a") /s; $(ms "$a50")/$(ms "$a99") ms; $fa failed" "dnsmasq $(fmt "$b") /s; $(ms "$b50")/$(ms "$b99") ms; $fb failed" \
+      "$(ratio "$a" "$b")" "≥ 1.0× dnsmasq, p99 < 5 ms" "$(verdict "$a >= $b && $a99 < 5000")"
+  done
+fi
+
+# ================================================================ P6 start-up
+if want P6; then
+  log "P6: start-up, exec → first OFFER, $P6_RUNS runs each, alternating"
+  for i in $(seq "$P6_RUNS"); do
+    for s in rackboot dnsmasq; do
+      st=$WORK/state-p6-$s-$i
+      mkdir -p "$st"; fresh_state "$st"
+      if [ $s = rackboot ]; then cmd=$(rb_cmd "$st"); else cmd=$(dm_cmd "$st"); fi
+      # shellcheck disable=SC2086
+      ms=$(ip netns exec "$cli" "$DHCPLOAD" -i c0 -startup -interval 2ms -mac-prefix "02:e$((i % 10))" \
+        -server-log "$WORK/logs/p6-$s.log" -- ip netns exec "$srv" $cmd 2>>"$WORK/logs/p6-dhcpload.log" | awk '{print $2}') || ms=
+      [ -n "$ms" ] || die "P6: $s did not answer (see $WORK/logs/p6-*.log)"
+      echo "$ms" >>"$RES/p6-$s.ms"
+      rm -rf "$st"
+    done
+  done
+  for s in rackboot dnsmasq; do
+    awk '{printf "BenchmarkP6/startup 1 %.0f ns/op\n", $1*1e6}' "$RES/p6-$s.ms" >"$RES/p6-$s.txt"
+  done
+  a=$(median <"$RES/p6-rackboot.ms"); a95=$(p95 <"$RES/p6-rackboot.ms")
+  b=$(median <"$RES/p6-dnsmasq.ms"); b95=$(p95 <"$RES/p6-dnsmasq.ms")
+  row "P6 start-up: exec → first OFFER ($P6_RUNS runs, median / p95 ms)" "$(fmt "$a") / $(fmt "$a95") ms" \
+    "dnsmasq $(fmt "$b") / $(fmt "$b95") ms" "$(ratio "$a" "$b")" "< 200 ms" "$(verdict "$a95 < 200")"
+fi
+
+# ================================================================ P5 image
+if want P5; then
+  if ! "$RB" image iso --help >/dev/null 2>&1; then
+    row "P5 ISO build, 100 MB initramfs" "not measured yet" "xorriso" "n/a" "≤ 1.0× xorriso, RSS < 128 MB" "not measured yet (\`rackboot image iso\` missing)"
+  else
+    log "P5: ISO with a 100 MB initramfs: rackboot image iso vs xorriso -as mkisofs, $P5_ROUNDS rounds"
+    d=$WORK/p5
+    mkdir -p "$d/in" "$d/tree"
+    head -c 100000000 /dev/urandom >"$d/in/initramfs.img"
+    cp "$STANDIN/vmlinuz" "$d/in/vmlinuz"
+    mkdir -p "$WORK/state-p5"; fresh_state "$WORK/state-p5"
+    rb_iso() { echo "$RB" -f "$RACK" --state "$WORK/state-p5" image iso bench1 -o "$1" --kernel "$d/in/vmlinuz" --initrd "$d/in/initramfs.img"; }
+    # The xorriso side packs exactly the files rackboot's ISO holds, with
+    # the same El Torito boot images, so both write the same bytes' worth.
+    $(rb_iso "$d/ref.iso") >"$WORK/logs/p5-ref.log" 2>&1 || { cat "$WORK/logs/p5-ref.log" >&2; die "rackboot image iso failed"; }
+    xorriso -osirrox on -indev "$d/ref.iso" -extract / "$d/tree" >"$WORK/logs/p5-extract.log" 2>&1
+    chmod -R u+w "$d/tree"
+    boot_args=()
+    [ -f "$d/tree/isolinux/isolinux.bin" ] && boot_args+=(-b isolinux/isolinux.bin -c isolinux/boot.cat -no-emul-boot -boot-load-size 4 -boot-info-table)
+    efi_img=$(cd "$d/tree" && find . -iname '*.img' -path '*efi*' -o -iname 'efiboot.img' | head -1 | sed 's|^\./||')
+    [ -n "$efi_img" ] && boot_args+=(-eltorito-alt-boot -e "$efi_img" -no-emul-boot)
+    printf '%q ' xorriso -as mkisofs -quiet -o "$d/xorriso.iso" -V metal-iso -R -J "${boot_args[@]}" "$d/tree" >"$d/xorriso.sh"
+    printf '%q ' $(rb_iso "$d/rackboot.iso") >"$d/rackboot.sh"
+    for r in $(seq "$P5_ROUNDS"); do
+      rm -f "$d/rackboot.iso" "$d/xorriso.iso"
+      hyperfine -N --runs 1 --export-json "$d/h-$r.json" --style none \
+        "/usr/bin/time -f %M -a -o $d/rss-rackboot bash $d/rackboot.sh" \
+        "/usr/bin/time -f %M -a -o $d/rss-xorriso bash $d/xorriso.sh" >>"$WORK/logs/p5-hyperfine.log" 2>&1 ||
+        { cat "$WORK/logs/p5-hyperfine.log" >&2; die "P5 run failed"; }
+      jq -r '.results[0].mean' "$d/h-$r.json" | awk '{printf "BenchmarkP5/iso 1 %.0f ns/op\n", $1*1e9}' >>"$RES/p5-rackboot.txt"
+      jq -r '.results[1].mean' "$d/h-$r.json" | awk '{printf "BenchmarkP5/iso 1 %.0f ns/op\n", $1*1e9}' >>"$RES/p5-xorriso.txt"
+    done
+    a=$(metric "$RES/p5-rackboot.txt" P5/iso ns/op | median | awk '{print $1/1e9}')
+    b=$(metric "$RES/p5-xorriso.txt" P5/iso ns/op | median | awk '{print $1/1e9}')
+    arss=$(sort -g "$d/rss-rackboot" | tail -1 | awk '{printf "%.1f", $1/1024}')
+    brss=$(sort -g "$d/rss-xorriso" | tail -1 | awk '{printf "%.1f", $1/1024}')
+    sz=$(stat -c %s "$d/rackboot.iso" "$d/xorriso.iso" | awk '{printf "%s%.1f", NR>1?" / ":"", $1/1e6}')
+    row "P5 ISO build, 100 MB initramfs (wall s, median of $P5_ROUNDS hyperfine runs; ISO MB rackboot / xorriso: $sz)" \
+      "$(fmt "$a" 2) s, peak RSS $arss MiB" "xorriso $(fmt "$b" 2) s, peak RSS $brss MiB" "$(ratio "$a" "$b")" \
+      "≤ 1.0× xorriso, RSS < 128 MB" "$(verdict "$a <= $b && $arss < 128")"
+  fi
+fi
+
+# ================================================================ P4 netboot
+if want P4; then
+  log "P4: one VM, power-on → stand-in report: PXE via rackboot vs QEMU -kernel/-initrd, $P4_ROUNDS rounds"
+  [ -f "$STANDIN/vmlinuz" ] || die "$STANDIN missing: run \`make standin\`"
+  mkns vm; ns=$NS
+  ip -n "$ns" link add br0 type bridge
+  ip -n "$ns" link set br0 type bridge stp_state 0 forward_delay 0
+  ip -n "$ns" addr add 10.98.0.1/20 dev br0; ip -n "$ns" link set br0 up
+  ip -n "$ns" tuntap add dev tap0 mode tap
+  ip -n "$ns" link set tap0 master br0; ip -n "$ns" link set tap0 up
+  d=$WORK/p4; mkdir -p "$d"
+  MAC=52:54:00:be:00:01
+  qemu_base=(qemu-system-x86_64 -machine q35,graphics=off -accel tcg -cpu max -smp 1 -m 512 -nodefaults -display none
+    -no-reboot -smbios type=1,uuid=6c3f0a52-0b8e-4a34-9d8e-2b7c5e1f0a01,serial=BENCH-1
+    -netdev tap,id=n0,ifname=tap0,script=no,downscript=no)
+  # serve_fresh: a fresh serve per boot, so a machine that reported
+  # "installed" is netbooted again, not sent to its disk.
+  serve_fresh() {
+    local st=$d/state-$1
+    rm -rf "$st"; mkdir -p "$st"; fresh_state "$st"
+    start "$ns" "$WORK/logs/p4-serve-$1.log" "$RB" -f "$RACK" --state "$st" serve -i br0 --dhcp full \
+      --range 10.98.1.0-10.98.1.200 --router none --tftp-port 69 --standin "$STANDIN" --kernel-arg console=ttyS0
+    serve_pid=$PID
+    wait_http "$ns" http://10.98.0.1:8080/boot.ipxe "$serve_pid" "$WORK/logs/p4-serve-$1.log"
+  }
+  for r in $(seq "$P4_ROUNDS"); do
+    for s in direct pxe; do
+      serve_fresh "$s-$r"
+      rm -f "$d/nvme.img"; truncate -s 2G "$d/nvme.img"
+      serial=$d/serial-$s-$r.log
+      disk=(-drive "if=none,id=nv,format=raw,file=$d/nvme.img" -device nvme,drive=nv,serial=NVME-BENCH-1)
+      if [ $s = direct ]; then
+        # The kernel line rackboot's iPXE script would run, minus the URLs.
+        script=$(ip netns exec "$ns" curl -fsS "http://10.98.0.1:8080/ipxe?mac=${MAC//:/-}&arch=x86_64&platform=pcbios")
+        args=$(awk '$1=="kernel" {for (i=3;i<=NF;i++) if ($i !~ /^initrd=/) printf "%s%s", (n++?" ":""), $i}' <<<"$script")
+        [ -n "$args" ] || die "P4: no kernel line in the boot script: $script"
+        cmd=("${qemu_base[@]}" -serial "file:$serial" -kernel "$STANDIN/vmlinuz" -initrd "$STANDIN/initramfs.cpio.gz"
+          -append "$args" -device "e1000,netdev=n0,romfile=,mac=$MAC" "${disk[@]}")
+      else
+        cmd=("${qemu_base[@]}" -serial "file:$serial" -boot n -device "e1000,netdev=n0,mac=$MAC,bootindex=1" "${disk[@]}")
+      fi
+      { printf 'ip netns exec %q ' "$ns"; printf '%q ' "${cmd[@]}"; printf '&& grep -q RACKBOOT-STANDIN-REPORT %q\n' "$serial"; } >"$d/$s.sh"
+      if ! hyperfine -N --runs 1 --export-json "$d/h-$s-$r.json" --style none "timeout 300 bash $d/$s.sh" >>"$WORK/logs/p4-hyperfine.log" 2>&1; then
+        tail -20 "$serial" >&2 || true
+        die "P4 $s boot $r: no report line (serial log $serial, command $d/$s.sh)"
+      fi
+      jq -r '.results[0].mean' "$d/h-$s-$r.json" | awk '{printf "BenchmarkP4/boot 1 %.0f ns/op\n", $1*1e9}' >>"$RES/p4-$s.txt"
+      log "P4 round $r $s: $(jq -r '.results[0].mean' "$d/h-$s-$r.json") s"
+      stop "$serve_pid"
+    done
+  done
+  a=$(metric "$RES/p4-pxe.txt" P4/boot ns/op | median | awk '{print $1/1e9}')
+  b=$(metric "$RES/p4-direct.txt" P4/boot ns/op | median | awk '{print $1/1e9}')
+  row "P4 netboot, QEMU start → stand-in report + power-off (s, median of $P4_ROUNDS, TCG)" "PXE via rackboot $(fmt "$a") s" \
+    "direct -kernel/-initrd $(fmt "$b") s" "$(ratio "$a" "$b")" "≤ 1.3× direct boot" "$(verdict "$a <= 1.3 * $b")"
+fi
+
+# ================================================================ report
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+ELAPSED=$((SECONDS - T0))
+log "comparing with benchstat"
+STAT=$WORK/benchstat.txt
+: >"$STAT"
+for pair in "p1 rackboot nginx" "p2 rackboot tftpd-hpa" "p3 rackboot dnsmasq" "p4 pxe direct" "p5 rackboot xorriso" "p6 rackboot dnsmasq"; do
+  set -- $pair
+  [ -s "$RES/$1-$2.txt" ] && [ -s "$RES/$1-$3.txt" ] || continue
+  (cd "$RES" && cp "$1-$2.txt" "$2.txt" && cp "$1-$3.txt" "$3.txt" &&
+    go run "golang.org/x/perf/cmd/benchstat@$BENCHSTAT_VERSION" "$2.txt" "$3.txt") >>"$STAT" 2>&1 || echo "(benchstat failed)" >>"$STAT"
+  rm -f "$RES/$2.txt" "$RES/$3.txt"
+  echo >>"$STAT"
+done
+
+CPU=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+HEADER=$(awk '/^<!-- results below/ {exit} {print}' "$OUT" 2>/dev/null || true)
+[ -n "$HEADER" ] || HEADER="# Benchmarks"
+{
+  echo "$HEADER"
+  echo "<!-- results below: generated by scripts/bench.sh; edit the text above only -->"
+  echo
+  echo "## Results"
+  echo
+  echo "Machine: $(nproc) cores, $CPU, kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME"). Run $STARTED, $ELAPSED s."
+  echo "Load average (1/5/15 min) before: $LOAD_BEFORE; after: $LOAD_AFTER. Rackboot: \`$("$RB" --version 2>/dev/null || echo "$RB")\`."
+  [ "$QUICK" = 1 ] && echo "**Quick run (BENCH_QUICK=1): one short round per row; numbers are for checking the harness only.**"
+  echo
+  echo "| row | rackboot | peer | ratio (rackboot ÷ peer) | target | |"
+  echo "|---|---|---|---|---|---|"
+  printf '%s\n' "${ROWS[@]}"
+  echo
+  echo "Reproduce: \`sudo make bench\` (all rows) or \`sudo BENCH_ONLY=\"P3\" scripts/bench.sh\` (one row); \`BENCH_KEEP=1\` keeps the logs and raw results."
+  echo
+  echo "### benchstat (rackboot is the base; the peer's column shows its difference)"
+  echo
+  echo '```'
+  cat "$STAT"
+  echo '```'
+  echo
+  echo "### Raw results (Go benchmark format, one line per run)"
+  echo
+  echo '```'
+  for f in "$RES"/*.txt; do echo "== $(basename "$f" .txt)"; cat "$f"; done
+  echo '```'
+} >"$OUT.tmp"
+mv "$OUT.tmp" "$OUT"
+log "wrote $OUT in $ELAPSED s"
