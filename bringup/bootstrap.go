@@ -136,6 +136,7 @@ const (
 	Recorded
 )
 
+// String says the outcome in words.
 func (o Outcome) String() string {
 	switch o {
 	case Bootstrapped:

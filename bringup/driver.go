@@ -136,6 +136,7 @@ type StepError struct {
 	Hint string
 }
 
+// Error is the step, what went wrong, what to look at, and how to go on.
 func (e *StepError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[%d/%d] %s: ", e.Step, e.Steps, e.Title)
@@ -154,6 +155,7 @@ func (e *StepError) Error() string {
 	return b.String()
 }
 
+// Unwrap returns the step's error.
 func (e *StepError) Unwrap() error { return e.Err }
 
 // step is one stage of the bring-up.
