@@ -5,6 +5,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -269,5 +270,71 @@ func TestNakRestarts(t *testing.T) {
 	res, _ = l2.Run(context.Background(), Config{Mode: ModeDORA, Clients: 3, Concurrency: 1, Timeout: time.Second, Retries: 0, MACPrefix: [2]byte{2, 0xc1}})
 	if res.Failed != 3 {
 		t.Errorf("failed %d, want 3", res.Failed)
+	}
+}
+
+// BenchmarkRackbootDHCP drives rackboot's DHCP server in this process over
+// loopback with the same load generator, so `go test -bench -cpuprofile`
+// shows where the server spends its time (P3 in docs/BENCHMARKS.md).
+// Each b.N is one client; 1000 clients at a time share one server, as in
+// `make bench`.
+func BenchmarkRackbootDHCP(b *testing.B) {
+	for _, mode := range []Mode{ModeDiscover, ModeDORA} {
+		b.Run(string(mode), func(b *testing.B) {
+			done := 0
+			for done < b.N {
+				n := min(1000, b.N-done)
+				b.StopTimer()
+				l, stopAll := benchSetup(b, n)
+				b.StartTimer()
+				res, err := l.Run(context.Background(), Config{Mode: mode, Clients: n, Concurrency: 100,
+					Timeout: 2 * time.Second, Retries: 4, MACPrefix: [2]byte{2, byte(done >> 10)}})
+				b.StopTimer()
+				stopAll()
+				if err != nil || res.Failed > 0 {
+					b.Fatalf("%d failed: %v", res.Failed, err)
+				}
+				done += n
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+// benchSetup starts a fresh server (pool of 2048) and loader.
+func benchSetup(b *testing.B, _ int) (*Loader, func()) {
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "dhcpbench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv, err := pxe.NewDHCP(pxe.DHCPConfig{
+		Mode: pxe.DHCPFull, ServerIP: netip.MustParseAddr("10.20.0.1"), HTTPPort: 8080,
+		Subnet: netip.MustParsePrefix("10.20.0.0/20"), RangeStart: netip.MustParseAddr("10.20.1.0"), RangeEnd: netip.MustParseAddr("10.20.8.255"),
+		LeasesFile: filepath.Join(dir, "leases.json"),
+	}, pxe.WithDHCPConn(conn))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	_ = c.SetReadBuffer(8 << 20)
+	l := NewLoader(c, conn.LocalAddr(), 1)
+	rdone := make(chan error, 1)
+	go func() { rdone <- l.Receive(ctx) }()
+	return l, func() {
+		cancel()
+		c.Close()
+		<-rdone
+		<-done
+		os.RemoveAll(dir)
 	}
 }
