@@ -19,7 +19,6 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/dotfile/rackboot/internal/atomicfile"
@@ -435,15 +434,16 @@ func (c *Cache) lockSet(s Set) (unlock func(), err error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", s, err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	busy, err := tryLock(f)
+	if err != nil || busy {
 		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
+		if busy {
 			return nil, fmt.Errorf("%s: %w: another rackboot is pulling or importing it", s, ErrBusy)
 		}
 		return nil, fmt.Errorf("lock %s: %w", s, err)
 	}
 	return func() {
-		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		unlockFile(f)
 		f.Close()
 	}, nil
 }

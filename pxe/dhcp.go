@@ -14,7 +14,6 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
-	"golang.org/x/sys/unix"
 )
 
 // DHCPMode says how rackboot takes part in DHCP.
@@ -301,15 +300,7 @@ func (s *DHCPServer) closeConns() {
 func ListenDHCP(iface string, port int) (net.PacketConn, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
-		err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST, 1)
-			if serr == nil && iface != "" {
-				serr = dhcpv4.BindToInterface(int(fd), iface)
-				if serr != nil {
-					serr = fmt.Errorf("bind to interface %s: %w", iface, serr)
-				}
-			}
-		})
+		err := c.Control(func(fd uintptr) { serr = dhcpSockopts(fd, iface) })
 		return errors.Join(err, serr)
 	}}
 	conn, err := lc.ListenPacket(context.Background(), "udp4", fmt.Sprintf("0.0.0.0:%d", port))
