@@ -19,9 +19,15 @@ FUZZTIME    ?= 5s
 STATICCHECK_VERSION := v0.7.0
 
 IPXE_DIR    := pxe/ipxe/bin
+ROOK_DIR    := bundles/rook/upstream
+LOADERS_DIR := imager/bootloaders/bin
 STANDIN_DIR := lab/standin/build
 
-.PHONY: all deps build ipxe standin test unit fuzz lint release demo bench clean
+# What the binary embeds, materialized at build time from pinned sources
+# (Debian packages, the Rook Go module), never committed.
+EMBEDDED := $(IPXE_DIR)/SOURCE $(ROOK_DIR)/SOURCE $(LOADERS_DIR)/SOURCE
+
+.PHONY: all deps build ipxe bundles bootloaders standin kubetest test unit fuzz lint release demo bench clean
 
 all: build
 
@@ -35,8 +41,23 @@ $(IPXE_DIR)/SOURCE: scripts/materialize-ipxe.sh
 	@scripts/deps.sh
 	scripts/materialize-ipxe.sh $(IPXE_DIR)
 
-## build: bin/rackboot (with the iPXE binaries embedded).
-build: ipxe
+## bundles: Rook's operator manifests from the pinned Go module github.com/rook/rook v1.18.8.
+bundles: $(ROOK_DIR)/SOURCE
+$(ROOK_DIR)/SOURCE: scripts/materialize-rook.sh
+	scripts/materialize-rook.sh $(ROOK_DIR)
+
+## bootloaders: isolinux and systemd-boot from Debian packages, for ISO/USB images.
+bootloaders: $(LOADERS_DIR)/SOURCE
+$(LOADERS_DIR)/SOURCE: scripts/materialize-bootloaders.sh
+	@scripts/deps.sh
+	scripts/materialize-bootloaders.sh $(LOADERS_DIR)
+
+## kubetest: etcd + kube-apiserver for the bundle tests, built once into ~/.cache (about 5 min cold).
+kubetest:
+	@scripts/kubetest-build.sh >/dev/null
+
+## build: bin/rackboot with iPXE, Rook's manifests and the boot loaders embedded.
+build: $(EMBEDDED)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/rackboot ./cmd/rackboot
 
 ## standin: the stand-in boot image (Debian kernel + our Go /init) for the lab and e2e tests.
@@ -47,9 +68,9 @@ $(STANDIN_DIR)/SOURCE: scripts/standin-kernel.sh $(shell find lab/standin imager
 	$(GO) run ./lab/standin/mkimage -kernel-dir $(STANDIN_DIR)/kernel -o $(STANDIN_DIR)
 
 ## test: everything a change must pass. Installs what it needs on a fresh Debian machine.
-test: deps build standin lint unit fuzz
+test: deps build standin kubetest lint unit fuzz
 
-unit:
+unit: $(EMBEDDED)
 	$(GO) test -count=1 -timeout 40m ./...
 
 fuzz:
@@ -65,7 +86,7 @@ $(TOOLS)/staticcheck:
 
 ## release: static binaries (CGO off) for the laptops rackboot runs on.
 PLATFORMS := linux/amd64 linux/arm64 darwin/arm64 darwin/amd64 windows/amd64
-release: ipxe
+release: $(EMBEDDED)
 	@mkdir -p dist
 	@for p in $(PLATFORMS); do \
 	  os=$${p%/*}; arch=$${p#*/}; ext=; [ $$os = windows ] && ext=.exe; \
@@ -83,4 +104,4 @@ bench: deps build standin
 	scripts/bench.sh
 
 clean:
-	rm -rf bin dist $(IPXE_DIR) $(STANDIN_DIR)
+	rm -rf bin dist $(IPXE_DIR) $(ROOK_DIR) $(LOADERS_DIR) $(STANDIN_DIR)
