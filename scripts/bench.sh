@@ -72,6 +72,7 @@ NSS=()
 cleanup() {
   local rc=$? pid ns i
   trap - EXIT INT TERM
+  # Only our own children still running (reaped ones were removed by stop).
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for i in $(seq 50); do
     local alive=0
@@ -117,11 +118,15 @@ start() {
 
 # stop PID: SIGTERM, then SIGKILL after 5 s; reaps it.
 stop() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
+  local pid=$1 i keep=() p
+  if kill -TERM "$pid" 2>/dev/null; then
+    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
   wait "$pid" 2>/dev/null || true
+  # Forget it: cleanup must never signal a PID the system reused.
+  for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
 }
 
 # wait_http NS URL PID LOG: until URL answers 200 (30 s), or PID died.
