@@ -713,120 +713,147 @@ type sfdiskTable struct {
 	} `json:"partitiontable"`
 }
 
-// checkInstallDisks reads a VM's disk images back on the host (the VM has
-// stopped): the NVMe holds a GPT with a 1 MiB partition named META (read
-// by util-linux sfdisk from a raw copy), and no SATA disk was ever written
-// (qemu-img map shows no allocated data, its first MiB reads as zeros —
-// the lab creates them empty).
+// checkInstallDisks fails the test with every problem installDiskProblems
+// finds.
 func checkInstallDisks(t *testing.T, vm *lab.VMState) {
 	t.Helper()
-	if len(vm.Disks) < 2 {
-		t.Fatalf("vm %s has disks %v, want an NVMe and SATA disks", vm.Name, vm.Disks)
+	for _, p := range installDiskProblems(vm, t.TempDir()) {
+		t.Error(p)
+	}
+}
+
+// installDiskProblems reads a stopped VM's disk images back on the host:
+// the NVMe (the first disk) must hold a GPT with one 1 MiB partition named
+// META (read by util-linux sfdisk from a raw copy made in tmp), and no SATA
+// disk may ever have been written: qemu-img map shows no allocated data
+// and the first MiB reads as zeros (the lab creates them empty).
+func installDiskProblems(vm *lab.VMState, tmp string) []string {
+	var probs []string
+	bad := func(format string, args ...any) { probs = append(probs, fmt.Sprintf(format, args...)) }
+	if len(vm.Disks) < 2 || !strings.Contains(filepath.Base(vm.Disks[0]), "nvme") {
+		bad("vm %s has disks %v, want the NVMe first and SATA disks", vm.Name, vm.Disks)
+		return probs
 	}
 	nvme, satas := vm.Disks[0], vm.Disks[1:]
-	if !strings.Contains(filepath.Base(nvme), "nvme") {
-		t.Fatalf("vm %s: first disk %s is not the NVMe", vm.Name, nvme)
-	}
-	raw := filepath.Join(t.TempDir(), "nvme.raw")
+	raw := filepath.Join(tmp, vm.Name+"-nvme.raw")
+	defer os.Remove(raw)
 	if out, err := exec.Command("qemu-img", "convert", "-f", lab.DiskFormat, "-O", "raw", nvme, raw).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img convert %s: %v\n%s", nvme, err, out)
+		bad("qemu-img convert %s: %v\n%s", nvme, err, out)
+		return probs
 	}
 	out, err := exec.Command("sfdisk", "--json", raw).Output()
-	if err != nil {
-		t.Fatalf("sfdisk --json on the NVMe image of %s: %v (no partition table: nothing was installed)", vm.Name, err)
-	}
 	var pt sfdiskTable
-	if err := json.Unmarshal(out, &pt); err != nil {
-		t.Fatalf("sfdisk --json: %v\n%s", err, out)
-	}
-	if pt.PartitionTable.Label != "gpt" {
-		t.Errorf("NVMe of %s: partition table %q, want gpt", vm.Name, pt.PartitionTable.Label)
-	}
-	meta := 0
-	for _, p := range pt.PartitionTable.Partitions {
-		if p.Name == "META" {
+	switch {
+	case err != nil:
+		bad("NVMe of %s: sfdisk --json: %v (no partition table: nothing was installed)", vm.Name, err)
+	case json.Unmarshal(out, &pt) != nil:
+		bad("NVMe of %s: sfdisk --json printed %s", vm.Name, out)
+	default:
+		if pt.PartitionTable.Label != "gpt" {
+			bad("NVMe of %s: partition table %q, want gpt", vm.Name, pt.PartitionTable.Label)
+		}
+		meta := 0
+		for _, p := range pt.PartitionTable.Partitions {
+			if p.Name != "META" {
+				continue
+			}
 			meta++
 			if got := p.Size * pt.PartitionTable.SectorSize; got != 1<<20 {
-				t.Errorf("NVMe of %s: META partition is %d bytes, want 1 MiB", vm.Name, got)
+				bad("NVMe of %s: META partition is %d bytes, want 1 MiB", vm.Name, got)
 			}
 		}
-	}
-	if meta != 1 {
-		t.Errorf("NVMe of %s: %d partitions named META, want 1: %s", vm.Name, meta, out)
+		if meta != 1 {
+			bad("NVMe of %s: %d partitions named META, want 1: %s", vm.Name, meta, out)
+		}
 	}
 	for _, sata := range satas {
+		name := filepath.Base(sata)
 		out, err := exec.Command("qemu-img", "map", "--output=json", "-f", lab.DiskFormat, sata).Output()
 		if err != nil {
-			t.Fatalf("qemu-img map %s: %v", sata, err)
+			bad("qemu-img map %s: %v", sata, err)
+			continue
 		}
 		var extents []struct {
 			Start  int64 `json:"start"`
 			Length int64 `json:"length"`
 			Data   bool  `json:"data"`
 		}
-		if err := json.Unmarshal(out, &extents); err != nil {
-			t.Fatalf("qemu-img map %s: %v\n%s", sata, err, out)
+		if err := json.Unmarshal(out, &extents); err != nil || len(extents) == 0 {
+			bad("qemu-img map %s: %v %s", sata, err, out)
+			continue
 		}
-		var total int64
 		for _, e := range extents {
-			total += e.Length
 			if e.Data {
-				t.Errorf("SATA disk %s of %s was written: %d bytes at %d", filepath.Base(sata), vm.Name, e.Length, e.Start)
+				bad("SATA disk %s of %s was written: %d bytes at %d", name, vm.Name, e.Length, e.Start)
 			}
 		}
-		if total == 0 {
-			t.Errorf("qemu-img map %s: no extents", sata)
-		}
-		first := filepath.Join(t.TempDir(), filepath.Base(sata)+".first")
-		if out, err := exec.Command("qemu-img", "dd", "-f", lab.DiskFormat, "-O", "raw", "bs=1M", "count=1", "if="+sata, "of="+first).CombinedOutput(); err != nil {
-			t.Fatalf("qemu-img dd %s: %v\n%s", sata, err, out)
+		first := filepath.Join(tmp, vm.Name+"-"+name+".first")
+		out, err = exec.Command("qemu-img", "dd", "-f", lab.DiskFormat, "-O", "raw", "bs=1M", "count=1", "if="+sata, "of="+first).CombinedOutput()
+		if err != nil {
+			bad("qemu-img dd %s: %v\n%s", sata, err, out)
+			continue
 		}
 		b, err := os.ReadFile(first)
-		if err != nil {
-			t.Fatal(err)
+		os.Remove(first)
+		switch {
+		case err != nil:
+			bad("first MiB of %s: %v", sata, err)
+		case len(b) != 1<<20:
+			bad("first MiB of %s: read %d bytes", sata, len(b))
+		default:
+			if i := slices.IndexFunc(b, func(c byte) bool { return c != 0 }); i >= 0 {
+				bad("SATA disk %s of %s: byte %d of the first MiB is %#x, want the zeros the lab created", name, vm.Name, i, b[i])
+			}
 		}
-		if len(b) != 1<<20 {
-			t.Fatalf("first MiB of %s: read %d bytes", sata, len(b))
-		}
-		if i := slices.IndexFunc(b, func(c byte) bool { return c != 0 }); i >= 0 {
-			t.Errorf("SATA disk %s of %s: byte %d of the first MiB is %#x, want the zeros the lab created", filepath.Base(sata), vm.Name, i, b[i])
-		}
+	}
+	return probs
+}
+
+// checkReport fails the test with every problem reportProblems finds.
+func checkReport(t *testing.T, rep report.Report, vm *lab.VMState, name string) {
+	t.Helper()
+	for _, p := range reportProblems(rep, vm, name) {
+		t.Error(p)
 	}
 }
 
-// checkReport checks the stand-in's report line: it installed on the NVMe,
-// saw the SATA disks and left them alone.
-func checkReport(t *testing.T, rep report.Report, vm *lab.VMState, name string) {
-	t.Helper()
+// reportProblems checks the stand-in's report line: the machine it names,
+// its config from HTTP, the install on /dev/nvme0n1 with META there, and
+// every SATA disk seen as sd* and left without META.
+func reportProblems(rep report.Report, vm *lab.VMState, name string) []string {
+	var probs []string
+	bad := func(format string, args ...any) { probs = append(probs, fmt.Sprintf(format, args...)) }
 	if rep.Result != report.ResultInstalled || rep.Error != "" {
-		t.Errorf("report: result %q error %q, want installed", rep.Result, rep.Error)
+		bad("report: result %q error %q, want installed", rep.Result, rep.Error)
 	}
 	if rep.Name != name || !strings.EqualFold(rep.MAC, vm.MAC) || rep.UUID != vm.UUID || rep.Serial != vm.Serial {
-		t.Errorf("report names %q mac %s uuid %s serial %q, want %s %s %s %q", rep.Name, rep.MAC, rep.UUID, rep.Serial, name, vm.MAC, vm.UUID, vm.Serial)
+		bad("report names %q mac %s uuid %s serial %q, want %s %s %s %q", rep.Name, rep.MAC, rep.UUID, rep.Serial, name, vm.MAC, vm.UUID, vm.Serial)
 	}
 	if rep.ConfigSource != "http" || len(rep.ConfigSHA256) != 64 {
-		t.Errorf("report: config from %q (sha256 %q), want http", rep.ConfigSource, rep.ConfigSHA256)
+		bad("report: config from %q (sha256 %q), want http", rep.ConfigSource, rep.ConfigSHA256)
 	}
 	if rep.InstallDisk != "/dev/nvme0n1" || !rep.SDUntouched {
-		t.Errorf("report: install disk %q, sd untouched %v; want /dev/nvme0n1, true", rep.InstallDisk, rep.SDUntouched)
+		bad("report: install disk %q, sd untouched %v; want /dev/nvme0n1, true", rep.InstallDisk, rep.SDUntouched)
 	}
-	sd := 0
+	sd, nvme := 0, 0
 	for _, d := range rep.Disks {
 		switch {
 		case strings.HasPrefix(d.Dev, "/dev/sd"):
 			sd++
 			if d.HasMeta || d.Transport != "sata" {
-				t.Errorf("report: %s transport %q has_meta %v", d.Dev, d.Transport, d.HasMeta)
+				bad("report: %s transport %q has_meta %v, want sata without META", d.Dev, d.Transport, d.HasMeta)
 			}
 		case d.Dev == "/dev/nvme0n1":
+			nvme++
 			if !d.HasMeta || d.Transport != "nvme" {
-				t.Errorf("report: %s transport %q has_meta %v", d.Dev, d.Transport, d.HasMeta)
+				bad("report: %s transport %q has_meta %v, want nvme with META", d.Dev, d.Transport, d.HasMeta)
 			}
 		}
 	}
-	if sd != len(vm.Disks)-1 {
-		t.Errorf("report lists %d sd* disks, the VM has %d SATA disks: %+v", sd, len(vm.Disks)-1, rep.Disks)
+	if nvme != 1 || sd != len(vm.Disks)-1 {
+		bad("report lists %d NVMe and %d sd* disks, the VM has 1 and %d: %+v", nvme, sd, len(vm.Disks)-1, rep.Disks)
 	}
+	return probs
 }
 
 // readFile reads a file or fails the test.
