@@ -7,12 +7,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -46,16 +48,32 @@ bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$inter
 esac
 `
 
-// buildRackboot builds the command into dir (the test runs the real binary:
-// `serve` must bind its sockets inside a network namespace).
-func buildRackboot(t *testing.T, dir string) string {
+// built is the rackboot binary the namespace tests run, built once.
+var built struct {
+	sync.Once
+	bin string
+	err error
+}
+
+// buildRackboot builds the command once per test binary (the tests run the
+// real binary: `serve` must bind its sockets inside a network namespace).
+func buildRackboot(t *testing.T, _ string) string {
 	t.Helper()
-	bin := filepath.Join(dir, "rackboot")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build rackboot: %v\n%s", err, out)
+	built.Do(func() {
+		dir, err := os.MkdirTemp("", "rackboot-bin-")
+		if err != nil {
+			built.err = err
+			return
+		}
+		built.bin = filepath.Join(dir, "rackboot")
+		if out, err := exec.Command("go", "build", "-o", built.bin, ".").CombinedOutput(); err != nil {
+			built.err = fmt.Errorf("build rackboot: %v\n%s", err, out)
+		}
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
 	}
-	return bin
+	return built.bin
 }
 
 // TestServeInNamespace runs `rackboot serve --dhcp full` in a network
