@@ -279,6 +279,7 @@ func waitInstalled(ctx context.Context, fetch func(context.Context) ([]inventory
 	t := time.NewTicker(every)
 	defer t.Stop()
 	var lastErr error
+	var pending []string // from the last answer: what the timeout message names
 	for {
 		ms, err := fetch(ctx)
 		if err != nil {
@@ -292,7 +293,7 @@ func waitInstalled(ctx context.Context, fetch func(context.Context) ([]inventory
 				}
 			}
 			done := 0
-			var pending []string
+			pending = pending[:0]
 			for _, n := range names {
 				m, ok := byName[n]
 				stage := "not seen yet"
@@ -324,10 +325,14 @@ func waitInstalled(ctx context.Context, fetch func(context.Context) ([]inventory
 		}
 		select {
 		case <-ctx.Done():
-			if lastErr != nil {
-				return fmt.Errorf("waiting for the machines to be installed: %w (last error: %v)", ctx.Err(), lastErr)
+			what := "the machines to be installed"
+			if len(pending) > 0 {
+				what = strings.Join(pending, ", ")
 			}
-			return fmt.Errorf("waiting for the machines to be installed: %w", ctx.Err())
+			if lastErr != nil {
+				return fmt.Errorf("waiting for %s: %w (last error: %v)", what, ctx.Err(), lastErr)
+			}
+			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
 		case <-t.C:
 		}
 	}
