@@ -195,7 +195,12 @@ func secondBoot(t *testing.T, s *scenario, vm *lab.VMState) {
 	if countLines(serveLog, "sending installed machine to its local disk", "name=cp1") == 0 {
 		t.Error("serve's log does not say it sent cp1 to its local disk")
 	}
-	// Give the firmware a moment to leave iPXE: no kernel may start.
+	// iPXE's exit hands the boot back to SeaBIOS, which goes on to the
+	// next boot device: the NVMe (the stand-in writes no boot loader, so
+	// it stops there). No kernel may start.
+	if _, err := waitFile(ctx, console, regexp.MustCompile(`Booting from Hard Disk`)); err != nil {
+		t.Error(err)
+	}
 	if err := qemu.stop(10 * time.Second); err != nil {
 		t.Error(err)
 	}
