@@ -411,7 +411,7 @@ func (c *Cache) commit(s Set, recs map[string]FileRecord) (*Manifest, error) {
 			return nil, fmt.Errorf("store %s of %s: %w", file, s, err)
 		}
 	}
-	if err := syncDir(filepath.Dir(c.path(s, FileKernel))); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(c.path(s, FileKernel))); err != nil {
 		return nil, err
 	}
 	m := &Manifest{Set: s, Files: recs}
@@ -446,18 +446,6 @@ func (c *Cache) lockSet(s Set) (unlock func(), err error) {
 		unlockFile(f)
 		f.Close()
 	}, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
 }
 
 // Import copies a kernel and an initramfs (streaming, hashing as it goes)

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -114,26 +112,7 @@ func (a *app) renderBundles(cmd *cobra.Command, f bundleFlags) ([]bundles.Bundle
 	if err != nil {
 		return nil, err
 	}
-	p := rackParams(r, a.StateDir())
-	if f.rookDir != "" {
-		st, err := os.Stat(f.rookDir)
-		if err != nil {
-			return nil, fmt.Errorf("rook manifests: %w", err)
-		}
-		if !st.IsDir() {
-			return nil, fmt.Errorf("rook manifests: %s is not a directory", f.rookDir)
-		}
-		p.RookManifests = os.DirFS(f.rookDir)
-	}
-	_, statErr := os.Stat(filepath.Join(p.CertsDir, cockroach.CACertFile))
-	bs, err := bundles.Render(p)
-	if err != nil {
-		return nil, err
-	}
-	if errors.Is(statErr, fs.ErrNotExist) {
-		fmt.Fprintf(cmd.ErrOrStderr(), "created the CockroachDB CA, node and root certificates in %s (keep them: they are never regenerated)\n", p.CertsDir)
-	}
-	return bs, nil
+	return upBundles(cmd, r, a.StateDir(), f)
 }
 
 // rackParams turns the rack into bundle parameters: every machine is a Ceph

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
 	"github.com/spf13/cobra"
 
 	"github.com/dotfile/rackboot/internal/atomicfile"
@@ -13,67 +14,50 @@ import (
 
 func init() {
 	subcommands = append(subcommands,
-		func(a *app) *cobra.Command {
-			var out string
-			cmd := &cobra.Command{
-				Use:   "talosconfig",
-				Short: "Write the admin talosconfig (endpoints: the control planes' own addresses)",
-				Args:  cobra.NoArgs,
-				RunE: func(cmd *cobra.Command, _ []string) error {
-					r, err := a.loadRack(cmd)
-					if err != nil {
-						return err
-					}
-					b, err := a.clusterSecrets()
-					if err != nil {
-						return err
-					}
-					data, err := profiles.Talosconfig(r, b)
-					if err != nil {
-						return err
-					}
-					path := a.clientConfigPath(out, "talosconfig")
-					if err := atomicfile.Write(path, data, 0o600); err != nil {
-						return fmt.Errorf("write talosconfig: %w", err)
-					}
-					fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: use it with talosctl --talosconfig %s (or export TALOSCONFIG=%s)\n", path, path, path)
-					return nil
-				},
-			}
-			cmd.Flags().StringVarP(&out, "output", "o", "", "file to write (default: talosconfig in the state directory)")
-			return cmd
-		},
-		func(a *app) *cobra.Command {
-			var out string
-			cmd := &cobra.Command{
-				Use:   "kubeconfig",
-				Short: "Write a cluster-admin kubeconfig for https://<vip>:6443 (valid one year)",
-				Args:  cobra.NoArgs,
-				RunE: func(cmd *cobra.Command, _ []string) error {
-					r, err := a.loadRack(cmd)
-					if err != nil {
-						return err
-					}
-					b, err := a.clusterSecrets()
-					if err != nil {
-						return err
-					}
-					data, err := profiles.AdminKubeconfig(r, b, time.Now())
-					if err != nil {
-						return err
-					}
-					path := a.clientConfigPath(out, "kubeconfig")
-					if err := atomicfile.Write(path, data, 0o600); err != nil {
-						return fmt.Errorf("write kubeconfig: %w", err)
-					}
-					fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: use it with export KUBECONFIG=%s (the VIP answers once etcd is bootstrapped)\n", path, path)
-					return nil
-				},
-			}
-			cmd.Flags().StringVarP(&out, "output", "o", "", "file to write (default: kubeconfig in the state directory)")
-			return cmd
-		},
+		clientConfigCmd("talosconfig", "Write the admin talosconfig (endpoints: the control planes' own addresses)",
+			profiles.Talosconfig,
+			"use it with talosctl --talosconfig %[1]s (or export TALOSCONFIG=%[1]s)"),
+		clientConfigCmd("kubeconfig", "Write a cluster-admin kubeconfig for https://<vip>:6443 (valid one year)",
+			func(r *profiles.Rack, b *secrets.Bundle) ([]byte, error) {
+				return profiles.AdminKubeconfig(r, b, time.Now())
+			},
+			"use it with export KUBECONFIG=%[1]s (the VIP answers once etcd is bootstrapped)"),
 	)
+}
+
+// clientConfigCmd is `rackboot NAME [-o FILE]`: generate a client config from
+// the rack and its secrets, and write it 0600 (it holds admin credentials).
+func clientConfigCmd(name, short string, gen func(*profiles.Rack, *secrets.Bundle) ([]byte, error), hint string) func(*app) *cobra.Command {
+	return func(a *app) *cobra.Command {
+		var out string
+		cmd := &cobra.Command{
+			Use:   name,
+			Short: short,
+			Args:  cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				r, err := a.loadRack(cmd)
+				if err != nil {
+					return err
+				}
+				b, err := a.clusterSecrets()
+				if err != nil {
+					return err
+				}
+				data, err := gen(r, b)
+				if err != nil {
+					return err
+				}
+				path := a.clientConfigPath(out, name)
+				if err := atomicfile.Write(path, data, 0o600); err != nil {
+					return fmt.Errorf("write %s: %w", name, err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: "+hint+"\n", path)
+				return nil
+			},
+		}
+		cmd.Flags().StringVarP(&out, "output", "o", "", "file to write (default: "+name+" in the state directory)")
+		return cmd
+	}
 }
 
 // clientConfigPath is -o, or name in the state directory.

@@ -48,7 +48,7 @@ func Write(path string, data []byte, mode fs.FileMode) error {
 		return fmt.Errorf("rename %s to %s: %w", name, path, err)
 	}
 	ok = true
-	return syncDir(dir)
+	return SyncDir(dir)
 }
 
 // WriteNew writes path only when it does not exist yet; otherwise it returns
@@ -92,10 +92,12 @@ func WriteNew(path string, data []byte, mode fs.FileMode) error {
 		}
 		return fmt.Errorf("link %s to %s: %w", name, path, err)
 	}
-	return syncDir(dir)
+	return SyncDir(dir)
 }
 
-func syncDir(dir string) error {
+// SyncDir fsyncs a directory, so that a rename or a new file in it is
+// durable.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", dir, err)
