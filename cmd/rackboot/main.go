@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -31,10 +32,13 @@ func (e *exitError) Unwrap() error { return e.err }
 
 // app is what every subcommand shares: the global flags and the logger.
 type app struct {
-	rackPath string
-	stateDir string
-	verbose  bool
-	log      *slog.Logger
+	rackPath   string
+	stateDir   string
+	verbose    bool
+	cpuProfile string
+	log        *slog.Logger
+	// stopProfile ends --cpuprofile; main calls it after the command.
+	stopProfile func()
 }
 
 // StateDir is --state, or .rackboot/ beside the rack file.
@@ -67,28 +71,50 @@ func (a *app) loadRack(cmd *cobra.Command) (*profiles.Rack, error) {
 }
 
 func newRootCmd() *cobra.Command {
-	a := &app{}
+	root, _ := newRoot()
+	return root
+}
+
+// newRoot builds the command tree and the state its commands share.
+func newRoot() (*cobra.Command, *app) {
+	a := &app{stopProfile: func() {}}
 	root := &cobra.Command{
 		Use:           "rackboot",
 		Short:         "Netboot a rack into Talos Linux, bring the cluster up, build install images",
 		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			level := slog.LevelInfo
 			if a.verbose {
 				level = slog.LevelDebug
 			}
 			a.log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			if a.cpuProfile != "" {
+				f, err := os.Create(a.cpuProfile)
+				if err != nil {
+					return fmt.Errorf("--cpuprofile: %w", err)
+				}
+				if err := pprof.StartCPUProfile(f); err != nil {
+					f.Close()
+					return fmt.Errorf("--cpuprofile: %w", err)
+				}
+				a.stopProfile = func() {
+					pprof.StopCPUProfile()
+					f.Close()
+				}
+			}
+			return nil
 		},
 	}
 	root.PersistentFlags().StringVarP(&a.rackPath, "rack", "f", "rack.yaml", "the rack file")
 	root.PersistentFlags().StringVar(&a.stateDir, "state", "", "state directory: secrets, leases, machine states (default .rackboot/ beside the rack file)")
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log at debug level")
+	root.PersistentFlags().StringVar(&a.cpuProfile, "cpuprofile", "", "write a CPU profile to this file (for `go tool pprof`)")
 	for _, add := range subcommands {
 		root.AddCommand(add(a))
 	}
-	return root
+	return root, a
 }
 
 // subcommands is filled by the init functions of this package's files, one
@@ -97,7 +123,9 @@ var subcommands []func(*app) *cobra.Command
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newRootCmd().ExecuteContext(ctx)
+	root, a := newRoot()
+	err := root.ExecuteContext(ctx)
+	a.stopProfile()
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "rackboot:", err)
