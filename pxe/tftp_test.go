@@ -187,6 +187,12 @@ func TestTFTPAtftpDownload(t *testing.T) {
 	if n, want := len(regexp.MustCompile(`received (\d+\. )?DATA <block`).FindAllString(log, -1)), len(want)/1468+1; n != want {
 		t.Fatalf("%d DATA packets, want %d", n, want)
 	}
+	// The server logs and records the transfer when the client's last ACK
+	// arrives, which may be just after the client has exited.
+	deadline := time.Now().Add(5 * time.Second)
+	for len(f.events.stages()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if strings.Count(f.logs.String(), "tftp sent iPXE binary") != 1 {
 		t.Fatalf("logs:\n%s", f.logs)
 	}
