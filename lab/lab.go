@@ -91,6 +91,7 @@ type Lab struct {
 	accel *Accel
 	poll  time.Duration
 	stop  time.Duration
+	noRA  bool // see WithoutRA
 }
 
 // Option configures a Lab.
