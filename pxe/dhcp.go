@@ -334,13 +334,12 @@ func (s *DHCPServer) FollowedAddr(addr netip.Addr) (net.HardwareAddr, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.leases != nil {
-		for _, le := range s.leases.All() {
-			if le.Addr == addr && s.leases.Active(le) {
-				mac, err := net.ParseMAC(le.MAC)
-				return mac, err == nil
-			}
+		le, ok := s.leases.Lookup(addr)
+		if !ok || !s.leases.Active(le) {
+			return nil, false
 		}
-		return nil, false
+		mac, err := net.ParseMAC(le.MAC)
+		return mac, err == nil
 	}
 	seen, ok := s.seen[addr]
 	if !ok {
@@ -435,17 +434,28 @@ func replyDest(req *dhcpv4.DHCPv4, peer net.Addr) net.Addr {
 
 // handle decides the reply to one request, nil for none. bootServer says
 // the request came to port 4011.
+//
+// A full-mode change to the leases (REQUEST, RELEASE, DECLINE) is made
+// under s.mu and put on disk after s.mu is released: the reply waits for
+// the write that covers its lease (an ACK is never sent for a lease that
+// is not on disk), while other requests go on, and REQUESTs arriving
+// during a write share the next one (see Leases).
 func (s *DHCPServer) handle(req *dhcpv4.DHCPv4, bootServer bool) *dhcpv4.DHCPv4 {
 	if req.OpCode != dhcpv4.OpcodeBootRequest || len(req.ClientHWAddr) != 6 {
 		s.log.Debug("DHCP packet dropped: not a request from an Ethernet client", "op", req.OpCode.String(), "hwlen", len(req.ClientHWAddr))
 		return nil
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cfg.Mode == DHCPFull {
-		return s.handleFull(req)
+	if s.cfg.Mode != DHCPFull {
+		defer s.mu.Unlock()
+		return s.handleProxy(req, bootServer)
 	}
-	return s.handleProxy(req, bootServer)
+	reply, commit := s.handleFull(req)
+	s.mu.Unlock()
+	if commit != nil && !commit() {
+		return nil
+	}
+	return reply
 }
 
 // handleProxy answers PXE clients' DISCOVERs on port 67 and their REQUESTs
@@ -535,7 +545,10 @@ func (s *DHCPServer) grant(addr netip.Addr, lease time.Duration) Grant {
 }
 
 // handleFull is a DHCP server (RFC 2131) with PXE options for PXE clients.
-func (s *DHCPServer) handleFull(req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
+// It returns the reply and, when it changed the leases, commit: called
+// without s.mu, it waits until the change is on disk and reports whether
+// the reply may be sent.
+func (s *DHCPServer) handleFull(req *dhcpv4.DHCPv4) (reply *dhcpv4.DHCPv4, commit func() bool) {
 	mac := req.ClientHWAddr
 	log := s.log.With("mac", mac.String())
 	var boot *Boot
@@ -552,24 +565,24 @@ func (s *DHCPServer) handleFull(req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
 		addr, ok := s.pick(mac, requested)
 		if !ok {
 			log.Warn("DHCP pool exhausted: no address to offer", "range", s.cfg.RangeStart.String()+"-"+s.cfg.RangeEnd.String())
-			return nil
+			return nil, nil
 		}
 		s.leases.Hold(mac, addr, offerHold)
 		reply, err := FullReply(req, dhcpv4.MessageTypeOffer, s.cfg.ServerIP, s.grant(addr, s.cfg.LeaseTime), boot)
 		if err != nil {
 			log.Error("DHCP offer", "err", err)
-			return nil
+			return nil, nil
 		}
 		if boot != nil {
 			s.record(Event{Time: s.now(), MAC: mac, Addr: addr, Stage: StageDHCP, Detail: "offer " + addr.String() + ": " + boot.String()})
 		}
-		return reply
+		return reply, nil
 
 	case dhcpv4.MessageTypeRequest:
 		if sid != nil && !sid.Equal(ours) {
 			// The client chose another server's offer.
 			s.leases.DropHold(mac)
-			return nil
+			return nil, nil
 		}
 		addr, _ := netip.AddrFromSlice(req.RequestedIPAddress().To4())
 		if !addr.IsValid() {
@@ -577,65 +590,83 @@ func (s *DHCPServer) handleFull(req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
 		}
 		if !addr.IsValid() || addr.IsUnspecified() {
 			log.Debug("DHCP REQUEST without an address dropped")
-			return nil
+			return nil, nil
 		}
 		if why := s.unusable(addr, mac); why != "" {
 			log.Info("DHCP NAK", "addr", addr.String(), "why", why)
 			reply, err := NakReply(req, s.cfg.ServerIP, why)
 			if err != nil {
 				log.Error("DHCP NAK", "err", err)
-				return nil
+				return nil, nil
 			}
-			return reply
+			return reply, nil
 		}
-		le, err := s.leases.Bind(mac, addr, s.cfg.LeaseTime, req.HostName())
+		le, b, err := s.leases.bind(mac, addr, s.cfg.LeaseTime, req.HostName())
 		if err != nil {
-			// No ACK for a lease that would not survive a restart; the
-			// client retries.
 			log.Error("DHCP lease not recorded, no ACK", "addr", addr.String(), "err", err)
-			return nil
+			return nil, nil
 		}
 		reply, err := FullReply(req, dhcpv4.MessageTypeAck, s.cfg.ServerIP, s.grant(addr, s.cfg.LeaseTime), boot)
 		if err != nil {
 			log.Error("DHCP ACK", "err", err)
-			return nil
+			reply = nil // the lease is written all the same: it is in the table
 		}
-		log.Info("DHCP lease", "addr", addr.String(), "until", le.Expires, "hostname", le.Hostname)
-		return reply
+		return reply, func() bool {
+			if err := s.leases.commit(b); err != nil {
+				// No ACK for a lease that would not survive a restart;
+				// the client retries.
+				log.Error("DHCP lease not recorded, no ACK", "addr", addr.String(), "err", err)
+				return false
+			}
+			if reply != nil {
+				log.Info("DHCP lease", "addr", addr.String(), "until", le.Expires, "hostname", le.Hostname)
+			}
+			return true
+		}
 
 	case dhcpv4.MessageTypeRelease:
 		if sid != nil && !sid.Equal(ours) {
-			return nil
+			return nil, nil
 		}
 		addr, _ := netip.AddrFromSlice(req.ClientIPAddr.To4())
-		if err := s.leases.Release(mac, addr); err != nil {
+		b, err := s.leases.release(mac, addr)
+		if err != nil {
 			log.Info("DHCP RELEASE ignored", "err", err)
+			return nil, nil
 		}
-		return nil
+		return nil, func() bool {
+			if err := s.leases.commit(b); err != nil {
+				log.Error("DHCP release not recorded", "addr", addr.String(), "err", err)
+			}
+			return true
+		}
 
 	case dhcpv4.MessageTypeDecline:
 		if sid != nil && !sid.Equal(ours) {
-			return nil
+			return nil, nil
 		}
 		addr, ok := netip.AddrFromSlice(req.RequestedIPAddress().To4())
 		if !ok || !s.cfg.Subnet.Contains(addr) {
-			return nil
+			return nil, nil
 		}
 		log.Warn("DHCP DECLINE: address in use by another host", "addr", addr.String(), "not_offered_for", s.cfg.DeclineHold)
-		if err := s.leases.Decline(addr, s.cfg.DeclineHold); err != nil {
-			log.Error("DHCP decline not recorded", "err", err)
+		b := s.leases.decline(addr, s.cfg.DeclineHold)
+		return nil, func() bool {
+			if err := s.leases.commit(b); err != nil {
+				log.Error("DHCP decline not recorded", "err", err)
+			}
+			return true
 		}
-		return nil
 
 	case dhcpv4.MessageTypeInform:
 		reply, err := FullReply(req, dhcpv4.MessageTypeAck, s.cfg.ServerIP, s.grant(netip.Addr{}, 0), boot)
 		if err != nil {
 			log.Error("DHCP INFORM ACK", "err", err)
-			return nil
+			return nil, nil
 		}
-		return reply
+		return reply, nil
 	}
-	return nil
+	return nil, nil
 }
 
 // reservation returns mac's static address, if it has a usable one.
@@ -682,9 +713,17 @@ func (s *DHCPServer) unusable(addr netip.Addr, mac net.HardwareAddr) string {
 	return ""
 }
 
+// pooled reports whether addr may go to any MAC without a reservation:
+// unusable's fixed rules (all but InUse), without building messages.
+func (s *DHCPServer) pooled(addr netip.Addr) bool {
+	return s.cfg.Subnet.Contains(addr) && s.inRange(addr) && addr != s.cfg.ServerIP && addr != s.cfg.Router &&
+		(s.cfg.Reserved == nil || !s.cfg.Reserved(addr))
+}
+
 // pick chooses the address to offer mac: its static address; else what it
 // had or was offered; else the one it asks for; else a never-used address
-// of the range; else the one expired longest ago.
+// of the range (lowest first); else the one expired longest ago. The range
+// search is Leases.Pick: O(1) amortized, not a scan from the start.
 func (s *DHCPServer) pick(mac net.HardwareAddr, requested netip.Addr) (netip.Addr, bool) {
 	if res, ok := s.reservation(mac); ok {
 		return res, true
@@ -698,21 +737,7 @@ func (s *DHCPServer) pick(mac net.HardwareAddr, requested netip.Addr) (netip.Add
 	if requested.IsValid() && s.unusable(requested, mac) == "" {
 		return requested, true
 	}
-	var oldest netip.Addr
-	var oldestExp time.Time
-	for a := s.cfg.RangeStart; a.IsValid() && !s.cfg.RangeEnd.Less(a); a = a.Next() {
-		if s.unusable(a, mac) != "" {
-			continue
-		}
-		exp, known := s.leases.Known(a)
-		if !known {
-			return a, true
-		}
-		if !oldest.IsValid() || exp.Before(oldestExp) {
-			oldest, oldestExp = a, exp
-		}
-	}
-	return oldest, oldest.IsValid()
+	return s.leases.Pick(s.cfg.RangeStart, s.cfg.RangeEnd, mac, s.pooled)
 }
 
 // ignoreTracker notices PXE firmware that keeps sending DISCOVERs after our
