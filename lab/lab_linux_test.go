@@ -173,10 +173,10 @@ func TestLabBIOSNetboot(t *testing.T) {
 	}
 
 	// QEMU runs in the namespace, as the recorded process.
-	if len(st.Processes) != 1 || st.Processes[0].Role != "vm:formula" {
-		t.Fatalf("processes %+v", st.Processes)
+	qemu, ok := process(st, "vm:formula")
+	if _, hasRA := process(st, "ra"); len(st.Processes) != 2 || !ok || !hasRA {
+		t.Fatalf("processes %+v, want the RA responder and vm:formula", st.Processes)
 	}
-	qemu := st.Processes[0]
 	if in, err := l.InNamespace(qemu.PID); err != nil || !in {
 		t.Fatalf("QEMU pid %d in namespace %s: %v %v", qemu.PID, ns, in, err)
 	}
@@ -236,7 +236,7 @@ func TestLabBIOSNetboot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(rep.Stopped, []string{"vm:formula"}) || !slices.Equal(rep.Namespaces, []string{ns}) || rep.Files < 4 {
+	if !slices.Equal(rep.Stopped, []string{"vm:formula", "ra"}) || !slices.Equal(rep.Namespaces, []string{ns}) || rep.Files < 4 {
 		t.Errorf("down report %+v", rep)
 	}
 	procGone(t, qemu)
@@ -323,7 +323,7 @@ func TestLabProxyUEFI(t *testing.T) {
 	for _, p := range st.Processes {
 		roles[p.Role] = p
 	}
-	for role, want := range map[string]string{"dnsmasq": rns, "serve": ns, "vm:formula": ns, "vm:urban": ns} {
+	for role, want := range map[string]string{"ra": ns, "dnsmasq": rns, "serve": ns, "vm:formula": ns, "vm:urban": ns} {
 		p, ok := roles[role]
 		if !ok {
 			t.Fatalf("no %s process recorded: %+v", role, st.Processes)
@@ -365,7 +365,7 @@ func TestLabProxyUEFI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Stopped) != 4 || len(rep.Namespaces) != 2 {
+	if len(rep.Stopped) != 5 || len(rep.Namespaces) != 2 {
 		t.Errorf("down report %+v", rep)
 	}
 	for _, p := range st.Processes {

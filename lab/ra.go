@@ -175,14 +175,6 @@ func parseNDOptions(b []byte) ([]ndOption, error) {
 	return out, nil
 }
 
-// raDue decides whether a solicitation at now gets an advertisement when
-// the last one went out at last (zero: never). The advertisement goes to
-// all nodes, so one answers every host soliciting at about the same time;
-// gap limits a flood of solicitations to one advertisement per gap.
-func raDue(last, now time.Time, gap time.Duration) bool {
-	return last.IsZero() || now.Sub(last) >= gap || now.Before(last)
-}
-
 // RAStats counts what the responder did.
 type RAStats struct {
 	Solicitations int64 // valid router solicitations received

@@ -6,7 +6,6 @@ import (
 	"context"
 	"log/slog"
 	"net"
-	"time"
 )
 
 // RACommand is the argument that runs the lab's router advertisement
@@ -16,7 +15,6 @@ const RACommand = "__rackboot-lab-ra"
 // RAConfig configures the responder (see the Linux build).
 type RAConfig struct {
 	Interface string
-	MinGap    time.Duration
 }
 
 // RAServer is the router advertisement responder; it needs Linux.
@@ -27,9 +25,6 @@ type RAOption func(*RAServer)
 
 // WithRALogger sets the logger.
 func WithRALogger(*slog.Logger) RAOption { return func(*RAServer) {} }
-
-// WithRAClock sets the clock.
-func WithRAClock(func() time.Time) RAOption { return func(*RAServer) {} }
 
 // WithRAConn sets the socket.
 func WithRAConn(net.PacketConn) RAOption { return func(*RAServer) {} }

@@ -92,26 +92,6 @@ func TestParseRA(t *testing.T) {
 	}
 }
 
-func TestRADue(t *testing.T) {
-	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	gap := 100 * time.Millisecond
-	for _, tc := range []struct {
-		name      string
-		last, now time.Time
-		want      bool
-	}{
-		{"first", time.Time{}, t0, true},
-		{"inside the gap", t0, t0.Add(99 * time.Millisecond), false},
-		{"same instant", t0, t0, false},
-		{"gap over", t0, t0.Add(gap), true},
-		{"clock went back", t0, t0.Add(-time.Second), true},
-	} {
-		if got := raDue(tc.last, tc.now, gap); got != tc.want {
-			t.Errorf("%s: raDue = %v, want %v", tc.name, got, tc.want)
-		}
-	}
-}
-
 func FuzzCheckRS(f *testing.F) {
 	f.Add([]byte{133, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0x52, 0x54, 0, 0xb0, 0, 1}, 255, true)
 	f.Add([]byte{133, 0, 0, 0, 0, 0, 0, 0, 1, 0}, 255, false)

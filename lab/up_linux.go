@@ -150,6 +150,13 @@ func (l *Lab) Up(ctx context.Context, spec Spec) (_ *State, err error) {
 		return nil, fmt.Errorf("lab %s: %w", l.name, err)
 	}
 
+	// The IPv6 router advertisement responder (see ra.go), before any VM.
+	if !l.noRA {
+		if err := l.startRA(ctx, st); err != nil {
+			return nil, err
+		}
+	}
+
 	// The home router (proxy mode).
 	if p.DHCP == DHCPProxy {
 		leases, logf := filepath.Join(l.dir, "dnsmasq.leases"), filepath.Join(l.dir, "dnsmasq.log")
