@@ -422,24 +422,50 @@ func (l *Leases) Pick(start, end netip.Addr, mac net.HardwareAddr, usable func(n
 		_, known := l.byAddr[a]
 		return !known && !l.inUseLocked(a, m, now) && usable(a)
 	}
+	// The cursor skips addresses offered to other MACs; one offered to m
+	// is free for m, wherever it is.
+	own, hasOwn := netip.Addr{}, false
+	if h, ok := l.holds[m]; ok && now.Before(h.until) && h.addr.Is4() {
+		if u := addrU32(h.addr); u >= s && u <= e && free(h.addr) {
+			own, hasOwn = h.addr, true
+		}
+	}
+	lowest := func(a netip.Addr) netip.Addr {
+		if hasOwn && own.Less(a) {
+			return own
+		}
+		return a
+	}
 	// Addresses freed below the cursor come first (they are lower). An
 	// entry no longer free is dropped: when it frees up again it is pushed
 	// again. The one returned stays: once offered it is dropped next time.
 	for len(l.freed) > 0 {
 		if a := addrFromU32(l.freed[0]); free(a) {
-			return a, true
+			return lowest(a), true
 		}
 		heap.Pop(&l.freed)
 	}
 	for ; l.cur.next <= uint64(e); l.cur.next++ {
 		if a := addrFromU32(uint32(l.cur.next)); free(a) {
-			return a, true
+			return lowest(a), true
 		}
 	}
-	return l.oldestExpiredLocked(m, now, func(a netip.Addr) bool {
+	if hasOwn {
+		return own, true
+	}
+	inPool := func(a netip.Addr) bool {
 		u := addrU32(a)
-		return u >= s && u <= e && usable(a)
-	})
+		return a.Is4() && u >= s && u <= e && usable(a)
+	}
+	if a, ok := l.oldestExpiredLocked(m, now, inPool); ok {
+		return a, true
+	}
+	// Last, m's own lease if still active (an expired one was a candidate
+	// above): it expires later than any expired one.
+	if le, ok := l.byMAC[m]; ok && inPool(le.Addr) && !l.inUseLocked(le.Addr, m, now) {
+		return le.Addr, true
+	}
+	return netip.Addr{}, false
 }
 
 // oldestExpiredLocked returns the expired lease's address, free for m and

@@ -1,10 +1,16 @@
 package pxe
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -194,4 +200,307 @@ func TestLeasesFromTestdata(t *testing.T) {
 	if len(all) != 2 || all[0].Addr != netip.MustParseAddr("10.99.0.100") || all[1].MAC != "52:54:00:aa:bb:02" {
 		t.Fatalf("leases %+v", all)
 	}
+}
+
+// blockingWrites replaces l's file writer: each write reports its
+// snapshot's MACs on started, then waits for a value on release (nil:
+// write for real; an error: fail).
+type blockingWrites struct {
+	started chan []string
+	release chan error
+}
+
+func blockWrites(t *testing.T, l *Leases) *blockingWrites {
+	t.Helper()
+	w := &blockingWrites{started: make(chan []string), release: make(chan error)}
+	real := l.writeFile
+	l.writeFile = func(path string, data []byte) error {
+		var f leaseFile
+		if err := json.Unmarshal(data, &f); err != nil {
+			t.Errorf("written table does not parse: %v", err)
+		}
+		var macs []string
+		for _, le := range f.Leases {
+			macs = append(macs, le.MAC)
+		}
+		w.started <- macs
+		if err := <-w.release; err != nil {
+			return err
+		}
+		return real(path, data)
+	}
+	return w
+}
+
+// await returns the value ch delivers, failing the test if it takes
+// longer than a minute (a deadlock, not a timing assumption).
+func await[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(time.Minute):
+		t.Fatalf("no %s after a minute", what)
+		panic("unreachable")
+	}
+}
+
+func testMACn(i int) net.HardwareAddr { return net.HardwareAddr{0x52, 0x54, 2, 0, byte(i >> 8), byte(i)} }
+
+// TestLeasesGroupCommit: changes made while a write is in flight share the
+// next write; nobody's commit returns before its lease is on disk; and
+// lookups, holds and picks go on while the write is blocked.
+func TestLeasesGroupCommit(t *testing.T) {
+	clk := newFakeClock()
+	path := filepath.Join(t.TempDir(), "leases.json")
+	l, err := OpenLeases(path, clk.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := blockWrites(t, l)
+	first := netip.MustParseAddr("10.99.0.100")
+	_, b1, err := l.bind(testMACn(0), first, time.Hour, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done1 := make(chan error, 1)
+	go func() { done1 <- l.commit(b1) }()
+	if got := await(t, w.started, "first write"); len(got) != 1 {
+		t.Fatalf("first write holds %v", got)
+	}
+	// The first write is in flight: the table is still usable.
+	if !l.InUse(first, macB) {
+		t.Error("lease being written not in use")
+	}
+	if a, ok := l.Pick(first, netip.MustParseAddr("10.99.0.200"), macB, func(netip.Addr) bool { return true }); !ok || a == first {
+		t.Errorf("pick during a write = %v %v", a, ok)
+	}
+	const n = 10
+	var batches []*batch
+	for i := 1; i <= n; i++ {
+		a := netip.AddrFrom4([4]byte{10, 99, 0, byte(100 + i)})
+		l.Hold(testMACn(i), a, time.Minute)
+		_, b, err := l.bind(testMACn(i), a, time.Hour, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		batches = append(batches, b)
+	}
+	for _, b := range batches[1:] {
+		if b != batches[0] || b == b1 {
+			t.Fatal("changes made during a write are not grouped into one next write")
+		}
+	}
+	done := make(chan error, n)
+	for _, b := range batches {
+		go func() { done <- l.commit(b) }()
+	}
+	select {
+	case err := <-done1:
+		t.Fatalf("commit returned (%v) while its write was in flight", err)
+	case err := <-done:
+		t.Fatalf("commit returned (%v) before its write began", err)
+	default:
+	}
+	w.release <- nil
+	if err := await(t, done1, "first commit"); err != nil {
+		t.Fatal(err)
+	}
+	if got := await(t, w.started, "second write"); len(got) != n+1 {
+		t.Fatalf("second write holds %d leases, want %d", len(got), n+1)
+	}
+	w.release <- nil
+	for range n {
+		if err := await(t, done, "grouped commit"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Exactly two writes: a third would block on started.
+	select {
+	case got := <-w.started:
+		t.Fatalf("a third write %v", got)
+	default:
+	}
+	l2, err := OpenLeases(path, clk.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l2.All()) != n+1 {
+		t.Fatalf("on disk: %d leases, want %d", len(l2.All()), n+1)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("leases file: %v %v", fi, err)
+	}
+}
+
+// TestLeasesGroupCommitFailure: a failed write undoes its changes and the
+// ones made while it was in flight; memory goes back to the file's table.
+func TestLeasesGroupCommitFailure(t *testing.T) {
+	clk := newFakeClock()
+	path := filepath.Join(t.TempDir(), "leases.json")
+	l, err := OpenLeases(path, clk.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := netip.MustParseAddr("10.99.0.100")
+	if _, err := l.Bind(macA, kept, time.Hour, "kept"); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := blockWrites(t, l)
+	// macA moves to .101 (its .100 record goes), macB binds .102.
+	_, b1, err := l.bind(macA, netip.MustParseAddr("10.99.0.101"), time.Hour, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done1 := make(chan error, 1)
+	go func() { done1 <- l.commit(b1) }()
+	await(t, w.started, "write")
+	_, b2, err := l.bind(macB, netip.MustParseAddr("10.99.0.102"), time.Hour, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done2 := make(chan error, 1)
+	go func() { done2 <- l.commit(b2) }()
+	w.release <- errors.New("disk on fire")
+	for _, ch := range []chan error{done1, done2} {
+		if err := await(t, ch, "failed commit"); err == nil || !strings.Contains(err.Error(), "disk on fire") {
+			t.Fatalf("commit after a failed write: %v", err)
+		}
+	}
+	if le, ok := l.Get(macA); !ok || le.Addr != kept || le.Hostname != "kept" {
+		t.Errorf("macA after the failed write: %+v %v, want its lease on disk", le, ok)
+	}
+	if _, ok := l.Get(macB); ok || l.InUse(netip.MustParseAddr("10.99.0.102"), macA) {
+		t.Error("a change made during the failed write survived it")
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Error("the file changed after a failed write")
+	}
+	// The next write works and carries only what was made after.
+	go func() { w.release <- nil }()
+	go func() { <-w.started }()
+	if _, err := l.Bind(macB, netip.MustParseAddr("10.99.0.103"), time.Hour, ""); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := OpenLeases(path, clk.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all := l2.All(); len(all) != 2 || all[0].Addr != kept || all[1].Addr != netip.MustParseAddr("10.99.0.103") {
+		t.Fatalf("on disk %+v", all)
+	}
+}
+
+// refPick is the allocator Pick replaced, a scan of the whole range: the
+// lowest never-leased free address, else the free one expired first.
+func refPick(l *Leases, start, end netip.Addr, mac net.HardwareAddr, usable func(netip.Addr) bool) (netip.Addr, bool) {
+	var oldest netip.Addr
+	var oldestExp time.Time
+	for a := start; a.IsValid() && !end.Less(a); a = a.Next() {
+		if !usable(a) || l.InUse(a, mac) {
+			continue
+		}
+		exp, known := l.Known(a)
+		if !known {
+			return a, true
+		}
+		if !oldest.IsValid() || exp.Before(oldestExp) {
+			oldest, oldestExp = a, exp
+		}
+	}
+	return oldest, oldest.IsValid()
+}
+
+// TestLeasesPickMatchesScan drives the table with random offers, binds,
+// releases, declines, dropped offers and clock steps, and checks after
+// every step that Pick answers what a full scan of the range answers.
+func TestLeasesPickMatchesScan(t *testing.T) {
+	for seed := range uint64(8) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 1))
+			clk := newFakeClock()
+			l, err := OpenLeases("", clk.Now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start, end := netip.MustParseAddr("10.99.0.10"), netip.MustParseAddr("10.99.0.41")
+			reserved := netip.MustParseAddr("10.99.0.20")
+			usable := func(a netip.Addr) bool { return a != reserved }
+			for step := range 3000 {
+				mac := testMACn(rng.IntN(48))
+				want, wantOK := refPick(l, start, end, mac, usable)
+				got, gotOK := l.Pick(start, end, mac, usable)
+				if got != want || gotOK != wantOK {
+					t.Fatalf("step %d: Pick = %v %v, scan = %v %v", step, got, gotOK, want, wantOK)
+				}
+				switch op := rng.IntN(10); {
+				case op < 4 && gotOK: // offer, sometimes taken
+					l.Hold(mac, got, time.Duration(1+rng.IntN(60))*time.Second)
+					if rng.IntN(2) == 0 {
+						if _, err := l.Bind(mac, got, time.Duration(1+rng.IntN(300))*time.Second, ""); err != nil {
+							t.Fatal(err)
+						}
+					}
+				case op == 4:
+					l.DropHold(mac)
+				case op == 5:
+					if le, ok := l.Get(mac); ok {
+						if err := l.Release(mac, le.Addr); err != nil {
+							t.Fatal(err)
+						}
+					}
+				case op == 6:
+					a := netip.AddrFrom4([4]byte{10, 99, 0, byte(10 + rng.IntN(32))})
+					if err := l.Decline(a, time.Duration(1+rng.IntN(120))*time.Second); err != nil {
+						t.Fatal(err)
+					}
+				default:
+					clk.Advance(time.Duration(rng.IntN(20)) * time.Second)
+				}
+			}
+		})
+	}
+}
+
+// FuzzParseLeases: any file content is either refused or parses into a
+// table that encodes and parses back to the same leases.
+func FuzzParseLeases(f *testing.F) {
+	seed, err := os.ReadFile(filepath.Join("testdata", "dhcp", "leases-v1.json"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(seed)
+	f.Add([]byte(`{"version": 1, "leases": []}`))
+	f.Add([]byte(`{"version": 1, "leases": [{"mac": "52:54:00:00:00:0a", "addr": "10.0.0.1", "expires": "2026-01-01T00:00:00Z"}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		leases, err := parseLeases(data)
+		if err != nil {
+			return
+		}
+		enc, err := encodeLeases(slices.Clone(leases))
+		if err != nil {
+			t.Fatalf("encode a parsed table: %v", err)
+		}
+		back, err := parseLeases(enc)
+		if err != nil {
+			t.Fatalf("encoded table does not parse: %v\n%s", err, enc)
+		}
+		if len(back) != len(leases) {
+			t.Fatalf("%d leases back, want %d", len(back), len(leases))
+		}
+		byMAC := map[string]Lease{}
+		for _, le := range leases {
+			byMAC[le.MAC] = le
+		}
+		for _, le := range back {
+			want := byMAC[le.MAC]
+			if le.Addr != want.Addr || !le.Expires.Equal(want.Expires) || le.Hostname != want.Hostname {
+				t.Fatalf("lease %+v came back as %+v", want, le)
+			}
+		}
+	})
 }
