@@ -245,7 +245,9 @@ func await[T any](t *testing.T, ch <-chan T, what string) T {
 	}
 }
 
-func testMACn(i int) net.HardwareAddr { return net.HardwareAddr{0x52, 0x54, 2, 0, byte(i >> 8), byte(i)} }
+func testMACn(i int) net.HardwareAddr {
+	return net.HardwareAddr{0x52, 0x54, 2, 0, byte(i >> 8), byte(i)}
+}
 
 // TestLeasesGroupCommit: changes made while a write is in flight share the
 // next write; nobody's commit returns before its lease is on disk; and
