@@ -134,8 +134,6 @@ func startProcess(namespace string, spec ProcessSpec, logPath, dir string) (Proc
 	if err := inNamespace(namespace, cmd.Start); err != nil {
 		return Process{}, nil, fmt.Errorf("start %s in namespace %s: %w", spec.Role, namespace, err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	p := Process{
 		Role:      spec.Role,
 		PID:       cmd.Process.Pid,
@@ -144,12 +142,16 @@ func startProcess(namespace string, spec ProcessSpec, logPath, dir string) (Proc
 		Namespace: namespace,
 		Log:       logPath,
 	}
+	// Read the start time before anything reaps the child: a child that
+	// already exited is a zombie whose /proc entry stays until Wait.
 	if p.StartTime, err = procStartTime(p.PID); err != nil {
 		// Without its start time it could never be stopped safely later.
 		_ = cmd.Process.Kill()
-		<-done
+		_ = cmd.Wait()
 		return Process{}, nil, fmt.Errorf("start %s: read its start time: %w", spec.Role, err)
 	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
 	return p, done, nil
 }
 
