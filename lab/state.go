@@ -32,7 +32,7 @@ type State struct {
 	RouterAddr string   `json:"routerAddr,omitempty"`
 	Taps       []string `json:"taps,omitempty"`
 	Veths      []string `json:"veths,omitempty"`
-	// Processes in start order: dnsmasq, serve, the VMs.
+	// Processes in start order: the RA responder, dnsmasq, serve, the VMs.
 	Processes []Process `json:"processes,omitempty"`
 	VMs       []VMState `json:"vms,omitempty"`
 	// Files the lab created (recorded before each is created), removed by
