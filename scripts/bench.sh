@@ -473,6 +473,9 @@ if want P4; then
   qemu_base=(qemu-system-x86_64 -machine q35,graphics=off -accel tcg -cpu max -smp 1 -m 512 -nodefaults -display none
     -no-reboot -smbios "type=1,uuid=$UUID,serial=BENCH-1"
     -netdev tap,id=n0,ifname=tap0,script=no,downscript=no)
+  # Answer iPXE's IPv6 router solicitation as the lab does (lab/ra_linux.go):
+  # otherwise iPXE waits ~15 s for IPv6 autoconfiguration on every boot.
+  start "$ns" "$WORK/logs/p4-ra.log" "$RB" __rackboot-lab-ra --interface br0
   # serve_fresh: a fresh serve per boot, so a machine that reported
   # "installed" is netbooted again, not sent to its disk.
   serve_fresh() {
