@@ -136,7 +136,7 @@ func TestLabCLIUpStatusDown(t *testing.T) {
 		t.Errorf("second up: %d %s", code, stderr)
 	}
 	out, stderr, code = runValidateArgs(t, args("lab", "down")...)
-	if code != 0 || !strings.Contains(out, "stopped 1 process(es) [vm:formula]") || !strings.Contains(out, "rb-"+name) {
+	if code != 0 || !strings.Contains(out, "stopped 2 process(es) [vm:formula ra]") || !strings.Contains(out, "rb-"+name) {
 		t.Errorf("down: %d\n%s\n%s", code, out, stderr)
 	}
 	out, _, code = runValidateArgs(t, args("lab", "down")...)
