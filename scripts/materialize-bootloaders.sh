@@ -17,6 +17,8 @@
 # Environment: ISOLINUX_VERSION, SYSLINUX_COMMON_VERSION, SYSTEMD_BOOT_EFI_VERSION
 # override the pins (Debian replaces point-release versions of systemd-boot-efi).
 set -euo pipefail
+# shellcheck source=lib/materialize.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/materialize.sh"
 
 declare -A PIN=(
 	[isolinux]=${ISOLINUX_VERSION:-3:6.04~git20190206.bf6db5b4+dfsg1-3}
@@ -87,10 +89,5 @@ for pkg in "${ORDER[@]}"; do
 done
 cp "$TMP/SOURCE" "$TMP/out/SOURCE"
 
-# Replace OUTDIR's content only once everything is in hand.
-mkdir -p "$OUT"
-for f in isolinux.bin ldlinux.c32 systemd-bootx64.efi SOURCE; do
-	install -m 0644 "$TMP/out/$f" "$OUT/.$f.tmp"
-	mv -f "$OUT/.$f.tmp" "$OUT/$f"
-done
+publish "$OUT" "$TMP/out" isolinux.bin ldlinux.c32 systemd-bootx64.efi
 echo "materialize-bootloaders: isolinux.bin ldlinux.c32 systemd-bootx64.efi in $OUT"

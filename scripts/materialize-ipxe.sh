@@ -17,6 +17,8 @@
 #
 # Environment: IPXE_VERSION overrides the pin.
 set -euo pipefail
+# shellcheck source=lib/materialize.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/materialize.sh"
 
 PIN_VERSION=1.0.0+git-20190125.36a4c85-5.1
 FILES=(undionly.kpxe ipxe.efi snponly.efi)
@@ -90,10 +92,5 @@ fi
 	done
 } >"$TMP/out/SOURCE"
 
-# Replace OUTDIR's content only once everything is in hand.
-mkdir -p "$OUT"
-for f in "${FILES[@]}" SOURCE; do
-	install -m 0644 "$TMP/out/$f" "$OUT/.$f.tmp"
-	mv -f "$OUT/.$f.tmp" "$OUT/$f"
-done
+publish "$OUT" "$TMP/out" "${FILES[@]}"
 echo "materialize-ipxe: ${FILES[*]} from ipxe $VERSION ($FROM) in $OUT"

@@ -15,6 +15,8 @@
 #
 # Environment: GO overrides the go command.
 set -euo pipefail
+# shellcheck source=lib/materialize.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/materialize.sh"
 
 MODULE=github.com/rook/rook
 VERSION=v1.18.8
@@ -61,10 +63,5 @@ done
 	done
 } >"$TMP/out/SOURCE"
 
-# Replace OUTDIR's content only once everything is in hand.
-mkdir -p "$OUT"
-for f in "${FILES[@]}" SOURCE; do
-	install -m 0644 "$TMP/out/$f" "$OUT/.$f.tmp"
-	mv -f "$OUT/.$f.tmp" "$OUT/$f"
-done
+publish "$OUT" "$TMP/out" "${FILES[@]}"
 echo "materialize-rook: ${FILES[*]} from $MODULE $VERSION ($sum) in $OUT"
