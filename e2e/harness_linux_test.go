@@ -498,6 +498,23 @@ func (s *scenario) waitStopped(ctx context.Context, vm string) error {
 	}
 }
 
+// stoppedReport waits (30 s at most) for the VM to power off after its
+// install, then reads and checks the stand-in's report line from its console.
+func (s *scenario) stoppedReport(ctx context.Context, t *testing.T, vm *lab.VMState, name string) report.Report {
+	t.Helper()
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := s.waitStopped(wctx, name); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := standinReport(vm.SerialLog)
+	if err != nil {
+		t.Fatalf("%s's console: %v", name, err)
+	}
+	checkReport(t, rep, vm, name)
+	return rep
+}
+
 // standinReport is the stand-in's report line on a VM's console.
 func standinReport(serialLog string) (report.Report, error) {
 	b, err := os.ReadFile(serialLog)

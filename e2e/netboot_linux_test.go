@@ -101,16 +101,7 @@ func TestFullDHCPBIOS(t *testing.T) {
 	}
 	logTiming(t, "full/bios QEMU start → installed", qemuToInstalled(t, st, m))
 
-	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
-	defer wcancel()
-	if err := s.waitStopped(wctx, "cp1"); err != nil {
-		t.Fatal(err)
-	}
-	rep, err := standinReport(vm.SerialLog)
-	if err != nil {
-		t.Fatalf("cp1's console: %v", err)
-	}
-	checkReport(t, rep, vm, "cp1")
+	rep := s.stoppedReport(ctx, t, vm, "cp1")
 	if rep.IP != "10.77.0.11" {
 		t.Errorf("report: address %q, want cp1's reservation 10.77.0.11 from rackboot's DHCP", rep.IP)
 	}
@@ -248,16 +239,7 @@ func TestProxyDHCPUEFI(t *testing.T) {
 	}
 	logTiming(t, "proxy/uefi QEMU start → installed", qemuToInstalled(t, st, m))
 
-	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
-	defer wcancel()
-	if err := s.waitStopped(wctx, "cp1"); err != nil {
-		t.Fatal(err)
-	}
-	rep, err := standinReport(vm.SerialLog)
-	if err != nil {
-		t.Fatalf("cp1's console: %v", err)
-	}
-	checkReport(t, rep, vm, "cp1")
+	rep := s.stoppedReport(ctx, t, vm, "cp1")
 
 	// The address came from dnsmasq's pool, not from rackboot.
 	lo, hi, ok := strings.Cut(st.DHCPRange, "-")
