@@ -349,6 +349,37 @@ func (s *DHCPServer) FollowedAddr(addr netip.Addr) (net.HardwareAddr, bool) {
 	return seen.mac, true
 }
 
+// LeaseOf returns the address of mac's active lease (full mode only; in
+// other modes rackboot hands out no address and ok is false).
+func (s *DHCPServer) LeaseOf(mac net.HardwareAddr) (netip.Addr, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.leases == nil {
+		return netip.Addr{}, false
+	}
+	le, ok := s.leases.Get(mac)
+	if !ok || !s.leases.Active(le) {
+		return netip.Addr{}, false
+	}
+	return le.Addr, true
+}
+
+// LeaseHolder returns the MAC holding an active lease on addr (full mode
+// only).
+func (s *DHCPServer) LeaseHolder(addr netip.Addr) (net.HardwareAddr, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.leases == nil {
+		return nil, false
+	}
+	le, ok := s.leases.Lookup(addr)
+	if !ok || !s.leases.Active(le) {
+		return nil, false
+	}
+	mac, err := net.ParseMAC(le.MAC)
+	return mac, err == nil
+}
+
 // Leases returns the full-mode leases on record (nil in other modes).
 func (s *DHCPServer) Leases() []Lease {
 	s.mu.Lock()

@@ -48,6 +48,12 @@ type HTTPConfig struct {
 	IPXE fs.FS
 	// Tokens guards /config. Required.
 	Tokens *Tokens
+	// Neighbors is the rack segment's layer-2 view: a script with a config
+	// token goes only to the NIC that owns the MAC it names. Required.
+	Neighbors Neighbors
+	// LeaseOf, in full-DHCP mode, returns rackboot's own lease for a MAC;
+	// the script request must then come from that address.
+	LeaseOf func(mac net.HardwareAddr) (netip.Addr, bool)
 
 	Log      *slog.Logger     // default: discard
 	Recorder Recorder         // default: none
@@ -95,8 +101,8 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 	if _, _, err := net.SplitHostPort(cfg.Server); err != nil {
 		return nil, fmt.Errorf("HTTP config: Server %q: %w", cfg.Server, err)
 	}
-	if cfg.Booter == nil || cfg.Assets == nil || cfg.Tokens == nil {
-		return nil, errors.New("HTTP config: Booter, Assets and Tokens are required")
+	if cfg.Booter == nil || cfg.Assets == nil || cfg.Tokens == nil || cfg.Neighbors == nil {
+		return nil, errors.New("HTTP config: Booter, Assets, Tokens and Neighbors are required")
 	}
 	tm, err := ipxe.Templates()
 	if err != nil {
@@ -197,19 +203,22 @@ func (h *HTTP) serveMachineScript(w http.ResponseWriter, r *http.Request, addr n
 		log.Info("unknown machine asked to boot", "uuid", c.UUID, "serial", c.Serial, "arch", c.Arch.String())
 		h.record(Event{MAC: c.MAC, Addr: addr, Stage: StageDiscovered,
 			Detail: fmt.Sprintf("uuid=%s serial=%q arch=%s", c.UUID, c.Serial, c.Arch)})
-		b, err := h.render("unknown.ipxe.tmpl", map[string]any{"MAC": c.MAC.String(), "RetrySeconds": retryUnknownSeconds})
-		if err != nil {
-			log.Error("unknown-machine script", "err", err)
-			http.Error(w, "internal error", http.StatusInternalServerError)
-			return
-		}
-		writeScript(w, b)
+		h.writeUnknown(w, c, log)
 		return
 	}
 	if err != nil {
 		log.Error("boot spec", "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
+	}
+	if !spec.Installed {
+		if err := h.checkOwner(c, spec); err != nil {
+			log.Warn("boot script withheld", "name", spec.Name, "reason", err)
+			h.record(Event{Name: spec.Name, Stage: StageDenied,
+				Detail: fmt.Sprintf("boot script for MAC %s asked from %s: %v", c.MAC, addr, err)})
+			h.writeUnknown(w, c, log)
+			return
+		}
 	}
 	b, rec, err := h.machineScript(c, spec)
 	if err != nil {
@@ -226,6 +235,30 @@ func (h *HTTP) serveMachineScript(w http.ResponseWriter, r *http.Request, addr n
 		h.record(Event{MAC: c.MAC, Name: spec.Name, Addr: addr, Stage: StageScript, Detail: "kernel " + spec.Kernel})
 	}
 	writeScript(w, b)
+}
+
+// writeUnknown answers with the script of a machine rackboot has no config
+// for: it waits and asks again.
+func (h *HTTP) writeUnknown(w http.ResponseWriter, c Client, log *slog.Logger) {
+	b, err := h.render("unknown.ipxe.tmpl", map[string]any{"MAC": c.MAC.String(), "RetrySeconds": retryUnknownSeconds})
+	if err != nil {
+		log.Error("unknown-machine script", "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	writeScript(w, b)
+}
+
+// checkOwner asks the layer-2 view whether c comes from the NIC that owns
+// the MAC it names.
+func (h *HTTP) checkOwner(c Client, spec *BootSpec) error {
+	oc := OwnerCheck{Claimed: c.MAC, Allowed: spec.MACs, Addr: c.Addr}
+	oc.Neighbor, oc.NeighErr = h.cfg.Neighbors.Neighbor(c.Addr)
+	if h.cfg.LeaseOf != nil {
+		oc.FullDHCP = true
+		oc.Lease, oc.LeaseFound = h.cfg.LeaseOf(c.MAC)
+	}
+	return CheckOwner(oc)
 }
 
 func localBoot(m LocalBoot) LocalBoot {
@@ -274,7 +307,7 @@ func (h *HTTP) machineScript(c Client, spec *BootSpec) ([]byte, bootRecord, erro
 		initrds = append(initrds, initrdLine{Name: name, URL: h.base() + "/assets/" + id})
 	}
 
-	token, err := h.cfg.Tokens.Mint(TokenBinding{Name: spec.Name, MAC: c.MAC, UUID: c.UUID, Addr: c.Addr})
+	token, err := h.cfg.Tokens.Mint(TokenBinding{Name: spec.Name, MAC: c.MAC, UUID: c.UUID})
 	if err != nil {
 		return nil, bootRecord{}, err
 	}
@@ -441,10 +474,24 @@ func (h *HTTP) serveConfig(w http.ResponseWriter, r *http.Request, addr netip.Ad
 		return
 	}
 	log := h.log.With("mac", mac.String(), "addr", addr)
-	name, err := h.cfg.Tokens.Verify(token, mac, uuid, addr)
-	if err != nil {
+	// The MAC seen for the fetching address, when it is on the rack's
+	// segment: the pin remembers it, so later events from that address
+	// are believed only from that NIC.
+	hw, _ := h.cfg.Neighbors.Neighbor(addr)
+	name, retry, err := h.cfg.Tokens.Spend(token, mac, uuid, addr, hw)
+	switch {
+	case errors.Is(err, ErrTokenInvalid) || errors.Is(err, ErrTokenExpired) || errors.Is(err, ErrTokenConsumed):
 		log.Warn("config refused", "name", name, "reason", err)
 		http.Error(w, "forbidden", http.StatusForbidden)
+		return
+	case errors.Is(err, ErrTokenSpent):
+		log.Warn("config refused", "name", name, "reason", err)
+		h.record(Event{Name: name, Stage: StageDenied, Detail: fmt.Sprintf("config asked from %s with a token already used from another address", addr)})
+		http.Error(w, "forbidden", http.StatusForbidden)
+		return
+	case err != nil:
+		log.Error("config: cannot record the token as used, not serving", "name", name, "err", err)
+		http.Error(w, "temporarily unavailable", http.StatusServiceUnavailable)
 		return
 	}
 	data, err := h.cfg.Booter.Config(r.Context(), name)
@@ -458,7 +505,7 @@ func (h *HTTP) serveConfig(w http.ResponseWriter, r *http.Request, addr netip.Ad
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
-	log.Info("config served", "name", name, "bytes", len(data))
+	log.Info("config served", "name", name, "bytes", len(data), "retry", retry)
 	h.record(Event{MAC: mac, Name: name, Addr: addr, Stage: StageConfig})
 	w.Header().Set("Content-Type", "application/yaml")
 	w.Header().Set("Cache-Control", "no-store")

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -106,6 +107,7 @@ const (
 	macDone    = "52:54:00:00:00:03"
 	macSan     = "52:54:00:00:00:04"
 	macUnknown = "52:54:00:00:00:99"
+	macOther   = "52:54:00:66:66:66" // a housemate's laptop
 	uuidCP1    = "8f5b2a8e-1c2d-4e5f-9a0b-1c2d3e4f5a6b"
 	configCP1  = "version: v1alpha1\nmachine:\n  token: cp1-very-secret-join-token\n"
 	kernelID   = "talos/v1.13.0/376567988ad3/amd64/kernel"
@@ -121,6 +123,18 @@ type httpFixture struct {
 	tokens *Tokens
 	logs   *logSink
 	assets string
+	neigh  StaticNeighbors
+}
+
+// fixtureNeighbors is the rack segment the HTTP tests see: cp1 at .50, a
+// housemate at .51, w1 at .60; 192.0.2.0/24 is behind a router.
+func fixtureNeighbors(t testing.TB) StaticNeighbors {
+	return StaticNeighbors{
+		netip.MustParseAddr("10.99.0.50"): tMAC(t, macCP1),
+		netip.MustParseAddr("10.99.0.51"): tMAC(t, macOther),
+		netip.MustParseAddr("10.99.0.60"): tMAC(t, macW1),
+		netip.MustParseAddr("10.99.0.61"): nil, // an incomplete ARP entry
+	}
 }
 
 func newHTTPFixture(t *testing.T) *httpFixture {
@@ -153,8 +167,10 @@ func newHTTPFixture(t *testing.T) *httpFixture {
 		tokens: tk,
 		logs:   &logSink{},
 		assets: dir,
+		neigh:  fixtureNeighbors(t),
 	}
 	h, err := NewHTTP(HTTPConfig{
+		Neighbors:  f.neigh,
 		Server:     "10.99.0.1:8080",
 		EventsAddr: "10.99.0.1:4002",
 		LogAddr:    "10.99.0.1:4003",
@@ -309,7 +325,7 @@ func TestHTTPConfigAccess(t *testing.T) {
 		q.Set(key, val)
 		return "/config?" + q.Encode()
 	}
-	w1Script := f.get(scriptURL(macW1, ""), me).Body.String()
+	w1Script := f.get(scriptURL(macW1, ""), "10.99.0.60").Body.String()
 
 	for _, tc := range []struct {
 		name, target, from string
@@ -317,7 +333,7 @@ func TestHTTPConfigAccess(t *testing.T) {
 	}{
 		{"right", cfgPath, me, 200},
 		{"retry", cfgPath, me, 200},
-		{"other address", cfgPath, "10.99.0.51", 403},
+		{"spent, other address", cfgPath, "10.99.0.51", 403},
 		{"forged token", with("t", "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), me, 403},
 		{"no token", with("t", ""), me, 403},
 		{"other mac", with("mac", "52-54-00-00-00-02"), me, 403},
@@ -460,7 +476,7 @@ func TestHTTPBadBootSpec(t *testing.T) {
 
 func TestHTTPNeedsConfig(t *testing.T) {
 	tk := testTokens(t, newTokClock())
-	ok := HTTPConfig{Server: "1.2.3.4:80", Booter: &rackBooter{}, Assets: dirAssets("/nonexistent"), Tokens: tk}
+	ok := HTTPConfig{Server: "1.2.3.4:80", Booter: &rackBooter{}, Assets: dirAssets("/nonexistent"), Tokens: tk, Neighbors: StaticNeighbors{}}
 	if _, err := NewHTTP(ok); err != nil {
 		t.Fatal(err)
 	}
@@ -470,6 +486,7 @@ func TestHTTPNeedsConfig(t *testing.T) {
 		"no booter":   func(c *HTTPConfig) { c.Booter = nil },
 		"no assets":   func(c *HTTPConfig) { c.Assets = nil },
 		"no tokens":   func(c *HTTPConfig) { c.Tokens = nil },
+		"no L2 view":  func(c *HTTPConfig) { c.Neighbors = nil },
 	} {
 		c := ok
 		mod(&c)
@@ -606,7 +623,7 @@ func FuzzHTTPAssetPath(f *testing.F) {
 		f.Fatal(err)
 	}
 	tk, _ := NewTokens(bytes.Repeat([]byte{1}, 32), TokenConfig{})
-	h, err := NewHTTP(HTTPConfig{Server: "127.0.0.1:80", Booter: &rackBooter{}, Assets: dirAssets(assets), Tokens: tk})
+	h, err := NewHTTP(HTTPConfig{Server: "127.0.0.1:80", Booter: &rackBooter{}, Assets: dirAssets(assets), Tokens: tk, Neighbors: StaticNeighbors{}})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -636,7 +653,7 @@ func (errBooter) BootSpec(context.Context, Client) (*BootSpec, error) {
 func (errBooter) Config(context.Context, string) ([]byte, error) { return nil, fs.ErrPermission }
 
 func TestHTTPBooterError(t *testing.T) {
-	h, err := NewHTTP(HTTPConfig{Server: "1.2.3.4:80", Booter: errBooter{}, Assets: dirAssets(t.TempDir()), Tokens: testTokens(t, newTokClock())})
+	h, err := NewHTTP(HTTPConfig{Server: "1.2.3.4:80", Booter: errBooter{}, Assets: dirAssets(t.TempDir()), Tokens: testTokens(t, newTokClock()), Neighbors: StaticNeighbors{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -91,6 +91,10 @@ type BootSpec struct {
 	// (host:port of the events sink), {{.LogAddr}} (host:port of the kernel
 	// log receiver) and {{.Server}} (this server's address).
 	Cmdline string
+	// MACs are the machine's MACs from the rack file; when set, a boot
+	// script with a config token goes only to a request naming one of
+	// them (see CheckOwner).
+	MACs []net.HardwareAddr
 }
 
 // Booter is what pxe asks about machines.
@@ -126,6 +130,11 @@ const (
 	StageInitrd       = "initrd"        // fetched its initramfs
 	StageConfig       = "config"        // fetched its machine config
 	StageLocalBoot    = "local-boot"    // was sent to boot from its disk
+	// StageDenied: a request for the machine's boot script or config was
+	// refused (another NIC claimed its MAC, a spent token from another
+	// address). The event names the machine; its Addr and MAC are the
+	// requester's and must not be taken as the machine's.
+	StageDenied = "denied"
 )
 
 // Event is something pxe saw a client do.

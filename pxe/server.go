@@ -45,6 +45,13 @@ type Config struct {
 	// IPXE holds the iPXE binaries; nil means the embedded ones (ipxe.FS).
 	IPXE     fs.FS
 	TokenTTL time.Duration // default DefaultTokenTTL
+	// Neighbors is the rack segment's layer-2 view (KernelNeighbors of the
+	// rack interface): boot scripts with config tokens go only to the NIC
+	// that owns the MAC they name. Required.
+	Neighbors Neighbors
+	// LeaseOf, in full-DHCP mode, is the DHCP server's lease lookup
+	// (DHCPServer.LeaseOf): a script request must come from the MAC's lease.
+	LeaseOf func(mac net.HardwareAddr) (netip.Addr, bool)
 
 	Log      *slog.Logger     // default: discard
 	Recorder Recorder         // default: none
@@ -171,6 +178,7 @@ func New(cfg Config, booter Booter, assets Assets, opts ...Option) (_ *Server, e
 	s.http, err = NewHTTP(HTTPConfig{
 		Server: server, EventsAddr: cfg.EventsAddr, LogAddr: cfg.LogAddr,
 		Booter: booter, Assets: assets, IPXE: files, Tokens: s.tokens,
+		Neighbors: cfg.Neighbors, LeaseOf: cfg.LeaseOf,
 		Log: cfg.Log.With("service", "http"), Recorder: cfg.Recorder, Now: cfg.Now, Followed: cfg.Followed,
 	})
 	if err != nil {

@@ -74,6 +74,13 @@ func startServer(t *testing.T, so serverOpts) *serverFixture {
 		Log:        slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Recorder:   f.events,
 		Now:        so.clock.Now,
+		// Loopback stands for the rack's segment: cp1 at .1, a
+		// housemate at .2, w1 at .3.
+		Neighbors: StaticNeighbors{
+			netip.MustParseAddr("127.0.0.1"): tMAC(t, macCP1),
+			netip.MustParseAddr("127.0.0.2"): tMAC(t, macOther),
+			netip.MustParseAddr("127.0.0.3"): tMAC(t, macW1),
+		},
 	}, f.booter, dirAssets(so.assets), so.opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -229,7 +236,7 @@ func TestServerCurlConfig(t *testing.T) {
 		q.Set(key, val)
 		return f.base + "/config?" + q.Encode()
 	}
-	_, w1Script := curl(t, f.base+scriptURL(macW1, ""))
+	_, w1Script := curl(t, "--interface", "127.0.0.3", f.base+scriptURL(macW1, ""))
 
 	for _, tc := range []struct {
 		name string
@@ -238,7 +245,7 @@ func TestServerCurlConfig(t *testing.T) {
 	}{
 		{"right", []string{cfgURL[1]}, 200},
 		{"retry", []string{cfgURL[1]}, 200},
-		{"other address", []string{"--interface", "127.0.0.2", cfgURL[1]}, 403},
+		{"spent, other address", []string{"--interface", "127.0.0.2", cfgURL[1]}, 403},
 		{"wrong token", []string{with("t", token[:len(token)-2]+"AA")}, 403},
 		{"other mac", []string{with("mac", "52-54-00-00-00-02")}, 403},
 		{"unknown mac", []string{with("mac", "52-54-00-00-00-99")}, 403},
@@ -340,7 +347,7 @@ func TestServerStartupErrors(t *testing.T) {
 	defer busy.Close()
 	port := strconv.Itoa(busy.Addr().(*net.TCPAddr).Port)
 	base := Config{ServerIP: netip.MustParseAddr("127.0.0.1"), HTTPAddr: "127.0.0.1:0", TFTPAddr: "127.0.0.1:0",
-		StateDir: t.TempDir(), IPXE: fstest.MapFS{"ipxe.efi": {Data: []byte("x")}}}
+		StateDir: t.TempDir(), IPXE: fstest.MapFS{"ipxe.efi": {Data: []byte("x")}}, Neighbors: StaticNeighbors{}}
 	assets := dirAssets(t.TempDir())
 
 	cfg := base

@@ -1,11 +1,14 @@
 package pxe
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -23,39 +27,54 @@ import (
 
 // Config tokens.
 //
-// A machine's config holds its secrets, so /config serves it only to the
-// machine that was just handed a boot script. When the script is served, a
-// token is minted and put in the talos.config= URL; it is bound to the
-// machine name, its MAC, its UUID (when iPXE reported one) and the address
-// that fetched the script, and it expires (30 min by default).
+// A machine's config holds every key of the cluster, so /config serves it
+// only with a token that was put on that machine's kernel command line when
+// its boot script was served (and a script with a token is only served to
+// the NIC that owns the machine's MAC: see CheckOwner).
 //
-// Design: the token is self-verifying (an HMAC-SHA256 over the binding, the
-// times and a random nonce, keyed by a 32-byte key created once in the state
-// dir with mode 0600) instead of a table of issued tokens. So a restart of
-// `rackboot serve` in the middle of a boot loses nothing: the new process
-// reads the same key and still accepts the token the machine carries on its
-// kernel command line, with no token file to write atomically on every
-// script request, to prune, or to get corrupt. The only state is "consumed":
-// when the events side learns the machine has its config it calls Consume,
-// and tokens minted before that stop working. That set is kept in memory: a
-// restart forgets it, and such a token then lives until its expiry, still
-// only for the same machine from the same address.
+// A token is a bearer secret bound to the machine, not to an address: real
+// Talos fetches its config after its own DHCP, on any of its links, with no
+// client identifier, so the address that fetched the boot script is often
+// not the one that fetches the config. A token carries the machine name, is
+// bound (by an HMAC-SHA256 keyed with a 32-byte key kept 0600 in the state
+// dir) to the MAC and UUID the firmware reported, expires after minutes
+// (DefaultTokenTTL), and is single use: the first fetch spends it and pins
+// the address that fetched. A retry of the same token (Talos retries a
+// broken download) is served only to that address and only until the
+// token expires; any other use is refused. Each boot script carries a new
+// token.
+//
+// Spent tokens are written to <stateDir>/pxe-tokens.json (atomically,
+// before the config is sent), so neither a restart nor a crash lets a spent
+// token be used again from another address; the key file lets tokens minted
+// before a restart still verify. Consume (the machine reported installed)
+// spends every token minted for it so far.
 
 // Token errors; the HTTP side maps all of them to 403.
 var (
-	ErrTokenInvalid  = errors.New("config token invalid or not for this machine/address")
+	ErrTokenInvalid  = errors.New("config token invalid or not for this machine")
 	ErrTokenExpired  = errors.New("config token expired")
 	ErrTokenConsumed = errors.New("config token already used: the machine has its config")
+	ErrTokenSpent    = errors.New("config token already used from another address")
 )
 
-// DefaultTokenTTL is how long a config token is valid without Consume.
-const DefaultTokenTTL = 30 * time.Minute
+// DefaultTokenTTL is how long a config token is valid: the time from the
+// boot script to Talos's config fetch, with its retries.
+const DefaultTokenTTL = 10 * time.Minute
 
-// TokenKeyFile is the key's file name in the state dir.
-const TokenKeyFile = "pxe-token.key"
+// PinRetention is how long the address that spent a token stays known as
+// the machine's (events and kernel logs from it are the machine's).
+const PinRetention = 24 * time.Hour
+
+// TokenKeyFile is the key's file name in the state dir; SpentFile lists
+// the spent tokens.
+const (
+	TokenKeyFile = "pxe-token.key"
+	SpentFile    = "pxe-tokens.json"
+)
 
 const (
-	tokenVersion = 1
+	tokenVersion = 2
 	tokenKeyLen  = 32
 	tokenNonce   = 16
 	tokenTag     = 16
@@ -75,8 +94,26 @@ type TokenConfig struct {
 type TokenBinding struct {
 	Name string           // machine name (BootSpec.Name)
 	MAC  net.HardwareAddr // MAC that fetched the boot script
-	UUID string           // SMBIOS UUID iPXE reported, or "" (then not checked)
-	Addr netip.Addr       // address that fetched the boot script
+	UUID string           // SMBIOS UUID the firmware reported, or "" (then not checked)
+}
+
+// Pin is where a spent token was used: the address (and, when the server
+// saw it on the rack's segment, the MAC) that fetched the config.
+type Pin struct {
+	ID   string           `json:"id"` // the token's nonce, hex
+	Name string           `json:"name"`
+	Addr netip.Addr       `json:"addr"`
+	MAC  string           `json:"mac,omitempty"` // link-layer address seen for Addr, if any
+	Exp  time.Time        `json:"exp"`           // the token's expiry: retries end here
+	At   time.Time        `json:"at"`            // when it was spent
+	hw   net.HardwareAddr `json:"-"`
+}
+
+// spentFile is pxe-tokens.json.
+type spentFile struct {
+	Version  int                  `json:"version"`
+	Spent    []Pin                `json:"spent"`
+	Consumed map[string]time.Time `json:"consumed,omitempty"`
 }
 
 // Tokens mints and checks config tokens.
@@ -85,17 +122,22 @@ type Tokens struct {
 	ttl  time.Duration
 	now  func() time.Time
 	rand io.Reader
+	path string // spent file; "" keeps spent tokens in memory
 
 	mu       sync.Mutex
 	consumed map[string]time.Time // name → tokens minted at or before this are spent
+	spent    map[string]Pin       // token id → where it was spent
+	byAddr   map[netip.Addr]string
 }
 
-// NewTokens returns Tokens keyed by key (at least 32 bytes).
+// NewTokens returns Tokens keyed by key (at least 32 bytes) that keep spent
+// tokens in memory only.
 func NewTokens(key []byte, cfg TokenConfig) (*Tokens, error) {
 	if len(key) < tokenKeyLen {
 		return nil, fmt.Errorf("config token key is %d bytes, want at least %d", len(key), tokenKeyLen)
 	}
-	t := &Tokens{key: append([]byte(nil), key...), ttl: cfg.TTL, now: cfg.Now, rand: cfg.Rand, consumed: map[string]time.Time{}}
+	t := &Tokens{key: append([]byte(nil), key...), ttl: cfg.TTL, now: cfg.Now, rand: cfg.Rand,
+		consumed: map[string]time.Time{}, spent: map[string]Pin{}, byAddr: map[netip.Addr]string{}}
 	if t.ttl <= 0 {
 		t.ttl = DefaultTokenTTL
 	}
@@ -109,8 +151,10 @@ func NewTokens(key []byte, cfg TokenConfig) (*Tokens, error) {
 }
 
 // OpenTokens returns Tokens keyed by <stateDir>/pxe-token.key, creating the
-// key (mode 0600) on first use. A key of the wrong size or readable by others
-// is an error naming the file; it is never replaced silently.
+// key (mode 0600) on first use, with spent tokens in
+// <stateDir>/pxe-tokens.json. A key of the wrong size or readable by others,
+// or a damaged spent file, is an error naming the file; neither is ever
+// replaced silently.
 func OpenTokens(stateDir string, cfg TokenConfig) (*Tokens, error) {
 	path := filepath.Join(stateDir, TokenKeyFile)
 	key, err := readTokenKey(path)
@@ -131,7 +175,15 @@ func OpenTokens(stateDir string, cfg TokenConfig) (*Tokens, error) {
 	if err != nil {
 		return nil, err
 	}
-	return NewTokens(key, cfg)
+	t, err := NewTokens(key, cfg)
+	if err != nil {
+		return nil, err
+	}
+	t.path = filepath.Join(stateDir, SpentFile)
+	if err := t.load(); err != nil {
+		return nil, err
+	}
+	return t, nil
 }
 
 func readTokenKey(path string) ([]byte, error) {
@@ -152,13 +204,76 @@ func readTokenKey(path string) ([]byte, error) {
 	return key, nil
 }
 
+// load reads the spent file; a missing one is empty.
+func (t *Tokens) load() error {
+	data, err := os.ReadFile(t.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read spent config tokens: %w", err)
+	}
+	f, err := parseSpent(data)
+	if err != nil {
+		return fmt.Errorf("spent config tokens %s: %w (delete the file to start over: machines mid-boot must then boot again)", t.path, err)
+	}
+	for _, p := range f.Spent {
+		t.addPinLocked(p)
+	}
+	for k, v := range f.Consumed {
+		t.consumed[k] = v
+	}
+	return nil
+}
+
+// parseSpent parses and checks a pxe-tokens.json document.
+func parseSpent(data []byte) (spentFile, error) {
+	var f spentFile
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return f, err
+	}
+	if dec.More() {
+		return f, errors.New("trailing data after the JSON document")
+	}
+	if f.Version != 1 {
+		return f, fmt.Errorf("unsupported version %d (want 1)", f.Version)
+	}
+	for i := range f.Spent {
+		p := &f.Spent[i]
+		if len(p.ID) != 2*tokenNonce || p.Name == "" || !p.Addr.IsValid() {
+			return f, fmt.Errorf("spent token #%d: id, name and addr are required", i+1)
+		}
+		if _, err := hex.DecodeString(p.ID); err != nil {
+			return f, fmt.Errorf("spent token #%d: id: %w", i+1, err)
+		}
+		if p.MAC != "" {
+			hw, err := net.ParseMAC(p.MAC)
+			if err != nil {
+				return f, fmt.Errorf("spent token #%d: mac: %w", i+1, err)
+			}
+			p.hw = hw
+		}
+	}
+	return f, nil
+}
+
+func (t *Tokens) addPinLocked(p Pin) {
+	p.Addr = p.Addr.Unmap()
+	t.spent[p.ID] = p
+	if old, ok := t.spent[t.byAddr[p.Addr]]; !ok || !p.At.Before(old.At) {
+		t.byAddr[p.Addr] = p.ID
+	}
+}
+
 // Mint returns a new token for b.
 func (t *Tokens) Mint(b TokenBinding) (string, error) {
 	if b.Name == "" || len(b.Name) > maxNameLen {
 		return "", fmt.Errorf("mint config token: machine name %q: want 1 to %d bytes", b.Name, maxNameLen)
 	}
-	if len(b.MAC) == 0 || !b.Addr.IsValid() {
-		return "", fmt.Errorf("mint config token for %s: MAC and address are required", b.Name)
+	if len(b.MAC) == 0 {
+		return "", fmt.Errorf("mint config token for %s: the MAC is required", b.Name)
 	}
 	now := t.now()
 	buf := make([]byte, tokenHeader, tokenHeader+len(b.Name)+tokenTag)
@@ -173,12 +288,12 @@ func (t *Tokens) Mint(b TokenBinding) (string, error) {
 	}
 	buf[18+tokenNonce] = byte(len(b.Name))
 	buf = append(buf, b.Name...)
-	buf = append(buf, t.tag(buf, b.MAC, b.UUID, b.Addr)...)
+	buf = append(buf, t.tag(buf, b.MAC, b.UUID)...)
 	return base64.RawURLEncoding.EncodeToString(buf), nil
 }
 
 // tag is the HMAC over the token's body and what it is bound to.
-func (t *Tokens) tag(body []byte, mac net.HardwareAddr, uuid string, addr netip.Addr) []byte {
+func (t *Tokens) tag(body []byte, mac net.HardwareAddr, uuid string) []byte {
 	h := hmac.New(sha256.New, t.key)
 	h.Write(body)
 	h.Write([]byte{byte(len(mac))})
@@ -188,51 +303,168 @@ func (t *Tokens) tag(body []byte, mac net.HardwareAddr, uuid string, addr netip.
 		h.Write([]byte{byte(len(u))})
 		h.Write([]byte(u))
 	}
-	a := addr.Unmap().As16()
-	h.Write(a[:])
 	return h.Sum(nil)[:tokenTag]
 }
 
-// Verify checks token against the request's MAC, UUID and source address and
-// returns the machine name it was minted for. The errors are ErrTokenInvalid
-// (forged, damaged, or another machine/address), ErrTokenExpired and
-// ErrTokenConsumed; none of them contain the token.
-func (t *Tokens) Verify(token string, mac net.HardwareAddr, uuid string, addr netip.Addr) (string, error) {
+// claims is what a verified token says.
+type claims struct {
+	name     string
+	id       string
+	iat, exp time.Time
+}
+
+// verify checks the token's form, HMAC, expiry and Consume.
+func (t *Tokens) verify(token string, mac net.HardwareAddr, uuid string) (claims, error) {
 	buf, err := base64.RawURLEncoding.Strict().DecodeString(token)
 	if err != nil || len(buf) < tokenHeader+1+tokenTag || buf[0] != tokenVersion || buf[1]&^flagUUID != 0 {
-		return "", ErrTokenInvalid
+		return claims{}, ErrTokenInvalid
 	}
 	n := int(buf[18+tokenNonce])
 	if n == 0 || len(buf) != tokenHeader+n+tokenTag {
-		return "", ErrTokenInvalid
+		return claims{}, ErrTokenInvalid
 	}
 	body, tag := buf[:tokenHeader+n], buf[tokenHeader+n:]
-	if !hmac.Equal(tag, t.tag(body, mac, uuid, addr)) {
-		return "", ErrTokenInvalid
+	if !hmac.Equal(tag, t.tag(body, mac, uuid)) {
+		return claims{}, ErrTokenInvalid
 	}
-	name := string(body[tokenHeader:])
-	iat := time.Unix(0, int64(binary.BigEndian.Uint64(buf[2:])))
-	exp := time.Unix(0, int64(binary.BigEndian.Uint64(buf[10:])))
-	if t.now().After(exp) {
-		return name, ErrTokenExpired
+	c := claims{
+		name: string(body[tokenHeader:]),
+		id:   hex.EncodeToString(buf[18 : 18+tokenNonce]),
+		iat:  time.Unix(0, int64(binary.BigEndian.Uint64(buf[2:]))),
+		exp:  time.Unix(0, int64(binary.BigEndian.Uint64(buf[10:]))),
+	}
+	if t.now().After(c.exp) {
+		return c, ErrTokenExpired
+	}
+	return c, nil
+}
+
+// Verify checks token against the request's MAC and UUID without spending
+// it, and returns the machine name it was minted for. The errors are
+// ErrTokenInvalid (forged, damaged, or another machine), ErrTokenExpired and
+// ErrTokenConsumed; none of them contain the token.
+func (t *Tokens) Verify(token string, mac net.HardwareAddr, uuid string) (string, error) {
+	c, err := t.verify(token, mac, uuid)
+	if err != nil {
+		return c.name, err
 	}
 	t.mu.Lock()
-	spent, ok := t.consumed[name]
-	t.mu.Unlock()
-	if ok && !iat.After(spent) {
-		return name, ErrTokenConsumed
+	defer t.mu.Unlock()
+	if spent, ok := t.consumed[c.name]; ok && !c.iat.After(spent) {
+		return c.name, ErrTokenConsumed
 	}
-	return name, nil
+	return c.name, nil
+}
+
+// Spend verifies token and spends it for addr: the first use pins addr (and
+// hw, the link-layer address seen for it, when known) and is written to the
+// spent file before Spend returns; a later use is accepted only from the
+// pinned address and only until the token expires (retry is then true).
+// Errors: those of Verify, ErrTokenSpent, or a failure to write the spent
+// file (then nothing was spent and nothing may be served).
+func (t *Tokens) Spend(token string, mac net.HardwareAddr, uuid string, addr netip.Addr, hw net.HardwareAddr) (name string, retry bool, err error) {
+	c, err := t.verify(token, mac, uuid)
+	if err != nil {
+		return c.name, false, err
+	}
+	addr = addr.Unmap()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if spent, ok := t.consumed[c.name]; ok && !c.iat.After(spent) {
+		return c.name, false, ErrTokenConsumed
+	}
+	if p, ok := t.spent[c.id]; ok {
+		if p.Addr != addr {
+			return c.name, false, ErrTokenSpent
+		}
+		return c.name, true, nil
+	}
+	p := Pin{ID: c.id, Name: c.name, Addr: addr, Exp: c.exp, At: t.now(), hw: hw}
+	if len(hw) > 0 {
+		p.MAC = hw.String()
+	}
+	t.addPinLocked(p)
+	if err := t.saveLocked(); err != nil {
+		delete(t.spent, p.ID)
+		t.reindexLocked()
+		return c.name, false, err
+	}
+	return c.name, false, nil
+}
+
+// Pinned returns the machine whose config was last fetched from addr, and
+// the MAC seen for that address then (nil when not seen), while the pin is
+// kept (PinRetention).
+func (t *Tokens) Pinned(addr netip.Addr) (name string, hw net.HardwareAddr, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p, ok := t.spent[t.byAddr[addr.Unmap()]]
+	if !ok || t.now().Sub(p.At) > PinRetention {
+		return "", nil, false
+	}
+	return p.Name, p.hw, true
 }
 
 // Consume spends every token minted so far for the machine name: the events
-// side calls it once the machine reports it has loaded its config. A later
-// boot gets a fresh token with its new script.
-func (t *Tokens) Consume(name string) {
+// side calls it once the machine reports it is installed. A later boot gets
+// a fresh token with its new script.
+func (t *Tokens) Consume(name string) error {
 	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if prev, ok := t.consumed[name]; !ok || now.After(prev) {
-		t.consumed[name] = now
+	prev, ok := t.consumed[name]
+	if ok && !now.After(prev) {
+		return nil
+	}
+	t.consumed[name] = now
+	if err := t.saveLocked(); err != nil {
+		if ok {
+			t.consumed[name] = prev
+		} else {
+			delete(t.consumed, name)
+		}
+		return err
+	}
+	return nil
+}
+
+// saveLocked prunes what no longer matters and writes the spent file.
+func (t *Tokens) saveLocked() error {
+	now := t.now()
+	for id, p := range t.spent {
+		if now.After(p.Exp) && now.Sub(p.At) > PinRetention {
+			delete(t.spent, id)
+		}
+	}
+	for name, at := range t.consumed {
+		if now.Sub(at) > t.ttl+time.Minute { // every token minted before it has expired
+			delete(t.consumed, name)
+		}
+	}
+	t.reindexLocked()
+	if t.path == "" {
+		return nil
+	}
+	f := spentFile{Version: 1, Spent: make([]Pin, 0, len(t.spent)), Consumed: t.consumed}
+	for _, p := range t.spent {
+		f.Spent = append(f.Spent, p)
+	}
+	slices.SortFunc(f.Spent, func(a, b Pin) int { return strings.Compare(a.ID, b.ID) })
+	data, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode spent config tokens: %w", err)
+	}
+	if err := atomicfile.Write(t.path, append(data, '\n'), 0o600); err != nil {
+		return fmt.Errorf("save spent config tokens: %w", err)
+	}
+	return nil
+}
+
+func (t *Tokens) reindexLocked() {
+	clear(t.byAddr)
+	for _, p := range t.spent {
+		if old, ok := t.spent[t.byAddr[p.Addr]]; !ok || !p.At.Before(old.At) {
+			t.byAddr[p.Addr] = p.ID
+		}
 	}
 }

@@ -74,9 +74,8 @@ func TestTokens(t *testing.T) {
 	tk := testTokens(t, clk)
 	mac := tMAC(t, "52:54:00:12:34:56")
 	other := tMAC(t, "52:54:00:12:34:57")
-	addr := netip.MustParseAddr("10.99.0.50")
 	uuid := "4c4c4544-0042-3510-8058-b4c04f4b4d32"
-	b := TokenBinding{Name: "cp1", MAC: mac, UUID: uuid, Addr: addr}
+	b := TokenBinding{Name: "cp1", MAC: mac, UUID: uuid}
 	tok, err := tk.Mint(b)
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +84,7 @@ func TestTokens(t *testing.T) {
 	if tok == tok2 {
 		t.Fatal("two mints gave the same token: the nonce is not used")
 	}
-	noUUID, err := tk.Mint(TokenBinding{Name: "w1", MAC: mac, Addr: addr})
+	noUUID, err := tk.Mint(TokenBinding{Name: "w1", MAC: mac})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,26 +98,24 @@ func TestTokens(t *testing.T) {
 		token string
 		mac   net.HardwareAddr
 		uuid  string
-		addr  netip.Addr
 		want  error
 		who   string
 	}{
-		{"right", tk, tok, mac, uuid, addr, nil, "cp1"},
-		{"uuid upper case", tk, tok, mac, strings.ToUpper(uuid), addr, nil, "cp1"},
-		{"retry, second token", tk, tok2, mac, uuid, addr, nil, "cp1"},
-		{"other address", tk, tok, mac, uuid, netip.MustParseAddr("10.99.0.51"), ErrTokenInvalid, ""},
-		{"other mac", tk, tok, other, uuid, addr, ErrTokenInvalid, ""},
-		{"other uuid", tk, tok, mac, "4c4c4544-0042-3510-8058-b4c04f4b4d33", addr, ErrTokenInvalid, ""},
-		{"no uuid when bound", tk, tok, mac, "", addr, ErrTokenInvalid, ""},
-		{"uuid not bound: any", tk, noUUID, mac, uuid, addr, nil, "w1"},
-		{"tampered", tk, string(tampered), mac, uuid, addr, ErrTokenInvalid, ""},
-		{"other key", otherKey, tok, mac, uuid, addr, ErrTokenInvalid, ""},
-		{"garbage", tk, "not-a-token", mac, uuid, addr, ErrTokenInvalid, ""},
-		{"empty", tk, "", mac, uuid, addr, ErrTokenInvalid, ""},
-		{"truncated", tk, tok[:len(tok)-3], mac, uuid, addr, ErrTokenInvalid, ""},
+		{"right", tk, tok, mac, uuid, nil, "cp1"},
+		{"uuid upper case", tk, tok, mac, strings.ToUpper(uuid), nil, "cp1"},
+		{"second token", tk, tok2, mac, uuid, nil, "cp1"},
+		{"other mac", tk, tok, other, uuid, ErrTokenInvalid, ""},
+		{"other uuid", tk, tok, mac, "4c4c4544-0042-3510-8058-b4c04f4b4d33", ErrTokenInvalid, ""},
+		{"no uuid when bound", tk, tok, mac, "", ErrTokenInvalid, ""},
+		{"uuid not bound: any", tk, noUUID, mac, uuid, nil, "w1"},
+		{"tampered", tk, string(tampered), mac, uuid, ErrTokenInvalid, ""},
+		{"other key", otherKey, tok, mac, uuid, ErrTokenInvalid, ""},
+		{"garbage", tk, "not-a-token", mac, uuid, ErrTokenInvalid, ""},
+		{"empty", tk, "", mac, uuid, ErrTokenInvalid, ""},
+		{"truncated", tk, tok[:len(tok)-3], mac, uuid, ErrTokenInvalid, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			name, err := tc.tk.Verify(tc.token, tc.mac, tc.uuid, tc.addr)
+			name, err := tc.tk.Verify(tc.token, tc.mac, tc.uuid)
 			if !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
 				t.Fatalf("Verify = %q, %v; want %v", name, err, tc.want)
 			}
@@ -133,40 +130,174 @@ func TestTokens(t *testing.T) {
 
 	// Expiry: valid at exactly the TTL, expired just after.
 	clk.Advance(DefaultTokenTTL)
-	if _, err := tk.Verify(tok, mac, uuid, addr); err != nil {
+	if _, err := tk.Verify(tok, mac, uuid); err != nil {
 		t.Fatalf("at TTL: %v", err)
 	}
 	clk.Advance(time.Second)
-	if _, err := tk.Verify(tok, mac, uuid, addr); !errors.Is(err, ErrTokenExpired) {
+	if _, err := tk.Verify(tok, mac, uuid); !errors.Is(err, ErrTokenExpired) {
 		t.Fatalf("after TTL: %v, want ErrTokenExpired", err)
 	}
 
 	// Consume spends earlier tokens, not later ones.
 	fresh, _ := tk.Mint(b)
 	clk.Advance(time.Second)
-	tk.Consume("cp1")
-	if _, err := tk.Verify(fresh, mac, uuid, addr); !errors.Is(err, ErrTokenConsumed) {
+	if err := tk.Consume("cp1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tk.Verify(fresh, mac, uuid); !errors.Is(err, ErrTokenConsumed) {
 		t.Fatalf("after Consume: %v, want ErrTokenConsumed", err)
 	}
-	if _, err := tk.Verify(noUUID, mac, uuid, addr); !errors.Is(err, ErrTokenExpired) {
+	if _, err := tk.Verify(noUUID, mac, uuid); !errors.Is(err, ErrTokenExpired) {
 		t.Fatalf("w1 token: %v (Consume of cp1 must not touch w1)", err)
 	}
 	clk.Advance(time.Second)
 	next, _ := tk.Mint(b)
-	if _, err := tk.Verify(next, mac, uuid, addr); err != nil {
+	if _, err := tk.Verify(next, mac, uuid); err != nil {
 		t.Fatalf("token of the next boot: %v", err)
+	}
+}
+
+// Spend: the first fetch pins its address; a retry from there works until
+// the token expires; any other address is refused, even after a restart.
+func TestSpendPinsTheFirstAddress(t *testing.T) {
+	dir := t.TempDir()
+	clk := newTokClock()
+	tk, err := OpenTokens(dir, TokenConfig{Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := tMAC(t, "52:54:00:12:34:56")
+	nic2 := tMAC(t, "52:54:00:aa:bb:cc")
+	b := TokenBinding{Name: "cp1", MAC: mac}
+	tok, _ := tk.Mint(b)
+	first := netip.MustParseAddr("10.0.0.77") // Talos's own DHCP address, not the script's
+	attacker := netip.MustParseAddr("10.0.0.66")
+
+	if _, ok := func() (string, bool) { n, _, ok := tk.Pinned(first); return n, ok }(); ok {
+		t.Fatal("pinned before any fetch")
+	}
+	name, retry, err := tk.Spend(tok, mac, "", first, nic2)
+	if err != nil || name != "cp1" || retry {
+		t.Fatalf("first spend = %q, %v, %v", name, retry, err)
+	}
+	st, err := os.Stat(filepath.Join(dir, SpentFile))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("spent file: %v, mode %v", err, st.Mode())
+	}
+	if _, retry, err := tk.Spend(tok, mac, "", first, nil); err != nil || !retry {
+		t.Fatalf("retry from the pinned address = %v, %v", retry, err)
+	}
+	if _, _, err := tk.Spend(tok, mac, "", attacker, nil); !errors.Is(err, ErrTokenSpent) {
+		t.Fatalf("spent token from another address: %v, want ErrTokenSpent", err)
+	}
+	if n, hw, ok := tk.Pinned(first); !ok || n != "cp1" || hw.String() != nic2.String() {
+		t.Fatalf("Pinned(%s) = %q, %v, %v", first, n, hw, ok)
+	}
+
+	// After a restart (or a kill -9: the spend was written before it
+	// returned) the pin holds.
+	tk2, err := OpenTokens(dir, TokenConfig{Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := tk2.Spend(tok, mac, "", attacker, nil); !errors.Is(err, ErrTokenSpent) {
+		t.Fatalf("after restart, other address: %v", err)
+	}
+	if _, retry, err := tk2.Spend(tok, mac, "", first, nil); err != nil || !retry {
+		t.Fatalf("after restart, retry: %v, %v", retry, err)
+	}
+	if n, hw, ok := tk2.Pinned(first); !ok || n != "cp1" || hw.String() != nic2.String() {
+		t.Fatalf("after restart Pinned = %q, %v, %v", n, hw, ok)
+	}
+	// The retry window ends with the token; the pin outlives it for
+	// attribution, then goes.
+	clk.Advance(DefaultTokenTTL + time.Second)
+	if _, _, err := tk2.Spend(tok, mac, "", first, nil); !errors.Is(err, ErrTokenExpired) {
+		t.Fatalf("retry after expiry: %v", err)
+	}
+	if _, _, ok := tk2.Pinned(first); !ok {
+		t.Fatal("pin forgotten at token expiry; want it kept for attribution")
+	}
+	clk.Advance(PinRetention)
+	if _, _, ok := tk2.Pinned(first); ok {
+		t.Fatal("pin kept past PinRetention")
+	}
+}
+
+// Two fetchers race with one unused token: exactly one wins.
+func TestSpendRace(t *testing.T) {
+	clk := newTokClock()
+	tk, err := OpenTokens(t.TempDir(), TokenConfig{Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := tMAC(t, "52:54:00:12:34:56")
+	for round := range 20 {
+		tok, _ := tk.Mint(TokenBinding{Name: "cp1", MAC: mac})
+		var wg sync.WaitGroup
+		wins := make(chan netip.Addr, 8)
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a := netip.AddrFrom4([4]byte{10, 0, byte(round), byte(i + 1)})
+				if _, _, err := tk.Spend(tok, mac, "", a, nil); err == nil {
+					wins <- a
+				}
+			}()
+		}
+		wg.Wait()
+		close(wins)
+		if n := len(wins); n != 1 {
+			t.Fatalf("round %d: %d fetchers got the config, want 1", round, n)
+		}
+	}
+}
+
+// A spend that cannot be written is not a spend: nothing is served.
+func TestSpendUnwritable(t *testing.T) {
+	// The state dir is replaced by a file (root writes through any mode).
+	dir := t.TempDir()
+	clk := newTokClock()
+	tk, err := OpenTokens(dir, TokenConfig{Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := tMAC(t, "52:54:00:12:34:56")
+	tok, _ := tk.Mint(TokenBinding{Name: "cp1", MAC: mac})
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir, []byte("not a dir"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParseAddr("10.0.0.5")
+	if _, _, err := tk.Spend(tok, mac, "", a, nil); err == nil || errors.Is(err, ErrTokenSpent) {
+		t.Fatalf("spend with an unwritable state dir: %v, want a write error", err)
+	}
+	if _, _, ok := tk.Pinned(a); ok {
+		t.Fatal("a spend that was not written left a pin")
+	}
+}
+
+func TestOpenTokensBadSpentFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, SpentFile)
+	if err := os.WriteFile(path, []byte(`{"version":1,"spent":[{"id":"zz"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenTokens(dir, TokenConfig{}); err == nil || !strings.Contains(err.Error(), path) {
+		t.Fatalf("damaged spent file: %v, want an error naming %s", err, path)
 	}
 }
 
 func TestMintRefuses(t *testing.T) {
 	tk := testTokens(t, newTokClock())
 	mac := tMAC(t, "52:54:00:12:34:56")
-	a := netip.MustParseAddr("127.0.0.1")
 	for _, b := range []TokenBinding{
-		{MAC: mac, Addr: a},
-		{Name: strings.Repeat("x", 256), MAC: mac, Addr: a},
-		{Name: "n", Addr: a},
-		{Name: "n", MAC: mac},
+		{MAC: mac},
+		{Name: strings.Repeat("x", 256), MAC: mac},
+		{Name: "n"},
 	} {
 		if _, err := tk.Mint(b); err == nil {
 			t.Errorf("Mint(%+v) succeeded", b)
@@ -192,7 +323,7 @@ func TestOpenTokensSurvivesRestart(t *testing.T) {
 	if st.Mode().Perm() != 0o600 {
 		t.Fatalf("key mode %v, want 0600", st.Mode().Perm())
 	}
-	b := TokenBinding{Name: "cp1", MAC: tMAC(t, "52:54:00:00:00:01"), Addr: netip.MustParseAddr("10.0.0.9")}
+	b := TokenBinding{Name: "cp1", MAC: tMAC(t, "52:54:00:00:00:01")}
 	tok, err := tk1.Mint(b)
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +332,7 @@ func TestOpenTokensSurvivesRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if name, err := tk2.Verify(tok, b.MAC, "", b.Addr); err != nil || name != "cp1" {
+	if name, err := tk2.Verify(tok, b.MAC, ""); err != nil || name != "cp1" {
 		t.Fatalf("after restart: %q, %v", name, err)
 	}
 	// A fresh state dir is a different key.
@@ -209,7 +340,7 @@ func TestOpenTokensSurvivesRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tk3.Verify(tok, b.MAC, "", b.Addr); !errors.Is(err, ErrTokenInvalid) {
+	if _, err := tk3.Verify(tok, b.MAC, ""); !errors.Is(err, ErrTokenInvalid) {
 		t.Fatalf("other key: %v", err)
 	}
 }
@@ -242,16 +373,32 @@ func FuzzTokenVerify(f *testing.F) {
 	clk := newTokClock()
 	tk, _ := NewTokens(bytes.Repeat([]byte{7}, 32), TokenConfig{Now: clk.Now, Rand: &seqReader{}})
 	mac, _ := net.ParseMAC("52:54:00:12:34:56")
-	addr := netip.MustParseAddr("10.0.0.1")
-	good, _ := tk.Mint(TokenBinding{Name: "cp1", MAC: mac, Addr: addr})
+	good, _ := tk.Mint(TokenBinding{Name: "cp1", MAC: mac})
 	f.Add(good)
 	f.Add("")
 	f.Add("AQ")
 	f.Fuzz(func(t *testing.T, s string) {
-		name, err := tk.Verify(s, mac, "", addr)
+		name, err := tk.Verify(s, mac, "")
 		if err == nil && s != good {
 			// Another encoding of the same bytes would be a forgery.
 			t.Fatalf("token %q verified as %q", s, name)
+		}
+	})
+}
+
+func FuzzParseSpent(f *testing.F) {
+	f.Add([]byte(`{"version":1,"spent":[{"id":"000102030405060708090a0b0c0d0e0f","name":"cp1","addr":"10.0.0.1","mac":"52:54:00:00:00:01","exp":"2026-01-01T00:00:00Z","at":"2026-01-01T00:00:00Z"}],"consumed":{"cp1":"2026-01-01T00:00:00Z"}}`))
+	f.Add([]byte(`{"version":1,"spent":[]}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		sf, err := parseSpent(data)
+		if err != nil {
+			return
+		}
+		for _, p := range sf.Spent {
+			if p.Name == "" || !p.Addr.IsValid() || len(p.ID) != 32 {
+				t.Fatalf("accepted a bad pin %+v", p)
+			}
 		}
 	})
 }
