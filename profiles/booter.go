@@ -64,7 +64,7 @@ func (b *Booter) BootSpec(_ context.Context, c pxe.Client) (*pxe.BootSpec, error
 	if err != nil {
 		return nil, err
 	}
-	spec := &pxe.BootSpec{Name: m.Name, LocalBoot: pxe.LocalBoot(m.LocalBoot)}
+	spec := &pxe.BootSpec{Name: m.Name, LocalBoot: pxe.LocalBoot(m.LocalBoot), MACs: m.MACs()}
 	if b.installed(m.Name) {
 		spec.Installed = true
 		return spec, nil

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"reflect"
 	"strconv"
@@ -568,6 +569,18 @@ const (
 	DefaultArch         = "amd64"
 	DefaultLabMemoryMiB = 512
 )
+
+// MACs are the machine's MACs from select.mac that parse (validate reports
+// the others).
+func (m *Machine) MACs() []net.HardwareAddr {
+	var out []net.HardwareAddr
+	for _, s := range m.Select.MAC {
+		if mac, err := NormalizeMAC(s); err == nil {
+			out = append(out, mac)
+		}
+	}
+	return out
+}
 
 // Machine returns the machine with that name, or nil.
 func (r *Rack) Machine(name string) *Machine {

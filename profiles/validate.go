@@ -314,6 +314,8 @@ func (c *checker) machines() {
 		s := m.Select
 		if len(s.MAC) == 0 && s.UUID == "" && s.Serial == "" {
 			c.errf(p+".select", "%s has no selector, so no booting machine can be recognised as it: write select.mac (the MAC of the NIC it netboots from), select.uuid or select.serial", name)
+		} else if len(s.MAC) == 0 {
+			c.warnf(p+".select", "%s is selected without a MAC: rackboot checks that a boot request comes from the NIC that owns a listed MAC, and a UUID or serial cannot be checked that way, so any device on the network that sends them could get %s's config and the cluster's keys; add select.mac (the MAC of the NIC it netboots from)", name, name)
 		}
 		own := map[string]bool{}
 		for k, raw := range s.MAC {
