@@ -150,7 +150,7 @@ func addAddr(h *netlink.Handle, l netlink.Link, p netip.Prefix) error {
 }
 
 // setupLabNetwork fills the lab namespace: loopback, the bridge with the
-// server's address, one tap per VM, and (proxy mode) the veth to the router
+// server's address, one tap per VM NIC, and (proxy mode) the veth to the router
 // namespace, whose end gets the gateway address. record is called with each
 // interface name before it is created.
 func setupLabNetwork(p *Plan, record func(kind, name string) error) error {
@@ -190,29 +190,31 @@ func setupLabNetwork(p *Plan, record func(kind, name string) error) error {
 			return err
 		}
 		for _, vm := range p.VMs {
-			if err := record("tap", vm.Tap); err != nil {
-				return err
-			}
-			tap := &netlink.Tuntap{
-				LinkAttrs: netlink.LinkAttrs{Name: vm.Tap},
-				Mode:      netlink.TUNTAP_MODE_TAP,
-				Flags:     netlink.TUNTAP_TUN_EXCL | netlink.TUNTAP_NO_PI,
-			}
-			if err := h.LinkAdd(tap); err != nil {
-				return fmt.Errorf("create tap %s for %s: %w", vm.Tap, vm.Name, err)
-			}
-			for _, f := range tap.Fds { // persistent: QEMU attaches later
-				f.Close()
-			}
-			tl, err := h.LinkByName(vm.Tap)
-			if err != nil {
-				return fmt.Errorf("find tap %s: %w", vm.Tap, err)
-			}
-			if err := h.LinkSetMaster(tl, brl); err != nil {
-				return fmt.Errorf("put tap %s on %s: %w", vm.Tap, Bridge, err)
-			}
-			if _, err := linkUp(h, vm.Tap); err != nil {
-				return err
+			for _, name := range vm.Taps() {
+				if err := record("tap", name); err != nil {
+					return err
+				}
+				tap := &netlink.Tuntap{
+					LinkAttrs: netlink.LinkAttrs{Name: name},
+					Mode:      netlink.TUNTAP_MODE_TAP,
+					Flags:     netlink.TUNTAP_TUN_EXCL | netlink.TUNTAP_NO_PI,
+				}
+				if err := h.LinkAdd(tap); err != nil {
+					return fmt.Errorf("create tap %s for %s: %w", name, vm.Name, err)
+				}
+				for _, f := range tap.Fds { // persistent: QEMU attaches later
+					f.Close()
+				}
+				tl, err := h.LinkByName(name)
+				if err != nil {
+					return fmt.Errorf("find tap %s: %w", name, err)
+				}
+				if err := h.LinkSetMaster(tl, brl); err != nil {
+					return fmt.Errorf("put tap %s on %s: %w", name, Bridge, err)
+				}
+				if _, err := linkUp(h, name); err != nil {
+					return err
+				}
 			}
 		}
 		if p.RouterNamespace == "" {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -78,6 +79,21 @@ type Spec struct {
 	// Serve, when set, is started inside the lab namespace after the network
 	// and before the VMs (rackboot serve), recorded and stopped like a VM.
 	Serve *ProcessSpec
+	// ExtraNICs gives a machine (by name) more NICs on the lab's bridge
+	// after its first: each with its own tap and a MAC derived from the
+	// machine's name (ExtraMAC), and no boot ROM, so only the first NIC
+	// netboots. A multi-NIC server, as Talos sees one: it runs DHCP on
+	// every link.
+	ExtraNICs map[string]int
+}
+
+// MaxExtraNICs bounds Spec.ExtraNICs per machine.
+const MaxExtraNICs = 3
+
+// NIC is one network interface of a VM after its first.
+type NIC struct {
+	MAC string `json:"mac"`
+	Tap string `json:"tap"`
 }
 
 // ProcessSpec is a program to run inside the lab namespace.
@@ -121,8 +137,20 @@ type VMPlan struct {
 	MemoryMiB int
 	Tap       string
 	NIC       string
-	NVMe      Disk
-	SATA      []Disk
+	// Extra are the NICs after the first (Spec.ExtraNICs): same model, on
+	// the same bridge, no boot ROM.
+	Extra []NIC
+	NVMe  Disk
+	SATA  []Disk
+}
+
+// Taps are the VM's tap names: its first NIC's, then its extra NICs'.
+func (vm VMPlan) Taps() []string {
+	out := []string{vm.Tap}
+	for _, n := range vm.Extra {
+		out = append(out, n.Tap)
+	}
+	return out
 }
 
 // Plan is the whole lab, as decided from the rack file: no side effects.
@@ -257,6 +285,17 @@ func NewPlan(name string, s Spec) (*Plan, error) {
 			errs = append(errs, fmt.Errorf("lab.firmware names %q, which is not a machine of the rack file", name))
 		}
 	}
+	for name, k := range s.ExtraNICs {
+		switch i := slices.IndexFunc(r.Machines, func(m profiles.Machine) bool { return m.Name == name }); {
+		case i < 0:
+			errs = append(errs, fmt.Errorf("extra NICs for %q, which is not a machine of the rack file", name))
+		case i >= n:
+			errs = append(errs, fmt.Errorf("extra NICs for %s, which is not one of the lab's %d machine(s)", name, n))
+		}
+		if k < 0 || k > MaxExtraNICs {
+			errs = append(errs, fmt.Errorf("machine %s: %d extra NICs, the lab gives 0 to %d", name, k, MaxExtraNICs))
+		}
+	}
 	macs := map[string]string{}
 	for i := 0; i < n; i++ {
 		m := &r.Machines[i]
@@ -306,6 +345,15 @@ func NewPlan(name string, s Spec) (*Plan, error) {
 		for j, sz := range sataSizes {
 			id := "sata" + strconv.Itoa(j)
 			vm.SATA = append(vm.SATA, Disk{ID: id, Serial: diskSerial(m.Name, id), Size: sz, Bytes: sataBytes[j]})
+		}
+		for j := 1; j <= min(s.ExtraNICs[m.Name], MaxExtraNICs); j++ {
+			extra := ExtraMAC(m.Name, j)
+			who := m.Name + " (NIC " + strconv.Itoa(j) + ")"
+			if other, dup := macs[extra]; dup {
+				errs = append(errs, fmt.Errorf("machines %s and %s have the same MAC %s", other, who, extra))
+			}
+			macs[extra] = who
+			vm.Extra = append(vm.Extra, NIC{MAC: extra, Tap: vm.Tap + "n" + strconv.Itoa(j)})
 		}
 		p.VMs = append(p.VMs, vm)
 	}
@@ -405,6 +453,14 @@ func vmMAC(m *profiles.Machine) (string, error) {
 	}
 	h := sha256.Sum256([]byte("rackboot-lab-mac/" + m.Name))
 	return net.HardwareAddr{0x52, 0x54, 0x00, h[0], h[1], h[2]}.String(), nil
+}
+
+// ExtraMAC is the MAC of a lab VM's NIC number nic (1 is the second NIC;
+// the first has vmMAC's): a stable locally administered address derived
+// from the machine's name, under QEMU's prefix 52:54:00.
+func ExtraMAC(machine string, nic int) string {
+	h := sha256.Sum256([]byte("rackboot-lab-mac/" + machine + "/nic" + strconv.Itoa(nic)))
+	return net.HardwareAddr{0x52, 0x54, 0x00, h[0], h[1], h[2]}.String()
 }
 
 // labUUIDSpace is the name space of the UUIDs StableUUID derives.

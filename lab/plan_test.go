@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -114,6 +115,13 @@ func TestNewPlanErrors(t *testing.T) {
 		{"dhcp mode", func(r *profiles.Rack, s *Spec) { s.DHCP = "relay" }, []string{"write full or proxy"}},
 		{"bad name", func(r *profiles.Rack, s *Spec) { r.Machines[0].Name = "../etc" }, []string{"names a directory"}},
 		{"bad uuid", func(r *profiles.Rack, s *Spec) { r.Machines[0].Select.UUID = "x" }, []string{`select.uuid "x"`}},
+		{"extra NICs unknown machine", func(r *profiles.Rack, s *Spec) { s.ExtraNICs = map[string]int{"ghost": 1} }, []string{`extra NICs for "ghost", which is not a machine`}},
+		{"extra NICs outside the lab", func(r *profiles.Rack, s *Spec) { s.ExtraNICs = map[string]int{"amdusias-ii": 1} }, []string{"amdusias-ii, which is not one of the lab's 3 machine(s)"}},
+		{"too many extra NICs", func(r *profiles.Rack, s *Spec) { s.ExtraNICs = map[string]int{"formula": 4} }, []string{"4 extra NICs, the lab gives 0 to 3"}},
+		{"extra NIC MAC taken", func(r *profiles.Rack, s *Spec) {
+			r.Machines[1].Select.MAC = []string{ExtraMAC("formula", 1)}
+			s.ExtraNICs = map[string]int{"formula": 1}
+		}, []string{"formula (NIC 1) and urban have the same MAC " + ExtraMAC("formula", 1)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -133,6 +141,37 @@ func TestNewPlanErrors(t *testing.T) {
 	}
 	if _, err := NewPlan("Demo!", Spec{Rack: exampleRack(t)}); err == nil {
 		t.Error("bad lab name accepted")
+	}
+}
+
+// TestNewPlanExtraNICs: a machine given extra NICs gets one tap and one
+// stable MAC per NIC, after its first; the others get none.
+func TestNewPlanExtraNICs(t *testing.T) {
+	p, err := NewPlan("demo", Spec{Rack: exampleRack(t), ExtraNICs: map[string]int{"urban": 2, "lailah": 0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.VMs[0].Extra) != 0 || len(p.VMs[2].Extra) != 0 {
+		t.Errorf("extra NICs on formula %v, lailah %v: want none", p.VMs[0].Extra, p.VMs[2].Extra)
+	}
+	urban := p.VMs[1]
+	want := []NIC{{MAC: ExtraMAC("urban", 1), Tap: "tap1n1"}, {MAC: ExtraMAC("urban", 2), Tap: "tap1n2"}}
+	if len(urban.Extra) != 2 || urban.Extra[0] != want[0] || urban.Extra[1] != want[1] {
+		t.Fatalf("urban's extra NICs %+v, want %+v", urban.Extra, want)
+	}
+	if got := urban.Taps(); strings.Join(got, " ") != "tap1 tap1n1 tap1n2" {
+		t.Errorf("urban's taps %v", got)
+	}
+	seen := map[string]bool{urban.MAC: true}
+	for _, n := range urban.Extra {
+		hw, err := net.ParseMAC(n.MAC)
+		if err != nil || !strings.HasPrefix(n.MAC, "52:54:00:") || hw[0]&1 != 0 || seen[n.MAC] {
+			t.Errorf("extra MAC %s: want a distinct unicast 52:54:00 address", n.MAC)
+		}
+		seen[n.MAC] = true
+	}
+	if ExtraMAC("urban", 1) != "52:54:00:"+ExtraMAC("urban", 1)[9:] || ExtraMAC("urban", 1) == ExtraMAC("formula", 1) {
+		t.Error("ExtraMAC is not per machine")
 	}
 }
 

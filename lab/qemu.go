@@ -55,7 +55,8 @@ const DiskFormat = "qcow2"
 // QEMUArgs is the qemu-system-x86_64 command line (without the program) for
 // one VM: no default devices (so no NAT NIC to the host), serial console to
 // a file, the NIC on the VM's tap with the machine's MAC as first boot
-// device, the NVMe disk second, then the SATA disks on the q35 AHCI ports.
+// device, the NVMe disk second, any further NICs (not bootable), then the
+// SATA disks on the q35 AHCI ports.
 func QEMUArgs(vm VMPlan, f VMFiles, accel Accel) []string {
 	nic := vm.NIC
 	if nic == "" {
@@ -87,6 +88,15 @@ func QEMUArgs(vm VMPlan, f VMFiles, accel Accel) []string {
 		"-drive", "file="+qopt(f.NVMe)+",if=none,id="+vm.NVMe.ID+",format="+DiskFormat,
 		"-device", "nvme,drive="+vm.NVMe.ID+",serial="+qopt(vm.NVMe.Serial)+",bootindex=2",
 	)
+	// Further NICs: no option ROM (romfile= empty) and no boot index, so
+	// the firmware never netboots from them; the booted system sees them.
+	for i, n := range vm.Extra {
+		id := "net" + strconv.Itoa(i+1)
+		args = append(args,
+			"-netdev", "tap,id="+id+",ifname="+qopt(n.Tap)+",script=no,downscript=no",
+			"-device", nic+",netdev="+id+",mac="+n.MAC+",romfile=",
+		)
+	}
 	for i, d := range vm.SATA {
 		if i >= len(f.SATA) {
 			break

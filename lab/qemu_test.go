@@ -89,6 +89,24 @@ func TestQEMUArgsRules(t *testing.T) {
 			t.Errorf("BIOS command line has %q:\n%s", bad, line)
 		}
 	}
+	if strings.Contains(line, "net1") || strings.Count(line, "romfile") != 0 {
+		t.Errorf("one NIC, yet:\n%s", line)
+	}
+	vm.Extra = []NIC{{MAC: "52:54:00:00:00:02", Tap: "tap3n1"}}
+	args = QEMUArgs(vm, VMFiles{NVMe: "/n"}, AccelTCG)
+	line = strings.Join(args, " ")
+	for _, want := range []string{
+		"-netdev tap,id=net1,ifname=tap3n1,script=no,downscript=no",
+		"-device e1000,netdev=net1,mac=52:54:00:00:00:02,romfile=",
+	} {
+		if !strings.Contains(" "+line+" ", " "+want+" ") {
+			t.Errorf("command line with a second NIC lacks %q:\n%s", want, line)
+		}
+	}
+	if strings.Count(line, "bootindex=") != 2 {
+		t.Errorf("the second NIC has a boot index:\n%s", line)
+	}
+	vm.Extra = nil
 	vm.Firmware = FirmwareUEFI
 	vm.NIC = "virtio-net-pci"
 	line = strings.Join(QEMUArgs(vm, VMFiles{OVMFCode: "/c", OVMFVars: "/v"}, AccelTCG), " ")

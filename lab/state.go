@@ -69,6 +69,7 @@ type VMState struct {
 	Serial    string   `json:"serial"`
 	Firmware  Firmware `json:"firmware"`
 	Tap       string   `json:"tap"`
+	ExtraNICs []NIC    `json:"extraNics,omitempty"` // the NICs after the first (Spec.ExtraNICs)
 	Disks     []string `json:"disks"`
 	SerialLog string   `json:"serialLog"`
 	QEMULog   string   `json:"qemuLog"`

@@ -322,6 +322,7 @@ func (l *Lab) startVM(ctx context.Context, st *State, vm VMPlan, accel Accel) er
 	}
 	vs := VMState{
 		Name: vm.Name, MAC: vm.MAC, UUID: vm.UUID, Serial: vm.Serial, Firmware: vm.Firmware, Tap: vm.Tap,
+		ExtraNICs: vm.Extra,
 		Disks:     append([]string{f.NVMe}, f.SATA...),
 		SerialLog: f.SerialLog,
 		QEMULog:   filepath.Join(dir, "qemu.log"),
