@@ -20,6 +20,11 @@ const (
 	// KeyReboot is the stand-in's own switch: "rackboot.standin.reboot=1"
 	// reboots instead of powering off after the report.
 	KeyReboot = "rackboot.standin.reboot"
+	// KeyConfigLink is the lab's switch for the multi-NIC case:
+	// "rackboot.lab.config_link=<MAC>" makes the stand-in fetch
+	// talos.config= from that link's DHCP address, out of that link.
+	// Talos has no such parameter; its routes decide.
+	KeyConfigLink = "rackboot.lab.config_link"
 	// MetalISO is the talos.config value that reads config.yaml from the
 	// volume labelled metal-iso.
 	MetalISO = "metal-iso"

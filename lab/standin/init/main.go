@@ -2,8 +2,10 @@
 
 // Command init is the stand-in boot image's /init: a small static Go PID 1
 // that behaves like Talos where rackboot can observe it. It loads the
-// kernel modules from /lib/modules, gets an address with DHCP, fetches
-// talos.config= (variables filled like Talos) or reads it from a metal-iso
+// kernel modules from /lib/modules, runs DHCP on every Ethernet link (no
+// client identifier, as Talos), fetches talos.config= (variables filled
+// like Talos; out of the link rackboot.lab.config_link= names, when given)
+// or reads it from a metal-iso
 // volume, validates it with machinery in metal mode, picks the install disk
 // with the config's selector exactly as Talos does, writes Talos's
 // "installed" marker (a GPT with a 1 MiB META partition) there, reports
@@ -23,6 +25,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"path/filepath"
 	"slices"
@@ -123,8 +126,18 @@ func (m *machine) boot(ctx context.Context) error {
 
 	var vars cmdline.Vars
 	vars.UUID, vars.Serial = m.rep.UUID, m.rep.Serial
+	var nw *network
 	if needNet {
-		lease, err := bringUpNetwork(ctx, m.log, deviceWait)
+		// DHCP goes on in the background on every link until the boot ends.
+		nctx, stop := context.WithCancel(ctx)
+		defer stop()
+		var err error
+		if nw, err = bringUpNetwork(nctx, m.log, deviceWait); err != nil {
+			return err
+		}
+		wctx, cancel := context.WithTimeout(ctx, configTimeout)
+		lease, err := nw.primary().wait(wctx)
+		cancel()
 		if err != nil {
 			return err
 		}
@@ -134,6 +147,7 @@ func (m *machine) boot(ctx context.Context) error {
 		if vars.Hostname == "" {
 			vars.Hostname = cmdline.DefaultHostname(lease.IP)
 		}
+		defer func() { m.rep.Links = nw.report() }()
 	} else if mac, err := firstMAC(); err == nil {
 		m.rep.MAC = mac
 		vars.MAC = mac
@@ -157,7 +171,11 @@ func (m *machine) boot(ctx context.Context) error {
 		cfgBytes, err = readMetalISO(ctx, m.log)
 	default:
 		m.rep.ConfigSource = "http"
-		cfgBytes, err = fetchConfig(ctx, m.log, source, vars)
+		var dial *net.Dialer
+		if dial, err = m.configDialer(ctx, nw); err != nil {
+			return err
+		}
+		cfgBytes, m.rep.ConfigFrom, err = fetchConfig(ctx, m.log, source, vars, dial)
 	}
 	if err != nil {
 		return err
@@ -385,44 +403,94 @@ func writeMarker(dev string) error {
 	return nil
 }
 
+// configDialer is nil (the kernel's routes choose) unless the kernel
+// command line has rackboot.lab.config_link=<MAC>: then the config is
+// fetched from that link's DHCP address, out of that link (the lab's way to
+// make a multi-NIC machine fetch its config from another NIC and address
+// than the one that netbooted).
+func (m *machine) configDialer(ctx context.Context, nw *network) (*net.Dialer, error) {
+	v, ok := m.cmd.Get(cmdline.KeyConfigLink)
+	if !ok || v == "" {
+		return nil, nil
+	}
+	mac, err := net.ParseMAC(v)
+	if err != nil {
+		return nil, fmt.Errorf("%s=%s: not a MAC address", cmdline.KeyConfigLink, v)
+	}
+	if nw == nil {
+		return nil, fmt.Errorf("%s=%s: the network is not up", cmdline.KeyConfigLink, v)
+	}
+	l := nw.byMAC(mac)
+	if l == nil {
+		return nil, fmt.Errorf("%s=%s: no link has that MAC (links: %s)", cmdline.KeyConfigLink, v, strings.Join(nw.macs(), " "))
+	}
+	wctx, cancel := context.WithTimeout(ctx, configTimeout)
+	defer cancel()
+	lease, err := l.wait(wctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s=%s: %w", cmdline.KeyConfigLink, v, err)
+	}
+	m.log.Info("config fetch bound to a link", "link", l.name, "mac", l.mac, "ip", lease.IP)
+	return boundDialer(l, net.ParseIP(lease.IP)), nil
+}
+
 // fetchConfig downloads the machine config like Talos's pkg/download:
 // variables re-filled on every attempt, any error or non-200 retried with
-// exponential backoff (capped here), a timeout per attempt.
-func fetchConfig(ctx context.Context, log *slog.Logger, raw string, vars cmdline.Vars) ([]byte, error) {
+// exponential backoff (capped here), a timeout per attempt. dial, when not
+// nil, makes the connections. It also returns the local address of the
+// connection that got the config.
+func fetchConfig(ctx context.Context, log *slog.Logger, raw string, vars cmdline.Vars, dial *net.Dialer) ([]byte, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, configTimeout)
 	defer cancel()
-	client := &http.Client{Timeout: attemptLimit}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = nil
+	if dial != nil {
+		tr.DialContext = dial.DialContext
+	}
+	client := &http.Client{Timeout: attemptLimit, Transport: tr}
 	var lastErr error
 	for attempt := 0; ; attempt++ {
 		u, missing, err := cmdline.Populate(raw, vars)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		if len(missing) > 0 {
 			log.Warn("talos.config variables without a value", "vars", missing)
 		}
 		// The URL holds a token: log its host only.
 		log.Info("fetching machine config", "attempt", attempt+1, "host", hostOf(u))
-		b, err := getOnce(ctx, client, u)
+		b, from, err := getOnce(ctx, client, u)
 		if err == nil {
-			return b, nil
+			log.Info("machine config fetched", "from", from, "bytes", len(b))
+			return b, from, nil
 		}
 		lastErr = err
 		delay := events.Backoff(attempt, maxDelay)
-		log.Warn("config fetch failed", "err", err, "retry_in", delay)
+		log.Warn("config fetch failed", "err", err, "from", from, "retry_in", delay)
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("fetch machine config: %w (last error: %w)", ctx.Err(), lastErr)
+			return nil, "", fmt.Errorf("fetch machine config: %w (last error: %w)", ctx.Err(), lastErr)
 		case <-time.After(delay):
 		}
 	}
 }
 
-func getOnce(ctx context.Context, client *http.Client, u string) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+// getOnce fetches u once; from is the connection's local address (host).
+func getOnce(ctx context.Context, client *http.Client, u string) (_ []byte, from string, _ error) {
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		if host, _, err := net.SplitHostPort(info.Conn.LocalAddr().String()); err == nil {
+			from = host
+		}
+	}}
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), http.MethodGet, u, nil)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
+	b, err := readResponse(client, req, u)
+	return b, from, err
+}
+
+func readResponse(client *http.Client, req *http.Request, u string) ([]byte, error) {
 	resp, err := client.Do(req)
 	if err != nil {
 		return nil, errors.New(strings.ReplaceAll(err.Error(), u, hostOf(u)))

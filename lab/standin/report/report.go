@@ -30,6 +30,13 @@ type Disk struct {
 	HasMeta   bool   `json:"has_meta"`
 }
 
+// Link is one network link the stand-in ran DHCP on.
+type Link struct {
+	Name string `json:"name"`
+	MAC  string `json:"mac"`
+	IP   string `json:"ip,omitempty"` // "" when DHCP had not finished
+}
+
 // Report is what one boot of the stand-in did. It never carries the
 // config's content or URL (which holds a token), only its hash.
 type Report struct {
@@ -38,7 +45,9 @@ type Report struct {
 	IP           string  `json:"ip,omitempty"`
 	UUID         string  `json:"uuid,omitempty"`
 	Serial       string  `json:"serial,omitempty"`
-	ConfigSource string  `json:"config_source"` // "http", "metal-iso" or ""
+	Links        []Link  `json:"links,omitempty"`       // every link, the first is the primary (MAC, IP)
+	ConfigSource string  `json:"config_source"`         // "http", "metal-iso" or ""
+	ConfigFrom   string  `json:"config_from,omitempty"` // http: the local address that fetched it
 	ConfigSHA256 string  `json:"config_sha256"`
 	InstallDisk  string  `json:"install_disk"`
 	Disks        []Disk  `json:"disks"`
