@@ -3,8 +3,16 @@
 // last kernel log lines, and whether Talos is installed on its disk.
 //
 // The netboot side feeds it through pxe.Recorder, the Talos events sink through
-// MarkStage and AddLog. The state survives restarts in <stateDir>/machines.json
+// MarkEvent and AddLog. The state survives restarts in <stateDir>/machines.json
 // (kernel log lines are kept in memory only).
+//
+// Machines of the rack (known by name) are saved: MarkEvent, Reset and Forget
+// return only once the change is on disk, other changes are written within the
+// flush delay. Unknown machines (keyed by MAC: anything on the LAN that asked
+// to netboot) are bounded (WithMaxUnknown, least recently seen dropped first)
+// and kept in memory: they never cause a write on their own and reach the file
+// only along with other changes. Text from outside (details, kernel log lines)
+// is stored with config tokens redacted (pxe.RedactTokens).
 package inventory
 
 import (
@@ -35,6 +43,12 @@ const (
 	StageRebooted      = "rebooted"       // booting the installed system
 	StageRunning       = "running"        // the installed system is up
 	StageConfigError   = "config-error"   // Talos could not load or validate its config
+	// StageDenied (pxe.StageDenied): a request for the machine's boot
+	// script or config was refused. It only adds a timeline entry naming the
+	// requester: the machine's stage, address, MACs and last-seen time are
+	// left alone, so a request from another host is never attributed to the
+	// machine.
+	StageDenied = pxe.StageDenied
 )
 
 // stageOrder lists the stages in the order a machine normally goes through them,
@@ -44,6 +58,7 @@ var stageOrder = []string{
 	pxe.StageKernel, pxe.StageInitrd, pxe.StageConfig, StageInstalling,
 	StageInstalled, StageRebooted, StageRunning,
 	pxe.StageProxyIgnored, pxe.StageLocalBoot, StageInstallFailed, StageConfigError,
+	StageDenied,
 }
 
 // Stages returns every known stage, in boot order then side stages.
@@ -61,6 +76,7 @@ func marksInstalled(stage string) bool {
 const (
 	DefaultTimelineLen = 100
 	DefaultLogLines    = 200
+	DefaultMaxUnknown  = 256
 	maxDetailLen       = 512
 	maxLogMsgLen       = 2048
 )
@@ -70,6 +86,11 @@ const FileName = "machines.json"
 
 // ErrUnknownMachine is returned for a name or address the store has not seen.
 var ErrUnknownMachine = errors.New("unknown machine")
+
+// ErrNamedMachine is returned by Forget for a machine known by name: its
+// record holds its installed flag, and forgetting it would make it install
+// again at its next netboot (Reset does that on purpose).
+var ErrNamedMachine = errors.New("machine is known by name")
 
 // Entry is one step of a machine's timeline.
 type Entry struct {
@@ -140,6 +161,10 @@ func WithLimits(timeline, logLines int) Option {
 	return func(s *Store) { s.maxTimeline, s.maxLogs = timeline, logLines }
 }
 
+// WithMaxUnknown sets how many unknown machines (keyed by MAC) are kept
+// (default DefaultMaxUnknown); beyond it the least recently seen is dropped.
+func WithMaxUnknown(n int) Option { return func(s *Store) { s.maxUnknown = n } }
+
 // Store is the machine inventory. It is safe for concurrent use.
 type Store struct {
 	path        string
@@ -148,16 +173,22 @@ type Store struct {
 	delay       time.Duration
 	maxTimeline int
 	maxLogs     int
+	maxUnknown  int
+	write       func(path string, data []byte, mode fs.FileMode) error
 
 	mu       sync.Mutex
 	machines map[string]*Machine
-	dirty    bool
-	timer    *time.Timer
-	closed   bool
-	subs     map[int]chan struct{}
-	nextSub  int
-	events   map[string]uint64
-	logLines uint64
+	idx      index
+	// unconfirmed holds "key\x00event id" of events MarkEvent applied whose
+	// write it has not yet seen succeed: a retry confirms them.
+	unconfirmed map[string]struct{}
+	dirty       bool
+	timer       *time.Timer
+	closed      bool
+	subs        map[int]chan struct{}
+	nextSub     int
+	events      map[string]uint64
+	logLines    uint64
 
 	writeMu sync.Mutex // serialises file writes
 }
@@ -179,15 +210,19 @@ func Open(stateDir string, opts ...Option) (*Store, error) {
 		delay:       time.Second,
 		maxTimeline: DefaultTimelineLen,
 		maxLogs:     DefaultLogLines,
+		maxUnknown:  DefaultMaxUnknown,
+		write:       atomicfile.Write,
 		machines:    map[string]*Machine{},
+		idx:         newIndex(),
+		unconfirmed: map[string]struct{}{},
 		subs:        map[int]chan struct{}{},
 		events:      map[string]uint64{},
 	}
 	for _, o := range opts {
 		o(s)
 	}
-	if s.maxTimeline < 1 || s.maxLogs < 0 {
-		return nil, fmt.Errorf("open inventory: limits must be positive (timeline %d, log lines %d)", s.maxTimeline, s.maxLogs)
+	if s.maxTimeline < 1 || s.maxLogs < 0 || s.maxUnknown < 1 {
+		return nil, fmt.Errorf("open inventory: limits must be positive (timeline %d, log lines %d, unknown machines %d)", s.maxTimeline, s.maxLogs, s.maxUnknown)
 	}
 	data, err := os.ReadFile(s.path)
 	switch {
@@ -200,11 +235,15 @@ func Open(stateDir string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open inventory: parse %s: %w (fix or move the file away; it is not reset automatically)", s.path, err)
 	}
+	// Unknown machines enter the recency list oldest first.
+	slices.SortStableFunc(ms, func(a, b Machine) int { return a.LastSeen.Compare(b.LastSeen) })
 	for i := range ms {
 		m := ms[i]
 		m.Logs = nil
-		s.machines[m.Key] = &m
+		m.redact() // files written before redaction existed
+		s.addLocked(&m)
 	}
+	s.evictLocked()
 	return s, nil
 }
 
@@ -257,31 +296,76 @@ func (s *Store) Record(e pxe.Event) {
 	if t.IsZero() {
 		t = s.now()
 	}
+	if e.Stage == StageDenied {
+		s.recordDenied(key, e.Name, t, deniedDetail(e, mac))
+		return
+	}
 	s.mu.Lock()
 	m := s.machines[key]
 	if m == nil && e.Name != "" && mac != "" {
 		// A machine first seen as unknown, now known by name: adopt its history.
-		if old := s.machines[mac]; old != nil {
-			delete(s.machines, mac)
-			old.Key, old.Name = key, e.Name
-			s.machines[key] = old
+		if old := s.machines[mac]; old != nil && old.Name == "" {
+			s.adoptLocked(old, e.Name)
 			m = old
 		}
 	}
 	if m == nil {
 		m = &Machine{Key: key, Name: e.Name, FirstSeen: t}
-		s.machines[key] = m
+		s.addLocked(m)
 	}
 	if mac != "" && !slices.Contains(m.MACs, mac) {
 		m.MACs = append(m.MACs, mac)
+		s.indexMACLocked(m, mac)
 	}
 	if e.Addr.IsValid() {
-		m.Addr = e.Addr.Unmap()
+		s.setAddrLocked(m, e.Addr.Unmap())
 	}
 	s.applyLocked(m, t, e.Stage, e.Detail)
-	s.changedLocked()
+	writeNow := s.changedLocked(m)
+	s.evictLocked()
 	s.mu.Unlock()
+	s.saveNow(writeNow)
 	s.log.Debug("inventory: event", "machine", key, "stage", e.Stage, "addr", e.Addr)
+}
+
+// deniedDetail says what was refused; the requester's address and MAC, if
+// the event has them, go into the text only.
+func deniedDetail(e pxe.Event, mac string) string {
+	var who []string
+	if e.Addr.IsValid() {
+		who = append(who, "from "+e.Addr.Unmap().String())
+	}
+	if mac != "" {
+		who = append(who, "MAC "+mac)
+	}
+	d := e.Detail
+	if len(who) > 0 {
+		d = strings.TrimSuffix("request "+strings.Join(who, ", ")+": "+d, ": ")
+	}
+	if d == "" {
+		d = "request refused"
+	}
+	return d
+}
+
+// recordDenied adds a denied entry to the timeline of the machine key,
+// without touching its stage, address, MACs or last-seen time. A machine not
+// seen before is created with the denied stage.
+func (s *Store) recordDenied(key, name string, t time.Time, detail string) {
+	detail = clean(detail, maxDetailLen)
+	s.mu.Lock()
+	s.events[StageDenied]++
+	m := s.machines[key]
+	if m == nil {
+		m = &Machine{Key: key, Name: name, Stage: StageDenied, Detail: detail}
+		s.addLocked(m)
+	}
+	s.appendLocked(m, Entry{Time: t, Stage: StageDenied, Detail: detail})
+	writeNow := s.changedLocked(m)
+	s.evictLocked()
+	s.mu.Unlock()
+	s.saveNow(writeNow)
+	s.log.Debug("inventory: denied request", "machine", key, "detail", detail)
 }
 
 // MarkStage records a stage for the machine named who, which is a key (name
@@ -297,13 +381,20 @@ func (s *Store) MarkStage(who, stage, detail string) error {
 		return fmt.Errorf("mark stage %s of %s: %w", stage, who, ErrUnknownMachine)
 	}
 	s.applyLocked(m, s.now(), stage, detail)
-	s.changedLocked()
+	writeNow := s.changedLocked(m)
 	s.mu.Unlock()
+	s.saveNow(writeNow)
 	return nil
 }
 
-// MarkEvent is MarkStage for an event with an ID (a Talos event): if the
-// machine's timeline already holds id, nothing changes and applied is false.
+// MarkEvent is MarkStage for an event with an ID (a Talos event), made
+// durable: for a machine known by name it returns once machines.json holds
+// the event. A write error is returned (the caller should have the event
+// sent again); a retry with the same id writes again and then reports
+// applied. applied is true exactly once per id, for the call that saw it
+// saved; it is false for an event already recorded and saved (a replay,
+// maybe from before a restart), which causes no write. Events of unknown
+// machines are kept in memory only.
 func (s *Store) MarkEvent(who, id, stage, detail string) (applied bool, err error) {
 	if stage == "" {
 		return false, fmt.Errorf("mark event %s of %s: empty stage", id, who)
@@ -314,14 +405,40 @@ func (s *Store) MarkEvent(who, id, stage, detail string) (applied bool, err erro
 		s.mu.Unlock()
 		return false, fmt.Errorf("mark event %s (%s) of %s: %w", id, stage, who, ErrUnknownMachine)
 	}
-	if id != "" && slices.ContainsFunc(m.Timeline, func(e Entry) bool { return e.ID == id }) {
+	pending := m.Key + "\x00" + id
+	_, retry := s.unconfirmed[pending]
+	recorded := id != "" && hasID(m.Timeline, id)
+	if recorded && !retry {
 		s.mu.Unlock()
 		return false, nil
 	}
-	s.applyIDLocked(m, s.now(), id, stage, detail)
-	s.changedLocked()
+	if !recorded {
+		s.applyIDLocked(m, s.now(), id, stage, detail)
+		s.changedLocked(m)
+	}
+	if m.Name == "" {
+		s.mu.Unlock()
+		return true, nil
+	}
+	if id != "" {
+		s.unconfirmed[pending] = struct{}{}
+	}
 	s.mu.Unlock()
-	return true, nil
+	if err := s.Flush(); err != nil {
+		return false, fmt.Errorf("mark event %s (%s) of %s: %w", id, stage, who, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if id == "" {
+		return true, nil
+	}
+	_, mine := s.unconfirmed[pending] // a concurrent retry may have confirmed it
+	delete(s.unconfirmed, pending)
+	return mine, nil
+}
+
+func hasID(tl []Entry, id string) bool {
+	return slices.ContainsFunc(tl, func(e Entry) bool { return e.ID == id })
 }
 
 // AddLog appends a kernel log line to the machine who (key or address); only
@@ -336,7 +453,8 @@ func (s *Store) AddLog(who string, l LogLine) error {
 	if l.Time.IsZero() {
 		l.Time = s.now()
 	}
-	l.Msg = truncate(l.Msg, maxLogMsgLen)
+	l.Msg = clean(l.Msg, maxLogMsgLen)
+	l.Level = clean(l.Level, maxDetailLen)
 	s.logLines++
 	if s.maxLogs == 0 {
 		return nil
@@ -368,17 +486,53 @@ func (s *Store) Installed(name string) bool {
 }
 
 // Reset forgets that the named machine is installed, so that it netboots
-// and installs again. Its history is kept.
+// and installs again. Its history is kept. It returns once the change is on
+// disk.
 func (s *Store) Reset(name string) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	m := s.machines[name]
 	if m == nil {
+		s.mu.Unlock()
 		return fmt.Errorf("reset %s: %w", name, ErrUnknownMachine)
 	}
 	m.Installed = false
 	s.appendLocked(m, Entry{Time: s.now(), Stage: m.Stage, Detail: "reset: will install again"})
-	s.changedLocked()
+	s.changedLocked(m)
+	s.mu.Unlock()
+	if err := s.Flush(); err != nil {
+		return fmt.Errorf("reset %s: %w", name, err)
+	}
+	return nil
+}
+
+// Forget drops an unknown machine, given by key or MAC (any spelling
+// net.ParseMAC accepts), and returns once the change is on disk. A machine
+// known by name is refused with ErrNamedMachine: use Reset to make it install
+// again. If the machine asks to netboot again, it is recorded anew.
+func (s *Store) Forget(who string) error {
+	s.mu.Lock()
+	m := s.machines[who]
+	if hw, err := net.ParseMAC(who); m == nil && err == nil {
+		m = s.machines[hw.String()]
+		if m == nil {
+			m = s.machines[s.idx.macs[hw.String()]]
+		}
+	}
+	switch {
+	case m == nil:
+		s.mu.Unlock()
+		return fmt.Errorf("forget %s: %w", who, ErrUnknownMachine)
+	case m.Name != "":
+		s.mu.Unlock()
+		return fmt.Errorf("forget %s: %s: %w (reset it to install it again)", who, m.Name, ErrNamedMachine)
+	}
+	s.removeLocked(m)
+	s.dirty = true
+	s.notifyLocked()
+	s.mu.Unlock()
+	if err := s.Flush(); err != nil {
+		return fmt.Errorf("forget %s: %w", who, err)
+	}
 	return nil
 }
 
@@ -449,7 +603,7 @@ func (s *Store) Flush() error {
 	}
 	s.mu.Unlock()
 	if err == nil {
-		err = atomicfile.Write(s.path, data, 0o600)
+		err = s.write(s.path, data, 0o600)
 	}
 	if err != nil {
 		s.mu.Lock()
@@ -484,6 +638,7 @@ func (s *Store) encodeLocked() ([]byte, error) {
 	return append(data, '\n'), nil
 }
 
+// findLocked finds a machine by key, MAC or address, through the indexes.
 func (s *Store) findLocked(who string) *Machine {
 	if m := s.machines[who]; m != nil {
 		return m
@@ -492,10 +647,8 @@ func (s *Store) findLocked(who string) *Machine {
 		if m := s.machines[hw.String()]; m != nil {
 			return m
 		}
-		for _, m := range s.machines {
-			if slices.Contains(m.MACs, hw.String()) {
-				return m
-			}
+		if key, ok := s.idx.macs[hw.String()]; ok {
+			return s.machines[key]
 		}
 	}
 	if a, err := netip.ParseAddr(who); err == nil {
@@ -507,10 +660,10 @@ func (s *Store) findLocked(who string) *Machine {
 // byAddrLocked finds the machine last seen at addr; if several were (a lease
 // moved), the one seen most recently wins.
 func (s *Store) byAddrLocked(addr netip.Addr) *Machine {
-	addr = addr.Unmap()
 	var best *Machine
-	for _, m := range s.machines {
-		if m.Addr == addr && (best == nil || m.LastSeen.After(best.LastSeen)) {
+	for key := range s.idx.addrs[addr.Unmap()] {
+		m := s.machines[key]
+		if best == nil || m.LastSeen.After(best.LastSeen) || (m.LastSeen.Equal(best.LastSeen) && m.Key < best.Key) {
 			best = m
 		}
 	}
@@ -523,7 +676,7 @@ func (s *Store) applyLocked(m *Machine, t time.Time, stage, detail string) {
 }
 
 func (s *Store) applyIDLocked(m *Machine, t time.Time, id, stage, detail string) {
-	detail = truncate(detail, maxDetailLen)
+	detail = clean(detail, maxDetailLen)
 	s.events[stage]++
 	if t.After(m.LastSeen) {
 		m.LastSeen = t
@@ -553,28 +706,37 @@ func (s *Store) appendLocked(m *Machine, e Entry) {
 	m.Timeline = append(m.Timeline, e)
 }
 
-// changedLocked marks the state dirty, schedules a write and notifies.
-func (s *Store) changedLocked() {
+// changedLocked notes that m changed and notifies subscribers. A change to
+// a machine known by name is saved: it schedules a write, or reports that
+// the caller must write now (no flush delay), after unlocking. A change to an
+// unknown machine only waits for the next write.
+func (s *Store) changedLocked(m *Machine) (writeNow bool) {
 	s.dirty = true
 	s.notifyLocked()
+	if m.Name == "" {
+		s.idx.touch(m.Key)
+		return false
+	}
 	if s.closed {
-		return
+		return false
 	}
 	if s.delay <= 0 {
-		// Write synchronously, outside the lock: Flush takes it again.
-		s.mu.Unlock()
-		if err := s.Flush(); err != nil {
-			s.log.Error("inventory: write state", "err", err)
-		}
-		s.mu.Lock()
-		return
+		return true
 	}
 	if s.timer == nil {
-		s.timer = time.AfterFunc(s.delay, func() {
-			if err := s.Flush(); err != nil {
-				s.log.Error("inventory: write state", "err", err)
-			}
-		})
+		s.timer = time.AfterFunc(s.delay, func() { s.saveNow(true) })
+	}
+	return false
+}
+
+// saveNow writes the state if now is true, logging a failure (the state
+// stays dirty: the next change, Flush or Close tries again).
+func (s *Store) saveNow(now bool) {
+	if !now {
+		return
+	}
+	if err := s.Flush(); err != nil {
+		s.log.Error("inventory: write state", "err", err)
 	}
 }
 
@@ -584,6 +746,18 @@ func (s *Store) notifyLocked() {
 		case ch <- struct{}{}:
 		default:
 		}
+	}
+}
+
+// clean makes text from outside fit to store and show: config tokens
+// redacted, at most n bytes.
+func clean(s string, n int) string { return truncate(pxe.RedactTokens(s), n) }
+
+// redact cleans text loaded from a file written by an older version.
+func (m *Machine) redact() {
+	m.Detail = pxe.RedactTokens(m.Detail)
+	for i := range m.Timeline {
+		m.Timeline[i].Detail = pxe.RedactTokens(m.Timeline[i].Detail)
 	}
 }
 

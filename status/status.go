@@ -46,6 +46,7 @@ type options struct {
 	log        *slog.Logger
 	now        func() time.Time
 	collectors []prometheus.Collector
+	drops      *dropCollector
 }
 
 // WithLogger sets the logger (default: discard).
@@ -60,6 +61,14 @@ func WithCollectors(cs ...prometheus.Collector) Option {
 	return func(o *options) { o.collectors = append(o.collectors, cs...) }
 }
 
+// WithDropCounters shows what the Talos events sink and the kernel log
+// receiver dropped, read at scrape time (talosevents' Server.Dropped and
+// KmsgReceiver.Dropped): rackboot_events_dropped_total{reason} and
+// rackboot_kernel_log_dropped_total{reason}. Either may be nil (not served).
+func WithDropCounters(events, kernelLog func() map[string]uint64) Option {
+	return func(o *options) { o.drops = newDropCollector(events, kernelLog) }
+}
+
 // Handler serves GET / (the live page and its assets), GET /api/machines
 // (JSON) and GET /metrics (Prometheus, from a private registry). It fails
 // only if a collector cannot be registered.
@@ -71,6 +80,9 @@ func Handler(src Source, opts ...Option) (http.Handler, error) {
 	reg := prometheus.NewRegistry()
 	if err := reg.Register(newCollector(src)); err != nil {
 		return nil, fmt.Errorf("register inventory metrics: %w", err)
+	}
+	if o.drops != nil {
+		o.collectors = append(o.collectors, o.drops)
 	}
 	for _, c := range o.collectors {
 		if err := reg.Register(c); err != nil {
@@ -166,6 +178,40 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(n), s)
 	}
 	ch <- prometheus.MustNewConstMetric(c.logLines, prometheus.CounterValue, float64(st.LogLines))
+}
+
+// dropCollector reads the dropped counters at scrape time.
+type dropCollector struct {
+	events, kernelLog         func() map[string]uint64
+	eventsDesc, kernelLogDesc *prometheus.Desc
+}
+
+func newDropCollector(events, kernelLog func() map[string]uint64) *dropCollector {
+	return &dropCollector{
+		events:        events,
+		kernelLog:     kernelLog,
+		eventsDesc:    prometheus.NewDesc("rackboot_events_dropped_total", "Talos events dropped, by reason (e.g. unattributed: from an address no machine is known at).", []string{"reason"}, nil),
+		kernelLogDesc: prometheus.NewDesc("rackboot_kernel_log_dropped_total", "Kernel log records dropped, by reason (unattributed, malformed...).", []string{"reason"}, nil),
+	}
+}
+
+func (c *dropCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.eventsDesc
+	ch <- c.kernelLogDesc
+}
+
+func (c *dropCollector) Collect(ch chan<- prometheus.Metric) {
+	collectCounts(ch, c.eventsDesc, c.events)
+	collectCounts(ch, c.kernelLogDesc, c.kernelLog)
+}
+
+func collectCounts(ch chan<- prometheus.Metric, d *prometheus.Desc, read func() map[string]uint64) {
+	if read == nil {
+		return
+	}
+	for reason, n := range read() {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(n), reason)
+	}
 }
 
 // Fetch reads /api/machines from a running rackboot at base (e.g.

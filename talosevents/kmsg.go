@@ -34,10 +34,13 @@ const kmsgMaxLine = 16 << 10
 // newlines. It returns the records it could parse and an error describing the
 // first one it could not; a record without "msg" is an error.
 func ParseKmsg(b []byte) ([]KmsgLine, error) {
-	var (
-		out      []KmsgLine
-		firstErr error
-	)
+	out, _, err := parseKmsg(b)
+	return out, err
+}
+
+// parseKmsg is ParseKmsg that also counts the records it could not parse (an
+// empty datagram is one).
+func parseKmsg(b []byte) (out []KmsgLine, bad int, firstErr error) {
 	for n := 1; len(b) > 0; n++ {
 		var line []byte
 		line, b, _ = bytes.Cut(b, []byte{'\n'})
@@ -47,6 +50,7 @@ func ParseKmsg(b []byte) ([]KmsgLine, error) {
 		}
 		l, err := parseKmsgLine(line)
 		if err != nil {
+			bad++
 			if firstErr == nil {
 				firstErr = fmt.Errorf("kernel log record %d: %w", n, err)
 			}
@@ -55,9 +59,9 @@ func ParseKmsg(b []byte) ([]KmsgLine, error) {
 		out = append(out, l)
 	}
 	if out == nil && firstErr == nil {
-		firstErr = errors.New("empty kernel log datagram")
+		bad, firstErr = 1, errors.New("empty kernel log datagram")
 	}
-	return out, firstErr
+	return out, bad, firstErr
 }
 
 func parseKmsgLine(line []byte) (KmsgLine, error) {
@@ -92,9 +96,10 @@ type KmsgConfig struct {
 // KmsgReceiver receives kernel logs over UDP and attaches them to machines by
 // source address.
 type KmsgReceiver struct {
-	cfg  KmsgConfig
-	log  *slog.Logger
-	conn net.PacketConn
+	cfg     KmsgConfig
+	log     *slog.Logger
+	conn    net.PacketConn
+	dropped *drops
 }
 
 // NewKmsgReceiver checks cfg and returns a receiver; it listens only when
@@ -110,8 +115,15 @@ func NewKmsgReceiver(cfg KmsgConfig, opts ...Option) (*KmsgReceiver, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &KmsgReceiver{cfg: cfg, log: o.log, conn: o.conn}, nil
+	return &KmsgReceiver{cfg: cfg, log: o.log, conn: o.conn, dropped: newDrops()}, nil
 }
+
+// Dropped returns how many kernel log records were dropped, by reason
+// (DropUnattributed, DropMalformed, DropUnknownMachine; every reason is
+// present). Each unparseable record (or empty datagram) counts one as
+// malformed, whatever its source; the parsed records of a datagram from an
+// address no machine is known at count as unattributed.
+func (r *KmsgReceiver) Dropped() map[string]uint64 { return r.dropped.snapshot() }
 
 // Serve reads datagrams until ctx is cancelled.
 func (r *KmsgReceiver) Serve(ctx context.Context) error {
@@ -143,31 +155,38 @@ func (r *KmsgReceiver) Serve(ctx context.Context) error {
 }
 
 func (r *KmsgReceiver) handle(b []byte, from net.Addr) {
-	addr, err := peerAddr(from)
+	lines, bad, err := parseKmsg(b)
 	if err != nil {
-		r.log.Debug("kernel log: datagram dropped", "err", err)
-		return
-	}
-	lines, err := ParseKmsg(b)
-	if err != nil {
-		r.log.Debug("kernel log: malformed datagram", "addr", addr.String(), "bytes", len(b), "err", err)
+		r.dropped.add(DropMalformed, bad)
+		r.log.Debug("kernel log: malformed records dropped", "from", from, "records", bad, "err", err)
 	}
 	if len(lines) == 0 {
 		return
 	}
-	name, ok := r.cfg.Resolver(addr)
+	name, ok := r.attribute(from)
 	if !ok {
-		r.log.Debug("kernel log: lines from an address no machine is known at dropped", "addr", addr.String(), "lines", len(lines))
+		r.dropped.add(DropUnattributed, len(lines))
+		r.log.Debug("kernel log: lines from an address no machine is known at dropped", "from", from, "lines", len(lines))
 		return
 	}
-	for _, l := range lines {
+	for i, l := range lines {
 		t := l.TalosTime
 		if t.IsZero() {
 			t = r.cfg.Now()
 		}
 		if err := r.cfg.Recorder.AddLog(name, inventory.LogLine{Time: t, Level: l.Level, Msg: l.Msg}); err != nil {
-			r.log.Debug("kernel log: line dropped", "machine", name, "err", err)
+			r.dropped.add(DropUnknownMachine, len(lines)-i)
+			r.log.Debug("kernel log: lines dropped", "machine", name, "err", err)
 			return
 		}
 	}
+}
+
+// attribute names the machine a datagram comes from.
+func (r *KmsgReceiver) attribute(from net.Addr) (string, bool) {
+	addr, err := peerAddr(from)
+	if err != nil {
+		return "", false
+	}
+	return r.cfg.Resolver(addr)
 }

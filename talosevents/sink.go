@@ -18,10 +18,13 @@ import (
 	eventsapi "github.com/siderolabs/siderolink/api/events"
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/dotfile/rackboot/inventory"
+	"github.com/dotfile/rackboot/pxe"
 )
 
 // Resolver names the machine at a source address; cmd wires it to the
@@ -30,8 +33,11 @@ type Resolver func(addr netip.Addr) (name string, ok bool)
 
 // Recorder is where stages and kernel log lines go; *inventory.Store is one.
 type Recorder interface {
-	// MarkEvent records a stage reached by event id; applied is false when
-	// the event was already recorded (a replay, maybe from before a restart).
+	// MarkEvent records a stage reached by event id and returns once it is
+	// saved; applied is false when the event was already recorded and saved
+	// (a replay, maybe from before a restart). An error wrapping
+	// inventory.ErrUnknownMachine drops the event; any other error (the
+	// state could not be saved) makes Talos send it again.
 	MarkEvent(name, id, stage, detail string) (applied bool, err error)
 	AddLog(name string, line inventory.LogLine) error
 }
@@ -43,7 +49,7 @@ type Config struct {
 	Resolver Resolver
 	Recorder Recorder
 	// OnInstalled is called once per installed event (not for its replays),
-	// after the stage is recorded: cmd flips the machine to local boot.
+	// after the stage is saved: cmd flips the machine to local boot.
 	OnInstalled func(name string)
 	// DedupSize is how many event IDs are remembered to drop replays
 	// (default 8192; Talos replays up to 1000 per machine).
@@ -88,6 +94,8 @@ type Server struct {
 
 	mu   sync.Mutex
 	seen *idSet
+
+	dropped *drops
 }
 
 // New checks cfg and returns a sink; it listens only when Serve runs.
@@ -102,8 +110,13 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 	if cfg.DedupSize <= 0 {
 		cfg.DedupSize = 8192
 	}
-	return &Server{cfg: cfg, log: o.log, lis: o.listener, seen: newIDSet(cfg.DedupSize)}, nil
+	return &Server{cfg: cfg, log: o.log, lis: o.listener, seen: newIDSet(cfg.DedupSize), dropped: newDrops()}, nil
 }
+
+// Dropped returns how many events were dropped, by reason (DropUnattributed,
+// DropMalformed, DropUnknownMachine; every reason is present). Events that
+// say nothing about the install are ignored, not dropped.
+func (s *Server) Dropped() map[string]uint64 { return s.dropped.snapshot() }
 
 // Serve answers Talos nodes until ctx is cancelled.
 func (s *Server) Serve(ctx context.Context) error {
@@ -137,70 +150,98 @@ func (s *Server) Serve(ctx context.Context) error {
 	return nil
 }
 
-// Publish implements EventSinkServiceServer. It always answers OK: Talos
-// retries forever on any error, and replays are dropped by event ID.
+// Publish implements EventSinkServiceServer. It answers OK for an event it
+// saved, ignores or drops (counted by Dropped), and codes.Unavailable when
+// the event could not be saved: Talos retries forever, and replays are
+// dropped by event ID.
 func (s *Server) Publish(ctx context.Context, req *eventsapi.EventRequest) (*eventsapi.EventResponse, error) {
 	ok := &eventsapi.EventResponse{}
-	p, has := peer.FromContext(ctx)
-	if !has {
-		s.log.Warn("events sink: event without a peer address dropped")
-		return ok, nil
-	}
-	addr, err := peerAddr(p.Addr)
-	if err != nil {
-		s.log.Warn("events sink: event dropped", "err", err)
-		return ok, nil
-	}
+	name, addr, known := s.attribute(ctx)
 	log := s.log.With("addr", addr.String(), "id", req.GetId())
-	if req.GetData() == nil {
-		log.Debug("events sink: event without data ignored")
+	if !known {
+		// Not remembered as seen: a replay after the address is known counts.
+		s.dropped.add(DropUnattributed, 1)
+		log.Debug("events sink: event from an address no machine is known at dropped")
 		return ok, nil
 	}
-	msg, err := req.GetData().UnmarshalNew()
+	stage, detail, relevant, err := decode(req)
 	if err != nil {
-		log.Debug("events sink: event payload not understood, ignored", "type", req.GetData().GetTypeUrl(), "err", err)
+		s.dropped.add(DropMalformed, 1)
+		log.Debug("events sink: event payload not understood, dropped", "type", req.GetData().GetTypeUrl(), "err", err)
 		return ok, nil
 	}
-	stage, detail, relevant := Classify(msg)
 	if !relevant {
 		log.Debug("events sink: event ignored", "type", req.GetData().GetTypeUrl())
 		return ok, nil
 	}
-	name, known := s.cfg.Resolver(addr)
-	if !known {
-		// Not remembered as seen: a replay after the address is known counts.
-		log.Warn("events sink: event from an address no machine is known at", "stage", stage)
-		return ok, nil
-	}
+	log = log.With("machine", name, "stage", stage)
 	seenKey := name + "\x00" + req.GetId()
-	if req.GetId() != "" {
-		s.mu.Lock()
-		dup := s.seen.has(seenKey)
-		s.mu.Unlock()
-		if dup {
-			log.Debug("events sink: replayed event dropped", "machine", name)
-			return ok, nil
-		}
+	if req.GetId() != "" && s.isSeen(seenKey) {
+		log.Debug("events sink: replayed event dropped")
+		return ok, nil
 	}
 	applied, err := s.cfg.Recorder.MarkEvent(name, req.GetId(), stage, detail)
-	if err != nil {
-		log.Warn("events sink: record stage", "machine", name, "stage", stage, "err", err)
+	switch {
+	case errors.Is(err, inventory.ErrUnknownMachine):
+		s.dropped.add(DropUnknownMachine, 1)
+		log.Warn("events sink: event of a machine the inventory does not know dropped", "err", err)
 		return ok, nil
+	case err != nil:
+		log.Error("events sink: event not saved, Talos will send it again", "err", err)
+		return nil, status.Error(codes.Unavailable, "event not saved yet, send it again")
 	}
 	if req.GetId() != "" {
-		s.mu.Lock()
-		s.seen.add(seenKey)
-		s.mu.Unlock()
+		s.markSeen(seenKey)
 	}
 	if !applied {
-		log.Debug("events sink: event already recorded", "machine", name)
+		log.Debug("events sink: event already recorded")
 		return ok, nil
 	}
-	log.Info("talos event", "machine", name, "stage", stage, "detail", detail)
+	log.Info("talos event", "detail", detail)
 	if stage == inventory.StageInstalled && s.cfg.OnInstalled != nil {
 		s.cfg.OnInstalled(name)
 	}
 	return ok, nil
+}
+
+// attribute names the machine the request comes from.
+func (s *Server) attribute(ctx context.Context) (name string, addr netip.Addr, ok bool) {
+	p, has := peer.FromContext(ctx)
+	if !has {
+		return "", addr, false
+	}
+	addr, err := peerAddr(p.Addr)
+	if err != nil {
+		return "", addr, false
+	}
+	name, ok = s.cfg.Resolver(addr)
+	return name, addr, ok
+}
+
+// decode unpacks and classifies an event's payload.
+func decode(req *eventsapi.EventRequest) (stage, detail string, relevant bool, err error) {
+	if req.GetData() == nil {
+		return "", "", false, errors.New("event without data")
+	}
+	msg, err := req.GetData().UnmarshalNew()
+	if err != nil {
+		return "", "", false, err
+	}
+	stage, detail, relevant = Classify(msg)
+	// A config error may quote the config URL: never log its token.
+	return stage, pxe.RedactTokens(detail), relevant, nil
+}
+
+func (s *Server) isSeen(key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seen.has(key)
+}
+
+func (s *Server) markSeen(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.seen.add(key)
 }
 
 func peerAddr(a net.Addr) (netip.Addr, error) {
