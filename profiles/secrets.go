@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/siderolabs/talos/pkg/machinery/config"
@@ -27,6 +28,10 @@ const secretsMode fs.FileMode = 0o600
 // secrets already.
 var ErrSecretsExist = errors.New("secrets already exist")
 
+// ErrSecretsLost is returned by LoadOrCreateSecretsIfNew when the state
+// directory holds an existing cluster's state but not its secrets.
+var ErrSecretsLost = errors.New("the cluster's keys are missing")
+
 // clockFunc adapts an injected clock to secrets.Clock (used when signing
 // client certificates from the bundle).
 type clockFunc func() time.Time
@@ -44,6 +49,18 @@ func (f clockFunc) Now() time.Time { return f() }
 // now is the clock for the bundle's CAs (on creation) and for the client
 // certificates signed from it later.
 func LoadOrCreateSecrets(stateDir string, now func() time.Time) (*secrets.Bundle, bool, error) {
+	return loadOrCreateSecrets(stateDir, now, newBundle)
+}
+
+// newBundle makes new secrets for the Talos version rackboot installs.
+func newBundle(now time.Time) (*secrets.Bundle, error) {
+	return secrets.NewBundle(secrets.NewFixedClock(now), config.TalosVersion1_13)
+}
+
+// loadOrCreateSecrets is LoadOrCreateSecrets with the bundle maker as a
+// parameter (the crash tests hand in a ready one, to stop the process while
+// it is being written).
+func loadOrCreateSecrets(stateDir string, now func() time.Time, generate func(time.Time) (*secrets.Bundle, error)) (*secrets.Bundle, bool, error) {
 	path := filepath.Join(stateDir, SecretsFile)
 	if _, err := os.Lstat(path); err == nil {
 		b, err := LoadSecrets(path)
@@ -55,7 +72,7 @@ func LoadOrCreateSecrets(stateDir string, now func() time.Time) (*secrets.Bundle
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, false, fmt.Errorf("check secrets %s (left untouched): %w", path, err)
 	}
-	b, err := secrets.NewBundle(secrets.NewFixedClock(now()), config.TalosVersion1_13)
+	b, err := generate(now())
 	if err != nil {
 		return nil, false, fmt.Errorf("generate secrets: %w", err)
 	}
@@ -77,6 +94,40 @@ func LoadOrCreateSecrets(stateDir string, now func() time.Time) (*secrets.Bundle
 	}
 	b.Clock = clockFunc(now)
 	return b, true, nil
+}
+
+// LoadOrCreateSecretsIfNew is LoadOrCreateSecrets for commands that may
+// start a cluster but must not start a second one over a lost bundle: when
+// secrets.yaml is missing it creates one only if none of clusterState (names
+// in stateDir that exist only once a cluster has been made with its secrets:
+// machine states, leases, client configs...) exists. Otherwise the secrets
+// were lost, not never made; new ones would not open the existing cluster,
+// so it creates nothing and returns an error wrapping ErrSecretsLost that
+// says how to restore them.
+func LoadOrCreateSecretsIfNew(stateDir string, now func() time.Time, clusterState []string) (*secrets.Bundle, bool, error) {
+	path := filepath.Join(stateDir, SecretsFile)
+	_, err := os.Lstat(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, false, fmt.Errorf("check secrets %s (left untouched): %w", path, err)
+	}
+	if err != nil {
+		var found []string
+		for _, name := range clusterState {
+			switch _, err := os.Lstat(filepath.Join(stateDir, name)); {
+			case err == nil:
+				found = append(found, name)
+			case !errors.Is(err, fs.ErrNotExist):
+				return nil, false, fmt.Errorf("check the state directory %s: %w", stateDir, err)
+			}
+		}
+		if len(found) > 0 {
+			return nil, false, fmt.Errorf("state directory %s has %s but no %s: %w. "+
+				"Restore %s from your backup into %s, or run `rackboot secrets import FILE` with your copy of the bundle; "+
+				"rackboot will not make new keys for an existing cluster, they would not open it",
+				stateDir, strings.Join(found, ", "), SecretsFile, ErrSecretsLost, SecretsFile, stateDir)
+		}
+	}
+	return LoadOrCreateSecrets(stateDir, now)
 }
 
 // MarshalSecrets encodes a bundle the way `talosctl gen secrets` writes it

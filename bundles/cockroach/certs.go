@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/dotfile/rackboot/internal/atomicfile"
@@ -81,23 +82,39 @@ func NodeNames(replicas int, ns string) []string {
 // ones; an unreadable, corrupt or inconsistent file (a certificate without
 // its key, one not signed by the CA, a node certificate that does not cover
 // a pod name) is an error naming it.
+//
+// Every pair is written key first, then certificate, so a run killed between
+// two writes leaves keys without their certificates; the next run issues the
+// missing certificate from the key already on disk (never a new key over
+// it), so any such state is taken up where it stopped. A CA is only created
+// or completed while no node or client file exists: those were signed by
+// the CA that is missing, and a new one would not verify them.
 func LoadOrCreateCerts(dir string, replicas int, ns string, now func() time.Time) (*Certs, error) {
+	return loadOrCreateCerts(dir, replicas, ns, now, nil)
+}
+
+// loadOrCreateCerts is LoadOrCreateCerts; afterWrite, when not nil, is
+// called after each file is written (the crash tests stop the process there).
+func loadOrCreateCerts(dir string, replicas int, ns string, now func() time.Time, afterWrite func(path string)) (*Certs, error) {
 	if replicas < 1 {
 		return nil, fmt.Errorf("cockroach certificates: %d replicas", replicas)
 	}
 	if ns == "" {
 		return nil, errors.New("cockroach certificates: no namespace")
 	}
+	if err := checkCAPresent(dir); err != nil {
+		return nil, err
+	}
 	t := now()
-	ca, caKey, caPEM, err := loadOrCreatePair(dir, CACertFile, CAKeyFile, nil, nil, func() (*x509.Certificate, crypto.Signer, error) {
-		return caTemplate(t)
+	ca, caKey, caPEM, err := loadOrCreatePair(dir, CACertFile, CAKeyFile, nil, nil, afterWrite, func(key crypto.Signer) (*x509.Certificate, error) {
+		return caTemplate(t, key)
 	})
 	if err != nil {
 		return nil, err
 	}
 	ipLocal := []net.IP{net.IPv4(127, 0, 0, 1).To4()}
-	node, _, nodePEM, err := loadOrCreatePair(dir, NodeCertFile, NodeKeyFile, ca, caKey, func() (*x509.Certificate, crypto.Signer, error) {
-		return leafTemplate(t, "node", NodeNames(replicas, ns), ipLocal, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+	node, _, nodePEM, err := loadOrCreatePair(dir, NodeCertFile, NodeKeyFile, ca, caKey, afterWrite, func(key crypto.Signer) (*x509.Certificate, error) {
+		return leafTemplate(t, key, "node", NodeNames(replicas, ns), ipLocal, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
 	})
 	if err != nil {
 		return nil, err
@@ -114,8 +131,8 @@ func LoadOrCreateCerts(dir string, replicas int, ns string, now func() time.Time
 	if !hasUsages(node, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth) || node.Subject.CommonName != "node" {
 		return nil, fmt.Errorf("cockroach certificates: %s is not a node certificate (CN node, server and client auth)", filepath.Join(dir, NodeCertFile))
 	}
-	root, _, rootPEM, err := loadOrCreatePair(dir, RootCertFile, RootKeyFile, ca, caKey, func() (*x509.Certificate, crypto.Signer, error) {
-		return leafTemplate(t, "root", nil, nil, x509.ExtKeyUsageClientAuth)
+	root, _, rootPEM, err := loadOrCreatePair(dir, RootCertFile, RootKeyFile, ca, caKey, afterWrite, func(key crypto.Signer) (*x509.Certificate, error) {
+		return leafTemplate(t, key, "root", nil, nil, x509.ExtKeyUsageClientAuth)
 	})
 	if err != nil {
 		return nil, err
@@ -126,13 +143,37 @@ func LoadOrCreateCerts(dir string, replicas int, ns string, now func() time.Time
 	return &Certs{Dir: dir, CACert: caPEM.cert, NodeCert: nodePEM.cert, NodeKey: nodePEM.key, RootCert: rootPEM.cert, RootKey: rootPEM.key}, nil
 }
 
+// checkCAPresent refuses a directory whose CA certificate is missing while
+// node or client files exist. Creation writes the CA first, so no crash
+// leaves this state: someone removed the CA, and a new one (or a CA
+// certificate issued again) is not what the cluster trusts.
+func checkCAPresent(dir string) error {
+	caPath := filepath.Join(dir, CACertFile)
+	if _, err := os.Lstat(caPath); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return nil // present, or an error loadOrCreatePair reports
+	}
+	var found []string
+	for _, f := range []string{NodeCertFile, NodeKeyFile, RootCertFile, RootKeyFile} {
+		if _, err := os.Lstat(filepath.Join(dir, f)); err == nil {
+			found = append(found, f)
+		}
+	}
+	if len(found) == 0 {
+		return nil
+	}
+	return fmt.Errorf("cockroach certificates: %s is missing but %s in %s were issued by it: restore %s and %s from your backup "+
+		"(or remove the whole directory to issue a new set, which the running database will not trust)",
+		caPath, strings.Join(found, ", "), dir, CACertFile, CAKeyFile)
+}
+
 type pemPair struct{ cert, key []byte }
 
-// loadOrCreatePair loads certFile+keyFile from dir, or when both are absent
-// creates them with mk, signed by parent (self-signed when parent is nil).
-// A loaded certificate must match its key and be signed by parent.
-func loadOrCreatePair(dir, certFile, keyFile string, parent *x509.Certificate, parentKey crypto.Signer,
-	mk func() (*x509.Certificate, crypto.Signer, error)) (*x509.Certificate, crypto.Signer, pemPair, error) {
+// loadOrCreatePair loads certFile+keyFile from dir. When both are absent it
+// creates them with mk, signed by parent (self-signed when parent is nil);
+// when only the certificate is absent it issues it for the key on disk. A
+// loaded certificate must match its key and be signed by parent.
+func loadOrCreatePair(dir, certFile, keyFile string, parent *x509.Certificate, parentKey crypto.Signer, afterWrite func(string),
+	mk func(key crypto.Signer) (*x509.Certificate, error)) (*x509.Certificate, crypto.Signer, pemPair, error) {
 	certPath, keyPath := filepath.Join(dir, certFile), filepath.Join(dir, keyFile)
 	certPEM, certErr := os.ReadFile(certPath)
 	keyPEM, keyErr := os.ReadFile(keyPath)
@@ -143,13 +184,32 @@ func loadOrCreatePair(dir, certFile, keyFile string, parent *x509.Certificate, p
 	case keyErr != nil && !keyMissing:
 		return nil, nil, pemPair{}, fmt.Errorf("cockroach certificates: read %s: %w", keyPath, keyErr)
 	case certMissing && keyMissing:
-		return create(certPath, keyPath, parent, parentKey, mk)
-	case certMissing || keyMissing:
-		have, missing := certPath, keyPath
-		if certMissing {
-			have, missing = keyPath, certPath
+		key, err := newKey()
+		if err != nil {
+			return nil, nil, pemPair{}, fmt.Errorf("cockroach certificates: %s: %w", keyPath, err)
 		}
-		return nil, nil, pemPair{}, fmt.Errorf("cockroach certificates: %s exists but %s is missing: restore it (or remove both to issue new ones)", have, missing)
+		keyPEM, err := encodeKey(key)
+		if err != nil {
+			return nil, nil, pemPair{}, fmt.Errorf("cockroach certificates: %s: %w", keyPath, err)
+		}
+		// The key first: a certificate on disk always has its key beside it,
+		// and a key alone is completed by the next run (the case below).
+		if err := atomicfile.WriteNew(keyPath, keyPEM, 0o600); err != nil {
+			return nil, nil, pemPair{}, fmt.Errorf("cockroach certificates: %w", err)
+		}
+		if afterWrite != nil {
+			afterWrite(keyPath)
+		}
+		return issue(certPath, key, keyPEM, parent, parentKey, afterWrite, mk)
+	case certMissing:
+		// Left by a run that stopped between the two writes.
+		key, err := parseKey(keyPEM)
+		if err != nil {
+			return nil, nil, pemPair{}, fmt.Errorf("cockroach certificates: %s: %w", keyPath, err)
+		}
+		return issue(certPath, key, keyPEM, parent, parentKey, afterWrite, mk)
+	case keyMissing:
+		return nil, nil, pemPair{}, fmt.Errorf("cockroach certificates: %s exists but %s is missing: restore it (or remove both to issue new ones)", certPath, keyPath)
 	}
 	cert, err := parseCert(certPEM)
 	if err != nil {
@@ -159,25 +219,36 @@ func loadOrCreatePair(dir, certFile, keyFile string, parent *x509.Certificate, p
 	if err != nil {
 		return nil, nil, pemPair{}, fmt.Errorf("cockroach certificates: %s: %w", keyPath, err)
 	}
+	if err := checkPair(certPath, keyPath, cert, key, parent, dir); err != nil {
+		return nil, nil, pemPair{}, err
+	}
+	return cert, key, pemPair{certPEM, keyPEM}, nil
+}
+
+// checkPair checks that cert belongs to key and is signed by parent (by
+// itself, as a CA, when parent is nil).
+func checkPair(certPath, keyPath string, cert *x509.Certificate, key crypto.Signer, parent *x509.Certificate, dir string) error {
 	if !publicKeyEqual(cert.PublicKey, key.Public()) {
-		return nil, nil, pemPair{}, fmt.Errorf("cockroach certificates: %s does not belong to %s", keyPath, certPath)
+		return fmt.Errorf("cockroach certificates: %s does not belong to %s", keyPath, certPath)
 	}
 	signer := parent
 	if signer == nil {
 		signer = cert
 		if !cert.IsCA {
-			return nil, nil, pemPair{}, fmt.Errorf("cockroach certificates: %s is not a CA certificate", certPath)
+			return fmt.Errorf("cockroach certificates: %s is not a CA certificate", certPath)
 		}
 	}
 	if err := cert.CheckSignatureFrom(signer); err != nil {
-		return nil, nil, pemPair{}, fmt.Errorf("cockroach certificates: %s is not signed by the CA %s: %w", certPath, filepath.Join(dir, CACertFile), err)
+		return fmt.Errorf("cockroach certificates: %s is not signed by the CA %s: %w", certPath, filepath.Join(dir, CACertFile), err)
 	}
-	return cert, key, pemPair{certPEM, keyPEM}, nil
+	return nil
 }
 
-func create(certPath, keyPath string, parent *x509.Certificate, parentKey crypto.Signer,
-	mk func() (*x509.Certificate, crypto.Signer, error)) (*x509.Certificate, crypto.Signer, pemPair, error) {
-	tmpl, key, err := mk()
+// issue signs a certificate from mk for key (already on disk as keyPEM) with
+// parent, or self-signed when parent is nil, and writes it to certPath.
+func issue(certPath string, key crypto.Signer, keyPEM []byte, parent *x509.Certificate, parentKey crypto.Signer, afterWrite func(string),
+	mk func(key crypto.Signer) (*x509.Certificate, error)) (*x509.Certificate, crypto.Signer, pemPair, error) {
+	tmpl, err := mk(key)
 	if err != nil {
 		return nil, nil, pemPair{}, fmt.Errorf("cockroach certificates: prepare %s: %w", certPath, err)
 	}
@@ -193,28 +264,29 @@ func create(certPath, keyPath string, parent *x509.Certificate, parentKey crypto
 	if err != nil {
 		return nil, nil, pemPair{}, fmt.Errorf("cockroach certificates: parse new %s: %w", certPath, err)
 	}
-	rsaKey, ok := key.(*rsa.PrivateKey)
-	if !ok {
-		return nil, nil, pemPair{}, fmt.Errorf("cockroach certificates: %T is not an RSA key", key)
-	}
-	p := pemPair{
-		cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		key:  pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rsaKey)}),
-	}
-	// The key first: a certificate on disk always has its key beside it.
-	if err := atomicfile.WriteNew(keyPath, p.key, 0o600); err != nil {
-		return nil, nil, pemPair{}, fmt.Errorf("cockroach certificates: %w", err)
-	}
+	p := pemPair{cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), key: keyPEM}
 	if err := atomicfile.WriteNew(certPath, p.cert, 0o600); err != nil {
 		return nil, nil, pemPair{}, fmt.Errorf("cockroach certificates: %w", err)
+	}
+	if afterWrite != nil {
+		afterWrite(certPath)
 	}
 	return cert, key, p, nil
 }
 
-func caTemplate(now time.Time) (*x509.Certificate, crypto.Signer, error) {
-	key, serial, err := newKey()
+// encodeKey is PKCS#1 PEM, as `cockroach cert` writes RSA keys.
+func encodeKey(key crypto.Signer) ([]byte, error) {
+	rsaKey, ok := key.(*rsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("%T is not an RSA key", key)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rsaKey)}), nil
+}
+
+func caTemplate(now time.Time, key crypto.Signer) (*x509.Certificate, error) {
+	serial, err := newSerial()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	return &x509.Certificate{
 		SerialNumber:          serial,
@@ -225,13 +297,13 @@ func caTemplate(now time.Time) (*x509.Certificate, crypto.Signer, error) {
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		MaxPathLenZero:        true,
-	}, key, nil
+	}, nil
 }
 
-func leafTemplate(now time.Time, cn string, dns []string, ips []net.IP, usages ...x509.ExtKeyUsage) (*x509.Certificate, crypto.Signer, error) {
-	key, serial, err := newKey()
+func leafTemplate(now time.Time, key crypto.Signer, cn string, dns []string, ips []net.IP, usages ...x509.ExtKeyUsage) (*x509.Certificate, error) {
+	serial, err := newSerial()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	return &x509.Certificate{
 		SerialNumber:          serial,
@@ -243,19 +315,23 @@ func leafTemplate(now time.Time, cn string, dns []string, ips []net.IP, usages .
 		BasicConstraintsValid: true,
 		DNSNames:              dns,
 		IPAddresses:           ips,
-	}, key, nil
+	}, nil
 }
 
-func newKey() (*rsa.PrivateKey, *big.Int, error) {
+func newKey() (*rsa.PrivateKey, error) {
 	key, err := rsa.GenerateKey(rand.Reader, keyBits)
 	if err != nil {
-		return nil, nil, fmt.Errorf("generate RSA key: %w", err)
+		return nil, fmt.Errorf("generate RSA key: %w", err)
 	}
+	return key, nil
+}
+
+func newSerial() (*big.Int, error) {
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
-		return nil, nil, fmt.Errorf("serial number: %w", err)
+		return nil, fmt.Errorf("serial number: %w", err)
 	}
-	return key, serial, nil
+	return serial, nil
 }
 
 func parseCert(b []byte) (*x509.Certificate, error) {

@@ -25,6 +25,9 @@ func fixedNow() time.Time { return testNow }
 var sharedDir string
 
 func TestMain(m *testing.M) {
+	if os.Getenv(crashDirEnv) != "" {
+		os.Exit(crashChild())
+	}
 	dir, err := os.MkdirTemp("", "cockroach-certs-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -241,7 +244,16 @@ func TestCertsBad(t *testing.T) {
 		}, NodeCertFile},
 		{"garbage key", func(t *testing.T, dir string) { write(t, dir, RootKeyFile, []byte("not a key")) }, RootKeyFile},
 		{"empty CA", func(t *testing.T, dir string) { write(t, dir, CACertFile, nil) }, CACertFile},
-		{"key without cert", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, NodeCertFile)) }, "is missing"},
+		{"cert without key", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, NodeKeyFile)) }, "is missing"},
+		{"CA cert gone", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, CACertFile)) }, "were issued by it"},
+		{"CA gone", func(t *testing.T, dir string) {
+			os.Remove(filepath.Join(dir, CACertFile))
+			os.Remove(filepath.Join(dir, CAKeyFile))
+		}, "were issued by it"},
+		{"corrupt key without cert", func(t *testing.T, dir string) {
+			os.Remove(filepath.Join(dir, RootCertFile))
+			write(t, dir, RootKeyFile, []byte("not a key"))
+		}, RootKeyFile},
 		{"swapped key", func(t *testing.T, dir string) {
 			k, _ := os.ReadFile(filepath.Join(dir, RootKeyFile))
 			write(t, dir, NodeKeyFile, k)

@@ -105,15 +105,10 @@ func runImageBuild(cmd *cobra.Command, a *app, f *imageFlags, kind, ext string, 
 			machines = append(machines, &r.Machines[i])
 		}
 	} else {
-		m := r.Machine(args[0])
-		if m == nil {
-			var names []string
-			for _, x := range r.Machines {
-				names = append(names, x.Name)
-			}
-			return fmt.Errorf("no machine named %q in %s: the machines are %s", args[0], a.rackPath, strings.Join(names, ", "))
+		if err := a.knownMachine(r, args[0]); err != nil {
+			return err
 		}
-		machines = []*profiles.Machine{m}
+		machines = []*profiles.Machine{r.Machine(args[0])}
 	}
 	outputs := map[string]string{}
 	for _, m := range machines {
@@ -129,12 +124,6 @@ func runImageBuild(cmd *cobra.Command, a *app, f *imageFlags, kind, ext string, 
 			return fmt.Errorf("%s is %s: install images are built for amd64 machines only (isolinux and BOOTX64.EFI)", m.Name, arch)
 		}
 	}
-	if f.all {
-		if err := os.MkdirAll(f.output, 0o700); err != nil {
-			return fmt.Errorf("output directory: %w", err)
-		}
-	}
-
 	var loaders fs.FS
 	if f.bootloaders != "" {
 		loaders, err = bootloaders.Dir(f.bootloaders)
@@ -161,13 +150,18 @@ func runImageBuild(cmd *cobra.Command, a *app, f *imageFlags, kind, ext string, 
 		return err
 	}
 
-	bundle, created, err := profiles.LoadOrCreateSecrets(a.StateDir(), time.Now)
+	// After every check of the arguments (nothing is created for a typo),
+	// before anything is written.
+	bundle, err := a.clusterSecrets()
 	if err != nil {
 		return err
 	}
-	if created {
-		a.log.Info("created cluster secrets: back them up", "dir", a.StateDir())
+	if f.all {
+		if err := os.MkdirAll(f.output, 0o700); err != nil {
+			return fmt.Errorf("output directory: %w", err)
+		}
 	}
+
 	var cache *imager.Cache
 	if f.kernel == "" {
 		if cache, err = openAssetCache(a); err != nil {
