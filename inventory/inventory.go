@@ -155,6 +155,11 @@ func WithLogger(l *slog.Logger) Option { return func(s *Store) { s.log = l } }
 // written (default 1s); 0 writes on every change. Flush and Close always write.
 func WithFlushDelay(d time.Duration) Option { return func(s *Store) { s.delay = d } }
 
+// WithNames tells the store which names are machines of the rack: an event
+// or log line for such a name is recorded even before the machine was seen
+// netbooting (it may boot from its disk, or from an image).
+func WithNames(known func(name string) bool) Option { return func(s *Store) { s.known = known } }
+
 // WithLimits sets how many timeline entries and kernel log lines are kept per
 // machine.
 func WithLimits(timeline, logLines int) Option {
@@ -174,6 +179,7 @@ type Store struct {
 	maxTimeline int
 	maxLogs     int
 	maxUnknown  int
+	known       func(name string) bool
 	write       func(path string, data []byte, mode fs.FileMode) error
 
 	mu       sync.Mutex
@@ -641,6 +647,11 @@ func (s *Store) encodeLocked() ([]byte, error) {
 // findLocked finds a machine by key, MAC or address, through the indexes.
 func (s *Store) findLocked(who string) *Machine {
 	if m := s.machines[who]; m != nil {
+		return m
+	}
+	if s.known != nil && s.known(who) {
+		m := &Machine{Key: who, Name: who, FirstSeen: s.now()}
+		s.addLocked(m)
 		return m
 	}
 	if hw, err := net.ParseMAC(who); err == nil {

@@ -128,6 +128,7 @@ type Tokens struct {
 	consumed map[string]time.Time // name → tokens minted at or before this are spent
 	spent    map[string]Pin       // token id → where it was spent
 	byAddr   map[netip.Addr]string
+	byMAC    map[string]string // link-layer address → token id (the newest)
 }
 
 // NewTokens returns Tokens keyed by key (at least 32 bytes) that keep spent
@@ -137,7 +138,7 @@ func NewTokens(key []byte, cfg TokenConfig) (*Tokens, error) {
 		return nil, fmt.Errorf("config token key is %d bytes, want at least %d", len(key), tokenKeyLen)
 	}
 	t := &Tokens{key: append([]byte(nil), key...), ttl: cfg.TTL, now: cfg.Now, rand: cfg.Rand,
-		consumed: map[string]time.Time{}, spent: map[string]Pin{}, byAddr: map[netip.Addr]string{}}
+		consumed: map[string]time.Time{}, spent: map[string]Pin{}, byAddr: map[netip.Addr]string{}, byMAC: map[string]string{}}
 	if t.ttl <= 0 {
 		t.ttl = DefaultTokenTTL
 	}
@@ -262,8 +263,18 @@ func parseSpent(data []byte) (spentFile, error) {
 func (t *Tokens) addPinLocked(p Pin) {
 	p.Addr = p.Addr.Unmap()
 	t.spent[p.ID] = p
+	t.indexLocked(p)
+}
+
+// indexLocked makes p the pin of its address and MAC unless a newer one is.
+func (t *Tokens) indexLocked(p Pin) {
 	if old, ok := t.spent[t.byAddr[p.Addr]]; !ok || !p.At.Before(old.At) {
 		t.byAddr[p.Addr] = p.ID
+	}
+	if p.MAC != "" {
+		if old, ok := t.spent[t.byMAC[p.MAC]]; !ok || !p.At.Before(old.At) {
+			t.byMAC[p.MAC] = p.ID
+		}
 	}
 }
 
@@ -405,6 +416,21 @@ func (t *Tokens) Pinned(addr netip.Addr) (name string, hw net.HardwareAddr, ok b
 	return p.Name, p.hw, true
 }
 
+// PinnedMAC returns the machine whose config was last fetched by the NIC
+// with link-layer address hw, while the pin is kept (PinRetention).
+func (t *Tokens) PinnedMAC(hw net.HardwareAddr) (name string, ok bool) {
+	if len(hw) == 0 {
+		return "", false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p, ok := t.spent[t.byMAC[hw.String()]]
+	if !ok || t.now().Sub(p.At) > PinRetention {
+		return "", false
+	}
+	return p.Name, true
+}
+
 // Consume spends every token minted so far for the machine name: the events
 // side calls it once the machine reports it is installed. A later boot gets
 // a fresh token with its new script.
@@ -462,9 +488,8 @@ func (t *Tokens) saveLocked() error {
 
 func (t *Tokens) reindexLocked() {
 	clear(t.byAddr)
+	clear(t.byMAC)
 	for _, p := range t.spent {
-		if old, ok := t.spent[t.byAddr[p.Addr]]; !ok || !p.At.Before(old.At) {
-			t.byAddr[p.Addr] = p.ID
-		}
+		t.indexLocked(p)
 	}
 }

@@ -209,6 +209,12 @@ func TestSpendPinsTheFirstAddress(t *testing.T) {
 	if n, hw, ok := tk2.Pinned(first); !ok || n != "cp1" || hw.String() != nic2.String() {
 		t.Fatalf("after restart Pinned = %q, %v, %v", n, hw, ok)
 	}
+	if n, ok := tk2.PinnedMAC(nic2); !ok || n != "cp1" {
+		t.Fatalf("after restart PinnedMAC = %q, %v", n, ok)
+	}
+	if _, ok := tk2.PinnedMAC(mac); ok {
+		t.Fatal("PinnedMAC of a MAC that fetched nothing")
+	}
 	// The retry window ends with the token; the pin outlives it for
 	// attribution, then goes.
 	clk.Advance(DefaultTokenTTL + time.Second)

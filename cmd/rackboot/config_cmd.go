@@ -55,7 +55,7 @@ func init() {
 // `bundles` make those without the cluster's secrets (bundles go to any
 // cluster).
 var clusterState = []string{
-	inventory.FileName, "dhcp-leases.json", pxe.TokenKeyFile, bringup.BootstrapFile, "talosconfig", "kubeconfig",
+	inventory.FileName, "dhcp-leases.json", pxe.TokenKeyFile, pxe.SpentFile, bringup.BootstrapFile, "talosconfig", "kubeconfig",
 }
 
 // clusterSecrets loads the cluster's secrets bundle from the state directory.

@@ -7,8 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -33,6 +33,7 @@ type serveFlags struct {
 	ipxeDir    string
 	standin    string
 	extraArgs  []string
+	listenAll  bool
 }
 
 func (f *serveFlags) register(cmd *cobra.Command) {
@@ -49,6 +50,7 @@ func (f *serveFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.ipxeDir, "ipxe-dir", "", "serve the iPXE binaries from this directory instead of the embedded ones")
 	fl.StringVar(&f.standin, "standin", "", "directory with a stand-in vmlinuz + initramfs, booted when the asset cache has no Talos for a machine (the lab)")
 	fl.StringSliceVar(&f.extraArgs, "kernel-arg", nil, "extra kernel argument for every machine (repeatable), e.g. console=ttyS0")
+	fl.BoolVar(&f.listenAll, "listen-all", false, "listen on every address of this computer, not only the rack interface's (HTTP, TFTP, events, kernel logs)")
 }
 
 func init() {
@@ -77,12 +79,9 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 		return err
 	}
 	state := a.StateDir()
-	bundle, created, err := profiles.LoadOrCreateSecrets(state, time.Now)
+	bundle, err := a.clusterSecrets()
 	if err != nil {
 		return err
-	}
-	if created {
-		a.log.Info("created cluster secrets: back them up", "dir", state)
 	}
 	subnet, err := netip.ParsePrefix(r.Cluster.Network.Subnet)
 	if err != nil {
@@ -94,7 +93,8 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 	}
 	a.log.Info("serving the rack", "rack", a.rackPath, "interface", iface, "address", ip, "dhcp", f.dhcpMode, "machines", len(r.Machines))
 
-	store, err := inventory.Open(state, inventory.WithLogger(a.log.With("service", "inventory")))
+	store, err := inventory.Open(state, inventory.WithLogger(a.log.With("service", "inventory")),
+		inventory.WithNames(func(name string) bool { return r.Machine(name) != nil }))
 	if err != nil {
 		return err
 	}
@@ -135,30 +135,59 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 		return err
 	}
 
-	// Talos reports events from whatever address it has: the DHCP one while
-	// netbooting, its static one once its config is applied.
-	static := staticAddrs(r)
-	resolver := func(addr netip.Addr) (string, bool) {
-		if n, ok := static[addr]; ok {
-			return n, true
-		}
-		return store.ByAddr(addr)
-	}
-
-	statusHandler, err := status.Handler(store, status.WithLogger(a.log.With("service", "status")))
+	// Only the NIC that owns a machine's MAC gets its boot script, and
+	// events and logs count only from where the machine was seen.
+	neigh, err := pxe.NewKernelNeighbors(iface)
 	if err != nil {
 		return err
 	}
+	attr := newAttribution(r, neigh)
+	if mode == pxe.DHCPFull {
+		attr.leaseHolder = dhcp.LeaseHolder
+	}
+	warnUnverifiable(a, r)
+
+	var (
+		sink *talosevents.Server
+		kmsg *talosevents.KmsgReceiver
+	)
+	statusHandler, err := status.Handler(store, status.WithLogger(a.log.With("service", "status")),
+		status.WithDropCounters(
+			func() map[string]uint64 {
+				if sink == nil {
+					return nil
+				}
+				return sink.Dropped()
+			},
+			func() map[string]uint64 {
+				if kmsg == nil {
+					return nil
+				}
+				return kmsg.Dropped()
+			}))
+	if err != nil {
+		return err
+	}
+	// Listen on the rack interface's address only, unless asked.
+	host := ip.String()
+	if f.listenAll {
+		host = ""
+		a.log.Warn("--listen-all: HTTP, TFTP, the events sink and the kernel log receiver answer on every network of this computer")
+	}
 	cfg := pxe.Config{
 		ServerIP:     ip,
-		HTTPAddr:     net.JoinHostPort("", strconv.Itoa(f.httpPort)),
-		TFTPAddr:     net.JoinHostPort("", strconv.Itoa(f.tftpPort)),
+		HTTPAddr:     net.JoinHostPort(host, strconv.Itoa(f.httpPort)),
+		TFTPAddr:     net.JoinHostPort(host, strconv.Itoa(f.tftpPort)),
 		DisableTFTP:  f.tftpPort == 0,
 		StateDir:     state,
 		Log:          a.log,
-		Recorder:     store,
+		Recorder:     attr.saw(store),
 		Followed:     dhcp.Followed,
 		FollowedAddr: dhcp.FollowedAddr,
+		Neighbors:    neigh,
+	}
+	if mode == pxe.DHCPFull {
+		cfg.LeaseOf = dhcp.LeaseOf
 	}
 	if f.eventsPort != 0 {
 		cfg.EventsAddr = net.JoinHostPort(ip.String(), strconv.Itoa(f.eventsPort))
@@ -183,12 +212,14 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 		pxe.WithService("dhcp", dhcp.Serve),
 	}
 	if f.eventsPort != 0 {
-		sink, err := talosevents.New(talosevents.Config{
-			Addr: net.JoinHostPort("", strconv.Itoa(f.eventsPort)), Resolver: resolver, Recorder: store,
+		sink, err = talosevents.New(talosevents.Config{
+			Addr: net.JoinHostPort(host, strconv.Itoa(f.eventsPort)), Resolver: attr.resolve, Recorder: store,
 			OnInstalled: func(name string) {
 				a.log.Info("machine installed: its next boot goes to its disk", "machine", name)
 				if srv != nil {
-					srv.Tokens().Consume(name)
+					if err := srv.Tokens().Consume(name); err != nil {
+						a.log.Warn("could not record that the machine's config tokens are used up (they expire on their own)", "machine", name, "err", err)
+					}
 				}
 			},
 		}, talosevents.WithLogger(a.log.With("service", "events")))
@@ -198,21 +229,48 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 		opts = append(opts, pxe.WithService("events", sink.Serve))
 	}
 	if f.logPort != 0 {
-		kmsg, err := talosevents.NewKmsgReceiver(talosevents.KmsgConfig{
-			Addr: net.JoinHostPort("", strconv.Itoa(f.logPort)), Resolver: resolver, Recorder: store,
+		kmsg, err = talosevents.NewKmsgReceiver(talosevents.KmsgConfig{
+			Addr: net.JoinHostPort(host, strconv.Itoa(f.logPort)), Resolver: attr.resolve, Recorder: store,
 		}, talosevents.WithLogger(a.log.With("service", "kmsg")))
 		if err != nil {
 			return err
 		}
 		opts = append(opts, pxe.WithService("kernel-log", kmsg.Serve))
 	}
-	srv, err = pxe.New(cfg, booter, assets, opts...)
+	ctl, err := listenControl(state)
 	if err != nil {
 		return err
 	}
+	defer os.Remove(filepath.Join(state, ControlSocket))
+	opts = append(opts, pxe.WithService("control", func(ctx context.Context) error {
+		return serveControl(ctx, ctl, controlHandler(statusHandler, controlActions{
+			reinstall: func(name string) error {
+				if r.Machine(name) == nil {
+					return fmt.Errorf("no machine named %q in the rack file: %w", name, inventory.ErrUnknownMachine)
+				}
+				return store.Reset(name)
+			},
+			forget: store.Forget,
+		}), a.log.With("service", "control"))
+	}))
+	srv, err = pxe.New(cfg, booter, assets, opts...)
+	if err != nil {
+		ctl.Close()
+		return err
+	}
+	attr.tokens = srv.Tokens
 	fmt.Fprintf(cmd.ErrOrStderr(), "rackboot: serving %d machines on %s (%s); status: http://%s/\n",
 		len(r.Machines), iface, ip, net.JoinHostPort(ip.String(), strconv.Itoa(f.httpPort)))
 	return srv.Serve(ctx)
+}
+
+// warnUnverifiable says which machines cannot be checked at layer 2.
+func warnUnverifiable(a *app, r *profiles.Rack) {
+	for i := range r.Machines {
+		if len(r.Machines[i].MACs()) == 0 {
+			a.log.Warn("machine is selected without a MAC: its config goes to any device that sends its UUID or serial; add select.mac", "machine", r.Machines[i].Name)
+		}
+	}
 }
 
 // staticAddrs maps each machine's static address to its name.

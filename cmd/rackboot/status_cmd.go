@@ -13,10 +13,6 @@ import (
 	"github.com/dotfile/rackboot/status"
 )
 
-// defaultStatusServer is where `rackboot status` looks for a running
-// rackboot unless --server says otherwise.
-const defaultStatusServer = "http://127.0.0.1:8080"
-
 func init() {
 	subcommands = append(subcommands, func(a *app) *cobra.Command {
 		var (
@@ -28,8 +24,9 @@ func init() {
 		cmd := &cobra.Command{
 			Use:   "status",
 			Short: "Print every machine's stage, address and last event",
-			Long: "Print the machine table of a running rackboot (from its /api/machines), or with --offline\n" +
-				"the one saved in the state directory (machines.json).",
+			Long: "Print the machine table of the rackboot serve running for this rack (through its control\n" +
+				"socket in the state directory), of another one with --server URL, or with --offline the one\n" +
+				"saved in the state directory (machines.json).",
 			Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
 				var ms []inventory.Machine
@@ -48,9 +45,16 @@ func init() {
 					}
 					ctx, cancel := context.WithTimeout(parent, timeout)
 					defer cancel()
-					resp, err := status.Fetch(ctx, &http.Client{}, server)
+					client, base := &http.Client{}, server
+					if server == "" {
+						client, base = controlClient(a.StateDir(), timeout), controlBase
+					}
+					resp, err := status.Fetch(ctx, client, base)
+					if err != nil && server == "" {
+						return fmt.Errorf("no rackboot serve answers for %s (%w): start one, or try --server URL or --offline", a.StateDir(), err)
+					}
 					if err != nil {
-						return fmt.Errorf("%w (is rackboot running? try --server or --offline)", err)
+						return fmt.Errorf("%w (is rackboot running? try --offline)", err)
 					}
 					ms, now = resp.Machines, resp.Time
 				}
@@ -69,7 +73,7 @@ func init() {
 				return status.WriteTable(cmd.OutOrStdout(), ms, now)
 			},
 		}
-		cmd.Flags().StringVar(&server, "server", defaultStatusServer, "URL of the running rackboot's status server")
+		cmd.Flags().StringVar(&server, "server", "", "URL of a rackboot status page to read, e.g. http://192.168.1.2:8080 (default: the serve running for this rack)")
 		cmd.Flags().BoolVar(&offline, "offline", false, "read machines.json from the state directory instead of asking a server")
 		cmd.Flags().BoolVar(&asJSON, "json", false, "print the machines as JSON")
 		cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the server")

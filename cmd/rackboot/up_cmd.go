@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
@@ -170,8 +168,7 @@ func runUp(ctx context.Context, a *app, cmd *cobra.Command, f *upFlags) error {
 		// serve keeps its inventory to itself.
 		// Without the events sink no machine ever reports installed.
 		if f.serve.eventsPort != 0 {
-			base := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(f.serve.httpPort))
-			deps.Stages = newServedStages(base, 2*time.Second, a.log)
+			deps.Stages = newServedStages(controlClient(a.StateDir(), 5*time.Second), controlBase, 2*time.Second, a.log)
 		}
 		serveDone = make(chan error, 1)
 		go func() { serveDone <- runServe(ctx, a, cmd, &f.serve) }()
@@ -302,8 +299,8 @@ type servedStages struct {
 	byName map[string]inventory.Machine
 }
 
-func newServedStages(base string, every time.Duration, log *slog.Logger) *servedStages {
-	return &servedStages{base: base, client: &http.Client{Timeout: 5 * time.Second}, every: every, log: log, byName: map[string]inventory.Machine{}}
+func newServedStages(client *http.Client, base string, every time.Duration, log *slog.Logger) *servedStages {
+	return &servedStages{base: base, client: client, every: every, log: log, byName: map[string]inventory.Machine{}}
 }
 
 // Stage implements bringup.Stages.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -160,7 +161,7 @@ func TestServedStages(t *testing.T) {
 	mac, _ := net.ParseMAC("52:54:00:c0:00:01")
 	store.Record(pxe.Event{Name: "cp1", MAC: mac, Stage: pxe.StageConfig})
 
-	st := newServedStages(srv.URL, 10*time.Millisecond, slog.New(slog.DiscardHandler))
+	st := newServedStages(&http.Client{Timeout: 5 * time.Second}, srv.URL, 10*time.Millisecond, slog.New(slog.DiscardHandler))
 	if stage, _, _ := st.Stage("cp1"); stage != "" {
 		t.Fatalf("stage %q before any poll", stage)
 	}

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dotfile/rackboot/inventory"
+)
+
+func init() {
+	subcommands = append(subcommands, func(a *app) *cobra.Command {
+		cmd := &cobra.Command{
+			Use:   "machine",
+			Short: "Change what rackboot remembers of a machine (reinstall, forget)",
+		}
+		cmd.AddCommand(&cobra.Command{
+			Use:   "reinstall NAME",
+			Short: "Install Talos again on a machine at its next network boot",
+			Long: "Clears the machine's \"installed\" mark, so its next network boot gets Talos and its\n" +
+				"config again (with a new config token) instead of being sent to its disk. Goes through\n" +
+				"the running rackboot serve when there is one.",
+			Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				r, err := a.loadRack(cmd)
+				if err != nil {
+					return err
+				}
+				name := args[0]
+				if r.Machine(name) == nil {
+					return fmt.Errorf("no machine named %q in %s", name, a.rackPath)
+				}
+				err = changeMachine(cmd.Context(), a.StateDir(), "/machines/"+name+"/reinstall",
+					func(st *inventory.Store) error { return st.Reset(name) })
+				if errors.Is(err, inventory.ErrUnknownMachine) {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s has not booted from rackboot yet: its next network boot installs it\n", name)
+					return nil
+				}
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s will install again at its next network boot (set it to boot from the network once, or use its boot menu)\n", name)
+				return nil
+			},
+		})
+		cmd.AddCommand(&cobra.Command{
+			Use:   "forget MAC",
+			Short: "Drop a machine that is not in the rack file from the status page",
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				hw, err := net.ParseMAC(args[0])
+				if err != nil {
+					return fmt.Errorf("%q is not a MAC address: write it like 52:54:00:12:34:56", args[0])
+				}
+				mac := hw.String()
+				err = changeMachine(cmd.Context(), a.StateDir(), "/machines/"+mac+"/forget",
+					func(st *inventory.Store) error { return st.Forget(mac) })
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "forgot %s\n", mac)
+				return nil
+			},
+		})
+		return cmd
+	})
+}
+
+// changeMachine asks the running serve to make a change (so one process
+// writes the state files), or makes it in the state dir when none runs.
+func changeMachine(ctx context.Context, stateDir, path string, local func(*inventory.Store) error) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	err := controlPost(ctx, stateDir, path)
+	if !errors.Is(err, errNoServer) {
+		return err
+	}
+	st, err := inventory.Open(stateDir)
+	if err != nil {
+		return err
+	}
+	if err := local(st); err != nil {
+		return err
+	}
+	return st.Close()
+}
