@@ -469,7 +469,7 @@ func fetchConfig(ctx context.Context, log *slog.Logger, raw string, vars cmdline
 		log.Warn("config fetch failed", "err", err, "from", from, "retry_in", delay)
 		select {
 		case <-ctx.Done():
-			return nil, "", fmt.Errorf("fetch machine config: %w (last error: %w)", ctx.Err(), lastErr)
+			return nil, from, fmt.Errorf("fetch machine config: %w (last error: %w)", ctx.Err(), lastErr)
 		case <-time.After(delay):
 		}
 	}

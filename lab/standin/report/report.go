@@ -47,7 +47,7 @@ type Report struct {
 	Serial       string  `json:"serial,omitempty"`
 	Links        []Link  `json:"links,omitempty"`       // every link, the first is the primary (MAC, IP)
 	ConfigSource string  `json:"config_source"`         // "http", "metal-iso" or ""
-	ConfigFrom   string  `json:"config_from,omitempty"` // http: the local address that fetched it
+	ConfigFrom   string  `json:"config_from,omitempty"` // http: the local address of the (last) fetch
 	ConfigSHA256 string  `json:"config_sha256"`
 	InstallDisk  string  `json:"install_disk"`
 	Disks        []Disk  `json:"disks"`
