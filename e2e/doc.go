@@ -8,6 +8,7 @@
 //
 // Scenarios: full DHCP with BIOS (then the NVMe-only install check and a
 // second boot that must go to the local disk), proxy DHCP behind dnsmasq
-// with UEFI, an unknown machine, and a restart of serve in the middle of a
-// boot.
+// with UEFI, an unknown machine, a restart of serve in the middle of a
+// boot, and a two-NIC machine that fetches its config from its second NIC's
+// address (as Talos may: DHCP on every link, no client identifier).
 package e2e

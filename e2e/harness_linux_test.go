@@ -388,6 +388,44 @@ func (s *scenario) api() api {
 	}
 }
 
+// planAPI is serve's status API at the planned server address, for a test
+// that brings the lab up itself (before lab.json exists).
+func (s *scenario) planAPI(plan *lab.Plan) api {
+	return api{
+		base:   "http://" + net.JoinHostPort(plan.ServerAddr.Addr().String(), strconv.Itoa(servePort)),
+		client: &http.Client{Transport: &http.Transport{DialContext: s.lab().DialContext}, Timeout: 3 * time.Second},
+	}
+}
+
+// serveSpec is rackboot serve as `rackboot lab up --dhcp full` runs it
+// (labServeSpec in cmd/rackboot/lab_cmd.go) with the scenario's rack file,
+// for a test that calls lab.Up itself; extra are more serve flags.
+func (s *scenario) serveSpec(plan *lab.Plan, a api, extra ...string) *lab.ProcessSpec {
+	ip := plan.ServerAddr.Addr().String()
+	args := []string{"serve", "-f", s.rack, "--state", s.lab().Path("serve"),
+		"--interface", lab.Bridge, "--server-ip", ip, "--dhcp", "full",
+		"--http-port", strconv.Itoa(servePort), "--kernel-arg", "console=ttyS0",
+		"--range", plan.DHCPRange[0].String() + "-" + plan.DHCPRange[1].String(), "--router", "none",
+		"--standin", prepared.standin}
+	return &lab.ProcessSpec{
+		Role: "serve", Path: prepared.bin, WorkDir: "serve",
+		Args: append(args, extra...),
+		Ready: func(ctx context.Context) error {
+			for {
+				_, err := a.machines(ctx)
+				if err == nil {
+					return nil
+				}
+				select {
+				case <-ctx.Done():
+					return errors.Join(err, ctx.Err())
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		},
+	}
+}
+
 func (a api) machines(ctx context.Context) ([]inventory.Machine, error) {
 	r, err := status.Fetch(ctx, a.client, a.base)
 	if err != nil {

@@ -5,15 +5,11 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"net/netip"
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -299,35 +295,10 @@ func TestUnknownMachine(t *testing.T) {
 		t.Fatal(err)
 	}
 	spec.ServerAddr = plan.ServerAddr
-	ip := plan.ServerAddr.Addr().String()
-	a := api{
-		base:   "http://" + net.JoinHostPort(ip, strconv.Itoa(servePort)),
-		client: &http.Client{Transport: &http.Transport{DialContext: l.DialContext}, Timeout: 3 * time.Second},
-	}
-	serveDir := l.Path("serve")
-	// rackboot serve as `lab up` runs it (labServeSpec), but with the
-	// rack file that does not list the VM.
-	spec.Serve = &lab.ProcessSpec{
-		Role: "serve", Path: prepared.bin, WorkDir: "serve",
-		Args: []string{"serve", "-f", s.rack, "--state", serveDir,
-			"--interface", lab.Bridge, "--server-ip", ip, "--dhcp", "full",
-			"--http-port", strconv.Itoa(servePort), "--kernel-arg", "console=ttyS0",
-			"--range", plan.DHCPRange[0].String() + "-" + plan.DHCPRange[1].String(), "--router", "none",
-			"--standin", prepared.standin},
-		Ready: func(ctx context.Context) error {
-			for {
-				_, err := a.machines(ctx)
-				if err == nil {
-					return nil
-				}
-				select {
-				case <-ctx.Done():
-					return errors.Join(err, ctx.Err())
-				case <-time.After(100 * time.Millisecond):
-				}
-			}
-		},
-	}
+	a := s.planAPI(plan)
+	// rackboot serve as `lab up` runs it, but with the rack file that does
+	// not list the VM.
+	spec.Serve = s.serveSpec(plan, a)
 	begin := time.Now()
 	st, err := l.Up(ctx, spec)
 	if err != nil {
