@@ -404,7 +404,8 @@ func writeMarker(dev string) error {
 }
 
 // configDialer is nil (the kernel's routes choose) unless the kernel
-// command line has rackboot.lab.config_link=<MAC>: then the config is
+// command line has rackboot.lab.config_link=<MAC> and a link has that MAC
+// (a machine without it ignores it): then the config is
 // fetched from that link's DHCP address, out of that link (the lab's way to
 // make a multi-NIC machine fetch its config from another NIC and address
 // than the one that netbooted).
@@ -422,7 +423,9 @@ func (m *machine) configDialer(ctx context.Context, nw *network) (*net.Dialer, e
 	}
 	l := nw.byMAC(mac)
 	if l == nil {
-		return nil, fmt.Errorf("%s=%s: no link has that MAC (links: %s)", cmdline.KeyConfigLink, v, strings.Join(nw.macs(), " "))
+		// serve's --kernel-arg goes to every machine: the others ignore it.
+		m.log.Warn("no link has the MAC of "+cmdline.KeyConfigLink+": routes choose", "mac", v, "links", nw.macs())
+		return nil, nil
 	}
 	wctx, cancel := context.WithTimeout(ctx, configTimeout)
 	defer cancel()
