@@ -26,7 +26,7 @@ type bundleFlags struct {
 }
 
 func (f *bundleFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.rookDir, "rook-manifests", "", "folder of Rook's upstream manifests (default: the ones embedded by `make bundles`)")
+	cmd.Flags().StringVar(&f.rookDir, "rook-manifests", "", "folder of Rook's upstream manifests (default: the ones embedded by make bundles)")
 }
 
 func init() {

@@ -83,7 +83,7 @@ With SOURCE_DATE_EPOCH set the same inputs give the same bytes.
 	fl.BoolVar(&f.all, "all", false, "build one image per machine of the rack into the -o directory")
 	fl.StringVar(&f.kernel, "kernel", "", "boot this kernel instead of the cached Talos one (with --initrd)")
 	fl.StringVar(&f.initrd, "initrd", "", "boot this initramfs instead of the cached Talos one (with --kernel)")
-	fl.StringSliceVar(&f.extraArgs, "kernel-arg", nil, "extra kernel argument (repeatable), e.g. console=ttyS0")
+	fl.StringArrayVar(&f.extraArgs, "kernel-arg", nil, "extra kernel argument, one per flag (repeatable; commas stay), e.g. console=ttyS0,115200n8")
 	fl.StringVar(&f.bootloaders, "bootloaders", "", "take isolinux.bin, ldlinux.c32 and systemd-bootx64.efi from this directory instead of the embedded ones")
 	return cmd
 }

@@ -35,7 +35,7 @@ type labFlags struct {
 	name string
 }
 
-// labUpFlags are `lab up`'s (and `lab demo`'s) flags.
+// labUpFlags are `lab up`'s (and, but for noWait, `lab demo`'s) flags.
 type labUpFlags struct {
 	machines int
 	dhcp     string
@@ -43,7 +43,7 @@ type labUpFlags struct {
 	example  bool
 	standin  string
 	noServe  bool
-	noWait   bool
+	noWait   bool // lab up only: lab demo always waits
 	timeout  time.Duration
 }
 
@@ -55,7 +55,6 @@ func (f *labUpFlags) register(cmd *cobra.Command, machines int) {
 	fl.BoolVar(&f.example, "example", false, "use the embedded example rack (six servers, lab.machines: 3) instead of the rack file")
 	fl.StringVar(&f.standin, "standin", "", "stand-in boot image directory for machines with no Talos in the asset cache (default "+defaultStandinDir+" when it exists)")
 	fl.BoolVar(&f.noServe, "no-serve", false, "do not start rackboot serve in the lab (the VMs then find no boot server)")
-	fl.BoolVar(&f.noWait, "no-wait", false, "do not wait for the machines to be installed")
 	fl.DurationVar(&f.timeout, "timeout", 20*time.Minute, "how long to wait for every machine to be installed")
 }
 
@@ -120,6 +119,7 @@ func newLabUpCmd(a *app, lf *labFlags) *cobra.Command {
 		},
 	}
 	f.register(cmd, 0)
+	cmd.Flags().BoolVar(&f.noWait, "no-wait", false, "do not wait for the machines to be installed")
 	return cmd
 }
 

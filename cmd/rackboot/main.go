@@ -110,7 +110,7 @@ func newRoot() (*cobra.Command, *app) {
 	root.PersistentFlags().StringVarP(&a.rackPath, "rack", "f", "rack.yaml", "the rack file")
 	root.PersistentFlags().StringVar(&a.stateDir, "state", "", "state directory: secrets, leases, machine states (default .rackboot/ beside the rack file)")
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log at debug level")
-	root.PersistentFlags().StringVar(&a.cpuProfile, "cpuprofile", "", "write a CPU profile to this file (for `go tool pprof`)")
+	root.PersistentFlags().StringVar(&a.cpuProfile, "cpuprofile", "", "write a CPU profile to this file, for go tool pprof")
 	for _, add := range subcommands {
 		root.AddCommand(add(a))
 	}

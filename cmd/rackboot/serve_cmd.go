@@ -49,7 +49,7 @@ func (f *serveFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.logPort, "log-port", 4003, "UDP port of the Talos kernel log receiver; 0 turns it off")
 	fl.StringVar(&f.ipxeDir, "ipxe-dir", "", "serve the iPXE binaries from this directory instead of the embedded ones")
 	fl.StringVar(&f.standin, "standin", "", "directory with a stand-in vmlinuz + initramfs, booted when the asset cache has no Talos for a machine (the lab)")
-	fl.StringSliceVar(&f.extraArgs, "kernel-arg", nil, "extra kernel argument for every machine (repeatable), e.g. console=ttyS0")
+	fl.StringArrayVar(&f.extraArgs, "kernel-arg", nil, "extra kernel argument for every machine, one per flag (repeatable; commas stay), e.g. console=ttyS0,115200n8")
 	fl.BoolVar(&f.listenAll, "listen-all", false, "listen on every address of this computer, not only the rack interface's (HTTP, TFTP, events, kernel logs)")
 }
 
@@ -94,7 +94,8 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 	a.log.Info("serving the rack", "rack", a.rackPath, "interface", iface, "address", ip, "dhcp", f.dhcpMode, "machines", len(r.Machines))
 
 	store, err := inventory.Open(state, inventory.WithLogger(a.log.With("service", "inventory")),
-		inventory.WithNames(func(name string) bool { return r.Machine(name) != nil }))
+		inventory.WithNames(func(name string) bool { return r.Machine(name) != nil }),
+		inventory.WithMACNames(rackMACNames(r)))
 	if err != nil {
 		return err
 	}
@@ -103,6 +104,10 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 			a.log.Error("save machine states", "err", err)
 		}
 	}()
+
+	for i := range r.Machines {
+		store.Declare(r.Machines[i].Name)
+	}
 
 	cache, err := openAssetCache(a)
 	if err != nil {
@@ -262,6 +267,17 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 	fmt.Fprintf(cmd.ErrOrStderr(), "rackboot: serving %d machines on %s (%s); status: http://%s/\n",
 		len(r.Machines), iface, ip, net.JoinHostPort(ip.String(), strconv.Itoa(f.httpPort)))
 	return srv.Serve(ctx)
+}
+
+// rackMACNames names a rack machine by one of its MACs (colon form).
+func rackMACNames(r *profiles.Rack) func(string) (string, bool) {
+	byMAC := map[string]string{}
+	for i := range r.Machines {
+		for _, mac := range r.Machines[i].MACs() {
+			byMAC[mac.String()] = r.Machines[i].Name
+		}
+	}
+	return func(mac string) (string, bool) { n, ok := byMAC[mac]; return n, ok }
 }
 
 // warnUnverifiable says which machines cannot be checked at layer 2.
