@@ -172,7 +172,7 @@ func checkConsistent(t *testing.T, dir string, c *Certs) {
 	}
 	openssl, err := exec.LookPath("openssl")
 	if err != nil {
-		return
+		t.Fatal("openssl not found: apt-get install openssl")
 	}
 	for _, f := range []string{NodeCertFile, RootCertFile} {
 		out, err := exec.Command(openssl, "verify", "-CAfile", filepath.Join(dir, CACertFile), filepath.Join(dir, f)).CombinedOutput()

@@ -1,11 +1,13 @@
 // Package netns gives tests private network namespaces: a namespace per
-// role (router, server, client), bridges and veth pairs between them, and
-// netem impairments, all removed again by t.Cleanup.
+// role (router, server, client), bridges and veth pairs between them, all
+// removed again by t.Cleanup. (No netem: the kernel the tests run on has no
+// netem qdisc. Loss is made with nftables, see cmd/rackboot's
+// tftp_loss_test.go; delay with bench/delaylink.)
 //
 // Nothing here touches the host's own interfaces or routes, and no default
 // route is ever added: a packet sent inside these namespaces cannot leave
-// them. Creating namespaces needs root (CAP_SYS_ADMIN) and the `ip` and `tc`
-// commands from the Debian package iproute2.
+// them. Creating namespaces needs root (CAP_SYS_ADMIN) and the `ip` command
+// from the Debian package iproute2.
 //
 //	a := netns.New(t, "router")
 //	b := netns.New(t, "client")
@@ -25,19 +27,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
-
-// ErrNoNetem is returned by Netem when the kernel has no netem qdisc
-// (CONFIG_NET_SCH_NETEM, module sch_netem).
-var ErrNoNetem = errors.New("the kernel has no netem qdisc (CONFIG_NET_SCH_NETEM / module sch_netem)")
 
 // NS is a network namespace that lives as long as the test that made it.
 type NS struct {
@@ -51,7 +47,7 @@ func Requirements() error {
 	if os.Geteuid() != 0 {
 		return errors.New("network namespaces need root (CAP_SYS_ADMIN): run the tests as root")
 	}
-	for _, tool := range []string{"ip", "tc"} {
+	for _, tool := range []string{"ip"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s not found: apt-get install iproute2: %w", tool, err)
 		}
@@ -133,25 +129,6 @@ func (n *NS) SetMaster(dev, bridge string) {
 func (n *NS) AddAddr(dev string, addr netip.Prefix) {
 	n.t.Helper()
 	n.ip("addr", "add", addr.String(), "dev", dev)
-}
-
-// Netem makes dev delay every outgoing packet by delay and drop the given
-// fraction of them (0.05 = 5 %). It returns ErrNoNetem when the kernel
-// cannot do it, so a caller can say so instead of measuring nothing.
-func (n *NS) Netem(dev string, delay time.Duration, loss float64) error {
-	if loss < 0 || loss > 1 {
-		return fmt.Errorf("netem on %s: loss %v is not a fraction between 0 and 1", dev, loss)
-	}
-	args := []string{"-n", n.name, "qdisc", "replace", "dev", dev, "root", "netem",
-		"delay", strconv.FormatInt(delay.Microseconds(), 10) + "us",
-		"loss", strconv.FormatFloat(loss*100, 'f', -1, 64) + "%"}
-	if _, err := run(context.Background(), "tc", args...); err != nil {
-		if strings.Contains(err.Error(), "qdisc kind is unknown") {
-			return fmt.Errorf("netem on %s in %s: %w", dev, n.name, ErrNoNetem)
-		}
-		return fmt.Errorf("netem on %s in %s: %w", dev, n.name, err)
-	}
-	return nil
 }
 
 // DefaultRoute returns the namespace's IPv4 and IPv6 default routes as `ip
