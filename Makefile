@@ -66,6 +66,9 @@ $(STANDIN_DIR)/SOURCE: scripts/standin-kernel.sh $(shell find lab/standin imager
 	@scripts/deps.sh
 	[ -f $(STANDIN_DIR)/kernel/SOURCE ] || scripts/standin-kernel.sh $(STANDIN_DIR)/kernel
 	$(GO) run ./lab/standin/mkimage -kernel-dir $(STANDIN_DIR)/kernel -o $(STANDIN_DIR)
+	@# Also in the user's cache, where `rackboot lab up` finds it from any folder.
+	c="$${XDG_CACHE_HOME:-$$HOME/.cache}/rackboot/standin"; mkdir -p "$$c" && \
+	  cp $(STANDIN_DIR)/vmlinuz $(STANDIN_DIR)/initramfs.cpio.gz $(STANDIN_DIR)/SOURCE "$$c"/
 
 ## test: everything a change must pass. Installs what it needs on a fresh Debian machine.
 test: deps build standin kubetest lint unit fuzz

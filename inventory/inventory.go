@@ -58,7 +58,7 @@ var stageOrder = []string{
 	pxe.StageKernel, pxe.StageInitrd, pxe.StageConfig, StageInstalling,
 	StageInstalled, StageRebooted, StageRunning,
 	pxe.StageProxyIgnored, pxe.StageLocalBoot, StageInstallFailed, StageConfigError,
-	StageDenied,
+	StageDenied, pxe.StageCannotBoot,
 }
 
 // Stages returns every known stage, in boot order then side stages.
@@ -160,6 +160,12 @@ func WithFlushDelay(d time.Duration) Option { return func(s *Store) { s.delay = 
 // netbooting (it may boot from its disk, or from an image).
 func WithNames(known func(name string) bool) Option { return func(s *Store) { s.known = known } }
 
+// WithMACNames names the machines of the rack by MAC: an event that carries
+// only a MAC (DHCP, TFTP) of a rack machine is recorded under its name.
+func WithMACNames(byMAC func(mac string) (name string, ok bool)) Option {
+	return func(s *Store) { s.macName = byMAC }
+}
+
 // WithLimits sets how many timeline entries and kernel log lines are kept per
 // machine.
 func WithLimits(timeline, logLines int) Option {
@@ -180,6 +186,7 @@ type Store struct {
 	maxLogs     int
 	maxUnknown  int
 	known       func(name string) bool
+	macName     func(mac string) (string, bool)
 	write       func(path string, data []byte, mode fs.FileMode) error
 
 	mu       sync.Mutex
@@ -289,6 +296,11 @@ func (s *Store) Record(e pxe.Event) {
 	mac := ""
 	if len(e.MAC) > 0 {
 		mac = e.MAC.String()
+	}
+	if e.Name == "" && mac != "" && s.macName != nil {
+		if n, ok := s.macName(mac); ok {
+			e.Name = n
+		}
 	}
 	key := e.Name
 	if key == "" {
@@ -481,6 +493,20 @@ func (s *Store) ByAddr(addr netip.Addr) (string, bool) {
 		return m.Key, true
 	}
 	return "", false
+}
+
+// Declare lists the rack's machines by name, so that the status shows every
+// one of them before it was ever seen (with no stage). It writes nothing.
+func (s *Store) Declare(names ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range names {
+		if n == "" || s.machines[n] != nil {
+			continue
+		}
+		s.addLocked(&Machine{Key: n, Name: n})
+	}
+	s.notifyLocked()
 }
 
 // Installed reports whether Talos is installed on the named machine.

@@ -368,3 +368,33 @@ func TestOpenRejectsBadLimits(t *testing.T) {
 		t.Fatal("a limit of 0 unknown machines accepted")
 	}
 }
+
+// Every machine of the rack shows by name before it was seen; a DHCP event
+// carrying only a rack machine's MAC is recorded under its name; Declare
+// writes nothing.
+func TestDeclareAndMACNames(t *testing.T) {
+	dir := t.TempDir()
+	st, err := Open(dir, WithFlushDelay(0), WithMACNames(func(mac string) (string, bool) {
+		return "formula", mac == "52:54:00:b0:00:01"
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Declare("formula", "urban")
+	if _, err := os.Stat(filepath.Join(dir, FileName)); err == nil {
+		t.Fatal("Declare wrote the state file")
+	}
+	ms := st.Machines()
+	if len(ms) != 2 || ms[0].Name != "formula" || ms[1].Name != "urban" || ms[0].Stage != "" {
+		t.Fatalf("declared machines: %+v", ms)
+	}
+	mac, _ := net.ParseMAC("52:54:00:b0:00:01")
+	st.Record(pxe.Event{MAC: mac, Stage: pxe.StageDHCP})
+	m, ok := st.Machine("formula")
+	if !ok || m.Stage != pxe.StageDHCP || len(m.MACs) != 1 {
+		t.Fatalf("formula after a DHCP event by MAC: %+v", m)
+	}
+	if _, ok := st.Machine(mac.String()); ok {
+		t.Fatal("a rack machine's MAC made an unknown entry")
+	}
+}

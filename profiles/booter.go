@@ -71,7 +71,7 @@ func (b *Booter) BootSpec(_ context.Context, c pxe.Client) (*pxe.BootSpec, error
 	}
 	arch := m.ArchOrDefault()
 	if c.Arch != pxe.ArchUnknown && c.Arch.CPU() != arch {
-		return nil, fmt.Errorf("%s boots as %s but the rack file says arch %s: fix machines[].arch", m.Name, c.Arch.CPU(), arch)
+		return nil, &pxe.BootError{Name: m.Name, Msg: fmt.Sprintf("it boots as %s but the rack file says arch %s: write arch: %s for %s in the rack file", c.Arch.CPU(), arch, c.Arch.CPU(), m.Name)}
 	}
 	sch := b.rack.Schematic(m)
 	id, err := SchematicID(sch)
@@ -81,7 +81,7 @@ func (b *Booter) BootSpec(_ context.Context, c pxe.Client) (*pxe.BootSpec, error
 	version := b.rack.Cluster.TalosVersion
 	kernel, initrd, err := b.assets(version, id, arch)
 	if err != nil {
-		return nil, fmt.Errorf("boot assets for %s: %w", m.Name, err)
+		return nil, &pxe.BootError{Name: m.Name, Msg: oneLine(err)}
 	}
 	spec.Kernel, spec.Initrd = kernel, []string{initrd}
 	args, err := KernelArgs(version, arch, sch.KernelArgs)

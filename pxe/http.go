@@ -206,6 +206,19 @@ func (h *HTTP) serveMachineScript(w http.ResponseWriter, r *http.Request, addr n
 		h.writeUnknown(w, c, log)
 		return
 	}
+	var be *BootError
+	if errors.As(err, &be) && checkScriptText("message", be.Msg) == nil && checkScriptText("name", be.Name) == nil {
+		log.Warn("machine cannot boot", "name", be.Name, "reason", be.Msg)
+		h.record(Event{Name: be.Name, Stage: StageCannotBoot, Detail: be.Msg})
+		b, err := h.render("blocked.ipxe.tmpl", map[string]any{"Name": be.Name, "Message": be.Msg, "RetrySeconds": retryUnknownSeconds})
+		if err != nil {
+			log.Error("cannot-boot script", "err", err)
+			http.Error(w, "internal error", http.StatusInternalServerError)
+			return
+		}
+		writeScript(w, b)
+		return
+	}
 	if err != nil {
 		log.Error("boot spec", "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)

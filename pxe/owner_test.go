@@ -1,6 +1,7 @@
 package pxe
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -131,4 +132,40 @@ func FuzzCheckOwner(f *testing.F) {
 			t.Fatalf("denied the owner: %v", fmt.Sprint(err))
 		}
 	})
+}
+
+// blockedBooter knows cp1 but cannot boot it.
+type blockedBooter struct{ msg string }
+
+func (b blockedBooter) BootSpec(context.Context, Client) (*BootSpec, error) {
+	return nil, &BootError{Name: "cp1", Msg: b.msg}
+}
+func (blockedBooter) Config(context.Context, string) ([]byte, error) { return nil, ErrUnknownMachine }
+
+// A known machine that cannot boot yet gets a script that says why and asks
+// again, and its timeline shows cannot-boot with the fix.
+func TestHTTPCannotBoot(t *testing.T) {
+	f := newHTTPFixture(t)
+	msg := "no Talos v1.13.0 in the asset cache: run `rackboot assets pull`"
+	h, err := NewHTTP(HTTPConfig{Server: "10.99.0.1:8080", Booter: blockedBooter{msg}, Assets: dirAssets(f.assets),
+		Tokens: f.tokens, Neighbors: f.neigh, Recorder: f.events, Now: f.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.h = h
+	w := f.get(scriptURL(macCP1, ""), "10.99.0.50")
+	body := w.Body.String()
+	if w.Code != 200 || !strings.Contains(body, "cp1 cannot boot: "+msg) || !strings.Contains(body, "sleep 30") || strings.Contains(body, "talos.config") {
+		t.Fatalf("%d:\n%s", w.Code, body)
+	}
+	if got := f.events.stages(); !slices.Equal(got, []string{StageCannotBoot + ":cp1"}) {
+		t.Fatalf("events %v", got)
+	}
+	// A message that would break the script is not put in it.
+	h2, _ := NewHTTP(HTTPConfig{Server: "10.99.0.1:8080", Booter: blockedBooter{"a\nshell"}, Assets: dirAssets(f.assets),
+		Tokens: f.tokens, Neighbors: f.neigh, Recorder: f.events, Now: f.clock.Now})
+	f.h = h2
+	if w := f.get(scriptURL(macCP1, ""), "10.99.0.50"); w.Code != 500 {
+		t.Fatalf("multi-line message: %d\n%s", w.Code, w.Body)
+	}
 }

@@ -67,6 +67,17 @@ type Client struct {
 // Such a client never gets a config; it is recorded as discovered.
 var ErrUnknownMachine = errors.New("unknown machine")
 
+// BootError is a Booter's answer for a machine it knows but cannot boot yet
+// (no boot assets, a rack file that does not fit the machine): the machine
+// shows the message as its stage and is told to ask again. Msg says what
+// to do; it is shown to the user.
+type BootError struct {
+	Name string
+	Msg  string
+}
+
+func (e *BootError) Error() string { return e.Name + " cannot boot: " + e.Msg }
+
 // LocalBoot says how iPXE leaves the network boot for the local disk.
 type LocalBoot string
 
@@ -130,6 +141,7 @@ const (
 	StageInitrd       = "initrd"        // fetched its initramfs
 	StageConfig       = "config"        // fetched its machine config
 	StageLocalBoot    = "local-boot"    // was sent to boot from its disk
+	StageCannotBoot   = "cannot-boot"   // known, but rackboot cannot boot it yet (detail: why and the fix)
 	// StageDenied: a request for the machine's boot script or config was
 	// refused (another NIC claimed its MAC, a spent token from another
 	// address). The event names the machine; its Addr and MAC are the

@@ -211,3 +211,30 @@ func TestBrowserShowsStageChanges(t *testing.T) {
 		t.Fatal("the shown stage did not change")
 	}
 }
+
+// TestBrowserShowsBlockedMachines: a machine of the rack that never booted
+// shows by name as "not seen yet"; one whose boot assets are missing shows
+// cannot-boot with the message and the command that fixes it.
+func TestBrowserShowsBlockedMachines(t *testing.T) {
+	st := store(t)
+	st.Declare("urban", "lailah")
+	msg := "no Talos v1.13.0 kernel for schematic 376567988ad3 (amd64) in the asset cache: run `rackboot assets pull`"
+	st.Record(pxe.Event{Name: "lailah", Stage: pxe.StageCannotBoot, Detail: msg})
+	h, err := Handler(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := serve(t, h)
+	dom := chromiumDOM(t, srv.URL+"/", 2500*time.Millisecond)
+	urban, ok := findMachine(t, dom, "urban")
+	if !ok || urban.stage != "" || urban.label != "not seen yet" {
+		t.Fatalf("urban (never booted) shown as %+v, %v; want by name, not seen yet:\n%s", urban, ok, tail(dom, 3000))
+	}
+	lailah, ok := findMachine(t, dom, "lailah")
+	if !ok || lailah.stage != pxe.StageCannotBoot || lailah.label != pxe.StageCannotBoot {
+		t.Fatalf("lailah shown as %+v, %v; want cannot-boot", lailah, ok)
+	}
+	if !strings.Contains(dom, "rackboot assets pull") {
+		t.Fatal("the fix is not on the page")
+	}
+}

@@ -262,7 +262,11 @@ func WriteTable(w io.Writer, ms []inventory.Machine, now time.Time) error {
 		if m.Installed {
 			installed = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", oneLine(name), macs, addr, oneLine(m.Stage), installed, ago(now, m.LastSeen), oneLine(m.Detail))
+		stage := m.Stage
+		if stage == "" {
+			stage = "not seen yet"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", oneLine(name), macs, addr, oneLine(stage), installed, ago(now, m.LastSeen), oneLine(m.Detail))
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write status table: %w", err)

@@ -154,7 +154,7 @@ func labUp(ctx context.Context, a *app, cmd *cobra.Command, lf *labFlags, f *lab
 	if f.noServe {
 		fmt.Fprintln(out, "serve: not started (--no-serve): the VMs will find no boot server")
 	} else {
-		if spec.Serve, err = labServeSpec(a, l, plan, example, f.standin); err != nil {
+		if spec.Serve, err = labServeSpec(a, l, r, plan, example, f.standin); err != nil {
 			return nil, nil, err
 		}
 		fmt.Fprintf(out, "serve: %s %s\n", spec.Serve.Path, strings.Join(spec.Serve.Args, " "))
@@ -174,11 +174,88 @@ func labUp(ctx context.Context, a *app, cmd *cobra.Command, lf *labFlags, f *lab
 	return l, st, nil
 }
 
+// standinDirs are where the lab looks for the stand-in boot image, in
+// order: the source tree it runs in, the source tree the binary was built
+// in (bin/rackboot), and the user's cache (`make standin` copies it there).
+func standinDirs() []string {
+	dirs := []string{defaultStandinDir}
+	if exe, err := os.Executable(); err == nil {
+		dirs = append(dirs, filepath.Join(filepath.Dir(exe), "..", defaultStandinDir))
+	}
+	if c, err := os.UserCacheDir(); err == nil {
+		dirs = append(dirs, filepath.Join(c, "rackboot", "standin"))
+	}
+	return dirs
+}
+
+// labBootImage finds what the lab's VMs boot: the stand-in directory (given,
+// or found in standinDirs), or real Talos in the asset cache for every
+// machine. With neither it fails at once, saying how to get one.
+func labBootImage(a *app, r *profiles.Rack, plan *lab.Plan, given string) (string, error) {
+	if given != "" {
+		abs, err := filepath.Abs(given)
+		if err != nil {
+			return "", fmt.Errorf("--standin: %w", err)
+		}
+		if _, _, err := findStandin(abs); err != nil {
+			return "", fmt.Errorf("--standin: %w", err)
+		}
+		return abs, nil
+	}
+	for _, d := range standinDirs() {
+		if _, _, err := findStandin(d); err == nil {
+			return filepath.Abs(d)
+		}
+	}
+	missing, err := labMissingTalos(a, r, plan)
+	if err != nil {
+		return "", err
+	}
+	if len(missing) == 0 {
+		return "", nil // real Talos for every machine
+	}
+	return "", fmt.Errorf("no boot image for %s: no Talos %s in the asset cache (%s) and no lab boot image (looked in %s); "+
+		"build the lab boot image with `make standin` in rackboot's source folder, or fetch Talos with `rackboot assets pull` (needs the internet), or pass --standin DIR",
+		strings.Join(missing, ", "), r.Cluster.TalosVersion, assetsDir(a), strings.Join(standinDirs(), ", "))
+}
+
+// labMissingTalos lists the lab machines whose Talos boot assets the
+// asset cache lacks.
+func labMissingTalos(a *app, r *profiles.Rack, plan *lab.Plan) ([]string, error) {
+	if _, err := os.Stat(assetsDir(a)); err != nil {
+		var all []string
+		for _, vm := range plan.VMs {
+			all = append(all, vm.Name)
+		}
+		return all, nil
+	}
+	cache, err := openAssetCache(a)
+	if err != nil {
+		return nil, err
+	}
+	defer cache.Close()
+	var missing []string
+	for _, vm := range plan.VMs {
+		m := r.Machine(vm.Name)
+		if m == nil {
+			continue
+		}
+		id, err := profiles.SchematicID(r.Schematic(m))
+		if err != nil {
+			return nil, fmt.Errorf("schematic of %s: %w", m.Name, err)
+		}
+		if cache.Has(r.Cluster.TalosVersion, id, m.ArchOrDefault()) != nil {
+			missing = append(missing, vm.Name)
+		}
+	}
+	return missing, nil
+}
+
 // labServeSpec is `rackboot serve` run by this same binary inside the lab
 // namespace, on the bridge, with its own state directory in the lab's (own
 // secrets, machines.json), the user's asset cache linked in (real Talos when
 // it has it), and the stand-in boot image for everything else.
-func labServeSpec(a *app, l *lab.Lab, plan *lab.Plan, example []byte, standin string) (*lab.ProcessSpec, error) {
+func labServeSpec(a *app, l *lab.Lab, r *profiles.Rack, plan *lab.Plan, example []byte, standin string) (*lab.ProcessSpec, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find this rackboot binary to run serve: %w", err)
@@ -202,17 +279,12 @@ func labServeSpec(a *app, l *lab.Lab, plan *lab.Plan, example []byte, standin st
 		// Nothing routes out of the lab: hand out no gateway.
 		s.Args = append(s.Args, "--range", plan.DHCPRange[0].String()+"-"+plan.DHCPRange[1].String(), "--router", "none")
 	}
-	if standin == "" {
-		if _, err := os.Stat(filepath.Join(defaultStandinDir, "vmlinuz")); err == nil {
-			standin = defaultStandinDir
-		}
+	standin, err = labBootImage(a, r, plan, standin)
+	if err != nil {
+		return nil, err
 	}
 	if standin != "" {
-		abs, err := filepath.Abs(standin)
-		if err != nil {
-			return nil, fmt.Errorf("--standin: %w", err)
-		}
-		s.Args = append(s.Args, "--standin", abs)
+		s.Args = append(s.Args, "--standin", standin)
 	}
 	if assets, err := filepath.Abs(assetsDir(a)); err == nil {
 		if _, err := os.Stat(assets); err == nil {

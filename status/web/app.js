@@ -9,6 +9,7 @@ const groups = {
   installing: "install", installed: "install", rebooted: "install",
   running: "done", "local-boot": "done",
   "proxy-ignored": "problem", "install-failed": "problem", "config-error": "problem",
+  denied: "problem", "cannot-boot": "problem",
 };
 
 function el(tag, attrs, ...children) {
@@ -24,7 +25,9 @@ function clock(iso) {
 }
 
 function ago(now, iso) {
-  const s = Math.round((now - new Date(iso)) / 1000);
+  const t = new Date(iso);
+  if (isNaN(t) || t.getUTCFullYear() < 2000) return "never";
+  const s = Math.round((now - t) / 1000);
   if (!isFinite(s)) return "-";
   if (s < 60) return Math.max(s, 0) + "s ago";
   if (s < 3600) return Math.floor(s / 60) + "m ago";
@@ -33,7 +36,7 @@ function ago(now, iso) {
 
 function row(m, now) {
   const stage = el("td", { class: "stage", "data-stage": m.stage, "data-group": groups[m.stage] || "other" },
-    el("span", {}, m.stage));
+    el("span", {}, m.stage || "not seen yet"));
   if (m.detail) stage.append(el("span", { class: "detail" }, m.detail));
   const timeline = el("ol", { class: "timeline" });
   for (const e of (m.timeline || []).slice(-12)) {
