@@ -72,6 +72,12 @@ type Network struct {
 	Nameservers []string `yaml:"nameservers,omitempty"`
 	// Link is the default interface name for static addresses and the VIP.
 	Link string `yaml:"link,omitempty"`
+	// Rackboot is the address of the computer running rackboot on the rack
+	// network. Every config then carries an EventSinkConfig and a
+	// KmsgLogConfig pointing at it (ports EventsPort and LogPort), so that
+	// events and kernel logs keep coming once Talos runs from disk, and
+	// from ISO/USB installs. Empty: the configs have neither (a warning).
+	Rackboot string `yaml:"rackboot,omitempty"`
 }
 
 // Schematic is an Image Factory schematic: either a known ID or the

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
 	"github.com/siderolabs/talos/pkg/machinery/config/machine"
 	"github.com/siderolabs/talos/pkg/machinery/config/types/network"
+	"github.com/siderolabs/talos/pkg/machinery/config/types/runtime"
 	"github.com/siderolabs/talos/pkg/machinery/config/types/v1alpha1"
 	"github.com/siderolabs/talos/pkg/machinery/imager/quirks"
 	"github.com/siderolabs/talos/pkg/machinery/kernel"
@@ -37,49 +39,134 @@ func (metalMode) String() string        { return "metal" }
 func (metalMode) RequiresInstall() bool { return true }
 func (metalMode) InContainer() bool     { return false }
 
-// KernelArgs is the metal kernel command line of a Talos release, in the
-// order the Image Factory writes it (cmdline-metal-<arch>): talos.platform,
-// the console, Talos's defaults for that version, then extra (a schematic's
-// extraKernelArgs; "-name" removes an argument named name). Netboot-only
-// arguments (talos.config=, the events sink) are not included.
+// KernelArgs is the metal kernel command line of a Talos release, built the
+// way Talos's imager builds it (pkg/imager/imager.go buildCmdline, with
+// go-procfs v0.1.2 semantics): talos.platform, the platform's console, Talos's
+// defaults for that version, then extra (a schematic's extraKernelArgs).
+// Extra console= and talos.platform= replace ours where ours stand (all
+// values of the key, as the factory and the installer do); "-name" removes
+// every name=..., "-name=value" that value only; any other extra argument
+// adds a value to its key (where the key first stands, else at the end).
+// Netboot-only arguments (talos.config=, the events sink) and the ISO's
+// talos.halt_if_installed=1 are not included.
 func KernelArgs(talosVersion, arch string, extra []string) ([]string, error) {
 	q := quirks.New(talosVersion)
 	if q.Version() == nil {
 		return nil, fmt.Errorf("kernel args: Talos version %q does not parse: write it like v1.13.0", talosVersion)
 	}
-	args := []string{"talos.platform=metal"}
+	var c cmdline
+	c.add("talos.platform", "metal")
 	switch arch {
 	case "", "amd64":
 		if q.SupportsMetalPlatformConsoleTTYS0() {
-			args = append(args, "console=ttyS0")
+			c.set(cmdParam{"console", []string{"ttyS0", "tty0"}})
+		} else {
+			c.set(cmdParam{"console", []string{"tty0"}})
 		}
-		args = append(args, "console=tty0")
 	case "arm64":
-		args = append(args, "console=ttyAMA0", "console=tty0")
+		c.set(cmdParam{"console", []string{"ttyAMA0", "tty0"}})
 	default:
 		return nil, fmt.Errorf("kernel args: architecture %q is not one Talos ships: write amd64 or arm64", arch)
 	}
-	for _, a := range kernel.DefaultArgs(q) {
-		// Talos keeps "slab_nomerge=" as a flag; the command line shows it
-		// without "=" (as procfs renders a parameter with no value).
-		args = append(args, strings.TrimSuffix(a, "="))
-	}
-	for _, a := range extra {
-		a = strings.TrimSpace(a)
-		switch {
-		case a == "" || a == "-":
-			return nil, fmt.Errorf("kernel args: empty argument in %q", extra)
-		case strings.HasPrefix(a, "-"):
-			name := a[1:]
-			args = slices.DeleteFunc(args, func(x string) bool {
-				k, _, _ := strings.Cut(x, "=")
-				return k == name
-			})
-		default:
-			args = append(args, a)
+	for _, p := range parseCmdline(kernel.DefaultArgs(q)) {
+		for _, v := range p.values {
+			c.add(p.key, v)
 		}
 	}
-	return args, nil
+	for _, a := range extra {
+		if a = strings.TrimSpace(a); a == "" || a == "-" {
+			return nil, fmt.Errorf("kernel args: empty argument in %q", extra)
+		}
+	}
+	for _, p := range parseCmdline(extra) {
+		switch {
+		case len(p.key) > 1 && p.key[0] == '-':
+			c.remove(p.key[1:], p.values)
+		case p.key == "console" || p.key == "talos.platform":
+			c.set(p)
+		default:
+			for _, v := range p.values {
+				c.add(p.key, v)
+			}
+		}
+	}
+	return c.strings(), nil
+}
+
+// cmdParam is one key of a kernel command line with all its values, in
+// order ("" for a flag such as slab_nomerge).
+type cmdParam struct {
+	key    string
+	values []string
+}
+
+// cmdline is a kernel command line as go-procfs (which Talos uses) holds
+// it: one entry per key, where the key first appeared.
+type cmdline []cmdParam
+
+// parseCmdline groups arguments by key, as procfs's parse does.
+func parseCmdline(args []string) cmdline {
+	var c cmdline
+	for _, f := range strings.Fields(strings.Join(args, " ")) {
+		k, v, _ := strings.Cut(f, "=")
+		c.add(k, v)
+	}
+	return c
+}
+
+// add appends a value to key k (procfs Cmdline.Append).
+func (c *cmdline) add(k, v string) {
+	for i := range *c {
+		if (*c)[i].key == k {
+			(*c)[i].values = append((*c)[i].values, v)
+			return
+		}
+	}
+	*c = append(*c, cmdParam{k, []string{v}})
+}
+
+// set replaces key p.key with p where it stands, or appends it (procfs
+// Cmdline.Set).
+func (c *cmdline) set(p cmdParam) {
+	for i := range *c {
+		if (*c)[i].key == p.key {
+			(*c)[i] = p
+			return
+		}
+	}
+	*c = append(*c, p)
+}
+
+// remove drops key k when the first value is "" ("-name"), else only the
+// values given ("-name=value"), as procfs AppendAll with
+// WithDeleteNegatedArgs does (DeleteAll and Delete).
+func (c *cmdline) remove(k string, values []string) {
+	for i := range *c {
+		if (*c)[i].key != k {
+			continue
+		}
+		if values[0] == "" {
+			*c = slices.Delete(*c, i, i+1)
+			return
+		}
+		(*c)[i].values = slices.DeleteFunc((*c)[i].values, func(v string) bool { return slices.Contains(values, v) })
+		return
+	}
+}
+
+// strings renders the command line, one argument per value.
+func (c cmdline) strings() []string {
+	var out []string
+	for _, p := range c {
+		for _, v := range p.values {
+			if v == "" {
+				out = append(out, p.key)
+			} else {
+				out = append(out, p.key+"="+v)
+			}
+		}
+	}
+	return out
 }
 
 // machineByName returns the machine or an error listing the ones there are.
@@ -251,6 +338,9 @@ func (r *Rack) baseConfig(m *Machine, b *secrets.Bundle) (coreconfig.Provider, e
 			if err := r.applyMachineSettings(d.MachineConfig, m); err != nil {
 				return nil, fmt.Errorf("config for %s: %w", m.Name, err)
 			}
+			if err := r.pinRackSubnet(d, m); err != nil {
+				return nil, fmt.Errorf("config for %s: %w", m.Name, err)
+			}
 		case *network.HostnameConfigV1Alpha1:
 			// generate asks for a stable random name; a rack machine is
 			// called by its name.
@@ -264,11 +354,100 @@ func (r *Rack) baseConfig(m *Machine, b *secrets.Bundle) (coreconfig.Provider, e
 		return nil, fmt.Errorf("config for %s: %w", m.Name, err)
 	}
 	docs = append(docs, netDocs...)
+	rtDocs, err := r.runtimeDocs()
+	if err != nil {
+		return nil, fmt.Errorf("config for %s: %w", m.Name, err)
+	}
+	docs = append(docs, rtDocs...)
 	cfg, err := container.New(docs...)
 	if err != nil {
 		return nil, fmt.Errorf("assemble config for %s: %w", m.Name, err)
 	}
 	return cfg, nil
+}
+
+// Ports of rackboot serve's events sink (gRPC, TCP) and kernel log receiver
+// (UDP): its --events-port and --log-port defaults, which the
+// EventSinkConfig and KmsgLogConfig of every config point at.
+const (
+	EventsPort = 4002
+	LogPort    = 4003
+)
+
+// KmsgLogName names the KmsgLogConfig document rackboot writes.
+const KmsgLogName = "rackboot"
+
+// EventsAddr and LogURL are where a machine's config sends Talos's events
+// and kernel log: rackboot's address on the rack network
+// (cluster.network.rackboot). ok is false when the rack file does not give
+// it. LogURL is written as talos.logging.kernel= is, so that Talos (which
+// drops a config destination equal to the command line's) streams once.
+func (r *Rack) EventsAddr() (addr string, ok bool) {
+	a, err := netip.ParseAddr(r.Cluster.Network.Rackboot)
+	if err != nil {
+		return "", false
+	}
+	return net.JoinHostPort(a.String(), strconv.Itoa(EventsPort)), true
+}
+
+// LogURL: see EventsAddr.
+func (r *Rack) LogURL() (u string, ok bool) {
+	a, err := netip.ParseAddr(r.Cluster.Network.Rackboot)
+	if err != nil {
+		return "", false
+	}
+	return "udp://" + net.JoinHostPort(a.String(), strconv.Itoa(LogPort)), true
+}
+
+// runtimeDocs are the EventSinkConfig and KmsgLogConfig pointing at
+// rackboot. After install Talos boots the UKI's own command line, without
+// the netboot's talos.events.sink= and talos.logging.kernel=, and an ISO or
+// USB boot never had them: only these documents keep events and kernel logs
+// coming. None when the rack file does not say where rackboot is (validate
+// warns).
+func (r *Rack) runtimeDocs() ([]docconfig.Document, error) {
+	ev, ok := r.EventsAddr()
+	if !ok {
+		return nil, nil
+	}
+	lu, _ := r.LogURL()
+	sink := runtime.NewEventSinkV1Alpha1()
+	sink.Endpoint = ev
+	kmsg := runtime.NewKmsgLogV1Alpha1()
+	kmsg.MetaName = KmsgLogName
+	u, err := url.Parse(lu)
+	if err != nil {
+		return nil, fmt.Errorf("kernel log URL %q: %w", lu, err)
+	}
+	kmsg.KmsgLogURL.URL = u
+	return []docconfig.Document{sink, kmsg}, nil
+}
+
+// pinRackSubnet keeps the node IP (kubelet) and, on control planes, etcd's
+// advertised address on the rack subnet: Talos runs DHCP on every other
+// link of a machine, and without these it may pick an address from
+// another NIC. Talos itself keeps the VIP out of both.
+func (r *Rack) pinRackSubnet(c *v1alpha1.Config, m *Machine) error {
+	subnet, err := netip.ParsePrefix(r.Cluster.Network.Subnet)
+	if err != nil {
+		return fmt.Errorf("cluster.network.subnet %q: write the rack network in CIDR form, such as 192.168.1.0/24: %w", r.Cluster.Network.Subnet, err)
+	}
+	mc := c.MachineConfig
+	if mc.MachineKubelet == nil {
+		mc.MachineKubelet = &v1alpha1.KubeletConfig{}
+	}
+	mc.MachineKubelet.KubeletNodeIP = &v1alpha1.KubeletNodeIPConfig{KubeletNodeIPValidSubnets: []string{subnet.Masked().String()}}
+	if m.Role != RoleControlPlane {
+		return nil
+	}
+	if c.ClusterConfig == nil {
+		return errors.New("the generated control-plane config has no cluster section")
+	}
+	if c.ClusterConfig.EtcdConfig == nil {
+		c.ClusterConfig.EtcdConfig = &v1alpha1.EtcdConfig{}
+	}
+	c.ClusterConfig.EtcdConfig.EtcdAdvertisedSubnets = []string{subnet.Masked().String()}
+	return nil
 }
 
 // applyMachineSettings sets the install disk selector, node labels and
@@ -367,24 +546,22 @@ func (r *Rack) networkDocs(m *Machine) ([]docconfig.Document, error) {
 }
 
 // linkAlias names the machine's rack-facing NIC LinkAlias, selected by the
-// MACs the rack file knows it by: Talos 1.13 names interfaces predictably
-// (enp3s0...), so a fixed "eth0" would match nothing on most servers.
+// first MAC of select.mac: Talos 1.13 names interfaces predictably
+// (enp3s0...), so a fixed "eth0" would match nothing on most servers. Only
+// one MAC, because Talos skips an alias whose selector matches more than
+// one link (a link that is down counts too): with "mac in [a, b]" a machine
+// with both NICs would get no alias, hence no static address and no VIP
+// (internal/app/machined/pkg/controllers/network/link_alias_config.go).
+// validate warns when a machine lists several MACs.
 func linkAlias(m *Machine) (*network.LinkAliasConfigV1Alpha1, error) {
-	var macs []string
-	for _, s := range m.Select.MAC {
-		hw, err := NormalizeMAC(s)
-		if err != nil {
-			return nil, fmt.Errorf("mac %q: %w", s, err)
-		}
-		macs = append(macs, strconv.Quote(hw.String()))
-	}
-	if len(macs) == 0 {
+	if len(m.Select.MAC) == 0 {
 		return nil, fmt.Errorf("%s has a static address or the VIP but no MAC to find its NIC by: add select.mac, or name the interface with link", m.Name)
 	}
-	expr := "mac(link.permanent_addr) == " + macs[0]
-	if len(macs) > 1 {
-		expr = "mac(link.permanent_addr) in [" + strings.Join(macs, ", ") + "]"
+	hw, err := NormalizeMAC(m.Select.MAC[0])
+	if err != nil {
+		return nil, fmt.Errorf("mac %q: %w", m.Select.MAC[0], err)
 	}
+	expr := "mac(link.permanent_addr) == " + strconv.Quote(hw.String())
 	sel, err := cel.ParseBooleanExpression(expr, celenv.LinkLocator())
 	if err != nil {
 		return nil, fmt.Errorf("link selector for %s: %w", m.Name, err)

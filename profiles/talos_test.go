@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	networkpb "github.com/siderolabs/talos/pkg/machinery/api/resource/definitions/network"
+	"github.com/siderolabs/talos/pkg/machinery/cel/celenv"
 	coreconfig "github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
 	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
@@ -88,6 +90,21 @@ func TestKernelArgs(t *testing.T) {
 			name: "extra appended, -selinux removes", version: "v1.13.0", arch: "",
 			extra: []string{"net.ifnames=0", "-selinux"},
 			want:  "talos.platform=metal console=tty0 init_on_alloc=1 slab_nomerge pti=on consoleblank=0 nvme_core.io_timeout=4294967295 printk.devkmsg=on module.sig_enforce=1 proc_mem.force_override=never net.ifnames=0",
+		},
+		{
+			// The factory and the installer replace console= and
+			// talos.platform= from a schematic (WithOverwriteArgs), where
+			// ours stand, instead of appending a second console.
+			name: "schematic console and platform replace ours", version: "v1.13.0", arch: "arm64",
+			extra: []string{"console=ttyS1,115200n8", "talos.platform=equinixMetal", "console=tty1"},
+			want:  "talos.platform=equinixMetal console=ttyS1,115200n8 console=tty1 init_on_alloc=1 slab_nomerge pti=on consoleblank=0 nvme_core.io_timeout=4294967295 printk.devkmsg=on selinux=1 module.sig_enforce=1 proc_mem.force_override=never",
+		},
+		{
+			// procfs: a repeated key adds a value where the key stands;
+			// -name=value removes that value only.
+			name: "values join their key, -key=value removes one", version: "v1.13.0", arch: "arm64",
+			extra: []string{"init_on_alloc=0", "-console=ttyAMA0"},
+			want:  "talos.platform=metal console=tty0 init_on_alloc=1 init_on_alloc=0 slab_nomerge pti=on consoleblank=0 nvme_core.io_timeout=4294967295 printk.devkmsg=on selinux=1 module.sig_enforce=1 proc_mem.force_override=never",
 		},
 		{name: "bad version", version: "latest", arch: "amd64", wantErr: "does not parse"},
 		{name: "bad arch", version: "v1.13.0", arch: "riscv64", wantErr: "amd64 or arm64"},
@@ -271,6 +288,25 @@ func TestExampleConfigs(t *testing.T) {
 				t.Fatalf("machine cert SANs %s lack the VIP", sans)
 			}
 
+			// Events and kernel logs go to rackboot after install too
+			// (the installed UKI has no talos.events.sink=).
+			if ep := cfg.Runtime().EventsEndpoint(); ep == nil || *ep != "192.168.1.2:4002" {
+				t.Fatalf("events endpoint %v, want 192.168.1.2:4002 (EventSinkConfig)", ep)
+			}
+			if us := cfg.Runtime().KmsgLogURLs(); len(us) != 1 || us[0].String() != "udp://192.168.1.2:4003" {
+				t.Fatalf("kernel log URLs %v, want udp://192.168.1.2:4003 (KmsgLogConfig)", us)
+			}
+			// Node IP and etcd's address stay on the rack subnet whatever
+			// DHCP gives the other NICs.
+			if vs := cfg.Machine().Kubelet().NodeIP().ValidSubnets(); len(vs) != 1 || vs[0] != "192.168.1.0/24" {
+				t.Fatalf("kubelet nodeIP validSubnets %v, want [192.168.1.0/24]", vs)
+			}
+			if m.Role == RoleControlPlane {
+				if as := cfg.Cluster().Etcd().AdvertisedSubnets(); len(as) != 1 || as[0] != "192.168.1.0/24" {
+					t.Fatalf("etcd advertisedSubnets %v, want [192.168.1.0/24]", as)
+				}
+			}
+
 			// Installer image from the machine's schematic.
 			wantID := VanillaSchematicID
 			if m.Name == "amdusias-ii" {
@@ -398,5 +434,96 @@ func TestPatchOrderClusterThenMachine(t *testing.T) {
 	sys := loadConfig(t, data).Machine().Sysctls()
 	if sys["vm.nr_hugepages"] != "64" || sys["kernel.pid_max"] != "65536" {
 		t.Fatalf("sysctls %v: want the machine patch (64) over the cluster patch (32), and the cluster's pid_max", sys)
+	}
+}
+
+// linkStatus is a physical link as Talos's LinkAliasConfigController hands
+// it to a selector.
+func linkStatus(t *testing.T, mac string) *networkpb.LinkStatusSpec {
+	t.Helper()
+	hw, err := NormalizeMAC(mac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &networkpb.LinkStatusSpec{PermanentAddr: hw, HardwareAddr: hw}
+}
+
+// TestTwoMACsAliasMatchesOneLink: Talos skips a LinkAliasConfig whose
+// selector matches more than one link, down links included ("link selector
+// matched multiple links, skipping", link_alias_config.go), and then the
+// static address and the VIP on rack0 go nowhere. A machine selected by two
+// MACs, with both NICs present, must get an alias that matches exactly one.
+func TestTwoMACsAliasMatchesOneLink(t *testing.T) {
+	src := strings.Replace(singleNodeRack, `mac: ["52:54:00:00:00:01"]
+    address: 10.0.0.11/24
+    link: enp1s0`, `mac: ["52:54:00:00:00:01", "52:54:00:00:00:a1"]
+    address: 10.0.0.11/24`, 1)
+	r, err := Load("solo.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := GenerateConfig(r, "one", testBundle(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := loadConfig(t, data)
+	aliases := cfg.NetworkLinkAliasConfigs()
+	if len(aliases) != 1 || aliases[0].Name() != LinkAlias {
+		t.Fatalf("link aliases %v, want one %s", aliases, LinkAlias)
+	}
+	// Both NICs of the machine, plus one the rack file does not know.
+	var matched []string
+	for _, mac := range []string{"52:54:00:00:00:01", "52:54:00:00:00:a1", "52:54:00:00:00:ff"} {
+		ok, err := aliases[0].LinkSelector().EvalBool(celenv.LinkLocator(), map[string]any{"link": linkStatus(t, mac)})
+		if err != nil {
+			t.Fatalf("evaluate %s on %s: %v", aliases[0].LinkSelector(), mac, err)
+		}
+		if ok {
+			matched = append(matched, mac)
+		}
+	}
+	if len(matched) != 1 || matched[0] != "52:54:00:00:00:01" {
+		t.Fatalf("selector %s matches %v: want exactly the first MAC of select.mac", aliases[0].LinkSelector(), matched)
+	}
+	// The address and the VIP stand on that alias.
+	if !strings.Contains(string(data), "name: rack0") || !strings.Contains(string(data), "link: rack0") {
+		t.Fatalf("address or VIP not on %s:\n%s", LinkAlias, data)
+	}
+}
+
+// TestNoRackbootAddressNoRuntimeDocs: without cluster.network.rackboot the
+// configs carry no EventSinkConfig or KmsgLogConfig (validate warns), and
+// still pass metal validation.
+func TestNoRackbootAddressNoRuntimeDocs(t *testing.T) {
+	r, err := Load("solo.yaml", []byte(singleNodeRack))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := GenerateConfig(r, "one", testBundle(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []string{"kind: EventSinkConfig", "kind: KmsgLogConfig"} {
+		if strings.Contains(string(data), kind) {
+			t.Fatalf("config has %s without cluster.network.rackboot", kind)
+		}
+	}
+	cfg := loadConfig(t, data)
+	if ep := cfg.Runtime().EventsEndpoint(); ep != nil {
+		t.Fatalf("events endpoint %q", *ep)
+	}
+
+	// IPv6: host:port in brackets, as Talos's SplitHostPort wants.
+	r.Cluster.Network.Rackboot = "fd00::2"
+	data, err = GenerateConfig(r, "one", testBundle(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = loadConfig(t, data)
+	if ep := cfg.Runtime().EventsEndpoint(); ep == nil || *ep != "[fd00::2]:4002" {
+		t.Fatalf("events endpoint %v, want [fd00::2]:4002", ep)
+	}
+	if us := cfg.Runtime().KmsgLogURLs(); len(us) != 1 || us[0].String() != "udp://[fd00::2]:4003" {
+		t.Fatalf("kernel log URLs %v", us)
 	}
 }
