@@ -35,10 +35,10 @@ all: build
 deps:
 	@scripts/deps.sh
 
-## ipxe: Debian's iPXE binaries, copied into a git-ignored folder that the binary embeds.
+## ipxe: iPXE from Debian trixie's pinned ipxe .deb (BIOS, x64 and arm64 UEFI), downloaded
+## (not installed) and copied into a git-ignored folder that the binary embeds.
 ipxe: $(IPXE_DIR)/SOURCE
 $(IPXE_DIR)/SOURCE: scripts/materialize-ipxe.sh
-	@scripts/deps.sh
 	scripts/materialize-ipxe.sh $(IPXE_DIR)
 
 ## bundles: Rook's operator manifests from the pinned Go module github.com/rook/rook v1.18.8.

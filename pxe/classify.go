@@ -37,11 +37,27 @@ const (
 // Boot file names the TFTP server must serve (iPXE builds per firmware),
 // and the HTTP paths the HTTP server must serve.
 const (
-	BootFileBIOS     = "undionly.kpxe"
-	BootFileX64EFI   = "ipxe.efi"
-	BootFileARM64EFI = "ipxe-arm64.efi"
-	BootScriptPath   = "/boot.ipxe" // the iPXE script every iPXE client starts with
-	BootHTTPDir      = "/ipxe/"     // iPXE binaries over HTTP, for UEFI HTTP boot
+	BootFileBIOS       = "undionly.kpxe"
+	BootFileX64EFI     = "ipxe.efi"
+	BootFileX64SNPOnly = "snponly.efi"
+	BootFileARM64EFI   = "ipxe-arm64.efi"
+	BootScriptPath     = "/boot.ipxe" // the iPXE script every iPXE client starts with
+	BootHTTPDir        = "/ipxe/"     // iPXE binaries over HTTP, for UEFI HTTP boot
+)
+
+// IPXEBuild is which iPXE build x64 UEFI firmware is given.
+type IPXEBuild string
+
+// The iPXE builds. BIOS firmware always gets undionly.kpxe (it drives the
+// NIC through the firmware's UNDI, whatever the NIC), and arm64 firmware
+// ipxe-arm64.efi (Debian builds no arm64 snponly.efi).
+const (
+	// IPXEFull is ipxe.efi, with iPXE's own NIC drivers (the default; "" means it too).
+	IPXEFull IPXEBuild = "full"
+	// IPXESNPOnly is snponly.efi: no NIC drivers of its own, it drives
+	// the NIC through the UEFI firmware's SNP (Simple Network Protocol).
+	// For NICs iPXE has no driver for, or drives badly.
+	IPXESNPOnly IPXEBuild = "snponly"
 )
 
 // IsPXE reports whether the request comes from PXE or UEFI HTTP boot
@@ -70,23 +86,54 @@ func IsIPXE(m *dhcpv4.DHCPv4) bool {
 	return false
 }
 
-// ClientArch returns the client's firmware type from option 93 (RFC 4578).
-// A PXE client without option 93 is BIOS (old ROMs omit it). A client that
-// is not PXE and has no option 93 gets ErrNotPXE; a type rackboot cannot
-// boot gets ErrUnsupportedArch.
+// ClientArch returns the client's firmware type from option 93 (RFC 4578),
+// or, without option 93, from the vendor class ("PXEClient:Arch:00011:...",
+// the same number in decimal). A PXE client with neither is BIOS (old ROMs
+// omit both). A client that is not PXE and has no option 93 gets ErrNotPXE;
+// a type rackboot cannot boot gets ErrUnsupportedArch.
 func ClientArch(m *dhcpv4.DHCPv4) (Arch, error) {
 	v := m.Options.Get(dhcpv4.OptionClientSystemArchitectureType)
 	if v == nil {
-		if IsPXE(m) || IsIPXE(m) {
+		if !IsPXE(m) && !IsIPXE(m) {
+			return ArchUnknown, ErrNotPXE
+		}
+		t, ok := vendorClassArch(m.ClassIdentifier())
+		if !ok {
 			return ArchBIOS, nil
 		}
-		return ArchUnknown, ErrNotPXE
+		return archType(t)
 	}
 	if len(v) < 2 || len(v)%2 != 0 {
 		return ArchUnknown, fmt.Errorf("malformed option 93 (%d bytes): %w", len(v), ErrUnsupportedArch)
 	}
 	// Several types may be listed; the first is the one in use.
-	switch t := binary.BigEndian.Uint16(v); t {
+	return archType(binary.BigEndian.Uint16(v))
+}
+
+// vendorClassArch reads the architecture type from a PXE vendor class,
+// "PXEClient:Arch:xxxxx:UNDI:yyyzzz" (PXE 2.1; HTTPClient likewise, UEFI
+// 2.5): five decimal digits.
+func vendorClassArch(vc string) (uint16, bool) {
+	_, rest, ok := strings.Cut(vc, ":Arch:")
+	if !ok || len(rest) < 5 || (len(rest) > 5 && rest[5] != ':') {
+		return 0, false
+	}
+	var t uint16
+	for _, c := range rest[:5] {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		t = t*10 + uint16(c-'0')
+	}
+	if !strings.HasPrefix(vc, "PXEClient:Arch:") && !strings.HasPrefix(vc, "HTTPClient:Arch:") {
+		return 0, false
+	}
+	return t, true
+}
+
+// archType maps an RFC 4578 / IANA processor architecture type.
+func archType(t uint16) (Arch, error) {
+	switch t {
 	case 0:
 		return ArchBIOS, nil
 	case 7, 9:
@@ -105,29 +152,59 @@ func ClientArch(m *dhcpv4.DHCPv4) (Arch, error) {
 }
 
 // BootFile is what a client should boot next. An iPXE client gets the
-// boot script URL; firmware gets the iPXE binary for its arch: a TFTP file
-// name (tftp true), or an HTTP URL for UEFI HTTP boot. A client that is
-// already iPXE never gets an iPXE binary, so there is no boot loop. ""
-// means nothing to offer (unknown arch).
-func BootFile(arch Arch, isIPXE bool, serverIP netip.Addr, httpPort int) (file string, tftp bool) {
+// boot script URL; firmware gets the iPXE binary for its arch (and, on x64
+// UEFI, build): a TFTP file name (tftp true), or an HTTP URL for UEFI HTTP
+// boot. A client that is already iPXE never gets an iPXE binary, so there
+// is no boot loop. "" means nothing to offer (unknown arch).
+func BootFile(arch Arch, isIPXE bool, build IPXEBuild, serverIP netip.Addr, httpPort int) (file string, tftp bool) {
 	base := "http://" + netip.AddrPortFrom(serverIP, uint16(httpPort)).String()
 	if isIPXE {
 		return base + BootScriptPath, false
+	}
+	x64 := BootFileX64EFI
+	if build == IPXESNPOnly {
+		x64 = BootFileX64SNPOnly
 	}
 	switch arch {
 	case ArchBIOS:
 		return BootFileBIOS, true
 	case ArchX64UEFI:
-		return BootFileX64EFI, true
+		return x64, true
 	case ArchARM64UEFI:
 		return BootFileARM64EFI, true
 	case ArchX64HTTP:
-		return base + BootHTTPDir + BootFileX64EFI, false
+		return base + BootHTTPDir + x64, false
 	case ArchARM64HTTP:
 		return base + BootHTTPDir + BootFileARM64EFI, false
 	default:
 		return "", false
 	}
+}
+
+// ClientUUID is the client's SMBIOS UUID from option 97 (type 0 and 16
+// bytes, RFC 4578), lower case as dmidecode and iPXE's ${uuid} print it, or
+// "" without one. PXE firmware and iPXE both send it in EFI GUID byte order
+// (the first three fields little-endian), so those are swapped back.
+func ClientUUID(m *dhcpv4.DHCPv4) string {
+	v := m.Options.Get(dhcpv4.OptionClientMachineIdentifier)
+	if len(v) != 17 || v[0] != 0 {
+		return ""
+	}
+	u := v[1:]
+	if allBytes(u, 0) || allBytes(u, 0xff) {
+		return "" // firmware without a UUID
+	}
+	return fmt.Sprintf("%02x%02x%02x%02x-%02x%02x-%02x%02x-%x-%x",
+		u[3], u[2], u[1], u[0], u[5], u[4], u[7], u[6], u[8:10], u[10:16])
+}
+
+func allBytes(b []byte, v byte) bool {
+	for _, c := range b {
+		if c != v {
+			return false
+		}
+	}
+	return true
 }
 
 // Boot is the boot decision for one request.
@@ -156,8 +233,9 @@ func (b Boot) String() string {
 
 // DecideBoot decides what the requesting client boots: ErrNotPXE for a
 // client that isn't booting from the network, ErrUnsupportedArch for
-// firmware rackboot has no iPXE for.
-func DecideBoot(m *dhcpv4.DHCPv4, serverIP netip.Addr, httpPort int) (Boot, error) {
+// firmware rackboot has no iPXE for. build is the iPXE build chosen for the
+// client (x64 UEFI only; "" is IPXEFull).
+func DecideBoot(m *dhcpv4.DHCPv4, serverIP netip.Addr, httpPort int, build IPXEBuild) (Boot, error) {
 	ipxe := IsIPXE(m)
 	if !ipxe && !IsPXE(m) {
 		return Boot{}, ErrNotPXE
@@ -166,7 +244,7 @@ func DecideBoot(m *dhcpv4.DHCPv4, serverIP netip.Addr, httpPort int) (Boot, erro
 	if err != nil {
 		return Boot{}, err
 	}
-	file, tftp := BootFile(arch, ipxe, serverIP, httpPort)
+	file, tftp := BootFile(arch, ipxe, build, serverIP, httpPort)
 	if file == "" {
 		return Boot{}, fmt.Errorf("arch %s: %w", arch, ErrUnsupportedArch)
 	}

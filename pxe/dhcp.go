@@ -51,6 +51,11 @@ type DHCPConfig struct {
 	ServerIP netip.Addr
 	// HTTPPort is the port of rackboot's HTTP server (iPXE scripts).
 	HTTPPort int
+	// IPXEBuild says which iPXE build a client's x64 UEFI firmware gets
+	// (the rack file's choice for the machine, found by the MAC and the
+	// option 97 UUID the request carries); nil gives IPXEFull to all. It
+	// is called with the server's lock held and must not call back into it.
+	IPXEBuild func(c Client) IPXEBuild
 
 	// Full mode only.
 
@@ -524,7 +529,7 @@ func (s *DHCPServer) handleProxy(req *dhcpv4.DHCPv4, bootServer bool) *dhcpv4.DH
 		// iPXE asking means the firmware took our offer (it loaded iPXE).
 		s.ignored.followed(mac.String())
 	} else if s.ignored.discover(mac.String(), now) {
-		file, _ := BootFile(b.Arch, false, s.cfg.ServerIP, s.cfg.HTTPPort)
+		file, _ := BootFile(b.Arch, false, s.build(req, b.Arch), s.cfg.ServerIP, s.cfg.HTTPPort)
 		detail := fmt.Sprintf("firmware ignores proxy DHCP offers (%d DISCOVERs answered, never followed): use --dhcp full on an isolated switch, or set the router's DHCP next-server to %s and boot file to %s",
 			s.cfg.IgnoredAfter, s.cfg.ServerIP, file)
 		s.log.Warn("PXE client ignores proxy DHCP", "mac", mac.String(), "fix", detail)
@@ -556,7 +561,8 @@ func (s *DHCPServer) learnAddr(req *dhcpv4.DHCPv4) {
 // decide returns the boot decision for a PXE client, false for clients
 // that get none (logged).
 func (s *DHCPServer) decide(req *dhcpv4.DHCPv4) (Boot, bool) {
-	b, err := DecideBoot(req, s.cfg.ServerIP, s.cfg.HTTPPort)
+	arch, _ := ClientArch(req) // DecideBoot reports the error
+	b, err := DecideBoot(req, s.cfg.ServerIP, s.cfg.HTTPPort, s.build(req, arch))
 	switch {
 	case err == nil:
 		return b, true
@@ -566,6 +572,19 @@ func (s *DHCPServer) decide(req *dhcpv4.DHCPv4) (Boot, bool) {
 		s.log.Warn("PXE client not served", "mac", req.ClientHWAddr.String(), "err", err)
 	}
 	return Boot{}, false
+}
+
+// build is the iPXE build chosen for the requesting client (IPXEFull
+// unless the config's IPXEBuild says otherwise).
+func (s *DHCPServer) build(req *dhcpv4.DHCPv4, arch Arch) IPXEBuild {
+	if s.cfg.IPXEBuild == nil || IsIPXE(req) {
+		return IPXEFull
+	}
+	c := Client{MAC: append(net.HardwareAddr(nil), req.ClientHWAddr...), UUID: ClientUUID(req), Arch: arch}
+	if b := s.cfg.IPXEBuild(c); b != "" {
+		return b
+	}
+	return IPXEFull
 }
 
 func (s *DHCPServer) record(e Event) { s.rec.Record(e) }

@@ -1,9 +1,9 @@
 // Package ipxe holds the iPXE binaries rackboot hands to PXE firmware and the
 // iPXE script templates its HTTP server renders.
 //
-// The binaries come from Debian's pinned ipxe package, copied into bin/ at
-// build time by scripts/materialize-ipxe.sh (bin/ is git-ignored) and
-// embedded here. A build without them compiles and reports ErrNoIPXE; Dir
+// The binaries come from Debian trixie's ipxe package (pinned by version and
+// .deb SHA-256), copied into bin/ at build time by scripts/materialize-ipxe.sh
+// (bin/ is git-ignored) and embedded here. A build without them compiles and reports ErrNoIPXE; Dir
 // serves them from a directory instead (rackboot serve --ipxe-dir).
 package ipxe
 
@@ -24,14 +24,14 @@ import (
 var content embed.FS
 
 // ErrNoIPXE says the build carries no iPXE binaries.
-var ErrNoIPXE = errors.New("no iPXE binaries in this build: run `make ipxe` (Debian package ipxe) or pass --ipxe-dir")
+var ErrNoIPXE = errors.New("no iPXE binaries in this build: run `make ipxe` (Debian trixie's ipxe package) or pass --ipxe-dir")
 
 // Names of the iPXE binaries, as DHCP boot files and TFTP/HTTP file names.
 const (
 	BIOS     = "undionly.kpxe"  // x86 BIOS: chains the firmware's UNDI driver
 	EFI      = "ipxe.efi"       // x64 UEFI, all iPXE drivers
 	SNP      = "snponly.efi"    // x64 UEFI, the firmware's SNP driver only
-	ARM64EFI = "ipxe-arm64.efi" // arm64 UEFI (Debian 12 ships none)
+	ARM64EFI = "ipxe-arm64.efi" // arm64 UEFI, all iPXE drivers
 )
 
 // IsBinary says whether name is exactly one of the iPXE binary names. Only

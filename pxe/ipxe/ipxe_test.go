@@ -2,10 +2,13 @@ package ipxe
 
 import (
 	"bytes"
+	"debug/pe"
 	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 )
 
@@ -17,12 +20,12 @@ func TestFSMatchesBinDir(t *testing.T) {
 		if !errors.Is(err, ErrNoIPXE) {
 			t.Fatalf("no bin/%s, FS() error = %v, want ErrNoIPXE", EFI, err)
 		}
-		t.Fatalf("bin/ is not materialized: run scripts/materialize-ipxe.sh pxe/ipxe/bin (Debian package ipxe); FS() correctly says %v", err)
+		t.Fatalf("bin/ is not materialized: run `make ipxe` (scripts/materialize-ipxe.sh pxe/ipxe/bin, Debian trixie's ipxe); FS() correctly says %v", err)
 	}
 	if err != nil {
 		t.Fatalf("FS(): %v", err)
 	}
-	for _, n := range []string{BIOS, EFI, SNP} {
+	for _, n := range []string{BIOS, EFI, SNP, ARM64EFI} {
 		got, err := fs.ReadFile(fsys, n)
 		if err != nil {
 			t.Fatalf("read embedded %s: %v", n, err)
@@ -37,6 +40,58 @@ func TestFSMatchesBinDir(t *testing.T) {
 	}
 	if Source() == "" {
 		t.Error("Source() is empty though bin/ is materialized")
+	}
+}
+
+// The embedded build is the pinned trixie one: every binary, each EFI one a
+// PE image for its CPU (arm64 included), undionly.kpxe a PXE boot program.
+func TestEmbeddedBuilds(t *testing.T) {
+	fsys, err := FS()
+	if err != nil {
+		t.Fatalf("FS(): %v (run `make ipxe`)", err)
+	}
+	for name, machine := range map[string]uint16{
+		EFI:      pe.IMAGE_FILE_MACHINE_AMD64,
+		SNP:      pe.IMAGE_FILE_MACHINE_AMD64,
+		ARM64EFI: pe.IMAGE_FILE_MACHINE_ARM64,
+	} {
+		b, err := fs.ReadFile(fsys, name)
+		if err != nil {
+			t.Fatalf("embedded FS has no %s: %v", name, err)
+		}
+		f, err := pe.NewFile(bytes.NewReader(b))
+		if err != nil {
+			t.Fatalf("%s is not a PE image: %v", name, err)
+		}
+		if f.Machine != machine {
+			t.Errorf("%s: PE machine %#x, want %#x", name, f.Machine, machine)
+		}
+		// An EFI application (subsystem 10).
+		if oh, ok := f.OptionalHeader.(*pe.OptionalHeader64); !ok || oh.Subsystem != pe.IMAGE_SUBSYSTEM_EFI_APPLICATION {
+			t.Errorf("%s is not a 64-bit EFI application", name)
+		}
+	}
+	kpxe, err := fs.ReadFile(fsys, BIOS)
+	if err != nil || len(kpxe) < 64*1024 || !bytes.Contains(kpxe, []byte("PXENV+")) {
+		t.Errorf("%s: %d bytes, %v: not a PXE boot program (its prefix looks for PXENV+)", BIOS, len(kpxe), err)
+	}
+	// SOURCE names the version pinned in the script, and every file.
+	script, err := os.ReadFile(filepath.Join("..", "..", "scripts", "materialize-ipxe.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^PIN_VERSION=(\S+)$`).FindSubmatch(script)
+	if m == nil {
+		t.Fatal("no PIN_VERSION= in materialize-ipxe.sh")
+	}
+	src := Source()
+	if !strings.Contains(src, "version: "+string(m[1])+"\n") {
+		t.Errorf("embedded SOURCE is not the pinned ipxe %s (rerun `make ipxe`):\n%s", m[1], src)
+	}
+	for _, n := range []string{BIOS, EFI, SNP, ARM64EFI} {
+		if !strings.Contains(src, "file: "+n+" ") {
+			t.Errorf("SOURCE does not list %s", n)
+		}
 	}
 }
 
