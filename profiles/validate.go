@@ -1,6 +1,7 @@
 package profiles
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/google/uuid"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/dotfile/rackboot/pxe"
 )
 
 // Validate checks the rack's meaning and returns every problem at once, each
@@ -78,6 +81,9 @@ type checker struct {
 	vipOK     bool
 	// machineErrs holds the indexes of machines with an error.
 	machineErrs map[int]bool
+	// cmdlineDone holds the kernelArgs paths already checked (machines
+	// share the cluster's schematic).
+	cmdlineDone map[string]bool
 }
 
 func (c *checker) errf(path, format string, args ...any) {
@@ -172,6 +178,8 @@ func (c *checker) network() {
 		c.warnf("cluster.network", "no nameservers: machines with static addresses get none from DHCP and Talos falls back to 1.1.1.1 and 8.8.8.8; write nameservers: [%s] (your router) if that is not what you want", c.example(1))
 	}
 
+	c.rackbootAddr()
+
 	switch a, err := netip.ParseAddr(cl.VIP); {
 	case cl.VIP == "":
 		c.errf("cluster.vip", "cluster.vip is missing: write a free address in the subnet for the Kubernetes API, e.g. vip: %s", c.free())
@@ -188,11 +196,44 @@ func (c *checker) network() {
 			c.errf("cluster.vip", "vip %s is outside the subnet %s: pick a free address in %s, e.g. %s", a, c.subnet, c.subnet, c.free())
 		case c.gatewayOK && a == c.gateway:
 			c.errf("cluster.vip", "vip %s is the gateway: pick a free address in %s, e.g. %s", a, c.subnet, c.free())
+		case cl.Network.Rackboot != "" && a.String() == cl.Network.Rackboot:
+			c.errf("cluster.vip", "vip %s is rackboot's own address (cluster.network.rackboot): pick a free address in %s, e.g. %s", a, c.subnet, c.free())
 		default:
 			if what := c.special(a); what != "" {
 				c.errf("cluster.vip", "vip %s is the subnet's %s address: pick a free address in %s, e.g. %s", a, what, c.subnet, c.free())
 			}
 		}
+	}
+}
+
+// rackbootAddr checks cluster.network.rackboot, where every config sends
+// Talos's events and kernel log (talos.go, runtimeDocs). It runs before the
+// VIP is parsed; the VIP and machine addresses are compared with it there.
+func (c *checker) rackbootAddr() {
+	n := &c.r.Cluster.Network
+	const path = "cluster.network.rackboot"
+	if n.Rackboot == "" {
+		c.warnf("cluster.network", "cluster.network.rackboot is missing, so the configs carry no EventSinkConfig or KmsgLogConfig: "+
+			"once installed, Talos boots its own kernel command line without the netboot's talos.events.sink= and talos.logging.kernel=, "+
+			"and an ISO or USB install never had them, so rackboot hears nothing from the machine (not even that it installed, for ISO/USB); "+
+			"write rackboot: <this computer's address on the rack network>, e.g. rackboot: %s", c.free())
+		return
+	}
+	a, err := netip.ParseAddr(n.Rackboot)
+	if err != nil {
+		c.errf(path, "rackboot %q is not an IP address: write this computer's address on the rack network, e.g. %s", n.Rackboot, c.free())
+		return
+	}
+	if !c.subnetOK {
+		return
+	}
+	switch {
+	case !c.subnet.Contains(a):
+		c.errf(path, "rackboot %s is outside the subnet %s: rackboot serves the rack from its address in the subnet; write that address, e.g. %s", a, c.subnet, c.free())
+	case c.gatewayOK && a == c.gateway:
+		c.errf(path, "rackboot %s is the gateway: write this computer's own address on the rack network, e.g. %s", a, c.free())
+	case c.special(a) != "":
+		c.errf(path, "rackboot %s is the subnet's %s address: write this computer's address on the rack network, e.g. %s", a, c.special(a), c.free())
 	}
 }
 
@@ -234,6 +275,9 @@ func (c *checker) free() string {
 		used[a] = true
 	}
 	if a, err := netip.ParseAddr(c.r.Cluster.VIP); err == nil {
+		used[a] = true
+	}
+	if a, err := netip.ParseAddr(c.r.Cluster.Network.Rackboot); err == nil {
 		used[a] = true
 	}
 	for _, m := range c.r.Machines {
@@ -374,6 +418,7 @@ func (c *checker) machines() {
 
 		// Address.
 		c.address(i, p, name, m, addrs)
+		c.linkMACs(p, name, m)
 
 		if m.Link != "" {
 			c.link(p+".link", m.Link)
@@ -390,6 +435,7 @@ func (c *checker) machines() {
 			}
 		}
 		c.schematic(p+".schematic", m.Schematic)
+		c.cmdline(p, name, m)
 		c.labelsAndTaints(p, m)
 
 		switch m.Arch {
@@ -454,11 +500,81 @@ func (c *checker) address(i int, p, name string, m *Machine, addrs map[netip.Add
 		c.errf(ap, "address %s of %s is the gateway: write a free address, e.g. %s/%d", m.Address, name, c.free(), c.bits())
 	case c.vipOK && a == c.vip:
 		c.errf(ap, "address %s of %s is the cluster VIP, which the control planes share: write a free address, e.g. %s/%d", m.Address, name, c.free(), c.bits())
+	case c.r.Cluster.Network.Rackboot != "" && a.String() == c.r.Cluster.Network.Rackboot:
+		c.errf(ap, "address %s of %s is rackboot's own address (cluster.network.rackboot): write a free address, e.g. %s/%d", m.Address, name, c.free(), c.bits())
 	}
 	if j, dup := addrs[a]; dup {
 		c.errf(ap, "address %s of %s is also given to %s: write a free address, e.g. %s/%d", a, name, c.r.Machines[j].Name, c.free(), c.bits())
 	} else {
 		addrs[a] = i
+	}
+}
+
+// linkMACs warns when a machine that needs the rack0 alias (a static
+// address or the VIP, no link named) lists several MACs: the alias selects
+// the first one only, because Talos skips an alias whose selector matches
+// more than one link (see linkAlias).
+func (c *checker) linkMACs(p, name string, m *Machine) {
+	if _, aliased := c.r.Link(m); !aliased || (m.IsDHCP() && m.Role != RoleControlPlane) || len(m.Select.MAC) < 2 {
+		return
+	}
+	first := m.Select.MAC[0]
+	if hw, err := NormalizeMAC(first); err == nil {
+		first = hw.String()
+	}
+	c.warnf(p+".select.mac", "%s lists %d MACs, and its config finds the rack NIC (for its address and the VIP) by the first only, %s: "+
+		"Talos drops a link alias that matches more than one NIC, and the address with it; "+
+		"list the MAC of the NIC cabled to the rack network first, or name that NIC with link: (e.g. link: enp1s0)", name, len(m.Select.MAC), first)
+}
+
+// cmdlineSlack covers what the netboot adds to a kernel command line beyond
+// the template: iPXE's initrd=<name> and, under UEFI, the kernel image's
+// name in front.
+const cmdlineSlack = 64
+
+// worstCmdline is a netboot template's data at its longest: the config URL
+// with a token for a machine of that name (pxe/tokens.go: 35 bytes of
+// header, the name, a 16-byte tag, base64url), MAC and UUID, and IPv4
+// host:port addresses at full length.
+type worstCmdline struct{ ConfigURL, EventsAddr, LogAddr, Server string }
+
+// cmdline checks that the machine's netboot kernel command line (Talos's
+// arguments, the schematic's, talos.config= and the events and log
+// parameters) fits Linux's limit; the ISO/USB line is shorter.
+func (c *checker) cmdline(p, name string, m *Machine) {
+	sch := c.r.Schematic(m)
+	at := "cluster.schematic.kernelArgs"
+	if !m.Schematic.IsZero() {
+		at = p + ".schematic.kernelArgs"
+	}
+	if !talosVersionRE.MatchString(c.r.Cluster.TalosVersion) || c.cmdlineDone[at] {
+		return // the version is reported at cluster.talosVersion
+	}
+	if c.cmdlineDone == nil {
+		c.cmdlineDone = map[string]bool{}
+	}
+	c.cmdlineDone[at] = true
+	args, err := KernelArgs(c.r.Cluster.TalosVersion, m.ArchOrDefault(), sch.KernelArgs)
+	if err != nil {
+		if len(sch.KernelArgs) > 0 && !strings.Contains(err.Error(), "architecture") {
+			c.errf(at, "%v: write one kernel argument per list item, such as net.ifnames=0", err)
+		}
+		return
+	}
+	host := "255.255.255.255:65535"
+	mac, _ := net.ParseMAC("ff:ff:ff:ff:ff:ff")
+	token := strings.Repeat("A", base64.RawURLEncoding.EncodedLen(35+len(m.Name)+16))
+	line, err := pxe.RenderCmdline(NetbootCmdline(args), worstCmdline{
+		ConfigURL:  pxe.ConfigURL(host, token, mac, "00000000-0000-0000-0000-000000000000"),
+		EventsAddr: host, LogAddr: host, Server: host,
+	})
+	if err != nil {
+		return
+	}
+	if n := len(line) + cmdlineSlack; n > pxe.MaxCmdline {
+		c.errf(at, "the netboot kernel command line of %s would be up to %d bytes, and Linux keeps %d (COMMAND_LINE_SIZE 2048 on x86-64 and arm64, with its NUL): "+
+			"it would cut off talos.config= and the events sink; remove schematic kernelArgs (%d bytes of them now)",
+			name, n, pxe.MaxCmdline, len(strings.Join(sch.KernelArgs, " ")))
 	}
 }
 

@@ -79,6 +79,10 @@ func TestBadRacks(t *testing.T) {
 		{"lab-size", "22:13", false, `size "2GB" is not a disk size`},
 		{"even-controlplanes", "12:3", true, "2 control planes cannot lose either etcd member"},
 		{"second-document", "22:1", false, "a second YAML document starts here"},
+		{"no-rackboot", "8:5", true, "cluster.network.rackboot is missing, so the configs carry no EventSinkConfig or KmsgLogConfig"},
+		{"rackboot-outside", "11:15", false, "rackboot 10.0.1.2 is outside the subnet 10.0.0.0/24"},
+		{"two-macs", "16:12", true, "cp1 lists 2 MACs, and its config finds the rack NIC (for its address and the VIP) by the first only, 52:54:00:00:00:01"},
+		{"cmdline-too-long", "13:17", false, "the netboot kernel command line of cp1 would be up to"},
 		{"wrong-scalar-type", "21:31", false, "cannot unmarshal !!str `big` into int"},
 	}
 
@@ -100,6 +104,11 @@ func TestBadRacks(t *testing.T) {
 				// Racks that select by UUID or serial to test those also
 				// get the no-MAC warning (case no-mac).
 				ps = slices.DeleteFunc(ps, func(p Problem) bool { return strings.Contains(p.Msg, "is selected without a MAC") })
+			}
+			if tc.file != "no-rackboot" {
+				// The bad racks leave rackboot: out so that their line
+				// numbers stay those of the mistakes (case no-rackboot).
+				ps = slices.DeleteFunc(ps, func(p Problem) bool { return strings.Contains(p.Msg, "cluster.network.rackboot is missing") })
 			}
 			prefix := fmt.Sprintf("%s.yaml:%s: ", tc.file, tc.at)
 			kind := "error: "
@@ -365,7 +374,7 @@ func TestLoadMergeKeys(t *testing.T) {
   talosVersion: v1.13.0
   kubernetesVersion: 1.36.0
   vip: 10.0.0.10
-  network: {subnet: 10.0.0.0/24, gateway: 10.0.0.1, nameservers: [10.0.0.1]}
+  network: {subnet: 10.0.0.0/24, gateway: 10.0.0.1, nameservers: [10.0.0.1], rackboot: 10.0.0.2}
 machines:
   - &worker
     name: w1
@@ -417,7 +426,7 @@ machines:
 // the install disk can have, with the defaults filled in.
 func TestCephAgainstInstallDisk(t *testing.T) {
 	const head = "cluster:\n  name: lab\n  talosVersion: v1.13.0\n  kubernetesVersion: 1.36.0\n  vip: 10.0.0.10\n" +
-		"  network: {subnet: 10.0.0.0/24, gateway: 10.0.0.1, nameservers: [10.0.0.1]}\n" // lines 1-6
+		"  network: {subnet: 10.0.0.0/24, gateway: 10.0.0.1, nameservers: [10.0.0.1], rackboot: 10.0.0.2}\n" // lines 1-6
 	const machine = "machines:\n  - name: cp1\n    role: controlplane\n    address: 10.0.0.11/24\n" +
 		"    select: {mac: [\"52:54:00:00:00:01\"]}\n" // 5 lines
 	tests := []struct {

@@ -20,9 +20,12 @@ import (
 	"github.com/dotfile/rackboot/pxe/ipxe"
 )
 
-// MaxCmdline is the longest kernel command line rackboot hands out (Talos's
-// limit, and Linux's COMMAND_LINE_SIZE on x86-64 and arm64).
-const MaxCmdline = 4096
+// MaxCmdline is the longest kernel command line rackboot hands out, in
+// bytes: Linux's COMMAND_LINE_SIZE on x86-64 and arm64 is 2048 including the
+// terminating NUL (the x86 boot protocol's cmdline_size is 2047), and a
+// longer line is cut, dropping whatever comes last (talos.config=). The
+// ISO/USB images (imager) and validate (profiles) use the same limit.
+const MaxCmdline = 2048 - 1
 
 // Seconds an iPXE client waits before asking again.
 const (
