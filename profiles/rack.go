@@ -63,6 +63,9 @@ type Cluster struct {
 	// Patches are Talos config patches applied to every machine, before the
 	// machine's own.
 	Patches []Patch `yaml:"patches,omitempty"`
+	// IPXEBuild is the iPXE build x64 UEFI machines netboot: full (default)
+	// or snponly (validate_ipxe.go); a machine's own overrides it.
+	IPXEBuild IPXEBuild `yaml:"ipxeBuild,omitempty"`
 }
 
 // Network is the rack's L2/L3 network.
@@ -150,6 +153,8 @@ type Machine struct {
 	Arch string `yaml:"arch,omitempty"`
 	// LocalBoot is exit (default) or sanboot.
 	LocalBoot LocalBoot `yaml:"localBoot,omitempty"`
+	// IPXEBuild overrides the cluster's ipxeBuild for this machine.
+	IPXEBuild IPXEBuild `yaml:"ipxeBuild,omitempty"`
 }
 
 // Patch is a Talos config patch: a mapping (strategic merge) or a string
