@@ -216,13 +216,14 @@ func TestRAResponderRdisc6(t *testing.T) {
 }
 
 // TestLabRAEndsIPv6Wait boots one BIOS VM (QEMU's iPXE ROM, address from
-// the lab's dnsmasq) twice: with the lab's RA responder iPXE's
+// the lab's dnsmasq) with the lab's RA responder: the responder, in the lab
+// namespace, answers the VM's own router solicitation and iPXE's
 // "Configuring" (DHCP and IPv6 autoconfiguration, after which it asks for
-// its boot script) must end within a few seconds, the responder having
-// answered the VM's own solicitation; without it, the same step must take
-// iPXE's full IPv6 wait, so the test measures what the responder removes.
+// its boot script) ends with ok. Without the responder (WithoutRA) no ra
+// process is started. How long the step takes with and without it (what the
+// responder removes: iPXE's ~15 s IPv6 wait) is measured by `make bench`
+// (row P7), not asserted here.
 func TestLabRAEndsIPv6Wait(t *testing.T) {
-	took := map[bool]time.Duration{}
 	for _, withRA := range []bool{true, false} {
 		name := map[bool]string{true: "with-ra", false: "without-ra"}[withRA]
 		t.Run(name, func(t *testing.T) {
@@ -245,29 +246,19 @@ func TestLabRAEndsIPv6Wait(t *testing.T) {
 				if in, err := sameNetNamespace(ra.PID, Namespace(l.Name())); err != nil || !in {
 					t.Fatalf("the responder (pid %d) is not in the lab namespace: %v", ra.PID, err)
 				}
-			}
-			vm := st.VMs[0]
-			mac := regexp.QuoteMeta(vm.MAC)
-			if _, err := l.WaitSerial(ctx, vm.Name, regexp.MustCompile(`Configuring \(net0 `+mac+`\)`)); err != nil {
-				t.Fatal(err)
-			}
-			begin := time.Now()
-			line, err := l.WaitSerial(ctx, vm.Name, regexp.MustCompile(`Configuring \(net0 `+mac+`\)[. ]*ok`))
-			if err != nil {
-				t.Fatal(err)
-			}
-			took[withRA] = time.Since(begin)
-			t.Logf("iPXE Configuring → ok: %.1fs (%d progress dots, one a second): %q", took[withRA].Seconds(), strings.Count(line, "."), line)
-			if withRA {
-				if took[withRA] > 6*time.Second {
-					t.Errorf("iPXE took %s to configure with the responder, want < 6s", took[withRA].Round(100*time.Millisecond))
+				vm := st.VMs[0]
+				mac := regexp.QuoteMeta(vm.MAC)
+				line, err := l.WaitSerial(ctx, vm.Name, regexp.MustCompile(`Configuring \(net0 `+mac+`\)[. ]*ok`))
+				if err != nil {
+					t.Fatal(err)
 				}
+				t.Logf("iPXE: %q", line)
 				b, _ := os.ReadFile(filepath.Join(l.Dir(), "ra.log"))
 				if !regexp.MustCompile(`router solicitation answered.* mac=` + mac).Match(b) {
 					t.Errorf("the responder did not answer a solicitation from %s:\n%s", vm.MAC, b)
 				}
-			} else if took[withRA] < 10*time.Second {
-				t.Errorf("without the responder iPXE configured in %s: expected its ~15s IPv6 wait (has iPXE changed?)", took[withRA].Round(100*time.Millisecond))
+			} else if _, err := os.Stat(filepath.Join(l.Dir(), "ra.log")); err == nil {
+				t.Errorf("WithoutRA: the lab wrote ra.log")
 			}
 			for _, ns := range st.Namespaces {
 				if routes, err := DefaultRoutes(ns); err != nil || len(routes) > 0 {
@@ -285,9 +276,6 @@ func TestLabRAEndsIPv6Wait(t *testing.T) {
 				}
 			}
 		})
-	}
-	if took[true] > 0 && took[false] > 0 {
-		t.Logf("iPXE Configuring → ok: %.1fs with the RA responder, %.1fs without", took[true].Seconds(), took[false].Seconds())
 	}
 }
 

@@ -13,10 +13,14 @@ import (
 	"github.com/dotfile/rackboot/internal/netns"
 )
 
-// TestLinkDelaysUDP joins two real namespaces with the link and measures a
-// UDP echo across it: the RTT is at least twice the delay, and it is
-// measurably larger than with no delay.
+// TestLinkDelaysUDP joins two real namespaces with the link and sends UDP
+// echoes across it: every one comes back, and none sooner than
+// twice the delay (a frame is never relayed before its delay is up; a slow
+// machine only makes it later). How much the relay adds on top, and the RTT
+// it gives, are measured by `make bench` (row P2 prints the RTT through the
+// link and over a plain veth), not asserted here.
 func TestLinkDelaysUDP(t *testing.T) {
+	// rtt returns the shortest echo time over a link with that delay.
 	rtt := func(delay time.Duration) time.Duration {
 		a := netns.New(t, "dla")
 		b := netns.New(t, "dlb")
@@ -92,23 +96,14 @@ func TestLinkDelaysUDP(t *testing.T) {
 				rtts = append(rtts, time.Since(t0))
 			}
 		}
-		slices.Sort(rtts)
 		if l.Frames() < 48 {
 			t.Errorf("link relayed %d frames, want at least 48", l.Frames())
 		}
-		return rtts[len(rtts)/2]
+		return slices.Min(rtts)
 	}
-	fast := rtt(0)
-	slow := rtt(2 * time.Millisecond)
-	t.Logf("median UDP RTT: %s with no delay, %s with 2 ms each way", fast, slow)
-	if slow < 4*time.Millisecond {
-		t.Errorf("RTT %s with a 2 ms delay each way, want >= 4 ms", slow)
-	}
-	if slow > 7*time.Millisecond {
-		t.Errorf("RTT %s with a 2 ms delay each way: the relay adds more than 3 ms", slow)
-	}
-	if slow-fast < 3*time.Millisecond {
-		t.Errorf("the delay added only %s to the RTT", slow-fast)
+	const delay = 2 * time.Millisecond
+	if fastest := rtt(delay); fastest < 2*delay {
+		t.Errorf("an echo came back after %s through a link delaying %s each way: a frame was relayed early", fastest, delay)
 	}
 }
 
