@@ -4,7 +4,7 @@
 #   make test    every test: unit, fuzz (short), loopback/netns servers, QEMU boots
 #   make lint    go vet + staticcheck + gofmt
 #   make build   bin/rackboot
-#   make release static binaries for five platforms into dist/
+#   make release static binaries for Linux and macOS (amd64, arm64) into dist/
 #   make bench   side-by-side benchmarks into docs/BENCHMARKS.md (not part of test)
 
 SHELL       := /bin/bash
@@ -88,14 +88,17 @@ $(TOOLS)/staticcheck:
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
 ## release: static binaries (CGO off) for the laptops rackboot runs on.
-PLATFORMS := linux/amd64 linux/arm64 darwin/arm64 darwin/amd64 windows/amd64
+## No Windows: the state directory's secrets must be owner-only (mode 0600)
+## and are refused otherwise; Windows files have no POSIX mode (Go reports
+## 0666), so every command reading them would fail from its second run.
+PLATFORMS := linux/amd64 linux/arm64 darwin/arm64 darwin/amd64
 release: $(EMBEDDED)
 	@mkdir -p dist
 	@for p in $(PLATFORMS); do \
-	  os=$${p%/*}; arch=$${p#*/}; ext=; [ $$os = windows ] && ext=.exe; \
+	  os=$${p%/*}; arch=$${p#*/}; \
 	  echo "release: $$os/$$arch"; \
 	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' \
-	    -o dist/rackboot-$(VERSION)-$$os-$$arch$$ext ./cmd/rackboot; \
+	    -o dist/rackboot-$(VERSION)-$$os-$$arch ./cmd/rackboot; \
 	done
 	@cd dist && sha256sum rackboot-$(VERSION)-* > SHA256SUMS
 
