@@ -397,16 +397,19 @@ func (s *scenario) planAPI(plan *lab.Plan) api {
 	}
 }
 
-// serveSpec is rackboot serve as `rackboot lab up --dhcp full` runs it
-// (labServeSpec in cmd/rackboot/lab_cmd.go) with the scenario's rack file,
-// for a test that calls lab.Up itself; extra are more serve flags.
+// serveSpec is rackboot serve as `rackboot lab up --dhcp full|proxy` runs
+// it (labServeSpec in cmd/rackboot/lab_cmd.go; the plan's DHCP mode) with
+// the scenario's rack file, for a test that calls lab.Up itself; extra are
+// more serve flags.
 func (s *scenario) serveSpec(plan *lab.Plan, a api, extra ...string) *lab.ProcessSpec {
 	ip := plan.ServerAddr.Addr().String()
 	args := []string{"serve", "-f", s.rack, "--state", s.lab().Path("serve"),
-		"--interface", lab.Bridge, "--server-ip", ip, "--dhcp", "full",
-		"--http-port", strconv.Itoa(servePort), "--kernel-arg", "console=ttyS0",
-		"--range", plan.DHCPRange[0].String() + "-" + plan.DHCPRange[1].String(), "--router", "none",
-		"--standin", prepared.standin}
+		"--interface", lab.Bridge, "--server-ip", ip, "--dhcp", string(plan.DHCP),
+		"--http-port", strconv.Itoa(servePort), "--kernel-arg", "console=ttyS0"}
+	if plan.DHCP == lab.DHCPFull {
+		args = append(args, "--range", plan.DHCPRange[0].String()+"-"+plan.DHCPRange[1].String(), "--router", "none")
+	}
+	args = append(args, "--standin", prepared.standin)
 	return &lab.ProcessSpec{
 		Role: "serve", Path: prepared.bin, WorkDir: "serve",
 		Args: append(args, extra...),
@@ -435,6 +438,18 @@ func (a api) machines(ctx context.Context) ([]inventory.Machine, error) {
 }
 
 // machine returns the machine with that name (known) or key (a MAC).
+// seenMachines drops the rack's machines that never asked for anything
+// (serve lists every machine of the rack file by name from the start).
+func seenMachines(ms []inventory.Machine) []inventory.Machine {
+	var out []inventory.Machine
+	for _, m := range ms {
+		if m.Stage != "" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
 func machine(ms []inventory.Machine, key string) (inventory.Machine, bool) {
 	for _, m := range ms {
 		if m.Name == key || m.Key == key {

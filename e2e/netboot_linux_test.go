@@ -86,8 +86,12 @@ func TestFullDHCPBIOS(t *testing.T) {
 	if !ok || !m.Installed || m.Stage != inventory.StageInstalled {
 		t.Fatalf("serve's status for cp1: %+v", m)
 	}
-	if len(ms) != 1 {
-		t.Errorf("serve's status lists %d machines, want cp1 only: %+v", len(ms), ms)
+	if seen := seenMachines(ms); len(seen) != 1 {
+		t.Errorf("serve's status lists %d machines seen, want cp1 only: %+v", len(seen), seen)
+	}
+	// The rack's other machine is listed by name, never seen.
+	if w1, ok := machine(ms, "w1"); !ok || w1.Stage != "" || w1.Installed {
+		t.Errorf("w1 (in the rack file, not started) is listed as %+v, %v; want by name with no stage", w1, ok)
 	}
 	if !inOrder(stages(m), netbootStages) {
 		t.Errorf("cp1's timeline %v, want %v in this order", stages(m), netbootStages)
@@ -334,8 +338,8 @@ func TestUnknownMachine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ms) != 1 {
-		t.Errorf("serve's status lists %d machines, want the stranger only: %+v", len(ms), ms)
+	if seen := seenMachines(ms); len(seen) != 1 {
+		t.Errorf("serve's status lists %d machines seen, want the stranger only: %+v", len(seen), seen)
 	}
 	serveLog := filepath.Join(l.Dir(), "serve.log")
 	if n := countLines(serveLog, "config served"); n != 0 {
