@@ -85,7 +85,63 @@ type Spec struct {
 	// netboots. A multi-NIC server, as Talos sees one: it runs DHCP on
 	// every link.
 	ExtraNICs map[string]int
+	// BootNICs sets, per machine (by name), the model of its first NIC
+	// and who netboots it: QEMU's iPXE option ROM (the default), or the
+	// firmware's own network stack with no ROM on the NIC (OVMF's PXE or
+	// UEFI HTTP boot client, as on a real server). See BootNIC.
+	BootNICs map[string]BootNIC
 }
+
+// Netboot is who netboots a VM's first NIC.
+type Netboot string
+
+// The three ways a lab VM netboots.
+const (
+	// NetbootROM: the NIC's option ROM, QEMU's iPXE (ipxe-qemu), does
+	// DHCP and loads rackboot's boot script itself. The default.
+	NetbootROM Netboot = "rom"
+	// NetbootPXE: no option ROM; OVMF's own PXE client (VirtioNetDxe,
+	// UefiPxeBcDxe) does DHCP and TFTP and starts the iPXE binary
+	// rackboot serves (ipxe.efi), which then loads the boot script.
+	NetbootPXE Netboot = "firmware-pxe"
+	// NetbootHTTP: no option ROM; OVMF's UEFI HTTP boot client
+	// (HttpBootDxe) sends vendor class HTTPClient and downloads ipxe.efi
+	// from the URL rackboot offers. OVMF's PXE clients are switched off
+	// (fw_cfg opt/org.tianocore/IPv4PXESupport and IPv6PXESupport = no),
+	// so "UEFI HTTPv4" is the first network boot option it tries.
+	NetbootHTTP Netboot = "firmware-http"
+)
+
+// ParseNetboot reads rom, firmware-pxe or firmware-http ("" is rom).
+func ParseNetboot(s string) (Netboot, error) {
+	switch n := Netboot(strings.ToLower(strings.TrimSpace(s))); n {
+	case "":
+		return NetbootROM, nil
+	case NetbootROM, NetbootPXE, NetbootHTTP:
+		return n, nil
+	}
+	return "", fmt.Errorf("netboot %q: write rom, firmware-pxe or firmware-http", s)
+}
+
+// Firmware reports whether the firmware's own network stack netboots (no
+// option ROM on the NIC).
+func (n Netboot) Firmware() bool { return n == NetbootPXE || n == NetbootHTTP }
+
+// BootNIC is a VM's first NIC: the one that netboots.
+type BootNIC struct {
+	// Model is QEMU's NIC device; "" is Spec.NIC, or for a firmware
+	// netboot FirmwareNIC (OVMF has a driver for virtio-net only: QEMU's
+	// e1000 netboots only through its iPXE ROM).
+	Model string
+	// Netboot is who netboots it ("" is NetbootROM). NetbootPXE and
+	// NetbootHTTP need UEFI firmware: SeaBIOS has no network stack of
+	// its own.
+	Netboot Netboot
+}
+
+// FirmwareNIC is the NIC model a firmware netboot gets by default: the
+// only one OVMF has its own driver for (VirtioNetDxe).
+const FirmwareNIC = "virtio-net-pci"
 
 // MaxExtraNICs bounds Spec.ExtraNICs per machine.
 const MaxExtraNICs = 3
@@ -137,8 +193,11 @@ type VMPlan struct {
 	MemoryMiB int
 	Tap       string
 	NIC       string
-	// Extra are the NICs after the first (Spec.ExtraNICs): same model, on
-	// the same bridge, no boot ROM.
+	// Netboot is who netboots the first NIC (Spec.BootNICs).
+	Netboot Netboot
+	// Extra are the NICs after the first (Spec.ExtraNICs): model NIC (the
+	// lab's, or the first NIC's when BootNICs sets one), on the same
+	// bridge, no boot ROM.
 	Extra []NIC
 	NVMe  Disk
 	SATA  []Disk
@@ -296,6 +355,17 @@ func NewPlan(name string, s Spec) (*Plan, error) {
 			errs = append(errs, fmt.Errorf("machine %s: %d extra NICs, the lab gives 0 to %d", name, k, MaxExtraNICs))
 		}
 	}
+	for name, b := range s.BootNICs {
+		switch i := slices.IndexFunc(r.Machines, func(m profiles.Machine) bool { return m.Name == name }); {
+		case i < 0:
+			errs = append(errs, fmt.Errorf("boot NIC for %q, which is not a machine of the rack file", name))
+		case i >= n:
+			errs = append(errs, fmt.Errorf("boot NIC for %s, which is not one of the lab's %d machine(s)", name, n))
+		}
+		if _, err := ParseNetboot(string(b.Netboot)); err != nil {
+			errs = append(errs, fmt.Errorf("machine %s: %w", name, err))
+		}
+	}
 	macs := map[string]string{}
 	for i := 0; i < n; i++ {
 		m := &r.Machines[i]
@@ -331,6 +401,10 @@ func NewPlan(name string, s Spec) (*Plan, error) {
 		if strings.ContainsAny(serial, "\x00\n") {
 			errs = append(errs, fmt.Errorf("machine %s: serial %q has control characters", m.Name, serial))
 		}
+		vmNIC, netboot, err := bootNIC(m.Name, nic, fw, s.BootNICs[m.Name])
+		if err != nil {
+			errs = append(errs, err)
+		}
 		vm := VMPlan{
 			Name:      m.Name,
 			MAC:       mac,
@@ -339,7 +413,8 @@ func NewPlan(name string, s Spec) (*Plan, error) {
 			Firmware:  fw,
 			MemoryMiB: mem,
 			Tap:       "tap" + strconv.Itoa(i),
-			NIC:       nic,
+			NIC:       vmNIC,
+			Netboot:   netboot,
 			NVMe:      Disk{ID: "nvme0", Serial: diskSerial(m.Name, "nvme0"), Size: nvme, Bytes: nvmeBytes},
 		}
 		for j, sz := range sataSizes {
@@ -361,6 +436,33 @@ func NewPlan(name string, s Spec) (*Plan, error) {
 		return nil, fmt.Errorf("plan lab %s: %w", name, errors.Join(errs...))
 	}
 	return p, nil
+}
+
+// bootNIC decides a machine's first NIC (model, who netboots it) from the
+// lab's NIC model, its firmware and its Spec.BootNICs entry.
+func bootNIC(machine, labNIC string, fw Firmware, b BootNIC) (string, Netboot, error) {
+	netboot, err := ParseNetboot(string(b.Netboot))
+	if err != nil {
+		return labNIC, NetbootROM, nil // reported with the other BootNICs problems
+	}
+	model := strings.TrimSpace(b.Model)
+	if !netboot.Firmware() {
+		if model == "" {
+			model = labNIC
+		}
+		return model, netboot, nil
+	}
+	if model == "" {
+		model = FirmwareNIC
+	}
+	var errs []error
+	if fw != FirmwareUEFI {
+		errs = append(errs, fmt.Errorf("machine %s: netboot %s needs uefi firmware (SeaBIOS has no network stack of its own: it netboots only through a NIC's option ROM)", machine, netboot))
+	}
+	if model != FirmwareNIC && model != "virtio-net" {
+		errs = append(errs, fmt.Errorf("machine %s: netboot %s with NIC %s: OVMF has no driver for it (QEMU's %s netboots only through its iPXE ROM); use %s", machine, netboot, model, model, FirmwareNIC))
+	}
+	return model, netboot, errors.Join(errs...)
 }
 
 // usedAddrs maps every address the rack file gives out (gateway, VIP,

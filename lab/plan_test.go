@@ -118,6 +118,17 @@ func TestNewPlanErrors(t *testing.T) {
 		{"extra NICs unknown machine", func(r *profiles.Rack, s *Spec) { s.ExtraNICs = map[string]int{"ghost": 1} }, []string{`extra NICs for "ghost", which is not a machine`}},
 		{"extra NICs outside the lab", func(r *profiles.Rack, s *Spec) { s.ExtraNICs = map[string]int{"amdusias-ii": 1} }, []string{"amdusias-ii, which is not one of the lab's 3 machine(s)"}},
 		{"too many extra NICs", func(r *profiles.Rack, s *Spec) { s.ExtraNICs = map[string]int{"formula": 4} }, []string{"4 extra NICs, the lab gives 0 to 3"}},
+		{"boot NIC unknown machine", func(r *profiles.Rack, s *Spec) { s.BootNICs = map[string]BootNIC{"ghost": {Netboot: NetbootPXE}} }, []string{`boot NIC for "ghost", which is not a machine`}},
+		{"boot NIC outside the lab", func(r *profiles.Rack, s *Spec) { s.BootNICs = map[string]BootNIC{"amdusias-ii": {}} }, []string{"boot NIC for amdusias-ii, which is not one of the lab's 3 machine(s)"}},
+		{"netboot spelling", func(r *profiles.Rack, s *Spec) { s.BootNICs = map[string]BootNIC{"formula": {Netboot: "pxe"}} }, []string{`machine formula: netboot "pxe": write rom, firmware-pxe or firmware-http`}},
+		{"firmware PXE under SeaBIOS", func(r *profiles.Rack, s *Spec) {
+			s.Firmware = FirmwareBIOS
+			s.BootNICs = map[string]BootNIC{"formula": {Netboot: NetbootPXE}}
+		}, []string{"machine formula: netboot firmware-pxe needs uefi firmware"}},
+		{"firmware HTTP with e1000", func(r *profiles.Rack, s *Spec) {
+			s.Firmware = FirmwareUEFI
+			s.BootNICs = map[string]BootNIC{"urban": {Model: "e1000", Netboot: NetbootHTTP}}
+		}, []string{"machine urban: netboot firmware-http with NIC e1000: OVMF has no driver for it", "use virtio-net-pci"}},
 		{"extra NIC MAC taken", func(r *profiles.Rack, s *Spec) {
 			r.Machines[1].Select.MAC = []string{ExtraMAC("formula", 1)}
 			s.ExtraNICs = map[string]int{"formula": 1}
@@ -172,6 +183,43 @@ func TestNewPlanExtraNICs(t *testing.T) {
 	}
 	if ExtraMAC("urban", 1) != "52:54:00:"+ExtraMAC("urban", 1)[9:] || ExtraMAC("urban", 1) == ExtraMAC("formula", 1) {
 		t.Error("ExtraMAC is not per machine")
+	}
+}
+
+// TestNewPlanBootNICs: the first NIC's model and who netboots it, per
+// machine; a firmware netboot defaults to the one NIC OVMF drives itself.
+func TestNewPlanBootNICs(t *testing.T) {
+	tests := []struct {
+		name      string
+		firmware  Firmware
+		nic       string // Spec.NIC
+		boot      BootNIC
+		wantModel string
+		wantBoot  Netboot
+	}{
+		{"default", FirmwareBIOS, "", BootNIC{}, DefaultNIC, NetbootROM},
+		{"lab model", FirmwareBIOS, "rtl8139", BootNIC{}, "rtl8139", NetbootROM},
+		{"own model with its ROM", FirmwareUEFI, "", BootNIC{Model: "virtio-net-pci"}, "virtio-net-pci", NetbootROM},
+		{"rom spelled out", FirmwareUEFI, "", BootNIC{Netboot: "ROM"}, DefaultNIC, NetbootROM},
+		{"firmware PXE", FirmwareUEFI, "", BootNIC{Netboot: NetbootPXE}, FirmwareNIC, NetbootPXE},
+		{"firmware PXE over the lab's e1000", FirmwareUEFI, "e1000", BootNIC{Netboot: NetbootPXE}, FirmwareNIC, NetbootPXE},
+		{"firmware HTTP", FirmwareUEFI, "", BootNIC{Model: "virtio-net-pci", Netboot: NetbootHTTP}, FirmwareNIC, NetbootHTTP},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := NewPlan("demo", Spec{Rack: exampleRack(t), Firmware: tt.firmware, NIC: tt.nic,
+				BootNICs: map[string]BootNIC{"urban": tt.boot}, ExtraNICs: map[string]int{"urban": 1}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			urban := p.VMs[1]
+			if urban.NIC != tt.wantModel || urban.Netboot != tt.wantBoot {
+				t.Errorf("urban: NIC %q netboot %q, want %q %q", urban.NIC, urban.Netboot, tt.wantModel, tt.wantBoot)
+			}
+			if other := p.VMs[0]; other.Netboot != NetbootROM || (tt.nic == "" && other.NIC != DefaultNIC) {
+				t.Errorf("formula (no BootNICs entry): NIC %q netboot %q", other.NIC, other.Netboot)
+			}
+		})
 	}
 }
 

@@ -55,7 +55,7 @@ const DiskFormat = "qcow2"
 // QEMUArgs is the qemu-system-x86_64 command line (without the program) for
 // one VM: no default devices (so no NAT NIC to the host), serial console to
 // a file, the NIC on the VM's tap with the machine's MAC as first boot
-// device, the NVMe disk second, any further NICs (not bootable), then the
+// device (with QEMU's iPXE ROM, or none: see Netboot), the NVMe disk second, any further NICs (not bootable), then the
 // SATA disks on the q35 AHCI ports.
 func QEMUArgs(vm VMPlan, f VMFiles, accel Accel) []string {
 	nic := vm.NIC
@@ -82,9 +82,26 @@ func QEMUArgs(vm VMPlan, f VMFiles, accel Accel) []string {
 			"-drive", "if=pflash,format=raw,unit=1,file="+qopt(f.OVMFVars),
 		)
 	}
+	// The first NIC: QEMU gives it its iPXE option ROM, unless the
+	// firmware's own network stack netboots it (romfile= empty: OVMF's
+	// VirtioNetDxe drives the NIC, its PXE or HTTP boot client loads
+	// iPXE from rackboot). bootindex=1 puts every boot option OVMF makes
+	// for the NIC (PXEv4, PXEv6, HTTPv4, HTTPv6, in that order) first.
+	first := nic + ",netdev=net0,mac=" + vm.MAC
+	if vm.Netboot.Firmware() {
+		first += ",romfile="
+	}
+	if vm.Netboot == NetbootHTTP {
+		// OVMF makes PXE options only while these are yes (its default):
+		// without them "UEFI HTTPv4" is the NIC's first boot option.
+		args = append(args,
+			"-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no",
+			"-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no",
+		)
+	}
 	args = append(args,
 		"-netdev", "tap,id=net0,ifname="+qopt(vm.Tap)+",script=no,downscript=no",
-		"-device", nic+",netdev=net0,mac="+vm.MAC+",bootindex=1",
+		"-device", first+",bootindex=1",
 		"-drive", "file="+qopt(f.NVMe)+",if=none,id="+vm.NVMe.ID+",format="+DiskFormat,
 		"-device", "nvme,drive="+vm.NVMe.ID+",serial="+qopt(vm.NVMe.Serial)+",bootindex=2",
 	)

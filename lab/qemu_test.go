@@ -120,6 +120,54 @@ func TestQEMUArgsRules(t *testing.T) {
 	}
 }
 
+// TestQEMUArgsNetboot: who netboots the first NIC shows on QEMU's command
+// line as the NIC's option ROM (QEMU's default, or romfile= for none) and,
+// for UEFI HTTP boot, OVMF's PXE clients switched off through fw_cfg.
+func TestQEMUArgsNetboot(t *testing.T) {
+	const pxeOff = "-fw_cfg name=opt/org.tianocore/IPv4PXESupport,string=no -fw_cfg name=opt/org.tianocore/IPv6PXESupport,string=no"
+	tests := []struct {
+		netboot Netboot
+		nic     string
+		first   string // the first NIC's -device value
+		fwcfg   bool
+	}{
+		{"", "e1000", "e1000,netdev=net0,mac=52:54:00:00:00:01,bootindex=1", false},
+		{NetbootROM, "virtio-net-pci", "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,bootindex=1", false},
+		{NetbootPXE, "virtio-net-pci", "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,romfile=,bootindex=1", false},
+		{NetbootHTTP, "virtio-net-pci", "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,romfile=,bootindex=1", true},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.netboot), func(t *testing.T) {
+			vm := VMPlan{
+				Name: "a", MAC: "52:54:00:00:00:01", UUID: "u", Serial: "s", Firmware: FirmwareUEFI, MemoryMiB: 512, Tap: "tap0",
+				NIC: tt.nic, Netboot: tt.netboot, NVMe: Disk{ID: "nvme0", Serial: "n"},
+				Extra: []NIC{{MAC: "52:54:00:00:00:02", Tap: "tap0n1"}},
+			}
+			args := QEMUArgs(vm, VMFiles{OVMFCode: "/c", OVMFVars: "/v", NVMe: "/n"}, AccelTCG)
+			line := " " + strings.Join(args, " ") + " "
+			if !strings.Contains(line, " -device "+tt.first+" ") {
+				t.Errorf("first NIC is not %q:\n%s", tt.first, line)
+			}
+			if !strings.Contains(line, " -device "+tt.nic+",netdev=net1,mac=52:54:00:00:00:02,romfile= ") {
+				t.Errorf("the extra NIC is not a %s without ROM:\n%s", tt.nic, line)
+			}
+			if got := strings.Contains(line, " "+pxeOff+" "); got != tt.fwcfg {
+				t.Errorf("PXE switched off in OVMF: %v, want %v:\n%s", got, tt.fwcfg, line)
+			}
+			if strings.Count(line, "-fw_cfg") != 2*boolInt(tt.fwcfg) || strings.Count(line, "bootindex=") != 2 {
+				t.Errorf("fw_cfg or boot indexes:\n%s", line)
+			}
+		})
+	}
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func TestChooseAccel(t *testing.T) {
 	intel := []byte("processor\t: 0\nflags\t\t: fpu vme de pse vmx sse\n")
 	amd := []byte("flags\t\t: fpu svm sse\n")

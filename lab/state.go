@@ -69,6 +69,8 @@ type VMState struct {
 	Serial    string   `json:"serial"`
 	Firmware  Firmware `json:"firmware"`
 	Tap       string   `json:"tap"`
+	NIC       string   `json:"nic,omitempty"`       // the first NIC's QEMU model
+	Netboot   Netboot  `json:"netboot,omitempty"`   // who netboots the first NIC (Spec.BootNICs)
 	ExtraNICs []NIC    `json:"extraNics,omitempty"` // the NICs after the first (Spec.ExtraNICs)
 	Disks     []string `json:"disks"`
 	SerialLog string   `json:"serialLog"`

@@ -322,6 +322,7 @@ func (l *Lab) startVM(ctx context.Context, st *State, vm VMPlan, accel Accel) er
 	}
 	vs := VMState{
 		Name: vm.Name, MAC: vm.MAC, UUID: vm.UUID, Serial: vm.Serial, Firmware: vm.Firmware, Tap: vm.Tap,
+		NIC: vm.NIC, Netboot: vm.Netboot,
 		ExtraNICs: vm.Extra,
 		Disks:     append([]string{f.NVMe}, f.SATA...),
 		SerialLog: f.SerialLog,
@@ -377,7 +378,7 @@ func (l *Lab) startVM(ctx context.Context, st *State, vm VMPlan, accel Accel) er
 			break
 		}
 	}
-	l.log.Info("vm started", "lab", l.name, "vm", vm.Name, "mac", vm.MAC, "firmware", vm.Firmware, "accel", accel.Name)
+	l.log.Info("vm started", "lab", l.name, "vm", vm.Name, "mac", vm.MAC, "firmware", vm.Firmware, "netboot", vm.Netboot, "accel", accel.Name)
 	return nil
 }
 
