@@ -65,6 +65,11 @@ type HTTPConfig struct {
 	// for its boot script (the DHCP side uses it to tell that a client
 	// followed our offer).
 	Followed func(mac net.HardwareAddr)
+	// FollowedAddr, when set, returns the MAC of the client at an address
+	// as DHCP saw it (DHCPServer.FollowedAddr): UEFI HTTP boot firmware
+	// fetching /ipxe/<file> sends no MAC, and without it the event could
+	// not be put on the machine's timeline.
+	FollowedAddr func(addr netip.Addr) (net.HardwareAddr, bool)
 }
 
 // HTTP is the HTTP handler. Routes (GET and HEAD only):
@@ -476,7 +481,12 @@ func (h *HTTP) serveIPXE(w http.ResponseWriter, r *http.Request, addr netip.Addr
 		return
 	}
 	if r.Method == http.MethodGet && r.Header.Get("Range") == "" {
-		h.record(Event{Addr: addr, Stage: StageIPXE, Detail: "http " + name})
+		// OVMF's HTTP boot asks HEAD first (the size), then GET: one event.
+		var mac net.HardwareAddr
+		if h.cfg.FollowedAddr != nil && addr.IsValid() {
+			mac, _ = h.cfg.FollowedAddr(addr)
+		}
+		h.record(Event{MAC: mac, Addr: addr, Stage: StageIPXE, Detail: "http " + name})
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	http.ServeContent(w, r, "", time.Time{}, rs)

@@ -181,6 +181,13 @@ func newHTTPFixture(t *testing.T) *httpFixture {
 		Log:        slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Recorder:   f.events,
 		Now:        clk.Now,
+		// DHCP knows w1 at .60 (as from its REQUEST in proxy mode).
+		FollowedAddr: func(a netip.Addr) (net.HardwareAddr, bool) {
+			if a == netip.MustParseAddr("10.99.0.60") {
+				return tMAC(t, macW1), true
+			}
+			return nil, false
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -308,8 +315,28 @@ func TestHTTPAssetStages(t *testing.T) {
 	f.events.mu.Lock()
 	last := f.events.events[len(f.events.events)-1]
 	f.events.mu.Unlock()
-	if last.Stage != StageIPXE || last.Addr.String() != "10.99.0.60" {
-		t.Fatalf("last event %+v, want ipxe from 10.99.0.60", last)
+	if last.Stage != StageIPXE || last.Addr.String() != "10.99.0.60" || last.MAC.String() != macW1 {
+		t.Fatalf("last event %+v, want ipxe from 10.99.0.60 with the MAC DHCP saw there (%s)", last, macW1)
+	}
+	// UEFI HTTP boot asks HEAD first: no event for it; an address DHCP
+	// does not know gives an event without a MAC.
+	n := len(f.events.stages())
+	head := httptest.NewRequest(http.MethodHead, "/ipxe/ipxe.efi", nil)
+	head.RemoteAddr = "10.99.0.60:40000"
+	hw := httptest.NewRecorder()
+	f.h.ServeHTTP(hw, head)
+	if hw.Code != http.StatusOK || hw.Header().Get("Content-Length") != "10" {
+		t.Fatalf("HEAD /ipxe/ipxe.efi: %d, Content-Length %q", hw.Code, hw.Header().Get("Content-Length"))
+	}
+	if got := len(f.events.stages()); got != n {
+		t.Errorf("HEAD recorded %d event(s)", got-n)
+	}
+	f.get("/ipxe/ipxe.efi", "10.99.0.61")
+	f.events.mu.Lock()
+	last = f.events.events[len(f.events.events)-1]
+	f.events.mu.Unlock()
+	if last.Stage != StageIPXE || last.MAC != nil {
+		t.Errorf("event for an address DHCP does not know: %+v", last)
 	}
 }
 

@@ -58,7 +58,8 @@ type Config struct {
 	Now      func() time.Time // default: time.Now
 	Rand     io.Reader        // default: crypto/rand
 	// Followed is passed to HTTPConfig.Followed and FollowedAddr to
-	// TFTPConfig.Followed (DHCPServer.Followed and FollowedAddr).
+	// HTTPConfig.FollowedAddr and TFTPConfig.Followed (DHCPServer.Followed
+	// and FollowedAddr).
 	Followed     func(mac net.HardwareAddr)
 	FollowedAddr func(addr netip.Addr) (net.HardwareAddr, bool)
 }
@@ -180,6 +181,7 @@ func New(cfg Config, booter Booter, assets Assets, opts ...Option) (_ *Server, e
 		Booter: booter, Assets: assets, IPXE: files, Tokens: s.tokens,
 		Neighbors: cfg.Neighbors, LeaseOf: cfg.LeaseOf,
 		Log: cfg.Log.With("service", "http"), Recorder: cfg.Recorder, Now: cfg.Now, Followed: cfg.Followed,
+		FollowedAddr: cfg.FollowedAddr,
 	})
 	if err != nil {
 		return nil, err
