@@ -7,7 +7,7 @@ pkgs=(
   # VMs, firmware and iPXE (the lab, e2e tests; iPXE binaries are embedded from `ipxe`)
   qemu-system-x86 qemu-utils ovmf ipxe ipxe-qemu seabios
   # network test peers: home-router DHCP, DHCP clients, TFTP clients/server, namespaces, nftables loss
-  dnsmasq-base iproute2 nftables ndisc6 busybox-static udhcpc isc-dhcp-client tftp-hpa atftp curl openssl
+  dnsmasq-base iproute2 nftables ndisc6 busybox-static udhcpc isc-dhcp-client tftp-hpa atftp curl openssl iputils-arping
   # boot media: independent readers and boot loaders taken at build time
   xorriso isolinux syslinux-common systemd-boot-efi mtools dosfstools fdisk gdisk cpio
   # the status page is tested in a real browser

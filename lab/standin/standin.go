@@ -16,10 +16,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/dotfile/rackboot/imager"
+	"github.com/dotfile/rackboot/lab/standin/rootfs"
 )
 
 // Output file names in BuildOptions.OutDir.
@@ -72,11 +72,9 @@ func Build(ctx context.Context, o BuildOptions) (*Result, error) {
 	if _, err := os.Stat(vmlinuz); err != nil {
 		return nil, fmt.Errorf("build stand-in: no kernel (run scripts/standin-kernel.sh %s): %w", o.KernelDir, err)
 	}
-	orderData, err := os.ReadFile(filepath.Join(o.KernelDir, "modules", "order"))
-	if err != nil {
+	if _, err := os.Stat(filepath.Join(o.KernelDir, "modules", "order")); err != nil {
 		return nil, fmt.Errorf("build stand-in: module order (run scripts/standin-kernel.sh %s): %w", o.KernelDir, err)
 	}
-	modules := strings.Fields(string(orderData))
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
 		return nil, fmt.Errorf("build stand-in: %w", err)
 	}
@@ -101,27 +99,34 @@ func Build(ctx context.Context, o BuildOptions) (*Result, error) {
 	}
 	o.Log.Info("built stand-in init", "bytes", st.Size(), "took", time.Since(start).Round(time.Millisecond))
 
-	files := []imager.InitramfsFile{
-		imager.InitramfsCharDevice("dev/console", 0o600, 5, 1),
-		imager.InitramfsCharDevice("dev/null", 0o666, 1, 3),
-		imager.InitramfsDir("proc", 0o555),
-		imager.InitramfsDir("sys", 0o555),
-		imager.InitramfsDir("run", 0o755),
-		imager.InitramfsDir("tmp", 0o1777|os.ModeSticky),
-		imager.InitramfsDir("etc", 0o755),
-		imager.InitramfsBytes("lib/modules/order", 0o644, orderData),
-	}
-	f, err := imager.InitramfsFromFile("init", 0o755, initBin)
+	// Two archives, concatenated (the kernel unpacks each in turn): the
+	// image's own files (gzip), then, uncompressed, the payload the
+	// installer copies to the install disk's ESP: the kernel and that first
+	// archive byte for byte, the installed system's initramfs. The guest
+	// cannot compress 30 MB in reasonable time under TCG (44 s).
+	files, modules, err := rootfs.Files(initBin, filepath.Join(o.KernelDir, "modules"))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("build stand-in: %w", err)
 	}
-	files = append(files, f)
-	for _, m := range modules {
-		f, err := imager.InitramfsFromFile("lib/modules/"+m+".ko", 0o644, filepath.Join(o.KernelDir, "modules", m+".ko"))
-		if err != nil {
-			return nil, fmt.Errorf("build stand-in: %w", err)
-		}
-		files = append(files, f)
+	baseTmp := filepath.Join(tmp, "base.cpio.gz")
+	base, err := os.Create(baseTmp)
+	if err != nil {
+		return nil, fmt.Errorf("build stand-in: %w", err)
+	}
+	if err := imager.WriteInitramfs(base, files, imager.InitramfsOptions{Gzip: true, MTime: o.Epoch}); err != nil {
+		base.Close()
+		return nil, fmt.Errorf("build stand-in initramfs: %w", err)
+	}
+	if err := base.Close(); err != nil {
+		return nil, fmt.Errorf("build stand-in initramfs: %w", err)
+	}
+	kf, err := imager.InitramfsFromFile(rootfs.KernelPath, 0o644, vmlinuz)
+	if err != nil {
+		return nil, fmt.Errorf("build stand-in: %w", err)
+	}
+	bf, err := imager.InitramfsFromFile(rootfs.InitrdPath, 0o644, baseTmp)
+	if err != nil {
+		return nil, fmt.Errorf("build stand-in: %w", err)
 	}
 
 	initrdTmp := filepath.Join(tmp, InitramfsFile)
@@ -131,7 +136,16 @@ func Build(ctx context.Context, o BuildOptions) (*Result, error) {
 	}
 	h := sha256.New()
 	cw := &countWriter{w: io.MultiWriter(out, h)}
-	if err := imager.WriteInitramfs(cw, files, imager.InitramfsOptions{Gzip: true, MTime: o.Epoch}); err != nil {
+	err = copyFileTo(cw, baseTmp)
+	if err == nil && cw.n%4 != 0 {
+		// An uncompressed archive must start 4-byte aligned; the kernel
+		// skips the zeros.
+		_, err = cw.Write(make([]byte, 4-cw.n%4))
+	}
+	if err == nil {
+		err = imager.WriteInitramfs(cw, []imager.InitramfsFile{kf, bf}, imager.InitramfsOptions{MTime: o.Epoch})
+	}
+	if err != nil {
 		out.Close()
 		return nil, fmt.Errorf("build stand-in initramfs: %w", err)
 	}
@@ -182,6 +196,16 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+func copyFileTo(w io.Writer, src string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	_, err = io.Copy(w, in)
+	return err
 }
 
 func copyFile(dst, src string) error {

@@ -204,3 +204,40 @@ func DefaultHostname(addr string) string {
 	}
 	return "talos-" + strings.ReplaceAll(strings.ReplaceAll(addr, ":", ""), ".", "-")
 }
+
+// NetbootOnly are the parameters a netboot adds that the installed system's
+// command line does not carry: Talos boots its UKI's built-in command line
+// after install (cmd/installer/pkg/install/install.go: the PXE arguments
+// reach the disk only on the legacy GRUB path with grubUseUKICmdline off),
+// so talos.config=, the events sink and the kernel log endpoint are gone.
+// initrd= and BOOTIF= are the boot loader's; rackboot.lab.* are the lab's.
+var NetbootOnly = []string{
+	KeyConfig, "talos.config.inline", "talos.config.early", KeyEventsSink, KeyLoggingKernel,
+	"initrd", "BOOTIF",
+}
+
+// KeyLoggingKernel is Talos's kernel log endpoint parameter.
+const KeyLoggingKernel = "talos.logging.kernel"
+
+// Installed is the command line of the installed system's loader entry: c
+// without NetbootOnly and rackboot.lab.* parameters, every other value kept
+// in order (quoted when it holds a space).
+func (c *Cmdline) Installed() string {
+	var out []string
+	for _, k := range c.keys {
+		if slices.Contains(NetbootOnly, k) || strings.HasPrefix(k, "rackboot.lab.") {
+			continue
+		}
+		for _, v := range c.values[k] {
+			p := k
+			if v != "" {
+				if strings.ContainsAny(v, " \t") {
+					v = `"` + v + `"`
+				}
+				p += "=" + v
+			}
+			out = append(out, p)
+		}
+	}
+	return strings.Join(out, " ")
+}

@@ -124,3 +124,13 @@ func TestDefaultHostname(t *testing.T) {
 		}
 	}
 }
+
+func TestInstalled(t *testing.T) {
+	c, err := Parse(`initrd=initramfs.cpio.gz talos.platform=metal console=tty0 console=ttyS0 slab_nomerge talos.config=http://10.77.0.2:8080/config/x?t=secret talos.events.sink=10.77.0.2:4002 talos.logging.kernel=udp://10.77.0.2:4003 rackboot.lab.config_link=52:54:00:00:00:01 a="b c"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.Installed(), `talos.platform=metal console=tty0 console=ttyS0 slab_nomerge a="b c"`; got != want {
+		t.Errorf("Installed() = %q, want %q", got, want)
+	}
+}

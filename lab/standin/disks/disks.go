@@ -5,12 +5,16 @@
 package disks
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"path"
 	"slices"
 	"strings"
 
+	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/cosi-project/runtime/pkg/state/impl/inmem"
+	"github.com/cosi-project/runtime/pkg/state/impl/namespaced"
 	blockpb "github.com/siderolabs/talos/pkg/machinery/api/resource/definitions/block"
 	"github.com/siderolabs/talos/pkg/machinery/cel/celenv"
 	"github.com/siderolabs/talos/pkg/machinery/config/config"
@@ -89,4 +93,18 @@ func CheckInstallDisk(dev string) error {
 		return fmt.Errorf("%s: %w", dev, ErrSDDisk)
 	}
 	return nil
+}
+
+// State is a COSI state holding disks as Talos's block.Disk resources, for
+// machinery's RuntimeValidate (blockhelpers.MatchDisks lists them).
+func State(ctx context.Context, disks []block.DiskSpec) (state.State, error) {
+	st := state.WrapCore(namespaced.NewState(inmem.Build))
+	for _, d := range disks {
+		res := block.NewDisk(block.NamespaceName, path.Base(d.DevPath))
+		*res.TypedSpec() = d
+		if err := st.Create(ctx, res); err != nil {
+			return nil, fmt.Errorf("disk %s: %w", d.DevPath, err)
+		}
+	}
+	return st, nil
 }

@@ -166,3 +166,17 @@ const RebootCmdRestart = 0x1234567
 func InstallRebooting() *machine.SequenceEvent {
 	return SequenceFailed("install", fmt.Errorf("error running phase 6 in install sequence: task 1/1: failed, unix.Reboot(%x)", RebootCmdRestart))
 }
+
+// ConfigLoadError is the event machined's config AcquireController
+// publishes when acquiring the config fails, validation and runtime
+// validation included (internal/app/machined/pkg/controllers/config/
+// acquire.go). Talos v1.13 never sends ConfigValidationErrorEvent.
+func ConfigLoadError(err error) *machine.ConfigLoadErrorEvent {
+	return &machine.ConfigLoadErrorEvent{Error: err.Error()}
+}
+
+// MachineStatus is a MachineStatusEvent at stage (not ready: the stand-in
+// runs no services).
+func MachineStatus(stage machine.MachineStatusEvent_MachineStage) *machine.MachineStatusEvent {
+	return &machine.MachineStatusEvent{Stage: stage, Status: &machine.MachineStatusEvent_MachineStatus{Ready: false}}
+}

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -33,11 +34,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dotfile/rackboot/imager/bootloaders"
 	"github.com/dotfile/rackboot/lab/standin/cmdline"
 	"github.com/dotfile/rackboot/lab/standin/disks"
 	"github.com/dotfile/rackboot/lab/standin/events"
+	"github.com/dotfile/rackboot/lab/standin/install"
 	"github.com/dotfile/rackboot/lab/standin/marker"
 	"github.com/dotfile/rackboot/lab/standin/report"
+	"github.com/dotfile/rackboot/lab/standin/rootfs"
 	"github.com/dotfile/rackboot/lab/standin/volume"
 	blkdev "github.com/siderolabs/go-blockdevice/v2/block"
 	"github.com/siderolabs/go-blockdevice/v2/partitioning/gpt"
@@ -46,6 +50,7 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
 	"github.com/siderolabs/talos/pkg/machinery/resources/block"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 )
 
 // Lab limits: Talos retries for hours, a rehearsal should not.
@@ -80,6 +85,11 @@ func main() {
 	fmt.Fprintf(os.Stdout, "\n%s\n", rep.Line())
 	_ = os.Stdout.Sync()
 	unix.Sync()
+	if m.stayUp {
+		// Running, like Talos: the network and the VIP stay until the
+		// machine is switched off.
+		select {}
+	}
 
 	how := unix.LINUX_REBOOT_CMD_POWER_OFF
 	if v, _ := cmd.Get(cmdline.KeyReboot); v == "1" || v == "true" {
@@ -98,6 +108,11 @@ type machine struct {
 	cmd *cmdline.Cmdline
 	rep report.Report
 	pub *events.Publisher
+	// sentBefore counts events acknowledged by an earlier sink.
+	sentBefore int
+	// stayUp: running from its own disk, the machine stays up (as Talos)
+	// instead of powering off after its report.
+	stayUp bool
 }
 
 func (m *machine) run(ctx context.Context) report.Report {
@@ -107,7 +122,7 @@ func (m *machine) run(ctx context.Context) report.Report {
 		m.rep.Error = err.Error()
 	}
 	if m.pub != nil {
-		m.rep.EventsSent = m.pub.Sent()
+		m.rep.EventsSent = m.sentBefore + m.pub.Sent()
 		_ = m.pub.Close()
 	}
 	return m.rep
@@ -123,14 +138,19 @@ func (m *machine) boot(ctx context.Context) error {
 	source, _ := m.cmd.Get(cmdline.KeyConfig)
 	sink, hasSink := m.cmd.Get(cmdline.KeyEventsSink)
 	needNet := (source != "" && source != cmdline.MetalISO) || hasSink
+	if source == "" {
+		// No token on this command line: record it (the installed
+		// system's loader entry, when booted from disk).
+		m.rep.Cmdline = m.cmd.Installed()
+	}
 
 	var vars cmdline.Vars
 	vars.UUID, vars.Serial = m.rep.UUID, m.rep.Serial
 	var nw *network
+	// DHCP (and, once running, the VIP) lives until the boot ends.
+	nctx, stop := context.WithCancel(ctx)
+	defer func() { stop() }()
 	if needNet {
-		// DHCP goes on in the background on every link until the boot ends.
-		nctx, stop := context.WithCancel(ctx)
-		defer stop()
 		var err error
 		if nw, err = bringUpNetwork(nctx, m.log, deviceWait); err != nil {
 			return err
@@ -153,49 +173,13 @@ func (m *machine) boot(ctx context.Context) error {
 		vars.MAC = mac
 	}
 	if hasSink {
-		pub, err := events.New(sink, events.WithLogger(m.log), events.WithMaxDelay(maxDelay))
-		if err != nil {
+		if err := m.setSink(sink, "cmdline"); err != nil {
 			return err
 		}
-		m.pub = pub
 	}
 
-	// Disks settle while the config is fetched; probe after.
-	var cfgBytes []byte
-	var err error
-	switch source {
-	case "":
-		return errors.New("no talos.config= on the kernel command line (maintenance mode is not emulated)")
-	case cmdline.MetalISO:
-		m.rep.ConfigSource = "metal-iso"
-		cfgBytes, err = readMetalISO(ctx, m.log)
-	default:
-		m.rep.ConfigSource = "http"
-		var dial *net.Dialer
-		if dial, err = m.configDialer(ctx, nw); err != nil {
-			return err
-		}
-		cfgBytes, m.rep.ConfigFrom, err = fetchConfig(ctx, m.log, source, vars, dial)
-	}
-	if err != nil {
-		return err
-	}
-	sum := sha256.Sum256(cfgBytes)
-	m.rep.ConfigSHA256 = hex.EncodeToString(sum[:])
-
-	cfg, err := configloader.NewFromBytes(cfgBytes)
-	if err != nil {
-		return fmt.Errorf("load machine config: %w", err)
-	}
-	warnings, err := cfg.Validate(metalMode{})
-	for _, w := range warnings {
-		m.log.Warn("machine config", "warning", w)
-	}
-	if err != nil {
-		return fmt.Errorf("validate machine config (metal): %w", err)
-	}
-	m.rep.Name = machineName(cfg)
-
+	// Talos mounts STATE before it looks anywhere else for its config
+	// (AcquireController starts in stateDisk): probe the disks first.
 	all, err := waitForDisks(m.log, deviceWait)
 	if err != nil {
 		return err
@@ -215,13 +199,80 @@ func (m *machine) boot(ctx context.Context) error {
 	}
 	m.rep.SDUntouched = true
 
+	var cfgBytes []byte
+	platform := "metal"
+	if installed != "" {
+		b, err := install.ReadConfigPath(installed)
+		switch {
+		case err == nil:
+			cfgBytes, platform = b, "state"
+			m.rep.ConfigSource = "state"
+			m.log.Info("machine config read from STATE", "disk", installed, "bytes", len(b))
+		case errors.Is(err, install.ErrNoState):
+		default:
+			m.log.Warn("read the config from STATE", "disk", installed, "err", err)
+		}
+	}
+	if cfgBytes == nil {
+		switch source {
+		case "":
+			return errors.New("no talos.config= on the kernel command line and no config on STATE (maintenance mode is not emulated)")
+		case cmdline.MetalISO:
+			m.rep.ConfigSource = "metal-iso"
+			cfgBytes, err = readMetalISO(ctx, m.log)
+		default:
+			m.rep.ConfigSource = "http"
+			var dial *net.Dialer
+			if dial, err = m.configDialer(ctx, nw); err != nil {
+				return err
+			}
+			cfgBytes, m.rep.ConfigFrom, err = fetchConfig(ctx, m.log, source, vars, dial)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	sum := sha256.Sum256(cfgBytes)
+	m.rep.ConfigSHA256 = hex.EncodeToString(sum[:])
+
+	cfg, err := m.acquire(ctx, cfgBytes, platform, all, installed == "")
+	if err != nil {
+		return err
+	}
+	m.rep.Name = machineName(cfg)
+
+	// The config is active: its EventSinkConfig replaces the command
+	// line's sink, its KmsgLogConfig documents add to talos.logging.kernel
+	// (runtime/events_sink_config.go, kmsg_log_config.go).
+	if ep := cfg.Runtime().EventsEndpoint(); ep != nil && *ep != "" {
+		if err := m.setSink(*ep, "config"); err != nil {
+			return err
+		}
+	}
+	m.rep.KmsgLog = kmsgDestinations(m.cmd, cfg)
+
 	if installed != "" {
 		// Talos: a META partition anywhere means installed; run the boot
-		// sequence (from the network kernel, like a PXE-booted Talos).
+		// sequence.
 		m.rep.InstallDisk = installed
+		fromDisk := source == ""
+		if fromDisk {
+			// Booted from its own disk: no network came from the command
+			// line; the machine config's network documents make it.
+			if err := m.configureNetwork(nctx, cfg); err != nil {
+				return err
+			}
+		}
 		m.publish(ctx, events.SequenceStart("boot"))
+		m.publish(ctx, events.MachineStatus(machineapi.MachineStatusEvent_BOOTING))
 		m.publish(ctx, events.SequenceStop("boot"))
+		m.publish(ctx, events.MachineStatus(machineapi.MachineStatusEvent_RUNNING))
 		m.rep.Result = report.ResultBooted
+		if fromDisk {
+			m.rep.Result = report.ResultRunning
+			m.stayUp = true
+			stop = func() {} // keep the network (and the VIP) up
+		}
 		return nil
 	}
 
@@ -232,7 +283,7 @@ func (m *machine) boot(ctx context.Context) error {
 	}
 	if err == nil {
 		m.rep.InstallDisk = chosen.DevPath
-		err = writeMarker(chosen.DevPath)
+		err = m.install(ctx, chosen.DevPath, cfgBytes)
 	}
 	if err != nil {
 		m.publish(ctx, events.SequenceFailed("install", err))
@@ -255,16 +306,121 @@ func (m *machine) boot(ctx context.Context) error {
 	return nil
 }
 
+// acquire loads and validates the config as machined's AcquireController
+// does (acquire.go): load, Validate in metal mode, then RuntimeValidate
+// against the machine's resources, here the disks as block.Disk resources
+// in a COSI state, so the install disk selector is checked by Talos's own
+// code (v1alpha1_validation.go: "no disks matched the expression"). Any
+// failure is published as a ConfigLoadErrorEvent with Talos's wording and
+// ends the boot. RuntimeValidate runs before an install only (an installed
+// system's disk selector no longer matters).
+func (m *machine) acquire(ctx context.Context, b []byte, platform string, all []blockDisk, runtime bool) (config.Provider, error) {
+	fail := func(err error) (config.Provider, error) {
+		m.publish(ctx, events.ConfigLoadError(err))
+		return nil, err
+	}
+	cfg, err := configloader.NewFromBytes(b)
+	if err != nil {
+		return fail(fmt.Errorf("failed to load config via platform %s: %w", platform, err))
+	}
+	warnings, err := cfg.Validate(metalMode{})
+	for _, w := range warnings {
+		m.log.Warn("machine config", "warning", w)
+	}
+	if err != nil {
+		return fail(fmt.Errorf("failed to validate config acquired via platform %s: %w", platform, err))
+	}
+	if !runtime {
+		return cfg, nil
+	}
+	st, err := disks.State(ctx, all)
+	if err != nil {
+		return nil, err
+	}
+	warnings, err = cfg.RuntimeValidate(ctx, st, metalMode{})
+	for _, w := range warnings {
+		m.log.Warn("machine config (runtime)", "warning", w)
+	}
+	if err != nil {
+		return fail(fmt.Errorf("failed to runtime validate config acquired via platform %s: %w", platform, err))
+	}
+	return cfg, nil
+}
+
+// setSink points the publisher at addr (a new connection when it changes).
+func (m *machine) setSink(addr, from string) error {
+	if m.pub != nil && m.rep.EventSink == addr {
+		m.rep.EventSinkFrom = from
+		return nil
+	}
+	pub, err := events.New(addr, events.WithLogger(m.log), events.WithMaxDelay(maxDelay))
+	if err != nil {
+		return err
+	}
+	if m.pub != nil {
+		m.sentBefore += m.pub.Sent()
+		_ = m.pub.Close()
+	}
+	m.pub = pub
+	m.rep.EventSink, m.rep.EventSinkFrom = addr, from
+	m.log.Info("events sink", "endpoint", addr, "from", from)
+	return nil
+}
+
+// kmsgDestinations are Talos's kernel log destinations: talos.logging.kernel=
+// then the config's KmsgLogConfig URLs not already there.
+func kmsgDestinations(cmd *cmdline.Cmdline, cfg config.Provider) []string {
+	var out []string
+	if v, ok := cmd.Get(cmdline.KeyLoggingKernel); ok && v != "" {
+		out = append(out, v)
+	}
+	for _, u := range cfg.Runtime().KmsgLogURLs() {
+		if !slices.Contains(out, u.String()) {
+			out = append(out, u.String())
+		}
+	}
+	return out
+}
+
+// install writes the installed system on dev like Talos's installer for
+// systemd-boot: ESP (systemd-boot, kernel, this image's files as the
+// initramfs, a loader entry with this command line minus the netboot
+// parameters), META, and STATE with the machine config.
+func (m *machine) install(ctx context.Context, dev string, cfgBytes []byte) error {
+	start := time.Now()
+	loaders, err := bootloaders.FS()
+	if err != nil {
+		return err
+	}
+	loader, err := fs.ReadFile(loaders, bootloaders.SystemdBoot)
+	if err != nil {
+		return err
+	}
+	p := install.Payload{
+		Loader: loader, Kernel: "/" + rootfs.KernelPath, Initramfs: "/" + rootfs.InitrdPath,
+		Cmdline: m.cmd.Installed(), Config: cfgBytes,
+	}
+	l, err := install.WritePath(ctx, dev, p)
+	if err != nil {
+		return err
+	}
+	for _, part := range l {
+		m.rep.Partitions = append(m.rep.Partitions, fmt.Sprintf("%s:%d", part.Name, part.Size))
+	}
+	m.log.Info("installed", "disk", dev, "partitions", m.rep.Partitions, "cmdline", p.Cmdline, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
 // publish sends an event when a sink is configured; failures are logged
 // (Talos keeps its events in a ring and goes on).
-func (m *machine) publish(ctx context.Context, ev *machineapi.SequenceEvent) {
+func (m *machine) publish(ctx context.Context, ev proto.Message) {
 	if m.pub == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, eventsTimeout)
 	defer cancel()
 	if err := m.pub.Publish(ctx, ev); err != nil {
-		m.log.Error("publish event", "sequence", ev.GetSequence(), "err", err)
+		m.log.Error("publish event", "type", fmt.Sprintf("%T", ev), "err", err)
 	}
 }
 
@@ -385,22 +541,6 @@ func hasMeta(dev string) (bool, error) {
 		return false, err
 	}
 	return marker.Has(gd)
-}
-
-func writeMarker(dev string) error {
-	bd, err := blkdev.NewFromPath(dev, blkdev.OpenForWrite())
-	if err != nil {
-		return fmt.Errorf("open %s: %w", dev, err)
-	}
-	defer bd.Close() //nolint:errcheck
-	gd, err := gpt.DeviceFromBlockDevice(bd)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", dev, err)
-	}
-	if err := marker.Write(gd); err != nil {
-		return fmt.Errorf("write META on %s: %w", dev, err)
-	}
-	return nil
 }
 
 // configDialer is nil (the kernel's routes choose) unless the kernel

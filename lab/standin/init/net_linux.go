@@ -8,15 +8,20 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/dotfile/rackboot/lab/standin/netcfg"
 	"github.com/dotfile/rackboot/lab/standin/report"
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
+	"github.com/mdlayher/packet"
+	"github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -274,4 +279,154 @@ func boundDialer(l *link, ip net.IP) *net.Dialer {
 			return nil
 		},
 	}
+}
+
+// configureNetwork applies the machine config's network documents, as an
+// installed Talos does at boot: link aliases by selector, static addresses
+// and routes from LinkConfig, DHCP where the config asks for it (on every
+// link when it has no link config at all), and on a control plane the
+// Layer2VIPConfig address with a gratuitous ARP. Talos's own warnings (an
+// alias selector matching several links...) go to the log and the report.
+func (m *machine) configureNetwork(ctx context.Context, cfg config.Provider) error {
+	found, err := waitForLinks(deviceWait)
+	if err != nil {
+		return err
+	}
+	byName := map[string]netlink.Link{}
+	var links []netcfg.Link
+	for _, nl := range found {
+		a := nl.Attrs()
+		byName[a.Name] = nl
+		if err := netlink.LinkSetUp(nl); err != nil {
+			return fmt.Errorf("set %s up: %w", a.Name, err)
+		}
+		driver := ""
+		if t, err := os.Readlink("/sys/class/net/" + a.Name + "/device/driver"); err == nil {
+			driver = filepath.Base(t)
+		}
+		links = append(links, netcfg.Link{
+			Name: a.Name, Index: a.Index, MAC: a.HardwareAddr, PermMAC: a.PermHWAddr,
+			Driver: driver, MTU: a.MTU, Up: true, Broadcast: net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff},
+		})
+	}
+	cp := cfg.Machine() != nil && cfg.Machine().Type().IsControlPlane()
+	plan, err := netcfg.Configure(cfg, links, cp)
+	if err != nil {
+		return fmt.Errorf("network config: %w", err)
+	}
+	for link, alias := range plan.Aliases {
+		m.rep.Aliases = append(m.rep.Aliases, link+"="+alias)
+	}
+	slices.Sort(m.rep.Aliases)
+	for _, w := range plan.Warnings {
+		m.log.Warn(w)
+	}
+	m.rep.NetWarnings = append(m.rep.NetWarnings, plan.Warnings...)
+	for _, name := range plan.Missing {
+		msg := fmt.Sprintf("link %q is configured but no link has that name or alias: nothing applied there", name)
+		m.log.Warn(msg)
+		m.rep.NetWarnings = append(m.rep.NetWarnings, msg)
+	}
+	m.log.Info("network config", "aliases", m.rep.Aliases, "addresses", plan.Addresses, "routes", plan.Routes, "vips", plan.VIPs, "default_dhcp", plan.DefaultDHCP, "dhcp", plan.DHCP)
+
+	for _, a := range plan.Addresses {
+		ipnet := &net.IPNet{IP: a.Prefix.Addr().AsSlice(), Mask: net.CIDRMask(a.Prefix.Bits(), a.Prefix.Addr().BitLen())}
+		if err := netlink.AddrReplace(byName[a.Link], &netlink.Addr{IPNet: ipnet}); err != nil {
+			return fmt.Errorf("add %s to %s: %w", a.Prefix, a.Link, err)
+		}
+		m.rep.Addresses = append(m.rep.Addresses, a.Prefix.String()+"@"+a.Link)
+		if m.rep.IP == "" {
+			m.rep.IP = a.Prefix.Addr().String()
+		}
+	}
+	for _, r := range plan.Routes {
+		rt := &netlink.Route{LinkIndex: byName[r.Link].Attrs().Index, Priority: int(r.Metric)}
+		if r.Dst.IsValid() {
+			rt.Dst = &net.IPNet{IP: r.Dst.Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), r.Dst.Addr().BitLen())}
+		}
+		if r.Gateway.IsValid() {
+			rt.Gw = r.Gateway.AsSlice()
+		}
+		if err := netlink.RouteReplace(rt); err != nil {
+			m.log.Warn("route", "route", r, "err", err)
+		}
+	}
+	var dhcp []netlink.Link
+	if plan.DefaultDHCP {
+		dhcp = found
+	} else {
+		for _, name := range plan.DHCP {
+			dhcp = append(dhcp, byName[name])
+		}
+	}
+	for i, nl := range dhcp {
+		go func() {
+			l, err := runDHCP(ctx, m.log, nl, i)
+			if err != nil {
+				m.log.Warn("DHCP", "link", nl.Attrs().Name, "err", err)
+				return
+			}
+			m.log.Info("DHCP lease (running)", "link", l.Link, "ip", l.IP)
+		}()
+	}
+	for _, v := range plan.VIPs {
+		nl := byName[v.Link]
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: v.IP.AsSlice(), Mask: net.CIDRMask(v.IP.BitLen(), v.IP.BitLen())}}
+		if err := netlink.AddrReplace(nl, addr); err != nil {
+			return fmt.Errorf("add VIP %s to %s: %w", v.IP, v.Link, err)
+		}
+		m.rep.VIPs = append(m.rep.VIPs, v.IP.String()+"@"+v.Link)
+		if err := gratuitousARP(nl, v.IP); err != nil {
+			m.log.Warn("failure sending gratuitous ARP", "address", v.IP, "link", v.Link, "err", err)
+		} else {
+			m.log.Info("sent gratuitous ARP", "address", v.IP, "link", v.Link)
+		}
+	}
+	return nil
+}
+
+// gratuitousARP broadcasts an ARP request for ip from ip, as Talos's
+// AddressSpecController does for a VIP (address_spec.go gratuitousARP:
+// sender and target are the link's MAC and ip).
+func gratuitousARP(nl netlink.Link, ip netip.Addr) error {
+	if !ip.Is4() {
+		return nil
+	}
+	iface, err := net.InterfaceByIndex(nl.Attrs().Index)
+	if err != nil {
+		return err
+	}
+	conn, err := packet.Listen(iface, packet.Raw, unix.ETH_P_ARP, nil)
+	if err != nil {
+		return fmt.Errorf("error creating arp client: %w", err)
+	}
+	defer conn.Close()
+	return writeGratuitousARP(conn, iface.HardwareAddr, ip)
+}
+
+// arpFrame is an Ethernet broadcast ARP request: sender and target are mac
+// and ip (a gratuitous ARP).
+func arpFrame(mac net.HardwareAddr, ip netip.Addr) []byte {
+	bcast := net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	ip4 := ip.As4()
+	f := make([]byte, 0, 42)
+	f = append(f, bcast...)
+	f = append(f, mac...)
+	f = append(f, 0x08, 0x06)       // ARP
+	f = append(f, 0x00, 0x01)       // Ethernet
+	f = append(f, 0x08, 0x00, 6, 4) // IPv4, lengths
+	f = append(f, 0x00, 0x01)       // request
+	f = append(f, mac...)
+	f = append(f, ip4[:]...)
+	f = append(f, mac...)
+	f = append(f, ip4[:]...)
+	return f
+}
+
+func writeGratuitousARP(conn *packet.Conn, mac net.HardwareAddr, ip netip.Addr) error {
+	_, err := conn.WriteTo(arpFrame(mac, ip), &packet.Addr{HardwareAddr: net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}})
+	if err != nil {
+		return fmt.Errorf("error sending gratuitous ARP: %w", err)
+	}
+	return nil
 }

@@ -16,7 +16,8 @@ const Prefix = "RACKBOOT-STANDIN-REPORT "
 // Results.
 const (
 	ResultInstalled = "installed" // wrote the META marker on the install disk
-	ResultBooted    = "booted"    // found META already: behaved as an installed Talos
+	ResultBooted    = "booted"    // found META already (netbooted): ran the boot sequence, powered off
+	ResultRunning   = "running"   // booted from its own disk: ran the boot sequence and stays up
 	ResultFailed    = "failed"    // see Error
 )
 
@@ -40,22 +41,40 @@ type Link struct {
 // Report is what one boot of the stand-in did. It never carries the
 // config's content or URL (which holds a token), only its hash.
 type Report struct {
-	Name         string  `json:"name"`
-	MAC          string  `json:"mac"`
-	IP           string  `json:"ip,omitempty"`
-	UUID         string  `json:"uuid,omitempty"`
-	Serial       string  `json:"serial,omitempty"`
-	Links        []Link  `json:"links,omitempty"`       // every link, the first is the primary (MAC, IP)
-	ConfigSource string  `json:"config_source"`         // "http", "metal-iso" or ""
-	ConfigFrom   string  `json:"config_from,omitempty"` // http: the local address of the (last) fetch
-	ConfigSHA256 string  `json:"config_sha256"`
-	InstallDisk  string  `json:"install_disk"`
-	Disks        []Disk  `json:"disks"`
-	SDUntouched  bool    `json:"sd_untouched"`
-	EventsSent   int     `json:"events_sent"`
-	Result       string  `json:"result"`
-	Error        string  `json:"error,omitempty"`
-	Uptime       float64 `json:"uptime_seconds"`
+	Name         string `json:"name"`
+	MAC          string `json:"mac"`
+	IP           string `json:"ip,omitempty"`
+	UUID         string `json:"uuid,omitempty"`
+	Serial       string `json:"serial,omitempty"`
+	Links        []Link `json:"links,omitempty"`       // every link, the first is the primary (MAC, IP)
+	ConfigSource string `json:"config_source"`         // "http", "metal-iso", "state" (the install disk's STATE) or ""
+	ConfigFrom   string `json:"config_from,omitempty"` // http: the local address of the (last) fetch
+	ConfigSHA256 string `json:"config_sha256"`
+	InstallDisk  string `json:"install_disk"`
+	Disks        []Disk `json:"disks"`
+	SDUntouched  bool   `json:"sd_untouched"`
+	EventsSent   int    `json:"events_sent"`
+	// EventSink is where events went last, EventSinkFrom "cmdline" or
+	// "config" (EventSinkConfig); KmsgLog the kernel log destinations
+	// (talos.logging.kernel= and KmsgLogConfig documents, not streamed).
+	EventSink     string   `json:"event_sink,omitempty"`
+	EventSinkFrom string   `json:"event_sink_from,omitempty"`
+	KmsgLog       []string `json:"kmsg_log,omitempty"`
+	// Cmdline is the kernel command line when it holds no talos.config=
+	// (which carries a token): the installed system's loader entry.
+	Cmdline string `json:"cmdline,omitempty"`
+	// Partitions on the install disk after an install, in order.
+	Partitions []string `json:"partitions,omitempty"`
+	// The network config applied from the machine config when running
+	// from disk: aliases (link=alias), static addresses and VIPs
+	// (address@link), and Talos's warnings (an alias skipped...).
+	Aliases     []string `json:"aliases,omitempty"`
+	Addresses   []string `json:"addresses,omitempty"`
+	VIPs        []string `json:"vips,omitempty"`
+	NetWarnings []string `json:"net_warnings,omitempty"`
+	Result      string   `json:"result"`
+	Error       string   `json:"error,omitempty"`
+	Uptime      float64  `json:"uptime_seconds"`
 }
 
 // Line formats r as a single line (no newline) starting with Prefix.
@@ -86,7 +105,7 @@ func Parse(line string) (Report, error) {
 		return Report{}, errors.New("parse stand-in report: trailing data after the JSON object")
 	}
 	switch r.Result {
-	case ResultInstalled, ResultBooted, ResultFailed:
+	case ResultInstalled, ResultBooted, ResultRunning, ResultFailed:
 	default:
 		return Report{}, fmt.Errorf("parse stand-in report: unknown result %q", r.Result)
 	}
