@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem/iso9660"
 
 	"github.com/dotfile/rackboot/imager/bootloaders"
+	"github.com/dotfile/rackboot/pxe"
 )
 
 // MetalISOLabel is the volume label (ISO) and the filesystem label and GPT
@@ -31,8 +33,32 @@ const MetalISOLabel = "metal-iso"
 // ConfigFile is the machine config's name at the root of the metal-iso volume.
 const ConfigFile = "config.yaml"
 
-// maxCmdline is Linux's x86 command line limit (COMMAND_LINE_SIZE).
-const maxCmdline = 2048
+// HaltIfInstalled is the kernel argument Talos's imager adds to every ISO
+// (pkg/imager/imager.go, buildCmdline, for quirks that support it): a
+// machine that already has Talos on a disk but boots the install medium
+// again halts with a message instead of running Talos from the medium.
+const HaltIfInstalled = "talos.halt_if_installed=1"
+
+// InstallMediaCmdline is cmdline with HaltIfInstalled where Talos's imager
+// puts it, after the leading talos.platform= and console= arguments; a
+// command line that already sets talos.halt_if_installed (to 0 or 1) is
+// left alone.
+func InstallMediaCmdline(cmdline string) string {
+	args := strings.Fields(cmdline)
+	at := 0
+	for i, a := range args {
+		k, _, _ := strings.Cut(a, "=")
+		switch k {
+		case "talos.halt_if_installed":
+			return cmdline
+		case "talos.platform", "console":
+			if i == at {
+				at++
+			}
+		}
+	}
+	return strings.Join(slices.Insert(args, at, HaltIfInstalled), " ")
+}
 
 // ISO tree paths (relative to the ISO root).
 const (
@@ -50,7 +76,7 @@ type ImageSpec struct {
 	// Name is the machine's name: the boot loader entry is named after it.
 	Name string
 	// Cmdline is the kernel command line; for Talos it ends in
-	// talos.config=metal-iso.
+	// talos.config=metal-iso. ISO and USB add HaltIfInstalled to it.
 	Cmdline string
 	// Config is the machine config, written as /config.yaml on the
 	// metal-iso volume. It holds the cluster's secrets.
@@ -72,8 +98,8 @@ func (s ImageSpec) Validate() error {
 	if strings.ContainsAny(s.Cmdline, "\n\r\x00") {
 		bad = append(bad, "kernel command line has a line break or NUL")
 	}
-	if len(s.Cmdline) >= maxCmdline {
-		bad = append(bad, fmt.Sprintf("kernel command line has %d bytes, Linux takes at most %d", len(s.Cmdline), maxCmdline-1))
+	if len(s.Cmdline) > pxe.MaxCmdline {
+		bad = append(bad, fmt.Sprintf("kernel command line has %d bytes, Linux takes at most %d", len(s.Cmdline), pxe.MaxCmdline))
 	}
 	if len(s.Config) == 0 {
 		bad = append(bad, "empty machine config")
@@ -197,9 +223,11 @@ func ISOLinuxConfig(cmdline string) string {
 // bootable by BIOS (El Torito no-emulation isolinux, with a boot table)
 // and UEFI (El Torito EFI entry: a FAT ESP with systemd-boot, the kernel
 // and the initramfs, since OVMF cannot read ISO 9660). The volume is
-// labelled metal-iso and holds /config.yaml. out is written 0600, through a
+// labelled metal-iso and holds /config.yaml. The kernel gets
+// InstallMediaCmdline(img.Cmdline). out is written 0600, through a
 // temporary file renamed into place; it holds the cluster's secrets.
 func (b *Builder) ISO(ctx context.Context, img ImageSpec, out string) (*Image, error) {
+	img.Cmdline = InstallMediaCmdline(img.Cmdline)
 	if err := img.Validate(); err != nil {
 		return nil, err
 	}

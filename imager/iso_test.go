@@ -23,6 +23,7 @@ import (
 
 	"github.com/dotfile/rackboot/imager/bootloaders"
 	"github.com/dotfile/rackboot/profiles"
+	"github.com/dotfile/rackboot/pxe"
 )
 
 // testEpoch is the SOURCE_DATE_EPOCH of the reproducibility tests.
@@ -169,7 +170,7 @@ func TestImageSpecValidate(t *testing.T) {
 		{"bad name", func(s *ImageSpec) { s.Name = "../x" }, "name"},
 		{"empty name", func(s *ImageSpec) { s.Name = "" }, "name"},
 		{"newline", func(s *ImageSpec) { s.Cmdline = "a\nb" }, "line break"},
-		{"long cmdline", func(s *ImageSpec) { s.Cmdline = strings.Repeat("a", 2048) }, "at most"},
+		{"long cmdline", func(s *ImageSpec) { s.Cmdline = strings.Repeat("a", pxe.MaxCmdline+1) }, "at most 2047"},
 		{"no config", func(s *ImageSpec) { s.Config = nil }, "empty machine config"},
 		{"no kernel", func(s *ImageSpec) { s.Kernel = "" }, "no kernel"},
 		{"missing initrd", func(s *ImageSpec) { s.Initramfs = "/nonexistent" }, "initramfs"},
@@ -269,7 +270,7 @@ func TestISOReaders(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg, _ := io.ReadAll(f)
-	if string(cfg) != ISOLinuxConfig(spec.Cmdline) || !strings.Contains(string(cfg), "talos.config=metal-iso") {
+	if string(cfg) != ISOLinuxConfig(InstallMediaCmdline(spec.Cmdline)) || !strings.Contains(string(cfg), "talos.config=metal-iso") || !strings.Contains(string(cfg), HaltIfInstalled) {
 		t.Errorf("isolinux.cfg = %q", cfg)
 	}
 
@@ -277,6 +278,23 @@ func TestISOReaders(t *testing.T) {
 	espImg := filepath.Join(t.TempDir(), "esp.img")
 	run(t, "xorriso", "-osirrox", "on", "-indev", out, "-extract", "/boot/efiboot.img", espImg)
 	checkESP(t, espImg, 0, spec)
+}
+
+// TestInstallMediaCmdline: talos.halt_if_installed=1 goes where Talos's
+// imager puts it on an ISO (after talos.platform= and the consoles, before
+// the defaults), once, and an explicit setting is kept.
+func TestInstallMediaCmdline(t *testing.T) {
+	for in, want := range map[string]string{
+		"talos.platform=metal console=ttyS0 console=tty0 init_on_alloc=1 talos.config=metal-iso": "talos.platform=metal console=ttyS0 console=tty0 talos.halt_if_installed=1 init_on_alloc=1 talos.config=metal-iso",
+		"talos.platform=metal init_on_alloc=1":                                                   "talos.platform=metal talos.halt_if_installed=1 init_on_alloc=1",
+		"quiet console=ttyS0":                                                                    "talos.halt_if_installed=1 quiet console=ttyS0",
+		"talos.platform=metal talos.halt_if_installed=0 console=tty0":                            "talos.platform=metal talos.halt_if_installed=0 console=tty0",
+		"talos.platform=metal console=tty0":                                                      "talos.platform=metal console=tty0 talos.halt_if_installed=1",
+	} {
+		if got := InstallMediaCmdline(in); got != want {
+			t.Errorf("InstallMediaCmdline(%q)\n got %q\nwant %q", in, got, want)
+		}
+	}
 }
 
 func regexpMatch(pattern, s string) bool {
@@ -306,7 +324,7 @@ func checkESP(t *testing.T, img string, off int64, spec ImageSpec) {
 		}
 	}
 	entry := mtool("mtype", "-i", at, "::/loader/entries/"+spec.Name+".conf")
-	if entry != LoaderEntry(spec.Name, spec.Cmdline) {
+	if entry != LoaderEntry(spec.Name, InstallMediaCmdline(spec.Cmdline)) || !strings.Contains(entry, HaltIfInstalled) {
 		t.Errorf("loader entry = %q", entry)
 	}
 	dst := filepath.Join(t.TempDir(), "initrd")

@@ -60,9 +60,11 @@ func DeriveGUID(name string, epoch time.Time, what string) string {
 // or FAT32 when large) with systemd-boot as \EFI\BOOT\BOOTX64.EFI, its
 // loader entry, the kernel and the initramfs; partition 2, named metal-iso,
 // a FAT16 volume labelled metal-iso holding /config.yaml. UEFI only. Disk
-// and partition GUIDs derive from the machine name and the epoch. out is
+// and partition GUIDs derive from the machine name and the epoch. The
+// kernel gets InstallMediaCmdline(img.Cmdline), as from an ISO. out is
 // written 0600 through a temporary file; it holds the cluster's secrets.
 func (b *Builder) USB(ctx context.Context, img ImageSpec, out string) (*Image, error) {
+	img.Cmdline = InstallMediaCmdline(img.Cmdline)
 	if err := img.Validate(); err != nil {
 		return nil, err
 	}
