@@ -611,6 +611,78 @@ func (c *checker) diskRule(path string, d DiskRule) {
 	}
 }
 
+// InstallDiskNeeds says in words what a machine needs for an install-disk
+// rule to match, and what happens when nothing does: Talos checks the rule
+// against the machine's disks when it loads the config (RuntimeValidate,
+// config/types/v1alpha1/v1alpha1_validation.go: "no disks matched the
+// expression"), refuses the config and publishes a ConfigLoadErrorEvent
+// (internal/app/machined/pkg/controllers/config/acquire.go); v1.13 never
+// sends ConfigValidationErrorEvent.
+func InstallDiskNeeds(d DiskRule) string {
+	if d.Type == "" {
+		d.Type = DefaultInstallType
+	}
+	var what string
+	switch d.Type {
+	case "nvme":
+		what = "an NVMe drive (transport nvme)"
+	case "ssd":
+		what = "a non-rotational disk (SATA/SAS SSD or NVMe; the first in name order)"
+	case "hdd":
+		what = "a rotational disk (the first in name order)"
+	case "sd":
+		what = "an SD/MMC card (mmcblk*)"
+	default:
+		what = "a disk of type " + d.Type
+	}
+	var with []string
+	if d.Model != "" {
+		with = append(with, "model "+d.Model)
+	}
+	if d.Serial != "" {
+		with = append(with, "serial "+d.Serial)
+	}
+	if d.Size != "" {
+		with = append(with, "size "+d.Size)
+	}
+	if d.BusPath != "" {
+		with = append(with, "bus path "+d.BusPath)
+	}
+	if len(with) > 0 {
+		what += " with " + strings.Join(with, ", ")
+	}
+	return fmt.Sprintf("install disk type %s needs %s: a machine without one does not install; Talos refuses its config (\"no disks matched the expression\") and reports a config load error", d.Type, what)
+}
+
+// Notes are what the install-disk rules need, one per rule and where it is
+// written (the cluster's, when a machine uses it, and each machine's own),
+// as warnings that are not problems: Validate leaves them out so that a
+// correct rack validates clean; `rackboot validate` can print them on
+// request.
+func (r *Rack) Notes() Problems {
+	var ps Problems
+	clusterUsed := false
+	for i := range r.Machines {
+		m := &r.Machines[i]
+		if m.InstallDisk.IsZero() {
+			clusterUsed = true
+			continue
+		}
+		ps = append(ps, Problem{File: r.Path, Pos: r.PosOf(fmt.Sprintf("machines[%d].installDisk", i)), Warning: true,
+			Msg: fmt.Sprintf("%s: %s", m.Name, InstallDiskNeeds(r.InstallDisk(m)))})
+	}
+	if clusterUsed {
+		ps = append(ps, Problem{File: r.Path, Pos: r.PosOf("cluster.installDisk"), Warning: true, Msg: InstallDiskNeeds(r.Cluster.InstallDisk)})
+	}
+	slices.SortStableFunc(ps, func(a, b Problem) int {
+		if a.Pos.Line != b.Pos.Line {
+			return a.Pos.Line - b.Pos.Line
+		}
+		return a.Pos.Col - b.Pos.Col
+	})
+	return ps
+}
+
 // cephForm checks that a Ceph device filter compiles and matches whole
 // disk names only; it returns the compiled filter, or nil.
 func (c *checker) cephForm(path, expr string) *regexp.Regexp {

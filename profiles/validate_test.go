@@ -472,3 +472,54 @@ func TestCephAgainstInstallDisk(t *testing.T) {
 		}
 	}
 }
+
+// TestInstallDiskNotes: what each install-disk rule needs is said once per
+// rule, where it is written, and is not a Validate problem.
+func TestInstallDiskNotes(t *testing.T) {
+	r, err := Load("rack.yaml", ExampleRack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := r.Notes()
+	if len(ns) != 1 || !strings.HasPrefix(ns[0].String(), fmt.Sprintf("rack.yaml:%d:", r.PosOf("cluster.installDisk").Line)) ||
+		!strings.Contains(ns[0].Msg, "install disk type nvme needs an NVMe drive (transport nvme): a machine without one does not install") ||
+		!strings.Contains(ns[0].Msg, `"no disks matched the expression"`) {
+		t.Errorf("notes of the example rack:\n%s", ns.Error())
+	}
+	for _, p := range r.Validate() {
+		if strings.Contains(p.Msg, "needs an NVMe drive") {
+			t.Errorf("Validate repeats the note: %s", p)
+		}
+	}
+
+	r.Machines[0].InstallDisk = DiskRule{Type: "ssd", Serial: "S1", Size: ">= 100GB"}
+	ns = r.Notes()
+	if len(ns) != 2 || !strings.Contains(ns[0].Msg, "install disk type nvme") ||
+		!strings.Contains(ns[1].Msg, "formula: install disk type ssd needs a non-rotational disk (SATA/SAS SSD or NVMe; the first in name order) with serial S1, size >= 100GB") {
+		t.Errorf("notes with a machine's own rule:\n%s", ns.Error())
+	}
+}
+
+// TestRackbootAddressClashes: rackboot's address is neither the VIP nor a
+// machine's, and is skipped when suggesting free addresses.
+func TestRackbootAddressClashes(t *testing.T) {
+	data, err := os.ReadFile("testdata/good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ from, to, want string }{
+		{"vip: 10.0.0.10", "vip: 10.0.0.2", "vip 10.0.0.2 is rackboot's own address"},
+		{"address: 10.0.0.11/24", "address: 10.0.0.2/24", "address 10.0.0.2/24 of cp1 is rackboot's own address (cluster.network.rackboot): write a free address, e.g. 10.0.0.3/24"},
+		{"rackboot: 10.0.0.2", "rackboot: laptop", `rackboot "laptop" is not an IP address`},
+		{"rackboot: 10.0.0.2", "rackboot: 10.0.0.1", "rackboot 10.0.0.1 is the gateway"},
+	} {
+		r, err := Load("rack.yaml", []byte(strings.Replace(string(data), tc.from, tc.to, 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps := r.Validate()
+		if !ps.Errors() || !slices.ContainsFunc(ps, func(p Problem) bool { return strings.Contains(p.Msg, tc.want) }) {
+			t.Errorf("%s → %s: want an error %q, got:\n%s", tc.from, tc.to, tc.want, ps.Error())
+		}
+	}
+}
