@@ -572,7 +572,7 @@ func (c *checker) cmdline(p, name string, m *Machine) {
 		return
 	}
 	if n := len(line) + cmdlineSlack; n > pxe.MaxCmdline {
-		c.errf(at, "the netboot kernel command line of %s would be up to %d bytes, and Linux keeps %d (COMMAND_LINE_SIZE 2048 on x86-64 and arm64, with its NUL): "+
+		c.errf(at, "the netboot kernel command line of %s would be up to %d bytes, and Linux keeps %d (COMMAND_LINE_SIZE is 2048 on x86-64, with its NUL): "+
 			"it would cut off talos.config= and the events sink; remove schematic kernelArgs (%d bytes of them now)",
 			name, n, pxe.MaxCmdline, len(strings.Join(sch.KernelArgs, " ")))
 	}

@@ -21,10 +21,12 @@ import (
 )
 
 // MaxCmdline is the longest kernel command line rackboot hands out, in
-// bytes: Linux's COMMAND_LINE_SIZE on x86-64 and arm64 is 2048 including the
-// terminating NUL (the x86 boot protocol's cmdline_size is 2047), and a
-// longer line is cut, dropping whatever comes last (talos.config=). The
-// ISO/USB images (imager) and validate (profiles) use the same limit.
+// bytes: Linux's COMMAND_LINE_SIZE on x86-64 is 2048 including the
+// terminating NUL (arch/x86/include/asm/setup.h; the boot protocol's
+// cmdline_size is 2047), and a longer line is cut, dropping whatever comes
+// last (talos.config=). arm64 takes at least as much (2048 in older kernels,
+// 4096 in current ones), so one limit serves both. The ISO/USB images
+// (imager) and validate (profiles) use the same limit.
 const MaxCmdline = 2048 - 1
 
 // Seconds an iPXE client waits before asking again.
