@@ -289,8 +289,10 @@ if want P2; then
   log "P2: measured RTT (busybox ping, avg): ${rtt_delay} ms through the delay link, ${rtt_veth} ms over the veth"
   mkdir -p "$WORK/state-p2" "$WORK/p2/tftproot"; fresh_state "$WORK/state-p2"
   cp "$IPXE_EFI" "$WORK/p2/tftproot/ipxe.efi"; chmod 755 "$WORK/p2" "$WORK/p2/tftproot"; chmod 644 "$WORK/p2/tftproot/ipxe.efi"
+  # --listen-all: TFTP on the veth's address too (serve listens on the rack
+  # interface's address only by default).
   start "$srv" "$WORK/logs/p2-rackboot.log" "$RB" -f "$RACK" --state "$WORK/state-p2" serve -i dl1 --dhcp off \
-    --tftp-port 69 --events-port 0 --log-port 0 --http-port 8080
+    --tftp-port 69 --events-port 0 --log-port 0 --http-port 8080 --listen-all
   rb_pid=$PID
   # -L: foreground; -s: chroot to the root; drops to user tftp.
   start "$srv" "$WORK/logs/p2-tftpd.log" in.tftpd -L -v -s -a :6969 "$WORK/p2/tftproot"
