@@ -170,7 +170,7 @@ func checkFirmwarePath(t *testing.T, mode lab.DHCPMode, netboot lab.Netboot, m i
 		if !strings.HasPrefix(firstDHCP.Detail, offer) || !strings.Contains(firstDHCP.Detail, "arch efi-x64, ipxe false, boot tftp "+pxe.BootFileX64EFI) {
 			t.Errorf("%s's first DHCP entry %q: want a %sto OVMF's PXE client (efi-x64, tftp %s)", m.Name, firstDHCP.Detail, offer, pxe.BootFileX64EFI)
 		}
-		if !strings.HasPrefix(ipxe.Detail, "tftp") {
+		if ipxe.Detail != "tftp "+pxe.BootFileX64EFI {
 			t.Errorf("%s's iPXE entry %q: want ipxe.efi over TFTP", m.Name, ipxe.Detail)
 		}
 	case lab.NetbootHTTP:
@@ -181,9 +181,23 @@ func checkFirmwarePath(t *testing.T, mode lab.DHCPMode, netboot lab.Netboot, m i
 			!strings.HasSuffix(firstDHCP.Detail, pxe.BootHTTPDir+pxe.BootFileX64EFI) {
 			t.Errorf("%s's first DHCP entry %q: want a %sto OVMF's HTTP boot client (http-x64, URL of %s)", m.Name, firstDHCP.Detail, offer, pxe.BootFileX64EFI)
 		}
-		if !strings.HasPrefix(ipxe.Detail, "http") {
+		if ipxe.Detail != "http "+pxe.BootFileX64EFI {
 			t.Errorf("%s's iPXE entry %q: want ipxe.efi over HTTP", m.Name, ipxe.Detail)
 		}
+	}
+	// iPXE names the driver it runs the NIC with: the 2025 ipxe.efi,
+	// started by OVMF from this NIC, uses SNP (OVMF's own virtio-net
+	// driver already holds the NIC), as snponly.efi would.
+	using := ""
+	for _, line := range strings.Split(serial, "\n") {
+		if i := strings.Index(line, "net0: "); i >= 0 && strings.Contains(line, " using ") {
+			using = strings.TrimSpace(line[i:])
+			break
+		}
+	}
+	t.Logf("%s: iPXE says %q", m.Name, using)
+	if using == "" {
+		t.Errorf("%s's console has no iPXE NIC line (net0: ... using ...)", m.Name)
 	}
 	// No iPXE ROM: the only iPXE that ran is the one rackboot served.
 	if strings.Count(serial, "iPXE initialising devices") > 1 || strings.Contains(serial, "Press Ctrl-B") && strings.Count(serial, "Press Ctrl-B") > 1 {
