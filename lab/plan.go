@@ -290,6 +290,9 @@ func NewPlan(name string, s Spec) (*Plan, error) {
 			errs = append(errs, fmt.Errorf("server address %s is taken by %s", s.ServerAddr.Addr(), used[s.ServerAddr.Addr()]))
 		}
 		p.ServerAddr = s.ServerAddr
+	} else if a, err := netip.ParseAddr(r.Cluster.Network.Rackboot); err == nil && subnet.Contains(a) && used[a] == "" {
+		// The rack file says where rackboot is: the configs point there.
+		p.ServerAddr = netip.PrefixFrom(a, subnet.Bits())
 	} else if a, err := ServerAddress(subnet, used); err != nil {
 		errs = append(errs, err)
 	} else {

@@ -87,10 +87,11 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 	if err != nil {
 		return fmt.Errorf("rack subnet: %w", err)
 	}
-	iface, ip, err := chooseInterface(f.iface, f.serverIP, subnet)
+	iface, ip, err := serveInterface(r, f, subnet)
 	if err != nil {
 		return err
 	}
+	checkRackbootAddress(a, r, ip, f)
 	a.log.Info("serving the rack", "rack", a.rackPath, "interface", iface, "address", ip, "dhcp", f.dhcpMode, "machines", len(r.Machines))
 
 	store, err := inventory.Open(state, inventory.WithLogger(a.log.With("service", "inventory")),
@@ -267,6 +268,37 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 	fmt.Fprintf(cmd.ErrOrStderr(), "rackboot: serving %d machines on %s (%s); status: http://%s/\n",
 		len(r.Machines), iface, ip, net.JoinHostPort(ip.String(), strconv.Itoa(f.httpPort)))
 	return srv.Serve(ctx)
+}
+
+// serveInterface picks the rack interface and address: the rack file's
+// cluster.network.rackboot when this computer has it (installed machines
+// send their events there), else as chooseInterface decides.
+func serveInterface(r *profiles.Rack, f *serveFlags, subnet netip.Prefix) (string, netip.Addr, error) {
+	if f.serverIP == "" && r.Cluster.Network.Rackboot != "" {
+		if iface, ip, err := chooseInterface(f.iface, r.Cluster.Network.Rackboot, subnet); err == nil {
+			return iface, ip, nil
+		}
+	}
+	return chooseInterface(f.iface, f.serverIP, subnet)
+}
+
+// checkRackbootAddress warns when installed machines will look for
+// rackboot somewhere it does not listen: their configs carry the events and
+// log endpoints from the rack file.
+func checkRackbootAddress(a *app, r *profiles.Rack, ip netip.Addr, f *serveFlags) {
+	want := r.Cluster.Network.Rackboot
+	if want == "" {
+		a.log.Warn("the rack file has no cluster.network.rackboot: installed machines will not report events or kernel logs; write rackboot: " + ip.String())
+		return
+	}
+	if w, err := netip.ParseAddr(want); err == nil && w != ip {
+		a.log.Warn("the rack file says rackboot is at "+want+" (cluster.network.rackboot) but this computer serves on "+ip.String()+
+			": machines' configs send their events and kernel logs to "+want+"; give this computer that address or fix the rack file")
+	}
+	if f.eventsPort != 4002 || f.logPort != 4003 {
+		a.log.Warn("machines' configs send events to port 4002 and kernel logs to port 4003, but serve listens on other ports: after install they will not reach it",
+			"events-port", f.eventsPort, "log-port", f.logPort)
+	}
 }
 
 // rackMACNames names a rack machine by one of its MACs (colon form).

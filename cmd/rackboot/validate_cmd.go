@@ -16,8 +16,9 @@ func init() {
 			Use:   "validate",
 			Short: "Check the rack file and print every problem as file:line:col",
 			Long: `Check the rack file and print every problem at once, one per line, as
-FILE:LINE:COL: error|warning: what is wrong: what to write instead.
-Exits 1 when there is an error, 0 when there are only warnings.`,
+FILE:LINE:COL: error|warning: what is wrong: what to write instead, then
+notes on what the install-disk rules need. Exits 1 when there is an error,
+0 when there are only warnings.`,
 			Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
 				return runValidate(cmd, a.rackPath)
@@ -49,6 +50,11 @@ func runValidate(cmd *cobra.Command, path string) error {
 	}
 	if nerr > 0 {
 		return &exitError{code: 1, err: fmt.Errorf("%s: %d error(s), %d warning(s)", path, nerr, nwarn)}
+	}
+	// What each install-disk rule needs: a machine without such a disk does
+	// not install (Talos reports a config error).
+	for _, n := range r.Notes() {
+		fmt.Fprintf(out, "%s:%d:%d: note: %s\n", n.File, n.Pos.Line, n.Pos.Col, n.Msg)
 	}
 	fmt.Fprintf(out, "%s: ok: %d machines, %d control plane(s), %d warning(s)\n", path, len(r.Machines), len(r.ControlPlanes()), nwarn)
 	return nil

@@ -51,7 +51,17 @@ func TestValidateExampleFromInit(t *testing.T) {
 	for first <= len(src) && !strings.HasPrefix(src[first-1], "  - ") {
 		first++
 	}
-	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	var lines, notes []string
+	for _, l := range strings.Split(strings.TrimSpace(stdout), "\n") {
+		if strings.Contains(l, ": note: ") {
+			notes = append(notes, l)
+		} else {
+			lines = append(lines, l)
+		}
+	}
+	if len(notes) != 1 || !strings.Contains(notes[0], "needs an NVMe drive") {
+		t.Errorf("notes on the install disk: %q", notes)
+	}
 	if len(lines) != 2 ||
 		!strings.HasPrefix(lines[0], fmt.Sprintf("%s:%d:3: warning: 2 control planes cannot lose either etcd member", rack, first)) ||
 		lines[1] != rack+": ok: 6 machines, 2 control plane(s), 1 warning(s)" {
