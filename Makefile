@@ -40,6 +40,7 @@ deps:
 ipxe: $(IPXE_DIR)/SOURCE
 $(IPXE_DIR)/SOURCE: scripts/materialize-ipxe.sh
 	scripts/materialize-ipxe.sh $(IPXE_DIR)
+	@touch $@ # newer than the script even when it had nothing to do
 
 ## bundles: Rook's operator manifests from the pinned Go module github.com/rook/rook v1.18.8.
 bundles: $(ROOK_DIR)/SOURCE
