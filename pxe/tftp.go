@@ -186,7 +186,13 @@ func (t *TFTP) read(filename string, rf io.ReaderFrom) error {
 	}
 	n, err := rf.ReadFrom(f)
 	if err != nil {
-		t.log.Info("tftp transfer failed", "file", name, "addr", addr, "bytes", n, "err", err)
+		if n == 0 && ot != nil {
+			// UEFI firmware asks once for the size only (tsize), then
+			// stops the transfer before the first block: not a failure.
+			t.log.Debug("tftp: client stopped before the first block (a firmware size probe)", "file", name, "addr", addr, "err", err)
+		} else {
+			t.log.Info("tftp transfer failed", "file", name, "addr", addr, "bytes", n, "err", err)
+		}
 		return fmt.Errorf("send %s: %w", name, err)
 	}
 	t.log.Info("tftp sent iPXE binary", "file", name, "addr", addr, "bytes", n)
