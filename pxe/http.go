@@ -320,8 +320,9 @@ func (h *HTTP) machineScript(c Client, spec *BootSpec) ([]byte, bootRecord, erro
 		if !ValidAssetID(id) {
 			return nil, bootRecord{}, fmt.Errorf("boot spec for %s: bad initrd asset id %q", spec.Name, id)
 		}
-		// iPXE names the image; under UEFI the 2019 Debian iPXE needs
-		// initrd=<name> on the kernel line for the EFI stub to find it.
+		// iPXE names the image; under UEFI an iPXE from 2019 (QEMU's NIC
+		// ROMs, old flashed NICs) needs initrd=<name> on the kernel line
+		// for the EFI stub to find it (2025's hands it over by LoadFile2).
 		name := path.Base(id)
 		if used[name] {
 			name = fmt.Sprintf("initrd%d-%s", i, name)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"path"
 	"strings"
 	"time"
 
@@ -168,7 +169,11 @@ func (t *TFTP) read(filename string, rf io.ReaderFrom) error {
 	}
 	name, err := TFTPPath(filename)
 	if err != nil {
-		t.log.Info("tftp request refused", "addr", addr, "err", err)
+		level := slog.LevelInfo
+		if path.Base(filename) == "autoexec.ipxe" {
+			level = slog.LevelDebug // iPXE 2025 looks for it first, then goes on
+		}
+		t.log.Log(context.Background(), level, "tftp request refused", "addr", addr, "err", err)
 		return errTFTPNotFound
 	}
 	var mac net.HardwareAddr

@@ -292,8 +292,8 @@ func checkRackbootAddress(a *app, r *profiles.Rack, ip netip.Addr, f *serveFlags
 		return
 	}
 	if w, err := netip.ParseAddr(want); err == nil && w != ip {
-		a.log.Warn("the rack file says rackboot is at "+want+" (cluster.network.rackboot) but this computer serves on "+ip.String()+
-			": machines' configs send their events and kernel logs to "+want+"; give this computer that address or fix the rack file")
+		a.log.Warn("the rack file says rackboot is at " + want + " (cluster.network.rackboot) but this computer serves on " + ip.String() +
+			": machines' configs send their events and kernel logs to " + want + "; give this computer that address or fix the rack file")
 	}
 	if f.eventsPort != 4002 || f.logPort != 4003 {
 		a.log.Warn("machines' configs send events to port 4002 and kernel logs to port 4003, but serve listens on other ports: after install they will not reach it",
@@ -337,7 +337,8 @@ func staticAddrs(r *profiles.Rack) map[netip.Addr]string {
 
 // dhcpConfig turns the flags and the rack into the DHCP server's config.
 func dhcpConfig(r *profiles.Rack, mode pxe.DHCPMode, iface string, ip netip.Addr, f *serveFlags, state string) (pxe.DHCPConfig, error) {
-	cfg := pxe.DHCPConfig{Mode: mode, Interface: iface, ServerIP: ip, HTTPPort: f.httpPort}
+	cfg := pxe.DHCPConfig{Mode: mode, Interface: iface, ServerIP: ip, HTTPPort: f.httpPort,
+		IPXEBuild: r.IPXEBuildFor} // ipxeBuild: snponly for NICs iPXE has no driver for
 	if mode != pxe.DHCPFull {
 		if f.dhcpRange != "" {
 			return cfg, errors.New("--range is only for --dhcp full")
