@@ -26,6 +26,7 @@ MODULES=(
 	fat vfat nls_cp437 nls_ascii
 	virtio_blk
 	usb_common usbcore xhci_hcd xhci_pci usb_storage
+	efivarfs
 )
 
 die() { echo "standin-kernel: $*" >&2; exit 1; }

@@ -16,6 +16,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/dotfile/rackboot/imager"
@@ -28,6 +30,44 @@ const (
 	InitramfsFile = "initramfs.cpio.gz"
 	SourceFile    = "SOURCE"
 )
+
+// RequiredModules are modules the init needs that older kernel directories
+// (from an earlier scripts/standin-kernel.sh) may lack: efivarfs, to write
+// the UEFI boot entry an install makes.
+var RequiredModules = []string{"efivarfs"}
+
+// KernelStale says why kernelDir (the output of scripts/standin-kernel.sh)
+// must be materialized again, or returns nil.
+func KernelStale(kernelDir string) error {
+	order, err := os.ReadFile(filepath.Join(kernelDir, "modules", "order"))
+	if err != nil {
+		return fmt.Errorf("no module order: %w", err)
+	}
+	have := strings.Fields(string(order))
+	for _, m := range RequiredModules {
+		if !slices.Contains(have, m) {
+			return fmt.Errorf("%s lacks module %s (made by an older scripts/standin-kernel.sh)", kernelDir, m)
+		}
+	}
+	return nil
+}
+
+// EnsureKernel runs scripts/standin-kernel.sh (under moduleRoot) into
+// kernelDir when KernelStale says so.
+func EnsureKernel(ctx context.Context, moduleRoot, kernelDir string, log *slog.Logger) error {
+	why := KernelStale(kernelDir)
+	if why == nil {
+		return nil
+	}
+	if log != nil {
+		log.Info("materializing the stand-in kernel", "dir", kernelDir, "why", why)
+	}
+	out, err := exec.CommandContext(ctx, filepath.Join(moduleRoot, "scripts", "standin-kernel.sh"), kernelDir).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("scripts/standin-kernel.sh %s (needs apt access to Debian's linux-image-6.1.0-*-amd64): %w\n%s", kernelDir, err, out)
+	}
+	return KernelStale(kernelDir)
+}
 
 // BuildOptions say where the inputs are and where the image goes.
 type BuildOptions struct {
@@ -72,8 +112,8 @@ func Build(ctx context.Context, o BuildOptions) (*Result, error) {
 	if _, err := os.Stat(vmlinuz); err != nil {
 		return nil, fmt.Errorf("build stand-in: no kernel (run scripts/standin-kernel.sh %s): %w", o.KernelDir, err)
 	}
-	if _, err := os.Stat(filepath.Join(o.KernelDir, "modules", "order")); err != nil {
-		return nil, fmt.Errorf("build stand-in: module order (run scripts/standin-kernel.sh %s): %w", o.KernelDir, err)
+	if err := KernelStale(o.KernelDir); err != nil {
+		return nil, fmt.Errorf("build stand-in: run scripts/standin-kernel.sh %s: %w", o.KernelDir, err)
 	}
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
 		return nil, fmt.Errorf("build stand-in: %w", err)

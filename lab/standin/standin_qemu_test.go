@@ -71,11 +71,10 @@ func TestBootInQEMU(t *testing.T) {
 		t.Fatal(err)
 	}
 	kernelDir := filepath.Join(root, "lab", "standin", "build", "kernel")
-	if _, err := os.Stat(filepath.Join(kernelDir, "modules", "order")); err != nil {
-		t.Logf("materializing the kernel: scripts/standin-kernel.sh %s", kernelDir)
-		out, err := exec.Command(filepath.Join(root, "scripts", "standin-kernel.sh"), kernelDir).CombinedOutput()
-		if err != nil {
-			t.Fatalf("scripts/standin-kernel.sh (needs apt access to Debian's linux-image-6.1.0-*-amd64): %v\n%s", err, out)
+	if why := standin.KernelStale(kernelDir); why != nil {
+		t.Logf("materializing the kernel: %v", why)
+		if err := standin.EnsureKernel(context.Background(), root, kernelDir, nil); err != nil {
+			t.Fatal(err)
 		}
 	}
 	work := t.TempDir()

@@ -37,6 +37,7 @@ import (
 	"github.com/dotfile/rackboot/imager/bootloaders"
 	"github.com/dotfile/rackboot/lab/standin/cmdline"
 	"github.com/dotfile/rackboot/lab/standin/disks"
+	"github.com/dotfile/rackboot/lab/standin/efiboot"
 	"github.com/dotfile/rackboot/lab/standin/events"
 	"github.com/dotfile/rackboot/lab/standin/install"
 	"github.com/dotfile/rackboot/lab/standin/marker"
@@ -113,6 +114,8 @@ type machine struct {
 	// stayUp: running from its own disk, the machine stays up (as Talos)
 	// instead of powering off after its report.
 	stayUp bool
+	// efiVars: efivarfs, on a UEFI boot.
+	efiVars *efiboot.Vars
 }
 
 func (m *machine) run(ctx context.Context) report.Report {
@@ -132,6 +135,7 @@ func (m *machine) boot(ctx context.Context) error {
 	if err := loadModules(m.log, "/lib/modules"); err != nil {
 		return err
 	}
+	m.efi()
 	m.rep.UUID = readTrim("/sys/class/dmi/id/product_uuid")
 	m.rep.Serial = readTrim("/sys/class/dmi/id/product_serial")
 
@@ -407,7 +411,73 @@ func (m *machine) install(ctx context.Context, dev string, cfgBytes []byte) erro
 	for _, part := range l {
 		m.rep.Partitions = append(m.rep.Partitions, fmt.Sprintf("%s:%d", part.Name, part.Size))
 	}
+	if err := m.bootEntry(dev); err != nil {
+		return err
+	}
 	m.log.Info("installed", "disk", dev, "partitions", m.rep.Partitions, "cmdline", p.Cmdline, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// efi mounts efivarfs on a UEFI boot and records which boot option the
+// firmware started (BootCurrent). A BIOS boot has no /sys/firmware/efi.
+func (m *machine) efi() {
+	if _, err := os.Stat("/sys/firmware/efi"); err != nil {
+		return
+	}
+	if err := unix.Mount("efivarfs", efiboot.MountPoint, "efivarfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+		m.log.Warn("mount efivarfs", "err", err)
+		return
+	}
+	m.efiVars = &efiboot.Vars{Dir: efiboot.MountPoint}
+	if cur, _, err := m.efiVars.Read("BootCurrent"); err != nil || len(cur) != 2 {
+		m.log.Warn("read BootCurrent", "err", err)
+	} else {
+		name := fmt.Sprintf("Boot%04X", uint16(cur[0])|uint16(cur[1])<<8)
+		m.rep.BootCurrent = name
+		if b, _, err := m.efiVars.Read(name); err == nil {
+			if o, err := efiboot.ParseLoadOption(b); err == nil {
+				m.rep.BootCurrent = name + " " + o.String()
+			}
+		}
+	}
+	// The Talos entry an earlier install wrote, if any, and BootOrder:
+	// what the firmware kept across the reboot.
+	if entries, err := efiboot.Entries(*m.efiVars); err == nil {
+		for n := range 0x10000 {
+			if e, ok := entries[n]; ok && e.Description == efiboot.TalosEntry {
+				m.rep.BootEntry = fmt.Sprintf("Boot%04X %s", n, e)
+				break
+			}
+		}
+	}
+	if order, err := efiboot.BootOrder(*m.efiVars); err == nil {
+		m.rep.BootOrder = efiboot.FormatOrder(order)
+	}
+	m.log.Info("UEFI boot", "current", m.rep.BootCurrent, "talos_entry", m.rep.BootEntry, "boot_order", m.rep.BootOrder)
+}
+
+// bootEntry writes Talos's UEFI boot entry for the ESP on dev (sdboot.go
+// setup → CreateBootEntry): BootOrder stays as the firmware has it. A
+// failure fails the install, as in Talos. BIOS machines get none.
+func (m *machine) bootEntry(dev string) error {
+	if m.efiVars == nil {
+		return nil
+	}
+	esp, err := install.FindESPPath(dev)
+	if err != nil {
+		return err
+	}
+	r, err := efiboot.CreateBootEntry(*m.efiVars, efiboot.HardDrive{Number: esp.Number, Start: esp.StartLBA, Size: esp.SizeLBAs, GUID: esp.GUID}, efiboot.LoaderFile)
+	if err != nil {
+		return fmt.Errorf("failed to create boot entry: %w", err)
+	}
+	m.rep.BootEntry = r.Name() + " " + r.Entry.String()
+	order, err := efiboot.BootOrder(*m.efiVars)
+	if err != nil {
+		m.log.Warn("read BootOrder", "err", err)
+	}
+	m.rep.BootOrder = efiboot.FormatOrder(order)
+	m.log.Info("UEFI boot entry", "entry", m.rep.BootEntry, "removed", r.Removed, "boot_order", m.rep.BootOrder)
 	return nil
 }
 
@@ -474,7 +544,13 @@ func loadModules(log *slog.Logger, dir string) error {
 		return fmt.Errorf("read module load order: %w", err)
 	}
 	for _, name := range strings.Fields(string(order)) {
-		if err := loadModule(filepath.Join(dir, name+".ko")); err != nil {
+		err := loadModule(filepath.Join(dir, name+".ko"))
+		if errors.Is(err, unix.ENODEV) {
+			// Nothing for it here (efivarfs on a BIOS boot).
+			log.Info("module not needed", "module", name, "err", err)
+			continue
+		}
+		if err != nil {
 			return fmt.Errorf("load module %s: %w", name, err)
 		}
 	}

@@ -170,11 +170,37 @@ func Fill(ctx context.Context, f *os.File, l Layout, p Payload) error {
 	if !ok1 || !ok2 {
 		return fmt.Errorf("layout %v lacks %s or %s", l, ESPName, StateName)
 	}
-	if err := imager.WriteFATVolume(ctx, f, esp.Start, esp.Size, ESPName, ESPFiles(p)); err != nil {
+	if err := writeVolume(ctx, f, esp, ESPFiles(p)); err != nil {
 		return err
 	}
-	return imager.WriteFATVolume(ctx, f, state.Start, state.Size, StateName,
-		[]imager.FATVolumeFile{{Path: "/" + ConfigFile, Data: p.Config}})
+	return writeVolume(ctx, f, state, []imager.FATVolumeFile{{Path: "/" + ConfigFile, Data: p.Config}})
+}
+
+// writeVolume makes the FAT volume in a temporary file (tmpfs in the
+// guest) and copies it to part of f in large writes: go-diskfs writes a
+// cluster at a time, and each small write to a block device costs a system
+// call and a bio, which under TCG made the install take seconds more.
+func writeVolume(ctx context.Context, f *os.File, part Part, files []imager.FATVolumeFile) error {
+	tmp, err := os.CreateTemp("", "standin-"+part.Name+"-*.img")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	if err := tmp.Truncate(part.Size); err != nil {
+		return err
+	}
+	if err := imager.WriteFATVolume(ctx, tmp, 0, part.Size, part.Name, files); err != nil {
+		return err
+	}
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	buf := make([]byte, 4<<20)
+	if _, err := io.CopyBuffer(io.NewOffsetWriter(f, part.Start), io.LimitReader(tmp, part.Size), buf); err != nil {
+		return fmt.Errorf("write %s: %w", part.Name, err)
+	}
+	return nil
 }
 
 func (l Layout) find(name string) (Part, bool) {
@@ -224,6 +250,59 @@ func FindState(dev gpt.Device) (Part, error) {
 		}
 	}
 	return Part{}, ErrNoState
+}
+
+// ESP is the install disk's EFI partition as a UEFI boot entry names it.
+type ESP struct {
+	Number             uint32 // partition number, from 1
+	StartLBA, SizeLBAs uint64 // in the disk's logical sectors
+	GUID               uuid.UUID
+}
+
+// FindESPPath finds the partition named EFI on the disk (or image file)
+// at path, as Talos's sdboot.CreateBootEntry does with blkid: exactly one
+// partition with that name, and its unique GUID.
+func FindESPPath(path string) (ESP, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return ESP{}, err
+	}
+	defer f.Close()
+	var gd gpt.Device
+	if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
+		gd, err = gpt.DeviceFromFile(f)
+		if err != nil {
+			return ESP{}, fmt.Errorf("open %s: %w", path, err)
+		}
+	} else {
+		bd, err := blkdev.NewFromPath(path)
+		if err != nil {
+			return ESP{}, fmt.Errorf("open %s: %w", path, err)
+		}
+		defer bd.Close() //nolint:errcheck
+		if gd, err = gpt.DeviceFromBlockDevice(bd); err != nil {
+			return ESP{}, fmt.Errorf("open %s: %w", path, err)
+		}
+	}
+	t, err := gpt.Read(gd)
+	if err != nil {
+		return ESP{}, fmt.Errorf("read the GPT of %s: %w", path, err)
+	}
+	var found []ESP
+	for i, p := range t.Partitions() {
+		if p != nil && p.Name == ESPName {
+			found = append(found, ESP{Number: uint32(i + 1), StartLBA: p.FirstLBA, SizeLBAs: p.LastLBA - p.FirstLBA + 1, GUID: p.PartGUID})
+		}
+	}
+	switch {
+	case len(found) == 0:
+		return ESP{}, fmt.Errorf("EFI partition not found on install disk %q", path)
+	case len(found) > 1:
+		return ESP{}, fmt.Errorf("multiple EFI partitions found on install disk %q, expected only one", path)
+	case found[0].GUID == uuid.Nil:
+		return ESP{}, fmt.Errorf("EFI partition UUID not found on install disk %q", path)
+	}
+	return found[0], nil
 }
 
 // ReadConfig reads config.yaml from the FAT filesystem of state on f.

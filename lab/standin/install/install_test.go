@@ -3,6 +3,7 @@ package install
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -72,6 +73,16 @@ func TestInstallRoundTrip(t *testing.T) {
 		if !strings.Contains(dump, want) {
 			t.Errorf("sfdisk --dump lacks %s:\n%s", want, dump)
 		}
+	}
+	// The ESP as the UEFI boot entry names it, as sfdisk sees it.
+	esp0, err := FindESPPath(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("start=%12d, size=%12d, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=%s, name=\"EFI\"",
+		esp0.StartLBA, esp0.SizeLBAs, strings.ToUpper(esp0.GUID.String()))
+	if esp0.Number != 1 || int64(esp0.StartLBA)*512 != l[0].Start || int64(esp0.SizeLBAs)*512 != l[0].Size || !strings.Contains(dump, img+"1 : "+want) {
+		t.Errorf("FindESPPath = %+v; sfdisk --dump:\n%s", esp0, dump)
 	}
 	// The ESP alone, checked by dosfstools and listed by mtools.
 	esp := filepath.Join(dir, "esp.img")

@@ -4,7 +4,9 @@
 //	go run ./lab/standin/mkimage -kernel-dir lab/standin/build/kernel -o lab/standin/build
 //
 // producing lab/standin/build/{vmlinuz,initramfs.cpio.gz,SOURCE}. Entry
-// mtimes come from SOURCE_DATE_EPOCH when it is set.
+// mtimes come from SOURCE_DATE_EPOCH when it is set. A kernel directory
+// lacking a module the init needs (standin.RequiredModules) is
+// materialized again first.
 package main
 
 import (
@@ -46,12 +48,16 @@ func run() error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if err := standin.EnsureKernel(ctx, root, *kernelDir, log); err != nil {
+		return err
+	}
 	res, err := standin.Build(ctx, standin.BuildOptions{
 		KernelDir:  *kernelDir,
 		OutDir:     *out,
 		ModuleRoot: root,
 		Epoch:      epoch,
-		Log:        slog.New(slog.NewTextHandler(os.Stderr, nil)),
+		Log:        log,
 	})
 	if err != nil {
 		return err

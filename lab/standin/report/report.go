@@ -65,6 +65,13 @@ type Report struct {
 	Cmdline string `json:"cmdline,omitempty"`
 	// Partitions on the install disk after an install, in order.
 	Partitions []string `json:"partitions,omitempty"`
+	// UEFI only (efivarfs): the boot option the firmware started
+	// (BootCurrent and its description), Talos's "Talos Linux UKI" boot
+	// entry (the one an install wrote, or found at boot), and BootOrder
+	// (after an install, else at boot).
+	BootCurrent string `json:"boot_current,omitempty"`
+	BootEntry   string `json:"boot_entry,omitempty"`
+	BootOrder   string `json:"boot_order,omitempty"`
 	// The network config applied from the machine config when running
 	// from disk: aliases (link=alias), static addresses and VIPs
 	// (address@link), and Talos's warnings (an alias skipped...).
