@@ -89,7 +89,7 @@ func main() {
 	if m.stayUp {
 		// Running, like Talos: the network and the VIP stay until the
 		// machine is switched off.
-		select {}
+		forever()
 	}
 
 	how := unix.LINUX_REBOOT_CMD_POWER_OFF
@@ -100,7 +100,16 @@ func main() {
 		log.Error("power off", "err", err)
 	}
 	// PID 1 must not exit.
-	select {}
+	forever()
+}
+
+// forever blocks PID 1 for good. Not with select {}: once no other
+// goroutine is left, Go's runtime calls that a deadlock and exits, and the
+// kernel panics ("Attempted to kill init!"), taking the VIP with it.
+func forever() {
+	for {
+		time.Sleep(time.Hour)
+	}
 }
 
 // machine is one boot of the stand-in.
