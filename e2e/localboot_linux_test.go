@@ -48,7 +48,8 @@ func localBootRack(server string) string {
 //     removable-media path, the Talos entry is still there and still not in
 //     BootOrder, and the installed system, whose command line has no events
 //     sink any more, reports rebooted and running through the config's
-//     EventSinkConfig alone, without a network boot.
+//     EventSinkConfig alone, without a network boot, and streams its kernel
+//     log to the KmsgLogConfig's destination.
 //   - running, cp1 holds the VIP of its Layer2VIPConfig on the link its
 //     LinkAliasConfig names, with its LinkConfig address: arping from the
 //     lab namespace gets the answer from cp1's MAC.
@@ -318,6 +319,27 @@ func bootFromDisk(t *testing.T, s *scenario, vm *lab.VMState, server, entry stri
 	if strings.Join(rep.Addresses, " ") != "10.77.0.11/24@"+link || strings.Join(rep.VIPs, " ") != "10.77.0.10@"+link {
 		t.Errorf("report: addresses %v VIPs %v, want 10.77.0.11/24 and the VIP 10.77.0.10 on %s", rep.Addresses, rep.VIPs, link)
 	}
+
+	// The KmsgLogConfig stream: the kernel's line for the link the
+	// installed system brought up reaches serve (which keeps the last 200
+	// lines; Talos sends the ring from its start, so the first lines are
+	// gone from there by now).
+	t.Run("kernel-log", func(t *testing.T) {
+		wctx, wcancel := context.WithTimeout(ctx, time.Minute)
+		defer wcancel()
+		m, err := a.waitMachine(wctx, "cp1", func(m inventory.Machine) (bool, error) {
+			for _, l := range m.Logs {
+				if strings.Contains(l.Msg, "NIC Link is Up") {
+					return true, nil
+				}
+			}
+			return false, nil
+		})
+		if err != nil {
+			t.Fatalf("no kernel log line \"... NIC Link is Up ...\" from cp1 through its KmsgLogConfig: %v", err)
+		}
+		t.Logf("serve holds %d kernel log lines of cp1, the last: %q", len(m.Logs), m.Logs[len(m.Logs)-1].Msg)
+	})
 
 	t.Run("vip-answers", func(t *testing.T) {
 		start := time.Now()

@@ -40,6 +40,7 @@ import (
 	"github.com/dotfile/rackboot/lab/standin/efiboot"
 	"github.com/dotfile/rackboot/lab/standin/events"
 	"github.com/dotfile/rackboot/lab/standin/install"
+	"github.com/dotfile/rackboot/lab/standin/kmsglog"
 	"github.com/dotfile/rackboot/lab/standin/marker"
 	"github.com/dotfile/rackboot/lab/standin/report"
 	"github.com/dotfile/rackboot/lab/standin/rootfs"
@@ -274,6 +275,14 @@ func (m *machine) boot(ctx context.Context) error {
 			// line; the machine config's network documents make it.
 			if err := m.configureNetwork(nctx, cfg); err != nil {
 				return err
+			}
+			// The kernel log goes to the KmsgLogConfig destinations
+			// for as long as the machine runs (netboots do not stream).
+			if len(m.rep.KmsgLog) > 0 {
+				go func() {
+					n, err := kmsglog.Stream(nctx, m.log, "/dev/kmsg", m.rep.KmsgLog)
+					m.log.Warn("kernel log stream ended", "records", n, "err", err)
+				}()
 			}
 		}
 		m.publish(ctx, events.SequenceStart("boot"))

@@ -56,7 +56,8 @@ type Report struct {
 	EventsSent   int    `json:"events_sent"`
 	// EventSink is where events went last, EventSinkFrom "cmdline" or
 	// "config" (EventSinkConfig); KmsgLog the kernel log destinations
-	// (talos.logging.kernel= and KmsgLogConfig documents, not streamed).
+	// (talos.logging.kernel= and KmsgLogConfig documents; streamed only
+	// when running from disk).
 	EventSink     string   `json:"event_sink,omitempty"`
 	EventSinkFrom string   `json:"event_sink_from,omitempty"`
 	KmsgLog       []string `json:"kmsg_log,omitempty"`
