@@ -6,6 +6,7 @@
 #   make build   bin/rackboot
 #   make release static binaries for Linux and macOS (amd64, arm64) into dist/
 #   make bench   side-by-side benchmarks into docs/BENCHMARKS.md (not part of test)
+#   make test-arm64  only the arm64 UEFI VM's netboot (AAVMF, TCG; also part of test)
 
 SHELL       := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -27,7 +28,7 @@ STANDIN_DIR := lab/standin/build
 # (Debian packages, the Rook Go module), never committed.
 EMBEDDED := $(IPXE_DIR)/SOURCE $(ROOK_DIR)/SOURCE $(LOADERS_DIR)/SOURCE
 
-.PHONY: all deps build ipxe bundles bootloaders standin kubetest test unit fuzz lint release demo bench clean
+.PHONY: all deps build ipxe bundles bootloaders standin standin-arm64 kubetest test test-arm64 unit fuzz lint release demo bench clean
 
 all: build
 
@@ -71,8 +72,25 @@ $(STANDIN_DIR)/SOURCE: scripts/standin-kernel.sh $(shell find lab/standin imager
 	c="$${XDG_CACHE_HOME:-$$HOME/.cache}/rackboot/standin"; mkdir -p "$$c" && \
 	  cp $(STANDIN_DIR)/vmlinuz $(STANDIN_DIR)/initramfs.cpio.gz $(STANDIN_DIR)/SOURCE "$$c"/
 
+## standin-arm64: the arm64 stand-in (Debian bookworm's arm64 kernel, pinned in
+## scripts/standin-kernel-arm64.sh, + our /init built for arm64) in $(STANDIN_DIR)/arm64,
+## where serve --standin finds it for arch: arm64 machines.
+STANDIN_ARM64_DIR := $(STANDIN_DIR)/arm64
+standin-arm64: $(STANDIN_ARM64_DIR)/SOURCE
+$(STANDIN_ARM64_DIR)/SOURCE: scripts/standin-kernel-arm64.sh scripts/standin-kernel.sh $(shell find lab/standin imager -name '*.go' 2>/dev/null)
+	[ -f $(STANDIN_ARM64_DIR)/kernel/SOURCE ] || scripts/standin-kernel-arm64.sh $(STANDIN_ARM64_DIR)/kernel
+	$(GO) run ./lab/standin/mkimage -arch arm64 -kernel-dir $(STANDIN_ARM64_DIR)/kernel -o $(STANDIN_ARM64_DIR)
+	c="$${XDG_CACHE_HOME:-$$HOME/.cache}/rackboot/standin/arm64"; mkdir -p "$$c" && \
+	  cp $(STANDIN_ARM64_DIR)/vmlinuz $(STANDIN_ARM64_DIR)/initramfs.cpio.gz $(STANDIN_ARM64_DIR)/SOURCE "$$c"/
+
+## test-arm64: only the arm64 UEFI VM (qemu-system-aarch64 virt, AAVMF's own PXE,
+## TCG) netbooting to installed (e2e/arm64_linux_test.go; `test` runs it too:
+## about 65 s from QEMU's start under TCG on 2 cores).
+test-arm64: deps build standin standin-arm64
+	$(GO) test -count=1 -timeout 30m -v -run TestArm64UEFINetboot ./e2e
+
 ## test: everything a change must pass. Installs what it needs on a fresh Debian machine.
-test: deps build standin kubetest lint unit fuzz
+test: deps build standin standin-arm64 kubetest lint unit fuzz
 
 unit: $(EMBEDDED)
 	$(GO) test -count=1 -timeout 40m ./...

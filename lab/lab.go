@@ -47,6 +47,11 @@ type Tools struct {
 	Dnsmasq  string // dnsmasq (apt: dnsmasq-base)
 	OVMFCode string // OVMF_CODE_4M.fd (apt: ovmf)
 	OVMFVars string // OVMF_VARS_4M.fd (apt: ovmf), copied per VM
+	// arm64 VMs (a rack machine with arch: arm64): QEMU's virt machine
+	// with Debian's AAVMF (EDK2 for arm64) as UEFI firmware.
+	QEMUArm64 string // qemu-system-aarch64 (apt: qemu-system-arm)
+	AAVMFCode string // AAVMF_CODE.fd (apt: qemu-efi-aarch64)
+	AAVMFVars string // AAVMF_VARS.fd (apt: qemu-efi-aarch64), copied per VM
 }
 
 // DefaultTools are the Debian 12 paths.
@@ -57,6 +62,10 @@ func DefaultTools() Tools {
 		Dnsmasq:  "dnsmasq",
 		OVMFCode: "/usr/share/OVMF/OVMF_CODE_4M.fd",
 		OVMFVars: "/usr/share/OVMF/OVMF_VARS_4M.fd",
+
+		QEMUArm64: "qemu-system-aarch64",
+		AAVMFCode: "/usr/share/AAVMF/AAVMF_CODE.fd",
+		AAVMFVars: "/usr/share/AAVMF/AAVMF_VARS.fd",
 	}
 }
 
@@ -76,6 +85,15 @@ func (t Tools) withDefaults() Tools {
 	}
 	if t.OVMFVars == "" {
 		t.OVMFVars = d.OVMFVars
+	}
+	if t.QEMUArm64 == "" {
+		t.QEMUArm64 = d.QEMUArm64
+	}
+	if t.AAVMFCode == "" {
+		t.AAVMFCode = d.AAVMFCode
+	}
+	if t.AAVMFVars == "" {
+		t.AAVMFVars = d.AAVMFVars
 	}
 	return t
 }

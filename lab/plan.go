@@ -38,6 +38,15 @@ func ParseFirmware(s string) (Firmware, error) {
 	return "", fmt.Errorf("firmware %q: write bios or uefi", s)
 }
 
+// The CPU architectures of lab VMs (a rack machine's arch).
+const (
+	ArchAMD64 = "amd64" // qemu-system-x86_64, q35, SeaBIOS or OVMF
+	// ArchARM64: qemu-system-aarch64, the virt machine, always TCG with
+	// -cpu max, Debian's AAVMF (UEFI only), netbooted by AAVMF's own PXE
+	// client on a virtio-net NIC (QEMU has no iPXE ROM for arm64).
+	ArchARM64 = "arm64"
+)
+
 // DHCPMode is who gives the VMs their addresses.
 type DHCPMode string
 
@@ -186,6 +195,7 @@ type Disk struct {
 // VMPlan is one VM, as decided from the rack file.
 type VMPlan struct {
 	Name      string
+	Arch      string // ArchAMD64 or ArchARM64
 	MAC       string
 	UUID      string
 	Serial    string
@@ -376,11 +386,30 @@ func NewPlan(name string, s Spec) (*Plan, error) {
 			errs = append(errs, fmt.Errorf("machine name %q: a lab VM needs letters, digits, dots, dashes or underscores (it names a directory)", m.Name))
 			continue
 		}
+		arch := m.ArchOrDefault()
 		fw := s.Firmware
 		if fw == "" {
 			if fw, err = ParseFirmware(r.Lab.Firmware[m.Name]); err != nil {
 				errs = append(errs, fmt.Errorf("lab.firmware.%s: %w", m.Name, err))
 			}
+			if arch == ArchARM64 && strings.TrimSpace(r.Lab.Firmware[m.Name]) == "" {
+				fw = FirmwareUEFI // arm64 machines boot UEFI only
+			}
+		}
+		bn := s.BootNICs[m.Name]
+		switch arch {
+		case ArchAMD64:
+		case ArchARM64:
+			if fw != FirmwareUEFI {
+				errs = append(errs, fmt.Errorf("machine %s: arch arm64 boots UEFI only (AAVMF), not %s", m.Name, fw))
+			}
+			if bn.Netboot == "" {
+				bn.Netboot = NetbootPXE // no iPXE ROM for arm64: AAVMF's own PXE
+			} else if n, err := ParseNetboot(string(bn.Netboot)); err == nil && !n.Firmware() {
+				errs = append(errs, fmt.Errorf("machine %s: arch arm64 netboots through AAVMF (firmware-pxe or firmware-http): QEMU has no iPXE ROM for arm64", m.Name))
+			}
+		default:
+			errs = append(errs, fmt.Errorf("machine %s: arch %q: the lab runs amd64 and arm64", m.Name, arch))
 		}
 		mac, err := vmMAC(m)
 		if err != nil {
@@ -404,12 +433,13 @@ func NewPlan(name string, s Spec) (*Plan, error) {
 		if strings.ContainsAny(serial, "\x00\n") {
 			errs = append(errs, fmt.Errorf("machine %s: serial %q has control characters", m.Name, serial))
 		}
-		vmNIC, netboot, err := bootNIC(m.Name, nic, fw, s.BootNICs[m.Name])
+		vmNIC, netboot, err := bootNIC(m.Name, nic, fw, bn)
 		if err != nil {
 			errs = append(errs, err)
 		}
 		vm := VMPlan{
 			Name:      m.Name,
+			Arch:      arch,
 			MAC:       mac,
 			UUID:      id,
 			Serial:    serial,

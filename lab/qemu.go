@@ -57,14 +57,22 @@ const DiskFormat = "qcow2"
 // a file, the NIC on the VM's tap with the machine's MAC as first boot
 // device (with QEMU's iPXE ROM, or none: see Netboot), the NVMe disk second, any further NICs (not bootable), then the
 // SATA disks on the q35 AHCI ports.
+//
+// An arm64 VM (ArchARM64) runs on QEMU's virt machine under TCG with -cpu
+// max whatever accel says (no host here runs arm64 KVM), with AAVMF in
+// f.OVMFCode/f.OVMFVars and its SATA disks on an ich9-ahci controller.
 func QEMUArgs(vm VMPlan, f VMFiles, accel Accel) []string {
 	nic := vm.NIC
 	if nic == "" {
 		nic = DefaultNIC
 	}
+	machine, ahci := "q35,graphics=off", "ide"
+	if vm.Arch == ArchARM64 {
+		machine, ahci, accel = "virt", "ahci", AccelTCG
+	}
 	args := []string{
 		"-name", qopt(vm.Name),
-		"-machine", "q35,graphics=off",
+		"-machine", machine,
 		"-accel", accel.Name,
 		"-cpu", accel.CPU,
 		"-smp", "1",
@@ -114,13 +122,16 @@ func QEMUArgs(vm VMPlan, f VMFiles, accel Accel) []string {
 			"-device", nic+",netdev="+id+",mac="+n.MAC+",romfile=",
 		)
 	}
+	if ahci == "ahci" && len(vm.SATA) > 0 && len(f.SATA) > 0 {
+		args = append(args, "-device", "ich9-ahci,id=ahci")
+	}
 	for i, d := range vm.SATA {
 		if i >= len(f.SATA) {
 			break
 		}
 		args = append(args,
 			"-drive", "file="+qopt(f.SATA[i])+",if=none,id="+d.ID+",format="+DiskFormat,
-			"-device", "ide-hd,drive="+d.ID+",bus=ide."+strconv.Itoa(i)+",serial="+qopt(d.Serial),
+			"-device", "ide-hd,drive="+d.ID+",bus="+ahci+"."+strconv.Itoa(i)+",serial="+qopt(d.Serial),
 		)
 	}
 	return args

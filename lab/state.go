@@ -68,6 +68,7 @@ type VMState struct {
 	UUID      string   `json:"uuid"`
 	Serial    string   `json:"serial"`
 	Firmware  Firmware `json:"firmware"`
+	Arch      string   `json:"arch,omitempty"` // "" is amd64
 	Tap       string   `json:"tap"`
 	NIC       string   `json:"nic,omitempty"`       // the first NIC's QEMU model
 	Netboot   Netboot  `json:"netboot,omitempty"`   // who netboots the first NIC (Spec.BootNICs)

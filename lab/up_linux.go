@@ -43,7 +43,18 @@ func (l *Lab) checkTools(p *Plan) error {
 		need(l.tools.Dnsmasq, "dnsmasq-base")
 	}
 	for _, vm := range p.VMs {
-		if vm.Firmware == FirmwareUEFI {
+		if vm.Arch == ArchARM64 {
+			need(l.tools.QEMUArm64, "qemu-system-arm")
+			for _, f := range []string{l.tools.AAVMFCode, l.tools.AAVMFVars} {
+				if _, err := os.Stat(f); err != nil {
+					errs = append(errs, fmt.Errorf("arm64 UEFI firmware %s missing: apt-get install qemu-efi-aarch64", f))
+				}
+			}
+			break
+		}
+	}
+	for _, vm := range p.VMs {
+		if vm.Firmware == FirmwareUEFI && vm.Arch != ArchARM64 {
 			for _, f := range []string{l.tools.OVMFCode, l.tools.OVMFVars} {
 				if _, err := os.Stat(f); err != nil {
 					errs = append(errs, fmt.Errorf("UEFI firmware %s missing: apt-get install ovmf", f))
@@ -328,10 +339,18 @@ func (l *Lab) startVM(ctx context.Context, st *State, vm VMPlan, accel Accel) er
 		SerialLog: f.SerialLog,
 		QEMULog:   filepath.Join(dir, "qemu.log"),
 	}
+	qemu, varsTemplate := l.tools.QEMU, l.tools.OVMFVars
 	if vm.Firmware == FirmwareUEFI {
 		f.OVMFCode = l.tools.OVMFCode
 		f.OVMFVars = filepath.Join(dir, "OVMF_VARS.fd")
 		vs.OVMFVars = f.OVMFVars
+	}
+	if vm.Arch == ArchARM64 {
+		qemu, varsTemplate = l.tools.QEMUArm64, l.tools.AAVMFVars
+		f.OVMFCode = l.tools.AAVMFCode
+		f.OVMFVars = filepath.Join(dir, "AAVMF_VARS.fd")
+		vs.OVMFVars = f.OVMFVars
+		vs.Arch = vm.Arch
 	}
 	st.Files = append(st.Files, vs.Disks...)
 	st.Files = append(st.Files, vs.SerialLog)
@@ -339,7 +358,7 @@ func (l *Lab) startVM(ctx context.Context, st *State, vm VMPlan, accel Accel) er
 		st.Files = append(st.Files, vs.OVMFVars)
 	}
 	args := QEMUArgs(vm, f, accel)
-	vs.Command = append([]string{l.tools.QEMU}, args...)
+	vs.Command = append([]string{qemu}, args...)
 	st.VMs = append(st.VMs, vs)
 	if err := l.save(st); err != nil {
 		return err
@@ -355,11 +374,11 @@ func (l *Lab) startVM(ctx context.Context, st *State, vm VMPlan, accel Accel) er
 		}
 	}
 	if vs.OVMFVars != "" {
-		if err := copyFile(l.tools.OVMFVars, vs.OVMFVars); err != nil {
+		if err := copyFile(varsTemplate, vs.OVMFVars); err != nil {
 			return fmt.Errorf("vm %s: UEFI variable store: %w", vm.Name, err)
 		}
 	}
-	done, err := l.startWait(st, st.Namespaces[0], ProcessSpec{Role: "vm:" + vm.Name, Path: l.tools.QEMU, Args: args}, vs.QEMULog, "")
+	done, err := l.startWait(st, st.Namespaces[0], ProcessSpec{Role: "vm:" + vm.Name, Path: qemu, Args: args}, vs.QEMULog, "")
 	if err != nil {
 		return fmt.Errorf("vm %s: %w", vm.Name, err)
 	}

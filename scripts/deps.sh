@@ -6,6 +6,8 @@ set -euo pipefail
 pkgs=(
   # VMs, firmware and iPXE (the lab, e2e tests; iPXE binaries are embedded from `ipxe`)
   qemu-system-x86 qemu-utils ovmf ipxe ipxe-qemu seabios
+  # the arm64 UEFI VM (TestArm64UEFINetboot): qemu-system-aarch64 and AAVMF
+  qemu-system-arm qemu-efi-aarch64
   # network test peers: home-router DHCP, DHCP clients, TFTP clients/server, namespaces, nftables loss
   dnsmasq-base iproute2 nftables ndisc6 busybox-static udhcpc isc-dhcp-client tftp-hpa atftp curl openssl iputils-arping
   # boot media: independent readers and boot loaders taken at build time

@@ -17,17 +17,25 @@ import (
 // standinPrefix is the asset ID prefix of the stand-in boot image.
 const standinPrefix = "standin/"
 
+// standinArm64 is the subdirectory of the stand-in directory holding the
+// arm64 stand-in (`make standin-arm64`): its asset IDs are
+// standin/arm64/vmlinuz and standin/arm64/initramfs.cpio.gz.
+const standinArm64 = "arm64"
+
 // bootAssets combines the Talos asset cache with an optional stand-in boot
 // image directory. The resolver prefers real Talos assets; it falls back to
 // the stand-in only when the cache lacks the machine's set and a stand-in
-// was given, and otherwise says which `rackboot assets pull` is missing.
+// was given (for arm64, when the stand-in directory has an arm64
+// subdirectory), and otherwise says which `rackboot assets pull` is missing.
 func bootAssets(cache *imager.Cache, standinDir string) (pxe.Assets, func(version, schematic, arch string) (string, string, error), error) {
-	var kernel, initrd string
+	var kernel, initrd, kernel64, initrd64 string
 	if standinDir != "" {
 		var err error
 		if kernel, initrd, err = findStandin(standinDir); err != nil {
 			return nil, nil, err
 		}
+		// Optional: a rack without arm64 machines needs none.
+		kernel64, initrd64, _ = findStandin(filepath.Join(standinDir, standinArm64))
 	}
 	resolve := func(version, schematic, arch string) (string, string, error) {
 		err := cache.Has(version, schematic, arch)
@@ -36,6 +44,10 @@ func bootAssets(cache *imager.Cache, standinDir string) (pxe.Assets, func(versio
 		}
 		if standinDir != "" && arch == "amd64" {
 			return standinPrefix + kernel, standinPrefix + initrd, nil
+		}
+		if standinDir != "" && arch == "arm64" && kernel64 != "" {
+			p := standinPrefix + standinArm64 + "/"
+			return p + kernel64, p + initrd64, nil
 		}
 		return "", "", err
 	}
@@ -64,10 +76,14 @@ type assetMux struct {
 
 func (m assetMux) Open(id string) (pxe.ReadSeekCloser, error) {
 	if name, ok := strings.CutPrefix(id, standinPrefix); ok && m.standinDir != "" {
+		dir := m.standinDir
+		if n, ok := strings.CutPrefix(name, standinArm64+"/"); ok {
+			dir, name = filepath.Join(dir, standinArm64), n
+		}
 		if name != "vmlinuz" && !strings.HasPrefix(name, "initramfs.") || strings.ContainsAny(name, "/\\") {
 			return nil, fmt.Errorf("stand-in asset %q: %w", id, os.ErrNotExist)
 		}
-		return os.Open(filepath.Join(m.standinDir, name))
+		return os.Open(filepath.Join(dir, name))
 	}
 	return m.cache.Open(id)
 }

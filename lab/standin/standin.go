@@ -82,8 +82,10 @@ type BuildOptions struct {
 	// Epoch is every archive entry's mtime (SOURCE_DATE_EPOCH); zero: 0.
 	Epoch time.Time
 	// Go is the go command (default "go" from PATH).
-	Go  string
-	Log *slog.Logger
+	Go string
+	// GOARCH is the init's architecture, the kernel's (default amd64).
+	GOARCH string
+	Log    *slog.Logger
 }
 
 // Result describes a built image.
@@ -128,7 +130,11 @@ func Build(ctx context.Context, o BuildOptions) (*Result, error) {
 	initBin := filepath.Join(tmp, "init")
 	cmd := exec.CommandContext(ctx, o.Go, "build", "-trimpath", "-buildvcs=false", "-ldflags", "-s -w -buildid=", "-o", initBin, "./lab/standin/init")
 	cmd.Dir = o.ModuleRoot
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	goarch := o.GOARCH
+	if goarch == "" {
+		goarch = "amd64"
+	}
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+goarch)
 	start := time.Now()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("build stand-in init: %w\n%s", err, out)

@@ -32,6 +32,7 @@ func main() {
 func run() error {
 	kernelDir := flag.String("kernel-dir", "lab/standin/build/kernel", "output of scripts/standin-kernel.sh")
 	out := flag.String("o", "lab/standin/build", "output directory")
+	goarch := flag.String("arch", "amd64", "the kernel's architecture, the init's GOARCH (amd64 or arm64)")
 	flag.Parse()
 
 	var epoch time.Time
@@ -49,14 +50,18 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := standin.EnsureKernel(ctx, root, *kernelDir, log); err != nil {
-		return err
+	if *goarch == "amd64" {
+		// scripts/standin-kernel.sh makes the amd64 kernel only.
+		if err := standin.EnsureKernel(ctx, root, *kernelDir, log); err != nil {
+			return err
+		}
 	}
 	res, err := standin.Build(ctx, standin.BuildOptions{
 		KernelDir:  *kernelDir,
 		OutDir:     *out,
 		ModuleRoot: root,
 		Epoch:      epoch,
+		GOARCH:     *goarch,
 		Log:        log,
 	})
 	if err != nil {
