@@ -272,6 +272,13 @@ func labServeSpec(a *app, l *lab.Lab, r *profiles.Rack, plan *lab.Plan, example 
 	s.Args = []string{"serve", "-f", rackArg, "--state", dir,
 		"--interface", lab.Bridge, "--server-ip", ip, "--dhcp", string(plan.DHCP),
 		"--http-port", strconv.Itoa(labServePort), "--kernel-arg", "console=ttyS0"}
+	for _, vm := range plan.VMs {
+		if vm.Arch == lab.ArchARM64 {
+			// arm64's virt machine has its serial port on a PL011 UART.
+			s.Args = append(s.Args, "--kernel-arg", "console=ttyAMA0")
+			break
+		}
+	}
 	if a.verbose {
 		s.Args = append(s.Args, "-v")
 	}
