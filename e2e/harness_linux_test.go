@@ -196,6 +196,8 @@ type scenario struct {
 	// extra are logs the test wrote itself (a restarted serve, a second
 	// boot's console), kept with the lab's on failure.
 	extra []string
+	// env is added to the CLI's environment.
+	env []string
 }
 
 // newScenario makes a uniquely named lab (nothing is created yet) and
@@ -246,6 +248,10 @@ func (s *scenario) labState() *lab.State {
 func (s *scenario) cli(ctx context.Context, args ...string) (string, error) {
 	args = append([]string{"-f", s.rack, "--state", s.state}, args...)
 	cmd := exec.CommandContext(ctx, prepared.bin, args...)
+	// Run from the test's own folder, outside the source tree, as a user
+	// would: nothing may be found relative to the working directory.
+	cmd.Dir = s.dir
+	cmd.Env = append(os.Environ(), s.env...)
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = &out
@@ -265,6 +271,33 @@ func (s *scenario) cli(ctx context.Context, args ...string) (string, error) {
 func (s *scenario) labUp(ctx context.Context, extra ...string) string {
 	s.t.Helper()
 	args := append([]string{"lab", "up", "--name", s.name, "--machines", "1", "--standin", prepared.standin}, extra...)
+	return s.labUpArgs(ctx, args)
+}
+
+// labUpFound runs `rackboot lab up` with no --standin, from the test's
+// folder (outside the source tree, the binary built elsewhere): the stand-in
+// must be found in the user's cache, where `make standin` copies it
+// (XDG_CACHE_HOME points at a cache holding only that).
+func (s *scenario) labUpFound(ctx context.Context, extra ...string) string {
+	s.t.Helper()
+	cache := filepath.Join(s.dir, "cache")
+	if err := os.MkdirAll(filepath.Join(cache, "rackboot"), 0o755); err != nil {
+		s.t.Fatal(err)
+	}
+	if err := os.Symlink(prepared.standin, filepath.Join(cache, "rackboot", "standin")); err != nil {
+		s.t.Fatal(err)
+	}
+	s.env = append(s.env, "XDG_CACHE_HOME="+cache)
+	args := append([]string{"lab", "up", "--name", s.name, "--machines", "1"}, extra...)
+	out := s.labUpArgs(ctx, args)
+	if !strings.Contains(out, "--standin "+filepath.Join(cache, "rackboot", "standin")) {
+		s.t.Errorf("lab up did not take the stand-in from the user's cache:\n%s", out)
+	}
+	return out
+}
+
+func (s *scenario) labUpArgs(ctx context.Context, args []string) string {
+	s.t.Helper()
 	out, err := s.cli(ctx, args...)
 	if err != nil {
 		s.t.Fatalf("%v\n%s", err, out)

@@ -67,7 +67,7 @@ func TestFullDHCPBIOS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	begin := time.Now()
-	out := s.labUp(ctx, "--dhcp", "full", "--firmware", "bios", "--timeout", "4m")
+	out := s.labUpFound(ctx, "--dhcp", "full", "--firmware", "bios", "--timeout", "4m")
 	if !strings.Contains(out, "all 1 machine(s) installed") {
 		t.Fatalf("lab up did not report the machine installed:\n%s", out)
 	}
