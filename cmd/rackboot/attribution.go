@@ -21,7 +21,7 @@ import (
 // rack file alone proves nothing: anyone can take it.
 type attribution struct {
 	neigh       pxe.Neighbors
-	rackMACs    map[string]string // MAC → machine, from the rack file
+	rackMAC     func(mac string) (string, bool) // from the rack file
 	leaseHolder func(netip.Addr) (net.HardwareAddr, bool)
 	tokens      func() *pxe.Tokens // set once the server exists
 
@@ -30,14 +30,8 @@ type attribution struct {
 }
 
 func newAttribution(r *profiles.Rack, neigh pxe.Neighbors) *attribution {
-	a := &attribution{neigh: neigh, rackMACs: map[string]string{}, verified: map[string]string{},
+	return &attribution{neigh: neigh, rackMAC: rackMACNames(r), verified: map[string]string{},
 		tokens: func() *pxe.Tokens { return nil }}
-	for i := range r.Machines {
-		for _, mac := range r.Machines[i].MACs() {
-			a.rackMACs[mac.String()] = r.Machines[i].Name
-		}
-	}
-	return a
 }
 
 // saw wraps a recorder: a boot script served to a named machine (only after
@@ -55,7 +49,7 @@ func (a *attribution) saw(next pxe.Recorder) pxe.Recorder {
 
 // byMAC names the machine that owns a NIC.
 func (a *attribution) byMAC(hw net.HardwareAddr) (string, bool) {
-	if n, ok := a.rackMACs[hw.String()]; ok {
+	if n, ok := a.rackMAC(hw.String()); ok {
 		return n, true
 	}
 	a.mu.Lock()
