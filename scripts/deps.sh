@@ -14,6 +14,10 @@ pkgs=(
   xorriso isolinux syslinux-common systemd-boot-efi mtools dosfstools fdisk gdisk cpio
   # the status page is tested in a real browser
   chromium
+  # the registry mirror: a real upstream registry (CNCF distribution) and real pull clients
+  docker-registry skopeo containerd
+  # BMCs: a real IPMI BMC simulator and client; sushy-tools' Redfish emulator (../shared/tools) runs on these
+  openipmi ipmitool python3-flask python3-tenacity python3-bcrypt python3-webob python3-pbr python3-requests
 )
 
 missing=()
