@@ -124,13 +124,38 @@ type Machine struct {
 	Timeline  []Entry    `json:"timeline,omitempty"`
 	// Logs are the last kernel log lines, oldest first; never persisted.
 	Logs []LogLine `json:"logs,omitempty"`
+	// Pulled is what the machine pulled from rackboot's registry mirror
+	// since serve started; never persisted (nil: nothing yet).
+	Pulled *Pulled `json:"pulled,omitempty"`
 }
+
+// Pulled counts what one machine fetched from the registry mirror.
+type Pulled struct {
+	// Bytes is the body bytes sent (manifests and blobs).
+	Bytes int64 `json:"bytes"`
+	// Blobs counts blob responses (layers, configs), Range requests included.
+	Blobs uint64 `json:"blobs"`
+	// Images are the distinct images (name:tag or name@digest as asked)
+	// whose manifest it fetched, oldest first, at most MaxPulledImages.
+	Images []string `json:"images,omitempty"`
+	// ImageCount counts them, including those beyond the list (where a
+	// repeat cannot be told apart and counts again).
+	ImageCount int `json:"imageCount"`
+}
+
+// MaxPulledImages bounds Pulled.Images per machine.
+const MaxPulledImages = 64
 
 func (m *Machine) clone() Machine {
 	c := *m
 	c.MACs = slices.Clone(m.MACs)
 	c.Timeline = slices.Clone(m.Timeline)
 	c.Logs = slices.Clone(m.Logs)
+	if m.Pulled != nil {
+		p := *m.Pulled
+		p.Images = slices.Clone(m.Pulled.Images)
+		c.Pulled = &p
+	}
 	return c
 }
 
@@ -252,7 +277,7 @@ func Open(stateDir string, opts ...Option) (*Store, error) {
 	slices.SortStableFunc(ms, func(a, b Machine) int { return a.LastSeen.Compare(b.LastSeen) })
 	for i := range ms {
 		m := ms[i]
-		m.Logs = nil
+		m.Logs, m.Pulled = nil, nil
 		m.redact() // files written before redaction existed
 		s.addLocked(&m)
 	}
@@ -482,6 +507,34 @@ func (s *Store) AddLog(who string, l LogLine) error {
 	}
 	m.Logs = append(m.Logs, l)
 	s.notifyLocked() // logs are not persisted: no write
+	return nil
+}
+
+// AddPull records that the machine who (key or address) was sent bytes from
+// the registry mirror: a manifest of image (then image counts once per
+// distinct name) or a blob (image ""). In memory only, like kernel logs.
+func (s *Store) AddPull(who, image string, manifest bool, bytes int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.findLocked(who)
+	if m == nil {
+		return fmt.Errorf("add pull of %s: %w", who, ErrUnknownMachine)
+	}
+	if m.Pulled == nil {
+		m.Pulled = &Pulled{}
+	}
+	p := m.Pulled
+	p.Bytes += max(bytes, 0)
+	if !manifest {
+		p.Blobs++
+	} else if image = clean(image, maxDetailLen); image != "" && !slices.Contains(p.Images, image) {
+		// Beyond the list a name cannot be told from a repeat: counted anyway.
+		p.ImageCount++
+		if len(p.Images) < MaxPulledImages {
+			p.Images = append(p.Images, image)
+		}
+	}
+	s.notifyLocked() // not persisted: no write
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -408,5 +409,58 @@ func TestMarkEventDropsReplaysAcrossRestarts(t *testing.T) {
 	m, _ := s.Machine("cp1")
 	if len(m.Timeline) != 3 || m.Timeline[1].ID != "id-1" || m.Timeline[2].ID != "id-2" {
 		t.Fatalf("timeline %+v", m.Timeline)
+	}
+}
+
+func TestAddPull(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	s.Record(pxe.Event{Name: "cp1", MAC: mac("02:00:00:00:00:01"), Addr: netip.MustParseAddr("10.99.0.10"), Stage: pxe.StageConfig})
+	steps := []struct {
+		image    string
+		manifest bool
+		bytes    int64
+	}{
+		{"factory.talos.dev/metal-installer/abc:v1.13.0", true, 1000},
+		{"", false, 5 << 20},
+		{"factory.talos.dev/metal-installer/abc:v1.13.0", true, 1000}, // same image again: one name
+		{"registry.k8s.io/pause:3.10", true, 500},
+		{"", false, 700},
+	}
+	for _, st := range steps {
+		if err := s.AddPull("10.99.0.10", st.image, st.manifest, st.bytes); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, _ := s.Machine("cp1")
+	want := &Pulled{Bytes: 2500 + 5<<20 + 700, Blobs: 2, ImageCount: 2,
+		Images: []string{"factory.talos.dev/metal-installer/abc:v1.13.0", "registry.k8s.io/pause:3.10"}}
+	if !reflect.DeepEqual(m.Pulled, want) {
+		t.Fatalf("pulled = %+v, want %+v", m.Pulled, want)
+	}
+	// The snapshot is a copy.
+	m.Pulled.Images[0] = "changed"
+	if m2, _ := s.Machine("cp1"); m2.Pulled.Images[0] == "changed" {
+		t.Fatal("snapshot shares the pulled list with the store")
+	}
+	if err := s.AddPull("10.99.0.99", "x:1", true, 1); !errors.Is(err, ErrUnknownMachine) {
+		t.Fatalf("AddPull from an unknown address = %v, want ErrUnknownMachine", err)
+	}
+	// Bounded list, counted beyond it.
+	for i := range MaxPulledImages + 5 {
+		if err := s.AddPull("cp1", fmt.Sprintf("quay.io/x/img%d:1", i), true, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, _ = s.Machine("cp1")
+	if len(m.Pulled.Images) != MaxPulledImages || m.Pulled.ImageCount != 2+MaxPulledImages+5 {
+		t.Fatalf("images listed %d, counted %d", len(m.Pulled.Images), m.Pulled.ImageCount)
+	}
+	// Never persisted.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := open(t, dir).Machine("cp1"); m.Pulled != nil {
+		t.Fatalf("pull counters were persisted: %+v", m.Pulled)
 	}
 }

@@ -76,6 +76,7 @@ type shown struct {
 	label    string   // the visible stage text
 	timeline []string // data-stage of each timeline entry
 	log      string
+	pulled   string // the registry mirror cell
 }
 
 // findMachine reads the row of machine key out of a dumped DOM.
@@ -109,6 +110,8 @@ func findMachine(t *testing.T, dom, key string) (shown, bool) {
 			s.timeline = append(s.timeline, attr(n, "data-stage"))
 		case n.Data == "pre" && attr(n, "class") == "log":
 			s.log = text(n)
+		case n.Data == "td" && attr(n, "class") == "pulled":
+			s.pulled = text(n)
 		}
 	})
 	return s, true
@@ -147,6 +150,12 @@ func TestBrowserShowsStageChanges(t *testing.T) {
 	st := store(t)
 	st.Record(pxe.Event{Name: "cp1", MAC: mustMAC(t, "02:00:00:00:00:01"), Addr: netip.MustParseAddr("10.99.0.10"), Stage: pxe.StageDHCP})
 	st.Record(pxe.Event{MAC: mustMAC(t, "02:00:00:00:00:99"), Stage: pxe.StageDiscovered})
+	if err := st.AddPull("cp1", "factory.talos.dev/metal-installer/x:v1.13.0", true, 2048); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.AddPull("cp1", "", false, 3<<20); err != nil {
+		t.Fatal(err)
+	}
 	if err := st.AddLog("cp1", inventory.LogLine{Msg: "<script>document.title='pwned'</script>"}); err != nil {
 		t.Fatal(err)
 	}
@@ -185,6 +194,9 @@ func TestBrowserShowsStageChanges(t *testing.T) {
 	}
 	if _, ok := findMachine(t, dom, "02:00:00:00:00:99"); !ok {
 		t.Fatal("the unknown machine is not on the page")
+	}
+	if before.pulled != "1 image, 3.0 MiB" {
+		t.Errorf("pulled cell = %q, want 1 image, 3.0 MiB", before.pulled)
 	}
 	if before.log != "<script>document.title='pwned'</script>" || strings.Contains(dom, "<title>pwned") {
 		t.Fatalf("log line not shown as text: %q", before.log)

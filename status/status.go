@@ -138,6 +138,8 @@ type collector struct {
 	installed *prometheus.Desc
 	events    *prometheus.Desc
 	logLines  *prometheus.Desc
+	pulled    *prometheus.Desc
+	images    *prometheus.Desc
 }
 
 func newCollector(src Source) *collector {
@@ -147,6 +149,8 @@ func newCollector(src Source) *collector {
 		installed: prometheus.NewDesc("rackboot_machines_installed", "Machines with Talos installed on their disk.", nil, nil),
 		events:    prometheus.NewDesc("rackboot_events_total", "Stage events recorded (netboot and Talos), replays included.", []string{"stage"}, nil),
 		logLines:  prometheus.NewDesc("rackboot_kernel_log_lines_total", "Kernel log lines received from machines.", nil, nil),
+		pulled:    prometheus.NewDesc("rackboot_registry_pulled_bytes_total", "Bytes each machine pulled from the registry mirror since serve started.", []string{"machine"}, nil),
+		images:    prometheus.NewDesc("rackboot_registry_pulled_images", "Distinct images whose manifest each machine pulled from the registry mirror since serve started.", []string{"machine"}, nil),
 	}
 }
 
@@ -155,6 +159,8 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.installed
 	ch <- c.events
 	ch <- c.logLines
+	ch <- c.pulled
+	ch <- c.images
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
@@ -167,6 +173,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		byStage[m.Stage]++
 		if m.Installed {
 			installed++
+		}
+		if p := m.Pulled; p != nil {
+			ch <- prometheus.MustNewConstMetric(c.pulled, prometheus.CounterValue, float64(p.Bytes), m.Key)
+			ch <- prometheus.MustNewConstMetric(c.images, prometheus.GaugeValue, float64(p.ImageCount), m.Key)
 		}
 	}
 	for s, n := range byStage {
@@ -244,7 +254,7 @@ func Fetch(ctx context.Context, c *http.Client, base string) (*MachinesResponse,
 // WriteTable prints machines as an aligned table, one row per machine.
 func WriteTable(w io.Writer, ms []inventory.Machine, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tMAC\tADDRESS\tSTAGE\tINSTALLED\tLAST SEEN\tDETAIL")
+	fmt.Fprintln(tw, "NAME\tMAC\tADDRESS\tSTAGE\tINSTALLED\tPULLED\tLAST SEEN\tDETAIL")
 	for _, m := range ms {
 		addr := "-"
 		if m.Addr.IsValid() {
@@ -266,12 +276,38 @@ func WriteTable(w io.Writer, ms []inventory.Machine, now time.Time) error {
 		if stage == "" {
 			stage = "not seen yet"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", oneLine(name), macs, addr, oneLine(stage), installed, ago(now, m.LastSeen), oneLine(m.Detail))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", oneLine(name), macs, addr, oneLine(stage), installed, PulledText(m.Pulled), ago(now, m.LastSeen), oneLine(m.Detail))
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write status table: %w", err)
 	}
 	return nil
+}
+
+// PulledText is what a machine pulled from the registry mirror, for a
+// table cell: "-" or e.g. "3 images, 812.4 MiB".
+func PulledText(p *inventory.Pulled) string {
+	if p == nil {
+		return "-"
+	}
+	unit := "images"
+	if p.ImageCount == 1 {
+		unit = "image"
+	}
+	return fmt.Sprintf("%d %s, %s", p.ImageCount, unit, humanBytes(p.Bytes))
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n < 1<<10:
+		return fmt.Sprintf("%d B", n)
+	case n < 1<<20:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	case n < 1<<30:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	default:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	}
 }
 
 // oneLine keeps a value on its row: no tabs, newlines or control characters.

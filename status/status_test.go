@@ -108,6 +108,15 @@ func TestMetrics(t *testing.T) {
 	if err := st.AddLog("w1", inventory.LogLine{Msg: "x"}); err != nil {
 		t.Fatal(err)
 	}
+	for _, p := range []struct {
+		image    string
+		manifest bool
+		n        int64
+	}{{"registry.k8s.io/pause:3.10", true, 527}, {"", false, 4096}, {"ghcr.io/siderolabs/kubelet:v1.35.0", true, 1000}} {
+		if err := st.AddPull("w1", p.image, p.manifest, p.n); err != nil {
+			t.Fatal(err)
+		}
+	}
 	extra := prometheus.NewCounter(prometheus.CounterOpts{Name: "rackboot_test_extra_total", Help: "x"})
 	extra.Add(7)
 	h, err := Handler(st, WithCollectors(extra))
@@ -123,6 +132,8 @@ func TestMetrics(t *testing.T) {
 		`rackboot_events_total{stage="dhcp"} 3`,
 		`rackboot_events_total{stage="installed"} 1`,
 		`rackboot_kernel_log_lines_total 1`,
+		`rackboot_registry_pulled_bytes_total{machine="w1"} 5623`,
+		`rackboot_registry_pulled_images{machine="w1"} 2`,
 		`rackboot_test_extra_total 7`,
 	} {
 		if !strings.Contains(body, want+"\n") {
@@ -145,6 +156,12 @@ func TestFetchAndTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	st.Record(pxe.Event{MAC: mustMAC(t, "02:00:00:00:00:99"), Stage: pxe.StageDiscovered, Time: t0.Add(-3 * time.Hour)})
+	if err := st.AddPull("cp1", "factory.talos.dev/metal-installer/x:v1.13.0", true, 1024); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.AddPull("cp1", "", false, 3<<20); err != nil {
+		t.Fatal(err)
+	}
 	h, err := Handler(st)
 	if err != nil {
 		t.Fatal(err)
@@ -160,9 +177,9 @@ func TestFetchAndTable(t *testing.T) {
 	}
 	got := buf.String()
 	want := "" +
-		"NAME       MAC                ADDRESS     STAGE       INSTALLED  LAST SEEN  DETAIL\n" +
-		"(unknown)  02:00:00:00:00:99  -           discovered  no         3h ago     \n" +
-		"cp1        02:00:00:00:00:01  10.99.0.10  installed   yes        10s ago    install done, rebooting \n"
+		"NAME       MAC                ADDRESS     STAGE       INSTALLED  PULLED            LAST SEEN  DETAIL\n" +
+		"(unknown)  02:00:00:00:00:99  -           discovered  no         -                 3h ago     \n" +
+		"cp1        02:00:00:00:00:01  10.99.0.10  installed   yes        1 image, 3.0 MiB  10s ago    install done, rebooting \n"
 	if got != want {
 		t.Fatalf("table:\n%s\nwant:\n%s", got, want)
 	}

@@ -34,6 +34,16 @@ function ago(now, iso) {
   return Math.floor(s / 3600) + "h ago";
 }
 
+// What the machine pulled from the registry mirror (images, bytes).
+function pulled(p) {
+  if (!p) return "-";
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let n = p.bytes, u = 0;
+  while (n >= 1024 && u < units.length - 1) { n /= 1024; u++; }
+  const size = (u ? n.toFixed(1) : n) + " " + units[u];
+  return p.imageCount + (p.imageCount === 1 ? " image, " : " images, ") + size;
+}
+
 function row(m, now) {
   const stage = el("td", { class: "stage", "data-stage": m.stage, "data-group": groups[m.stage] || "other" },
     el("span", {}, m.stage || "not seen yet"));
@@ -49,6 +59,7 @@ function row(m, now) {
     el("td", { class: "mono" }, m.addr || "-"),
     stage,
     el("td", { class: "installed" }, m.installed ? "yes" : "no"),
+    el("td", { class: "pulled", title: ((m.pulled || {}).images || []).join("\n") }, pulled(m.pulled)),
     el("td", {}, ago(now, m.lastSeen)),
     el("td", {}, timeline),
     el("td", {}, log));
