@@ -19,7 +19,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 RB=$(realpath -m "${RACKBOOT:-bin/rackboot}")
-ONLY=${BENCH_ONLY:-P1 P2 P3 P4 P5 P6 P7}
+ONLY=${BENCH_ONLY:-P1 P2 P3 P4 P5 P6 P9}
 QUICK=${BENCH_QUICK:-0}
 OUT=${BENCH_OUT:-docs/BENCHMARKS.md}
 BENCHSTAT_VERSION=v0.0.0-20260908200009-22c9c6c9d4da # golang.org/x/perf
@@ -465,15 +465,15 @@ if want P5; then
   fi
 fi
 
-# ================================================================ P4 + P7 netboot
-# P4: PXE via rackboot vs a direct boot. P7: the same PXE boot without the
+# ================================================================ P4 + P9 netboot
+# P4: PXE via rackboot vs a direct boot. P9: the same PXE boot without the
 # lab's RA responder, and on every PXE boot the time iPXE spends in
 # "Configuring (net0 MAC)" (DHCP, then IPv6 autoconfiguration) until "ok".
-if want P4 || want P7; then
+if want P4 || want P9; then
   variants=()
   want P4 && variants+=(direct pxe)
-  want P7 && { want P4 || variants+=(pxe); variants+=(pxe-nora); }
-  log "P4/P7: one VM, power-on → stand-in report: ${variants[*]}, $P4_ROUNDS rounds"
+  want P9 && { want P4 || variants+=(pxe); variants+=(pxe-nora); }
+  log "P4/P9: one VM, power-on → stand-in report: ${variants[*]}, $P4_ROUNDS rounds"
   [ -f "$STANDIN/vmlinuz" ] || die "$STANDIN missing: run \`make standin\`"
   mkns vm; ns=$NS
   ip -n "$ns" link add br0 type bridge
@@ -488,7 +488,7 @@ if want P4 || want P7; then
     -netdev tap,id=n0,ifname=tap0,script=no,downscript=no)
   # Answer iPXE's IPv6 router solicitation as the lab does (lab/ra_linux.go):
   # otherwise iPXE waits ~15 s for IPv6 autoconfiguration on every boot.
-  # Stopped for the pxe-nora boots (P7).
+  # Stopped for the pxe-nora boots (P9).
   ra_pid=
   ra() {
     if [ "$1" = on ] && [ -z "$ra_pid" ]; then
@@ -562,9 +562,9 @@ if want P4 || want P7; then
       log "P4 round $r $s: $(jq -r '.results[0].mean' "$d/h-$s-$r.json") s"
       if [ -n "$conf_pid" ]; then
         stop "$conf_pid"
-        [ -s "$d/conf-$s-$r" ] || die "P7 $s boot $r: no \"Configuring (net0 $MAC) ... ok\" in $serial"
-        awk '{printf "BenchmarkP7/configure 1 %.0f ns/op\n", $1*1e9}' "$d/conf-$s-$r" >>"$RES/p7-$s.txt"
-        log "P7 round $r $s: iPXE Configuring → ok $(cat "$d/conf-$s-$r") s"
+        [ -s "$d/conf-$s-$r" ] || die "P9 $s boot $r: no \"Configuring (net0 $MAC) ... ok\" in $serial"
+        awk '{printf "BenchmarkP9/configure 1 %.0f ns/op\n", $1*1e9}' "$d/conf-$s-$r" >>"$RES/p9-$s.txt"
+        log "P9 round $r $s: iPXE Configuring → ok $(cat "$d/conf-$s-$r") s"
       fi
       stop "$serve_pid"
     done
@@ -576,12 +576,12 @@ if want P4 || want P7; then
     row "P4 netboot, QEMU start → stand-in report (installed) + power-off (s, median of $P4_ROUNDS, TCG)" "PXE via rackboot $(fmt "$a") s" \
       "direct -kernel/-initrd $(fmt "$b") s" "$(ratio "$a" "$b")" "≤ 1.3× direct boot" "$(verdict "$a <= 1.3 * $b")"
   fi
-  if want P7; then
-    a=$(metric "$RES/p7-pxe.txt" P7/configure ns/op | median | awk '{print $1/1e9}')
-    b=$(metric "$RES/p7-pxe-nora.txt" P7/configure ns/op | median | awk '{print $1/1e9}')
+  if want P9; then
+    a=$(metric "$RES/p9-pxe.txt" P9/configure ns/op | median | awk '{print $1/1e9}')
+    b=$(metric "$RES/p9-pxe-nora.txt" P9/configure ns/op | median | awk '{print $1/1e9}')
     ba=$(metric "$RES/p4-pxe.txt" P4/boot ns/op | median | awk '{print $1/1e9}')
     bb=$(metric "$RES/p4-pxe-nora.txt" P4/boot ns/op | median | awk '{print $1/1e9}')
-    row "P7 iPXE \"Configuring\" → ok (DHCP + IPv6 autoconf; s, median of $P4_ROUNDS PXE boots, TCG; whole boot in brackets)" \
+    row "P9 iPXE \"Configuring\" → ok (DHCP + IPv6 autoconf; s, median of $P4_ROUNDS PXE boots, TCG; whole boot in brackets)" \
       "with the lab's RA responder $(fmt "$a") s ($(fmt "$ba") s)" "without it $(fmt "$b") s ($(fmt "$bb") s)" "$(ratio "$a" "$b")" \
       "< 6 s with the responder" "$(verdict "$a < 6")"
   fi
