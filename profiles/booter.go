@@ -24,6 +24,7 @@ type Booter struct {
 	installed func(name string) bool
 	assets    AssetResolver
 	extraArgs []string
+	configOpt []ConfigOption
 
 	mu      sync.Mutex
 	configs map[string][]byte // generated configs, by machine name
@@ -42,6 +43,12 @@ func WithInstalled(f func(name string) bool) BooterOption {
 // lab adds a serial console).
 func WithExtraKernelArgs(args ...string) BooterOption {
 	return func(b *Booter) { b.extraArgs = append(b.extraArgs, args...) }
+}
+
+// WithConfigOptions passes options to every config the Booter generates
+// (WithRegistryHosts: the bundles' registries).
+func WithConfigOptions(opts ...ConfigOption) BooterOption {
+	return func(b *Booter) { b.configOpt = append(b.configOpt, opts...) }
 }
 
 // NewBooter returns a Booter for the rack, with the cluster's secrets.
@@ -113,7 +120,7 @@ func (b *Booter) Config(_ context.Context, name string) ([]byte, error) {
 	if b.rack.Machine(name) == nil {
 		return nil, fmt.Errorf("%w: %q", pxe.ErrUnknownMachine, name)
 	}
-	cfg, err := GenerateConfig(b.rack, name, b.secrets)
+	cfg, err := GenerateConfig(b.rack, name, b.secrets, b.configOpt...)
 	if err != nil {
 		return nil, err
 	}

@@ -66,6 +66,12 @@ type Cluster struct {
 	// IPXEBuild is the iPXE build x64 UEFI machines netboot: full (default)
 	// or snponly (validate_ipxe.go); a machine's own overrides it.
 	IPXEBuild IPXEBuild `yaml:"ipxeBuild,omitempty"`
+	// Offline says the rack has no internet: every config's registry
+	// mirrors (rackboot's, at network.rackboot port RegistryPort) get
+	// skipFallback, so Talos pulls every image from rackboot and never
+	// from the upstream registry. Default false: the upstream is tried
+	// after the mirror. Needs network.rackboot.
+	Offline bool `yaml:"offline,omitempty"`
 }
 
 // Network is the rack's L2/L3 network.
@@ -79,7 +85,10 @@ type Network struct {
 	// network. Every config then carries an EventSinkConfig and a
 	// KmsgLogConfig pointing at it (ports EventsPort and LogPort), so that
 	// events and kernel logs keep coming once Talos runs from disk, and
-	// from ISO/USB installs. Empty: the configs have neither (a warning).
+	// from ISO/USB installs, and a RegistryMirrorConfig per registry the
+	// rack pulls from, naming rackboot's registry mirror
+	// (http://<rackboot>:RegistryPort). Empty: the configs have none of
+	// them (a warning).
 	Rackboot string `yaml:"rackboot,omitempty"`
 }
 

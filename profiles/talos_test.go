@@ -3,9 +3,11 @@ package profiles
 import (
 	"bytes"
 	"flag"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,8 +17,11 @@ import (
 	coreconfig "github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
 	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
+	"github.com/siderolabs/talos/pkg/machinery/config/types/cri"
+	"github.com/siderolabs/talos/pkg/machinery/config/types/meta"
 	"github.com/siderolabs/talos/pkg/machinery/config/types/network"
 	"github.com/siderolabs/talos/pkg/machinery/nethelpers"
+	"go.yaml.in/yaml/v3"
 )
 
 var update = flag.Bool("update", false, "rewrite profiles/testdata/golden/*.yaml (and create testdata/secrets.yaml if missing)")
@@ -156,6 +161,34 @@ func TestGolden(t *testing.T) {
 				t.Fatalf("config for %s differs from %s (if the change is intended: go test ./profiles -run Golden -update)\n%s", m.Name, path, firstDiff(string(want), string(got)))
 			}
 		})
+	}
+}
+
+// TestGoldenOffline is formula's config from the example rack with
+// cluster.offline: true and a bundle registry (WithRegistryHosts), in
+// testdata/golden/offline/formula.yaml: every mirror has skipFallback.
+func TestGoldenOffline(t *testing.T) {
+	r := exampleRack(t)
+	r.Cluster.Offline = true
+	got, err := GenerateConfig(r, "formula", testBundle(t), WithRegistryHosts("registry.example.com:5000", "index.docker.io"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join("testdata", "golden", "offline", "formula.yaml")
+	if *update {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (write it with: go test ./profiles -run Golden -update)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("offline config for formula differs from %s (if the change is intended: go test ./profiles -run Golden -update)\n%s", path, firstDiff(string(want), string(got)))
 	}
 }
 
@@ -526,4 +559,205 @@ func TestNoRackbootAddressNoRuntimeDocs(t *testing.T) {
 	if us := cfg.Runtime().KmsgLogURLs(); len(us) != 1 || us[0].String() != "udp://[fd00::2]:4003" {
 		t.Fatalf("kernel log URLs %v", us)
 	}
+}
+
+// wantMirrors checks, through machinery's own accessor
+// (config.Provider.RegistryMirrorConfigs, which Talos's
+// RegistriesConfigController reads), that exactly hosts are mirrored, each
+// to endpoint alone with skipFallback as given.
+func wantMirrors(t *testing.T, cfg coreconfig.Provider, hosts []string, endpoint string, skipFallback bool) {
+	t.Helper()
+	mirrors := cfg.RegistryMirrorConfigs()
+	if len(mirrors) != len(hosts) {
+		got := make([]string, 0, len(mirrors))
+		for h := range mirrors {
+			got = append(got, h)
+		}
+		slices.Sort(got)
+		t.Fatalf("mirrored registries %v, want %v", got, hosts)
+	}
+	for _, h := range hosts {
+		m, ok := mirrors[h]
+		if !ok {
+			t.Fatalf("no mirror for %s", h)
+		}
+		eps := m.Endpoints()
+		if len(eps) != 1 || eps[0].Endpoint() != endpoint || eps[0].OverridePath() {
+			t.Fatalf("mirror %s endpoints %+v, want only %s (with /v2 added)", h, eps, endpoint)
+		}
+		if m.SkipFallback() != skipFallback {
+			t.Fatalf("mirror %s skipFallback %v, want %v", h, m.SkipFallback(), skipFallback)
+		}
+	}
+}
+
+// TestRegistryMirrors loads generated configs with machinery's loader and
+// checks every mirror: the five default registries (and those a caller
+// adds) point at http://<rackboot>:5000, falling back to the upstream
+// unless the rack is offline; ISO/USB configs are GenerateConfig's too.
+func TestRegistryMirrors(t *testing.T) {
+	b := testBundle(t)
+	defaults := []string{"docker.io", "factory.talos.dev", "ghcr.io", "quay.io", "registry.k8s.io"}
+	extra := append(slices.Clone(defaults), "nvcr.io", "registry.example.com:5000")
+	slices.Sort(extra)
+	tests := []struct {
+		name     string
+		offline  bool
+		rackboot string
+		opts     []ConfigOption
+		hosts    []string
+		endpoint string
+	}{
+		{"online", false, "192.168.1.2", nil, defaults, "http://192.168.1.2:5000"},
+		{"offline", true, "192.168.1.2", nil, defaults, "http://192.168.1.2:5000"},
+		{"extra-hosts", false, "192.168.1.2", []ConfigOption{WithRegistryHosts("nvcr.io", "registry.example.com:5000", "ghcr.io", "registry-1.docker.io")}, extra, "http://192.168.1.2:5000"},
+		{"extra-hosts-offline", true, "192.168.1.2", []ConfigOption{WithRegistryHosts("nvcr.io"), WithRegistryHosts("registry.example.com:5000", "index.docker.io")}, extra, "http://192.168.1.2:5000"},
+		{"ipv6", true, "fd00::2", nil, defaults, "http://[fd00::2]:5000"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := exampleRack(t)
+			r.Cluster.Offline = tc.offline
+			r.Cluster.Network.Rackboot = tc.rackboot
+			for _, m := range []string{"formula", "lailah"} { // a control plane, a worker
+				data, err := GenerateConfig(r, m, b, tc.opts...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg := loadConfig(t, data)
+				if _, err := cfg.Validate(metalMode{}); err != nil {
+					t.Fatalf("metal validation of %s: %v", m, err)
+				}
+				wantMirrors(t, cfg, tc.hosts, tc.endpoint, tc.offline)
+				// The deprecated v1alpha1 machine.registries stays empty:
+				// the documents are the only source.
+				if regs := cfg.RawV1Alpha1().MachineConfig.MachineRegistries; len(regs.RegistryMirrors) != 0 {
+					t.Fatalf("%s has v1alpha1 machine.registries.mirrors %v", m, regs.RegistryMirrors)
+				}
+			}
+		})
+	}
+}
+
+// TestRegistryMirrorsNeedRackboot: no rackboot address, no mirror (validate
+// warns); offline without it is refused, saying what to write.
+func TestRegistryMirrorsNeedRackboot(t *testing.T) {
+	r, err := Load("solo.yaml", []byte(singleNodeRack))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := GenerateConfig(r, "one", testBundle(t), WithRegistryHosts("nvcr.io"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(data), "RegistryMirrorConfig") {
+		t.Fatal("config has RegistryMirrorConfig without cluster.network.rackboot")
+	}
+	if n := len(loadConfig(t, data).RegistryMirrorConfigs()); n != 0 {
+		t.Fatalf("%d mirrors without cluster.network.rackboot", n)
+	}
+	r.Cluster.Offline = true
+	_, err = GenerateConfig(r, "one", testBundle(t))
+	if err == nil || !strings.Contains(err.Error(), "cluster.offline is true but cluster.network.rackboot") || !strings.Contains(err.Error(), "write rackboot:") {
+		t.Fatalf("offline without rackboot: err %v, want one naming cluster.network.rackboot", err)
+	}
+}
+
+// TestRegistryMirrorsPatchedByRack: a rack patch can still change a mirror
+// (Talos merges a RegistryMirrorConfig patch by kind and name) and add one.
+func TestRegistryMirrorsPatchedByRack(t *testing.T) {
+	r := exampleRack(t)
+	r.Cluster.Offline = true
+	var p Patch
+	if err := yaml.Unmarshal([]byte(`|
+  apiVersion: v1alpha1
+  kind: RegistryMirrorConfig
+  name: mirror.gcr.io
+  endpoints:
+    - url: http://192.168.1.2:5000
+  skipFallback: true
+`), &p); err != nil {
+		t.Fatal(err)
+	}
+	r.Cluster.Patches = append(r.Cluster.Patches, p)
+	data, err := GenerateConfig(r, "lailah", testBundle(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hosts := append(DefaultRegistryHosts(), "mirror.gcr.io")
+	slices.Sort(hosts)
+	wantMirrors(t, loadConfig(t, data), hosts, "http://192.168.1.2:5000", true)
+}
+
+func TestNormalizeRegistryHost(t *testing.T) {
+	tests := []struct {
+		in, want string
+		err      string // substring; "" for none
+	}{
+		{"ghcr.io", "ghcr.io", ""},
+		{"registry.k8s.io", "registry.k8s.io", ""},
+		{"index.docker.io", "docker.io", ""},
+		{"registry-1.docker.io", "docker.io", ""},
+		{"docker.io", "docker.io", ""},
+		{"localhost:5000", "localhost:5000", ""},
+		{"registry.example.com:5000", "registry.example.com:5000", ""},
+		{"10.0.0.2:5000", "10.0.0.2:5000", ""},
+		{"[fd00::2]:5000", "[fd00::2]:5000", ""},
+		{"[fd00::2]", "[fd00::2]", ""},
+		{"", "", "is not a registry name"},
+		{"*", "", "named registries only"},
+		{"https://ghcr.io", "", "no scheme, no path"},
+		{"ghcr.io/siderolabs", "", "no scheme, no path"},
+		{"-bad.io", "", "is not a registry name"},
+		{"ghcr.io:0", "", "is not a port number"},
+		{"ghcr.io:99999", "", "is not a port number"},
+		{"[zz::1]:5000", "", "is not a registry name"},
+		{"[1:2]:5000", "", "is not an IPv6 address"},
+		{"ghcr.io ", "", "is not a registry name"},
+	}
+	for _, tc := range tests {
+		got, err := NormalizeRegistryHost(tc.in)
+		switch {
+		case tc.err == "" && (err != nil || got != tc.want):
+			t.Errorf("NormalizeRegistryHost(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("NormalizeRegistryHost(%q) = %q, %v; want an error with %q", tc.in, got, err, tc.err)
+		}
+	}
+	// A bad extra host fails generation, even without a mirror to write.
+	r, err := Load("solo.yaml", []byte(singleNodeRack))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := GenerateConfig(r, "one", testBundle(t), WithRegistryHosts("https://nvcr.io")); err == nil || !strings.Contains(err.Error(), `registry host "https://nvcr.io"`) {
+		t.Fatalf("bad registry host: err %v", err)
+	}
+}
+
+// FuzzNormalizeRegistryHost: what it accepts is a host Talos takes as a
+// mirror name (the document validates, the URL of a mirror on it parses),
+// and normalizing twice changes nothing.
+func FuzzNormalizeRegistryHost(f *testing.F) {
+	for _, s := range []string{"ghcr.io", "index.docker.io", "localhost:5000", "[fd00::2]:5000", "*", "a/b", "https://x", "x:0", "[::1]"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, host string) {
+		n, err := NormalizeRegistryHost(host)
+		if err != nil {
+			return
+		}
+		again, err := NormalizeRegistryHost(n)
+		if err != nil || again != n {
+			t.Fatalf("normalize(%q) = %q, then %q, %v", host, n, again, err)
+		}
+		u, err := url.Parse("http://" + n + "/v2/")
+		if err != nil || u.Host != n {
+			t.Fatalf("host %q does not make a URL host: %v, %v", n, u, err)
+		}
+		d := cri.NewRegistryMirrorConfigV1Alpha1(n)
+		d.RegistryEndpoints = []cri.RegistryEndpoint{{EndpointURL: meta.URL{URL: u}}}
+		if _, err := d.Validate(metalMode{}); err != nil {
+			t.Fatalf("mirror %q: %v", n, err)
+		}
+	})
 }

@@ -207,16 +207,24 @@ func (c *checker) network() {
 }
 
 // rackbootAddr checks cluster.network.rackboot, where every config sends
-// Talos's events and kernel log (talos.go, runtimeDocs). It runs before the
+// Talos's events and kernel log (talos.go, runtimeDocs) and pulls its
+// images from (registryDocs), and that cluster.offline has it. It runs before the
 // VIP is parsed; the VIP and machine addresses are compared with it there.
 func (c *checker) rackbootAddr() {
 	n := &c.r.Cluster.Network
 	const path = "cluster.network.rackboot"
 	if n.Rackboot == "" {
-		c.warnf("cluster.network", "cluster.network.rackboot is missing, so the configs carry no EventSinkConfig or KmsgLogConfig: "+
+		if c.r.Cluster.Offline {
+			c.errf("cluster.offline", "offline: true needs cluster.network.rackboot: an offline rack pulls every image from rackboot's registry mirror, "+
+				"and without rackboot's address the configs name no mirror, so no machine could pull its installer or Kubernetes images; "+
+				"write rackboot: <this computer's address on the rack network> under cluster.network, e.g. rackboot: %s, or remove offline: true", c.free())
+			return
+		}
+		c.warnf("cluster.network", "cluster.network.rackboot is missing, so the configs carry no EventSinkConfig or KmsgLogConfig and no registry mirror: "+
 			"once installed, Talos boots its own kernel command line without the netboot's talos.events.sink= and talos.logging.kernel=, "+
 			"and an ISO or USB install never had them, so rackboot hears nothing from the machine (not even that it installed, for ISO/USB); "+
-			"write rackboot: <this computer's address on the rack network>, e.g. rackboot: %s", c.free())
+			"and every machine pulls its images from the internet, not from rackboot's registry mirror (port %d); "+
+			"write rackboot: <this computer's address on the rack network>, e.g. rackboot: %s", RegistryPort, c.free())
 		return
 	}
 	a, err := netip.ParseAddr(n.Rackboot)

@@ -79,7 +79,8 @@ func TestBadRacks(t *testing.T) {
 		{"lab-size", "22:13", false, `size "2GB" is not a disk size`},
 		{"even-controlplanes", "12:3", true, "2 control planes cannot lose either etcd member"},
 		{"second-document", "22:1", false, "a second YAML document starts here"},
-		{"no-rackboot", "8:5", true, "cluster.network.rackboot is missing, so the configs carry no EventSinkConfig or KmsgLogConfig"},
+		{"no-rackboot", "8:5", true, "cluster.network.rackboot is missing, so the configs carry no EventSinkConfig or KmsgLogConfig and no registry mirror"},
+		{"offline-no-rackboot", "7:12", false, "offline: true needs cluster.network.rackboot: an offline rack pulls every image from rackboot's registry mirror, and without rackboot's address the configs name no mirror, so no machine could pull its installer or Kubernetes images; write rackboot: <this computer's address on the rack network> under cluster.network, e.g. rackboot: 10.0.0.2, or remove offline: true"},
 		{"rackboot-outside", "11:15", false, "rackboot 10.0.1.2 is outside the subnet 10.0.0.0/24"},
 		{"two-macs", "16:12", true, "cp1 lists 2 MACs, and its config finds the rack NIC (for its address and the VIP) by the first only, 52:54:00:00:00:01"},
 		{"cmdline-too-long", "13:17", false, "the netboot kernel command line of cp1 would be up to"},
@@ -521,5 +522,32 @@ func TestRackbootAddressClashes(t *testing.T) {
 		if !ps.Errors() || !slices.ContainsFunc(ps, func(p Problem) bool { return strings.Contains(p.Msg, tc.want) }) {
 			t.Errorf("%s → %s: want an error %q, got:\n%s", tc.from, tc.to, tc.want, ps.Error())
 		}
+	}
+}
+
+// TestOfflineRack: cluster.offline loads as a bool, a rack with rackboot
+// and offline: true validates clean (its configs pass Talos's metal
+// validation with skipFallback on every mirror), and a value that is not
+// a bool is an error at its place.
+func TestOfflineRack(t *testing.T) {
+	data, err := os.ReadFile("testdata/good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	offline := strings.Replace(string(data), "  vip: 10.0.0.10\n", "  vip: 10.0.0.10\n  offline: true\n", 1)
+	r, err := Load("rack.yaml", []byte(offline))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Cluster.Offline {
+		t.Fatal("cluster.offline: true did not load")
+	}
+	if ps := r.Validate(); len(ps) != 0 {
+		t.Errorf("offline rack with rackboot:\n%s", ps.Error())
+	}
+	_, err = Load("rack.yaml", []byte(strings.Replace(offline, "offline: true", "offline: always", 1)))
+	var ps Problems
+	if !errors.As(err, &ps) || len(ps) != 1 || !strings.HasPrefix(ps[0].String(), "rack.yaml:9:12: error:") || !strings.Contains(ps[0].Msg, "into bool") {
+		t.Errorf("offline: always: want one error at 9:12 about a bool, got %v", err)
 	}
 }
