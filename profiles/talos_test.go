@@ -663,8 +663,9 @@ func TestRegistryMirrorsNeedRackboot(t *testing.T) {
 	}
 }
 
-// TestRegistryMirrorsPatchedByRack: a rack patch can still change a mirror
-// (Talos merges a RegistryMirrorConfig patch by kind and name) and add one.
+// TestRegistryMirrorsPatchedByRack: a rack patch can add a mirror document;
+// one setting the deprecated machine.registries.mirrors for a registry
+// rackboot mirrors changes nothing (documents win by name).
 func TestRegistryMirrorsPatchedByRack(t *testing.T) {
 	r := exampleRack(t)
 	r.Cluster.Offline = true
@@ -679,10 +680,19 @@ func TestRegistryMirrorsPatchedByRack(t *testing.T) {
 `), &p); err != nil {
 		t.Fatal(err)
 	}
-	r.Cluster.Patches = append(r.Cluster.Patches, p)
+	// The deprecated v1alpha1 field for a registry rackboot mirrors is
+	// shadowed by rackboot's document (validate warns).
+	var shadow Patch
+	if err := yaml.Unmarshal([]byte(`{machine: {registries: {mirrors: {docker.io: {endpoints: ["https://mirror.example.com"]}}}}}`), &shadow); err != nil {
+		t.Fatal(err)
+	}
+	r.Cluster.Patches = append(r.Cluster.Patches, p, shadow)
 	data, err := GenerateConfig(r, "lailah", testBundle(t))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), "https://mirror.example.com") {
+		t.Fatal("the machine.registries patch did not reach the config")
 	}
 	hosts := append(DefaultRegistryHosts(), "mirror.gcr.io")
 	slices.Sort(hosts)

@@ -101,6 +101,7 @@ func talosProblems(r *Rack) Problems {
 	}
 
 	reported := map[int]bool{} // cluster patches already reported as failing
+	shadowed := map[string]bool{}
 	for i := range r.Machines {
 		m := &r.Machines[i]
 		at := fmt.Sprintf("machines[%d]", i)
@@ -160,6 +161,7 @@ func talosProblems(r *Rack) Problems {
 		if !patchesOK {
 			continue // validating a half-patched config would only add noise
 		}
+		shadowedMirrors(r, cfg, at, m.Name, shadowed, add)
 		warnings, err := cfg.Validate(metalMode{})
 		if err != nil {
 			add(at, false, "the Talos config of %s fails metal validation: %s; fix the rack fields or patches that set it (see `rackboot config %s`)", m.Name, oneLine(err), m.Name)
@@ -169,6 +171,29 @@ func talosProblems(r *Rack) Problems {
 		}
 	}
 	return ps
+}
+
+// shadowedMirrors warns, once per registry, about a patch that sets the
+// deprecated machine.registries.mirrors for a registry rackboot mirrors:
+// Talos reads the RegistryMirrorConfig document of that name instead (M
+// config/container/container.go RegistryMirrorConfigs: documents override
+// v1alpha1 entries by name), so the patch does nothing.
+func shadowedMirrors(r *Rack, cfg coreconfig.Provider, at, name string, done map[string]bool, add func(path string, warning bool, format string, args ...any)) {
+	if _, ok := r.RegistryURL(); !ok {
+		return
+	}
+	raw := cfg.RawV1Alpha1()
+	if raw == nil || raw.MachineConfig == nil {
+		return
+	}
+	for _, h := range DefaultRegistryHosts() {
+		if _, set := raw.MachineConfig.MachineRegistries.RegistryMirrors[h]; !set || done[h] {
+			continue
+		}
+		done[h] = true
+		add(at, true, "a patch of %s sets machine.registries.mirrors[%q], which Talos ignores: rackboot's RegistryMirrorConfig document %q (its registry mirror) takes that registry's place; "+
+			"to add an endpoint after rackboot's, patch with a document instead: apiVersion: v1alpha1, kind: RegistryMirrorConfig, name: %s, endpoints: [{url: ...}]", name, h, h, h)
+	}
 }
 
 // checkVersions checks the Talos and Kubernetes versions; false means that

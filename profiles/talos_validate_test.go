@@ -78,6 +78,12 @@ func TestTalosProblems(t *testing.T) {
 			name: "cluster patch reported once for all machines", from: "  network:\n", to: "  patches:\n    - cluster:\n        network:\n          podSubnets: [\"10.244.0.0/16\"]\n          podSubnetz: x\n  network:\n",
 			marker: "    - cluster:", want: []string{"does not load", "podSubnetz"},
 		},
+		{
+			// Once for both machines; mirror.gcr.io is not rackboot's.
+			name: "patch sets a v1alpha1 mirror rackboot's document shadows", from: "    gateway: 10.0.0.1\n",
+			to:     "    gateway: 10.0.0.1\n    rackboot: 10.0.0.2\n  patches:\n    - machine:\n        registries:\n          mirrors:\n            docker.io: {endpoints: [\"https://mirror.example.com\"]}\n            mirror.gcr.io: {endpoints: [\"https://mirror.example.com\"]}\n",
+			marker: "- name: one", warning: true, want: []string{`machine.registries.mirrors["docker.io"], which Talos ignores`, "kind: RegistryMirrorConfig, name: docker.io"},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if !strings.Contains(singleNodeRack, tc.from) {
