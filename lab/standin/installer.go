@@ -1,0 +1,176 @@
+package standin
+
+import (
+	"archive/tar"
+	"bufio"
+	"compress/gzip"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/siderolabs/talos/pkg/machinery/constants"
+)
+
+// InstallerKernelPath and InstallerInitramfsPath are where the installer
+// image's layer holds the boot assets for arch: Talos's own paths
+// (machinery constants KernelAssetPath, InitramfsAssetPath:
+// /usr/install/<arch>/vmlinuz and /usr/install/<arch>/initramfs.xz, as
+// Talos's Dockerfile install-artifacts stage and, before v1.10, the
+// imager's installer artifacts layer place them), without the leading
+// slash. The initramfs keeps Talos's name but is gzip (the kernel goes
+// by the content, not the name). Talos v1.10+ metal installers carry a
+// UKI (vmlinuz.efi) and systemd-boot.efi instead: the stand-in boots
+// kernel + initramfs through its loader entry, so it ships those.
+func InstallerKernelPath(arch string) string {
+	return strings.TrimPrefix(fmt.Sprintf(constants.KernelAssetPath, arch), "/")
+}
+
+// InstallerInitramfsPath: see InstallerKernelPath.
+func InstallerInitramfsPath(arch string) string {
+	return strings.TrimPrefix(fmt.Sprintf(constants.InitramfsAssetPath, arch), "/")
+}
+
+// InstallerImage is the stand-in's installer image for arch, built from
+// dir as `make standin` leaves it (vmlinuz, initramfs.cpio.gz): one layer
+// holding the kernel and the installed system's initramfs (the first,
+// gzip, archive of initramfs.cpio.gz: what the stand-in's install writes
+// to the ESP) at Talos's installer paths, the config for linux/arch.
+// Like Talos's imager (pkg/imager/out.go outInstaller, filemap.Layer): an
+// OCI manifest and config, a gzip tar layer with entries sorted by name;
+// reproducible here (fixed mtimes and owners, no creation time), so the
+// same files give the same digest.
+func InstallerImage(dir, arch string) (v1.Image, error) {
+	if arch != "amd64" && arch != "arm64" {
+		return nil, fmt.Errorf("installer image: architecture %q (want amd64 or arm64)", arch)
+	}
+	kernel := filepath.Join(dir, KernelFile)
+	initrd := filepath.Join(dir, InitramfsFile)
+	for _, p := range []string{kernel, initrd} {
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("installer image: %w (run make standin)", err)
+		}
+	}
+	baseLen, err := firstGzipMember(initrd)
+	if err != nil {
+		return nil, fmt.Errorf("installer image: %s: %w", initrd, err)
+	}
+	entries := []layerFile{
+		{name: InstallerKernelPath(arch), src: kernel, size: -1},
+		{name: InstallerInitramfsPath(arch), src: initrd, size: baseLen},
+	}
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return tarLayer(entries), nil
+	}, tarball.WithMediaType(types.OCILayer))
+	if err != nil {
+		return nil, fmt.Errorf("installer image: layer: %w", err)
+	}
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", arch
+	cf.Config.Labels = map[string]string{"org.opencontainers.image.title": "rackboot stand-in installer"}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		return nil, fmt.Errorf("installer image: config: %w", err)
+	}
+	if img, err = mutate.AppendLayers(img, layer); err != nil {
+		return nil, fmt.Errorf("installer image: %w", err)
+	}
+	return img, nil
+}
+
+// layerFile is one file of the layer: the first size bytes of src (all of
+// it when size < 0).
+type layerFile struct {
+	name string
+	src  string
+	size int64
+}
+
+// tarLayer streams the tar of files (in the order given: sorted by name),
+// mode 0644, owner 0, mtime 0.
+func tarLayer(files []layerFile) io.ReadCloser {
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(func() error {
+			tw := tar.NewWriter(pw)
+			for _, f := range files {
+				in, err := os.Open(f.src)
+				if err != nil {
+					return err
+				}
+				size := f.size
+				if size < 0 {
+					st, err := in.Stat()
+					if err != nil {
+						in.Close()
+						return err
+					}
+					size = st.Size()
+				}
+				err = tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: size, Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0), Format: tar.FormatPAX})
+				if err == nil {
+					_, err = io.CopyN(tw, in, size)
+				}
+				in.Close()
+				if err != nil {
+					return fmt.Errorf("%s: %w", f.name, err)
+				}
+			}
+			return tw.Close()
+		}())
+	}()
+	return pr
+}
+
+// firstGzipMember is the length of the gzip member that starts path.
+func firstGzipMember(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	cr := &byteCounter{r: bufio.NewReader(f)}
+	zr, err := gzip.NewReader(cr)
+	if err != nil {
+		return 0, err
+	}
+	zr.Multistream(false)
+	if _, err := io.Copy(io.Discard, zr); err != nil {
+		return 0, err
+	}
+	return cr.n, nil
+}
+
+// byteCounter counts what gzip consumed: it is an io.ByteReader, so
+// gzip/flate read through it without a buffer of their own.
+type byteCounter struct {
+	r *bufio.Reader
+	n int64
+}
+
+func (c *byteCounter) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *byteCounter) ReadByte() (byte, error) {
+	b, err := c.r.ReadByte()
+	if err == nil {
+		c.n++
+	}
+	return b, err
+}
+
