@@ -3,9 +3,9 @@ package registry
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -73,6 +73,9 @@ func ParseRef(s string) (Ref, error) {
 	if i := strings.LastIndexByte(rest, ':'); i >= 0 && !strings.Contains(rest[i:], "/") {
 		r.Tag = rest[i+1:]
 		rest = rest[:i]
+		if !tagRE.MatchString(r.Tag) {
+			return Ref{}, fmt.Errorf("image reference %q: bad tag %q", s, r.Tag)
+		}
 	}
 	host, repo, ok := strings.Cut(rest, "/")
 	if !ok || !isHost(host) {
@@ -88,17 +91,29 @@ func ParseRef(s string) (Ref, error) {
 	if r.Tag == "" && r.Digest == nil {
 		r.Tag = "latest"
 	}
-	// go-containerregistry's strict validation checks the characters
-	// (lowercase repository path components, tag grammar, host:port).
-	if _, err := name.NewRepository(r.Repository(), name.StrictValidation); err != nil {
-		return Ref{}, fmt.Errorf("image reference %q: %w", s, err)
+	if !validHost(r.Registry) {
+		return Ref{}, fmt.Errorf("image reference %q: bad registry host %q", s, r.Registry)
 	}
-	if r.Tag != "" {
-		if _, err := name.NewTag(r.Repository()+":"+r.Tag, name.StrictValidation); err != nil {
-			return Ref{}, fmt.Errorf("image reference %q: %w", s, err)
-		}
+	if !validRepo(r.Repo) {
+		return Ref{}, fmt.Errorf("image reference %q: bad repository %q (lowercase letters, digits and . _ - between them, / between path components)", s, r.Repo)
 	}
 	return r, nil
+}
+
+// repoComponentRE is one path component of a repository, as the
+// distribution reference grammar has it.
+var repoComponentRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$`)
+
+func validRepo(repo string) bool {
+	if repo == "" || len(repo) > 255 {
+		return false
+	}
+	for _, c := range strings.Split(repo, "/") {
+		if !repoComponentRE.MatchString(c) {
+			return false
+		}
+	}
+	return true
 }
 
 // isHost reports whether the first element of a reference or of a request

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -42,9 +41,7 @@ func (s *Store) snapshot() (*snapshot, error) {
 	switch {
 	case err == nil:
 		key = snapshotKey{size: fi.Size(), mtime: fi.ModTime()}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			key.ino = uint64(st.Ino)
-		}
+		_, key.ino = fileID(fi)
 	case errors.Is(err, fs.ErrNotExist):
 	default:
 		return nil, fmt.Errorf("read image store index: %w", err)
