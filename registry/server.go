@@ -181,7 +181,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		}, []string{"kind", "code"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rackboot_registry_sent_bytes_total",
-			Help: "Body bytes the registry mirror sent, by kind.",
+			Help: "Manifest and blob bytes the registry mirror served (2xx bodies), by kind.",
 		}, []string{"kind"}),
 		corrupt: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rackboot_registry_corrupt_blobs_total",
@@ -211,7 +211,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer func() {
 		ev.Status, ev.Bytes = cw.status, cw.n
 		h.requests.WithLabelValues(string(ev.Kind), strconv.Itoa(ev.Status)).Inc()
-		h.bytes.WithLabelValues(string(ev.Kind)).Add(float64(ev.Bytes))
+		if ev.Status < 300 {
+			h.bytes.WithLabelValues(string(ev.Kind)).Add(float64(ev.Bytes))
+		}
 		if h.observer != nil {
 			h.observer(ev)
 		}
