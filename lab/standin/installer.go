@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -66,6 +67,8 @@ func InstallerImage(dir, arch string) (v1.Image, error) {
 		{name: InstallerKernelPath(arch), src: kernel, size: -1},
 		{name: InstallerInitramfsPath(arch), src: initrd, size: baseLen},
 	}
+	// Sorted by name, as Talos's filemap.Layer.
+	slices.SortFunc(entries, func(a, b layerFile) int { return strings.Compare(a.name, b.name) })
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return tarLayer(entries), nil
 	}, tarball.WithMediaType(types.OCILayer))
@@ -173,4 +176,3 @@ func (c *byteCounter) ReadByte() (byte, error) {
 	}
 	return b, err
 }
-

@@ -234,7 +234,8 @@ func (c *Client) pullOnce(ctx context.Context, ref Ref, eps []Endpoint, parent s
 	if m.Index != nil {
 		d, err := SelectPlatform(m.Index, c.cfg.Arch)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", desc.Digest, err)
+			// containerd: "no match for platform in manifest: not found".
+			return nil, fmt.Errorf("%s: %w: %w", desc.Digest, err, ErrNotFound)
 		}
 		if m, err = a.manifest(ctx, d); err != nil {
 			return nil, err
