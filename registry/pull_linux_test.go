@@ -8,7 +8,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -245,5 +244,3 @@ func TestPullDigestMismatch(t *testing.T) {
 		t.Fatalf("List after a failed pull: %+v", l)
 	}
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -261,4 +262,12 @@ func counter(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// flipped returns b with one byte altered.
+func flipped(b []byte) []byte {
+	c := bytes.Clone(b)
+	c[len(c)/2] ^= 0xff
+	return c
 }

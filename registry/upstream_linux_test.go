@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"net/http"
@@ -218,11 +217,4 @@ func rawOf(t *testing.T, x interface{ RawManifest() ([]byte, error) }) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-// flipped returns b with one byte altered.
-func flipped(b []byte) []byte {
-	c := bytes.Clone(b)
-	c[len(c)/2] ^= 0xff
-	return c
 }
