@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 
@@ -103,4 +104,27 @@ func bootMAC(t *testing.T, s string) net.HardwareAddr {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// TestBooterConfigOptions: the netboot configs carry WithConfigOptions'
+// extra registries beside the default ones, and equal GenerateConfig's with
+// the same options (netboot and ISO/USB configs agree).
+func TestBooterConfigOptions(t *testing.T) {
+	r := exampleRack(t)
+	opt := WithRegistryHosts("nvcr.io")
+	b := NewBooter(r, testBundle(t), nil, WithConfigOptions(opt))
+	got, err := b.Config(context.Background(), "amdusias-ii")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := GenerateConfig(r, "amdusias-ii", testBundle(t), opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(want) {
+		t.Fatalf("the Booter's config differs from GenerateConfig's with the same options\n%s", firstDiff(string(want), string(got)))
+	}
+	hosts := append(DefaultRegistryHosts(), "nvcr.io")
+	slices.Sort(hosts)
+	wantMirrors(t, loadConfig(t, got), hosts, "http://192.168.1.2:5000", false)
 }
