@@ -465,8 +465,7 @@ func transientRedfish(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) || isCertError(err) {
 		return false
 	}
-	var re *schemas.Error
-	if errors.As(err, &re) {
+	if re, ok := asRedfishError(err); ok {
 		c := re.HTTPReturnedStatusCode
 		return c == 429 || c == 500 || c == 502 || c == 503 || c == 504
 	}
@@ -476,10 +475,27 @@ func transientRedfish(err error) bool {
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)
 }
 
-// redfishErr puts a Redfish failure in the user's words.
-func redfishErr(err error, cfg *Config) error {
+// asRedfishError finds the BMC's error answer in err, also inside
+// gofish's error for a collection (one failure per member).
+func asRedfishError(err error) (*schemas.Error, bool) {
 	var re *schemas.Error
 	if errors.As(err, &re) {
+		return re, true
+	}
+	var ce *schemas.CollectionError
+	if errors.As(err, &ce) {
+		for _, f := range ce.Failures {
+			if errors.As(f, &re) {
+				return re, true
+			}
+		}
+	}
+	return nil, false
+}
+
+// redfishErr puts a Redfish failure in the user's words.
+func redfishErr(err error, cfg *Config) error {
+	if re, ok := asRedfishError(err); ok {
 		switch re.HTTPReturnedStatusCode {
 		case http.StatusUnauthorized:
 			return fmt.Errorf("%w (HTTP 401 for user %q): check the BMC user and password", ErrAuth, cfg.User)
