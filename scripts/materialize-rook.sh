@@ -5,7 +5,10 @@
 # is committed.
 #
 #   OUTDIR/crds.yaml OUTDIR/common.yaml OUTDIR/operator.yaml OUTDIR/csi-operator.yaml
+#   OUTDIR/images.txt
 #                    deploy/examples/<file> of the module, unchanged
+#                    (images.txt is Rook's list of the images a release uses;
+#                    bundles/rook checks the CSI images it pins against it)
 #   OUTDIR/SOURCE    module, version, go.sum h1 hash, sha256 of each file
 #
 # `go mod download -json` runs in an empty temp module, outside rackboot's
@@ -22,7 +25,7 @@ MODULE=github.com/rook/rook
 VERSION=v1.18.8
 # go.sum line of the module zip: `github.com/rook/rook v1.18.8 h1:...`.
 PIN_SUM=h1:O4HBcdlqJE3QxysMUSeNfG9nljvbrVuuB9ygTfn5vfE=
-FILES=(crds.yaml common.yaml operator.yaml csi-operator.yaml)
+FILES=(crds.yaml common.yaml operator.yaml csi-operator.yaml images.txt)
 GO=${GO:-go}
 
 die() { echo "materialize-rook: $*" >&2; exit 1; }

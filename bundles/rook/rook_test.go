@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -79,15 +80,24 @@ func TestUpstreamMissingAndWrong(t *testing.T) {
 	deploy := func(img string) []byte {
 		return []byte("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: rook-ceph-operator, namespace: rook-ceph}\nspec:\n  template:\n    spec:\n      containers: [{name: op, image: " + img + "}]\n")
 	}
+	opConfig := "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: rook-ceph-operator-config, namespace: rook-ceph}\ndata:\n  ROOK_LOG_LEVEL: INFO\n  # ROOK_CSI_CEPH_IMAGE: \"quay.io/cephcsi/cephcsi:v3.15.0\"\n---\n"
 	mfs := func(op []byte) fstest.MapFS {
-		return fstest.MapFS{"SOURCE": {Data: okSource}, "crds.yaml": {}, "common.yaml": {}, "operator.yaml": {Data: op}, "csi-operator.yaml": {}}
+		return fstest.MapFS{"SOURCE": {Data: okSource}, "crds.yaml": {}, "common.yaml": {}, "operator.yaml": {Data: append([]byte(opConfig), op...)}, "csi-operator.yaml": {},
+			"images.txt": {Data: []byte(" docker.io/rook/ceph:v1.18.8\n quay.io/cephcsi/cephcsi:v3.15.0\n")}}
 	}
 	if _, err := Upstream(mfs(deploy("docker.io/rook/ceph:master"))); err == nil || !strings.Contains(err.Error(), "pinned") {
 		t.Errorf("unpinned operator image: %v", err)
 	}
 	objs, err := Upstream(mfs(deploy(OperatorImage)))
-	if err != nil || len(objs) != 1 {
+	if err != nil || len(objs) != 2 {
 		t.Errorf("minimal upstream: %d objects, %v", len(objs), err)
+	} else if data := objs[0].Object["data"]; !reflect.DeepEqual(data, map[string]any{"ROOK_LOG_LEVEL": "INFO", "ROOK_CSI_CEPH_IMAGE": "quay.io/cephcsi/cephcsi:v3.15.0"}) {
+		t.Errorf("operator config data %v: want the CSI image pinned beside the upstream setting", data)
+	}
+	noList := mfs(deploy(OperatorImage))
+	delete(noList, "images.txt")
+	if _, err := Upstream(noList); err == nil || !strings.Contains(err.Error(), "make bundles") {
+		t.Errorf("no images.txt: %v", err)
 	}
 	if _, err := Upstream(mfs([]byte("kind: ConfigMap\n"))); err == nil {
 		t.Error("object without apiVersion/name accepted")
