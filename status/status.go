@@ -46,6 +46,7 @@ type options struct {
 	log        *slog.Logger
 	now        func() time.Time
 	collectors []prometheus.Collector
+	gatherers  []prometheus.Gatherer
 	drops      *dropCollector
 }
 
@@ -59,6 +60,12 @@ func WithClock(now func() time.Time) Option { return func(o *options) { o.now = 
 // the handler's private registry.
 func WithCollectors(cs ...prometheus.Collector) Option {
 	return func(o *options) { o.collectors = append(o.collectors, cs...) }
+}
+
+// WithGatherers adds whole metric registries (e.g. the registry mirror's)
+// to what /metrics serves.
+func WithGatherers(gs ...prometheus.Gatherer) Option {
+	return func(o *options) { o.gatherers = append(o.gatherers, gs...) }
 }
 
 // WithDropCounters shows what the Talos events sink and the kernel log
@@ -94,7 +101,8 @@ func Handler(src Source, opts ...Option) (http.Handler, error) {
 		return nil, fmt.Errorf("status page assets: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogPromLogger{o.log}}))
+	gather := append(prometheus.Gatherers{reg}, o.gatherers...)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gather, promhttp.HandlerOpts{ErrorLog: slogPromLogger{o.log}}))
 	mux.HandleFunc("GET /api/machines", func(w http.ResponseWriter, r *http.Request) {
 		resp := MachinesResponse{Time: o.now().UTC(), Stages: inventory.Stages(), Machines: src.Machines()}
 		w.Header().Set("Content-Type", "application/json")

@@ -45,18 +45,29 @@ func assetsIsTerminal(w io.Writer) bool {
 
 func newAssetsPullCmd(a *app) *cobra.Command {
 	var version, schematic, arch, factoryURL, releaseURL string
+	var img imagePullFlags
 	cmd := &cobra.Command{
 		Use:   "pull",
-		Short: "Download kernel, initramfs and cmdline from the Image Factory into the cache",
+		Short: "Download the boot files and every container image the rack needs into the cache",
 		Long: `Download the boot assets from the Talos Image Factory into the asset cache
 (<state>/assets). With --version, --schematic and --arch all given, pulls that
 one set; otherwise pulls every distinct (version, schematic, arch) of the rack's
 machines, each flag overriding the rack's value. A machine whose schematic is
 given as extensions is registered with the factory (POST /schematics) first.
 An interrupted pull is resumed by the next one. For the vanilla schematic the
-files are checked against the release's sha256sum.txt when it is reachable.`,
+files are checked against the release's sha256sum.txt when it is reachable.
+
+Then every container image the rack needs (each schematic's installer, the
+Kubernetes and Talos system images of the rack's versions, the bundles'
+images) is pulled by digest into <state>/assets/images, an OCI image layout
+that rackboot serve offers to the machines as a registry mirror. Images held
+complete are not fetched again (--refresh asks the registries whether tags
+moved).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if img.only {
+				return pullImages(cmd, a, &img)
+			}
 			ctx := cmd.Context()
 			c, err := openAssetCache(a)
 			if err != nil {
@@ -70,6 +81,7 @@ files are checked against the release's sha256sum.txt when it is reachable.`,
 			var sets []imager.Set
 			if version != "" && schematic != "" && arch != "" {
 				sets = []imager.Set{{Version: version, Schematic: schematic, Arch: arch}}
+				img.skip = true // one set named by flags: the rack's images are not asked for
 			} else {
 				r, err := a.loadRack(cmd)
 				if err != nil {
@@ -92,9 +104,13 @@ files are checked against the release's sha256sum.txt when it is reachable.`,
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: %s\n", s, assetsDescribe(m))
 			}
-			return nil
+			if img.skip {
+				return nil
+			}
+			return pullImages(cmd, a, &img)
 		},
 	}
+	img.register(cmd)
 	cmd.Flags().StringVar(&version, "version", "", "Talos version, such as v1.13.0 (default: the rack's cluster.talosVersion)")
 	cmd.Flags().StringVar(&schematic, "schematic", "", "Image Factory schematic id (default: each machine's schematic)")
 	cmd.Flags().StringVar(&arch, "arch", "", "amd64 or arm64 (default: each machine's arch)")
@@ -201,7 +217,7 @@ func newAssetsListCmd(a *app) *cobra.Command {
 	var noVerify bool
 	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "List the cached asset sets, re-hashing each file against its manifest",
+		Short: "List the cached boot files and container images, re-hashing each against its digest",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := openAssetCache(a)
@@ -213,43 +229,58 @@ func newAssetsListCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if len(ms) == 0 {
-				fmt.Fprintf(cmd.OutOrStdout(), "the asset cache %s is empty: run `rackboot assets pull` (or `rackboot assets import` offline)\n", c.Dir())
-				return nil
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "VERSION\tSCHEMATIC\tARCH\tKERNEL\tINITRAMFS\tSOURCE\tVERIFIED")
-			bad := 0
-			for _, m := range ms {
-				verified := "not checked"
-				if !noVerify {
-					if err := c.Has(m.Version, m.Schematic, m.Arch); err != nil {
-						verified, bad = "INCOMPLETE", bad+1
-						fmt.Fprintln(cmd.ErrOrStderr(), err)
-					} else if err := c.Verify(m.Version, m.Schematic, m.Arch); err != nil {
-						verified, bad = "CORRUPT", bad+1
-						fmt.Fprintln(cmd.ErrOrStderr(), err)
-					} else {
-						verified = "ok"
-						if m.Files[imager.FileKernel].ReleaseSum != "" {
-							verified = "ok, release sums"
-						}
-					}
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Version, m.Schematic[:12], m.Arch,
-					assetsFileSize(m, imager.FileKernel), assetsFileSize(m, imager.FileInitramfs), assetsSource(m), verified)
-			}
-			if err := tw.Flush(); err != nil {
+			bad, err := listBootSets(cmd, c, ms, noVerify)
+			if err != nil {
 				return err
 			}
-			if bad > 0 {
-				return &exitError{code: 1, err: fmt.Errorf("%d asset set(s) failed verification: pull or import them again", bad)}
+			st, err := openImageStore(a)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout())
+			badImages, err := listImages(cmd.Context(), cmd.OutOrStdout(), st, !noVerify)
+			if err != nil {
+				return err
+			}
+			if bad+badImages > 0 {
+				return &exitError{code: 1, err: fmt.Errorf("%d asset set(s) and %d image(s) failed verification: pull them again", bad, badImages)}
 			}
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&noVerify, "no-verify", false, "do not re-hash the files")
 	return cmd
+}
+
+// listBootSets prints the cached boot asset sets, re-hashing each unless
+// noVerify, and returns how many failed.
+func listBootSets(cmd *cobra.Command, c *imager.Cache, ms []*imager.Manifest, noVerify bool) (bad int, err error) {
+	if len(ms) == 0 {
+		fmt.Fprintf(cmd.OutOrStdout(), "no boot files in the asset cache %s: run `rackboot assets pull` (or `rackboot assets import` offline)\n", c.Dir())
+		return 0, nil
+	}
+	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VERSION\tSCHEMATIC\tARCH\tKERNEL\tINITRAMFS\tSOURCE\tVERIFIED")
+	for _, m := range ms {
+		verified := "not checked"
+		if !noVerify {
+			if err := c.Has(m.Version, m.Schematic, m.Arch); err != nil {
+				verified, bad = "INCOMPLETE", bad+1
+				fmt.Fprintln(cmd.ErrOrStderr(), err)
+			} else if err := c.Verify(m.Version, m.Schematic, m.Arch); err != nil {
+				verified, bad = "CORRUPT", bad+1
+				fmt.Fprintln(cmd.ErrOrStderr(), err)
+			} else {
+				verified = "ok"
+				if m.Files[imager.FileKernel].ReleaseSum != "" {
+					verified = "ok, release sums"
+				}
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Version, m.Schematic[:12], m.Arch,
+			assetsFileSize(m, imager.FileKernel), assetsFileSize(m, imager.FileInitramfs), assetsSource(m), verified)
+	}
+	return bad, tw.Flush()
 }
 
 func assetsFileSize(m *imager.Manifest, file string) string {

@@ -84,7 +84,7 @@ func TestAssetsPullForRackThenList(t *testing.T) {
 	if err := os.WriteFile(rack, profiles.ExampleRack, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, errOut, err := runRackboot(t, "-f", rack, "assets", "pull", "--factory", srv.URL, "--release-url", "")
+	out, errOut, err := runRackboot(t, "-f", rack, "assets", "pull", "--no-images", "--factory", srv.URL, "--release-url", "")
 	if err != nil {
 		t.Fatalf("assets pull: %v\n%s\n%s", err, out, errOut)
 	}
@@ -119,9 +119,13 @@ func TestAssetsPullForRackThenList(t *testing.T) {
 	if err != nil {
 		t.Fatalf("assets list: %v\n%s", err, errOut)
 	}
-	lines := strings.Split(strings.TrimSpace(out), "\n")
+	boot, images, _ := strings.Cut(out, "\n\n")
+	lines := strings.Split(strings.TrimSpace(boot), "\n")
 	if len(lines) != 3 || !strings.HasPrefix(lines[0], "VERSION") {
 		t.Fatalf("list:\n%s", out)
+	}
+	if !strings.HasPrefix(images, "no container images in ") {
+		t.Errorf("list with --no-images pulled: the images part is\n%s", images)
 	}
 	u := strings.TrimPrefix(srv.URL, "http://")
 	for _, l := range lines[1:] {

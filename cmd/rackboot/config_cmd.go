@@ -36,7 +36,11 @@ func init() {
 				if err != nil {
 					return err
 				}
-				data, err := profiles.GenerateConfig(r, args[0], b)
+				opts, err := mirrorConfigOptions(r)
+				if err != nil {
+					return err
+				}
+				data, err := profiles.GenerateConfig(r, args[0], b, opts...)
 				if err != nil {
 					return err
 				}

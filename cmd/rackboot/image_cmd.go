@@ -198,7 +198,11 @@ func runImageBuild(cmd *cobra.Command, a *app, f *imageFlags, kind, ext string, 
 func imageSpec(r *profiles.Rack, m *profiles.Machine, bundle *secrets.Bundle, cache *imager.Cache, f *imageFlags) (imager.ImageSpec, error) {
 	version, arch := r.Cluster.TalosVersion, m.ArchOrDefault()
 	sch := r.Schematic(m)
-	cfg, err := profiles.GenerateConfig(r, m.Name, bundle)
+	opts, err := mirrorConfigOptions(r)
+	if err != nil {
+		return imager.ImageSpec{}, err
+	}
+	cfg, err := profiles.GenerateConfig(r, m.Name, bundle, opts...)
 	if err != nil {
 		return imager.ImageSpec{}, err
 	}

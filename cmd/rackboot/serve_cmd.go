@@ -10,11 +10,13 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/dotfile/rackboot/inventory"
 	"github.com/dotfile/rackboot/profiles"
 	"github.com/dotfile/rackboot/pxe"
+	"github.com/dotfile/rackboot/registry"
 	"github.com/dotfile/rackboot/status"
 	"github.com/dotfile/rackboot/talosevents"
 )
@@ -34,6 +36,8 @@ type serveFlags struct {
 	standin    string
 	extraArgs  []string
 	listenAll  bool
+	// registryPort is the registry mirror's port (0: off).
+	registryPort int
 }
 
 func (f *serveFlags) register(cmd *cobra.Command) {
@@ -50,6 +54,7 @@ func (f *serveFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.ipxeDir, "ipxe-dir", "", "serve the iPXE binaries from this directory instead of the embedded ones")
 	fl.StringVar(&f.standin, "standin", "", "directory with a stand-in vmlinuz + initramfs, booted when the asset cache has no Talos for a machine (the lab)")
 	fl.StringArrayVar(&f.extraArgs, "kernel-arg", nil, "extra kernel argument for every machine, one per flag (repeatable; commas stay), e.g. console=ttyS0,115200n8")
+	fl.IntVar(&f.registryPort, "registry-port", profiles.RegistryPort, "TCP port of the registry mirror (the rack's images from the asset cache; the machine configs name port "+strconv.Itoa(profiles.RegistryPort)+"); 0 turns it off")
 	fl.BoolVar(&f.listenAll, "listen-all", false, "listen on every address of this computer, not only the rack interface's (HTTP, TFTP, events, kernel logs)")
 }
 
@@ -128,7 +133,11 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 			a.log.Warn("machine cannot netboot yet", "machine", m.Name, "err", err)
 		}
 	}
-	booter := profiles.NewBooter(r, bundle, resolve,
+	cfgOpts, err := mirrorConfigOptions(r)
+	if err != nil {
+		return err
+	}
+	booter := profiles.NewBooter(r, bundle, resolve, profiles.WithConfigOptions(cfgOpts...),
 		profiles.WithInstalled(store.Installed), profiles.WithExtraKernelArgs(f.extraArgs...))
 
 	mode := pxe.DHCPMode(f.dhcpMode)
@@ -153,11 +162,37 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 	}
 	warnUnverifiable(a, r)
 
+	// Listen on the rack interface's address only, unless asked.
+	host := ip.String()
+	if f.listenAll {
+		host = ""
+		a.log.Warn("--listen-all: HTTP, TFTP, the registry mirror, the events sink and the kernel log receiver answer on every network of this computer")
+	}
+	mirrorMetrics := prometheus.NewRegistry()
+	var mirror *registry.Server
+	if f.registryPort != 0 {
+		images, err := openImageStore(a)
+		if err != nil {
+			return err
+		}
+		if f.standin != "" {
+			fromStandin := func(version, schematic, arch string) bool { return cache.Has(version, schematic, arch) != nil }
+			if err := seedStandinInstallers(a, images, r, f.standin, fromStandin); err != nil {
+				return err
+			}
+		}
+		if mirror, err = newMirror(a, images, mirrorAddr(host, f.registryPort), attr, store, mirrorMetrics); err != nil {
+			return err
+		}
+		defer mirror.Close() // when Serve never ran
+	}
+
 	var (
 		sink *talosevents.Server
 		kmsg *talosevents.KmsgReceiver
 	)
 	statusHandler, err := status.Handler(store, status.WithLogger(a.log.With("service", "status")),
+		status.WithGatherers(mirrorMetrics),
 		status.WithDropCounters(
 			func() map[string]uint64 {
 				if sink == nil {
@@ -173,12 +208,6 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 			}))
 	if err != nil {
 		return err
-	}
-	// Listen on the rack interface's address only, unless asked.
-	host := ip.String()
-	if f.listenAll {
-		host = ""
-		a.log.Warn("--listen-all: HTTP, TFTP, the events sink and the kernel log receiver answer on every network of this computer")
 	}
 	cfg := pxe.Config{
 		ServerIP:     ip,
@@ -216,6 +245,9 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 		pxe.WithHandler("GET /api/", statusHandler),
 		pxe.WithHandler("GET /metrics", statusHandler),
 		pxe.WithService("dhcp", dhcp.Serve),
+	}
+	if mirror != nil {
+		opts = append(opts, pxe.WithService("registry", mirror.Serve))
 	}
 	if f.eventsPort != 0 {
 		sink, err = talosevents.New(talosevents.Config{

@@ -93,6 +93,10 @@ func runUp(ctx context.Context, a *app, cmd *cobra.Command, f *upFlags) error {
 	if err != nil {
 		return &exitError{code: 1, err: err}
 	}
+	// An offline rack installs only from the image store: check it first.
+	if err := checkOfflineImages(a, r); err != nil {
+		return &exitError{code: 1, err: err}
+	}
 	state := a.StateDir()
 	secrets, err := a.clusterSecrets()
 	if err != nil {

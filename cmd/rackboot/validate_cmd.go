@@ -17,17 +17,20 @@ func init() {
 			Short: "Check the rack file and print every problem as file:line:col",
 			Long: `Check the rack file and print every problem at once, one per line, as
 FILE:LINE:COL: error|warning: what is wrong: what to write instead, then
-notes on what the install-disk rules need. Exits 1 when there is an error,
-0 when there are only warnings.`,
+notes on what the install-disk rules need. For a rack with offline: true,
+also checks that the asset cache holds every container image the rack needs
+(the machines have no other registry). Exits 1 when there is an error, 0
+when there are only warnings.`,
 			Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
-				return runValidate(cmd, a.rackPath)
+				return runValidate(cmd, a)
 			},
 		}
 	})
 }
 
-func runValidate(cmd *cobra.Command, path string) error {
+func runValidate(cmd *cobra.Command, a *app) error {
+	path := a.rackPath
 	out := cmd.OutOrStdout()
 	r, err := profiles.LoadFile(path)
 	var ps profiles.Problems
@@ -55,6 +58,9 @@ func runValidate(cmd *cobra.Command, path string) error {
 	// not install (Talos reports a config error).
 	for _, n := range r.Notes() {
 		fmt.Fprintf(out, "%s:%d:%d: note: %s\n", n.File, n.Pos.Line, n.Pos.Col, n.Msg)
+	}
+	if err := checkOfflineImages(a, r); err != nil {
+		return &exitError{code: 1, err: fmt.Errorf("%s: %w", path, err)}
 	}
 	fmt.Fprintf(out, "%s: ok: %d machines, %d control plane(s), %d warning(s)\n", path, len(r.Machines), len(r.ControlPlanes()), nwarn)
 	return nil

@@ -1,0 +1,255 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/dotfile/rackboot/bundles"
+	"github.com/dotfile/rackboot/inventory"
+	"github.com/dotfile/rackboot/lab/standin"
+	"github.com/dotfile/rackboot/profiles"
+	"github.com/dotfile/rackboot/registry"
+)
+
+// imageStoreDir is the registry mirror's image store: an OCI image layout
+// inside the asset cache.
+func imageStoreDir(a *app) string { return filepath.Join(assetsDir(a), "images") }
+
+// openImageStore opens the image store; it creates nothing until an image
+// is written.
+func openImageStore(a *app, opts ...registry.Option) (*registry.Store, error) {
+	opts = append([]registry.Option{registry.WithLogger(a.log.With("service", "images"))}, opts...)
+	return registry.Open(imageStoreDir(a), opts...)
+}
+
+// rackImages is every image the rack needs: what Talos pulls (installers,
+// Kubernetes, CNI, pause; read from the generated configs) and what the
+// embedded bundles run (read from the rendered objects, with throwaway
+// certificates). Bundle images are needed on every architecture of the
+// rack. unlisted names config parts whose images cannot be known offline.
+func rackImages(r *profiles.Rack) (images []profiles.Image, unlisted []string, err error) {
+	images, unlisted, err = r.Images()
+	if err != nil {
+		return nil, nil, err
+	}
+	refs, err := bundleImages(r)
+	if err != nil {
+		return nil, nil, err
+	}
+	var platforms []string
+	for i := range r.Machines {
+		p := "linux/" + r.Machines[i].ArchOrDefault()
+		if !slices.Contains(platforms, p) {
+			platforms = append(platforms, p)
+		}
+	}
+	slices.Sort(platforms)
+	for _, ref := range refs {
+		i := slices.IndexFunc(images, func(im profiles.Image) bool { return im.Ref == ref })
+		if i < 0 {
+			images = append(images, profiles.Image{Ref: ref, Platforms: platforms, Sources: []string{"the Rook-Ceph and CockroachDB bundles"}})
+			continue
+		}
+		for _, p := range platforms {
+			if !slices.Contains(images[i].Platforms, p) {
+				images[i].Platforms = append(images[i].Platforms, p)
+			}
+		}
+		slices.Sort(images[i].Platforms)
+	}
+	return images, unlisted, nil
+}
+
+// bundleImages renders the bundles for the rack, with throwaway
+// certificates in a folder removed afterwards (images do not depend on
+// them), and lists their images.
+func bundleImages(r *profiles.Rack) ([]string, error) {
+	tmp, err := os.MkdirTemp("", "rackboot-images-")
+	if err != nil {
+		return nil, fmt.Errorf("list the bundles' images: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	bs, err := bundles.Render(rackParams(r, tmp))
+	if err != nil {
+		return nil, fmt.Errorf("list the bundles' images: %w", err)
+	}
+	var objs []*unstructured.Unstructured
+	for _, b := range bs {
+		objs = append(objs, b.Objects...)
+	}
+	return bundles.Images(objs)
+}
+
+// mirrorConfigOptions are the config options every generated config gets:
+// the registries of the bundles' images are mirrored too.
+func mirrorConfigOptions(r *profiles.Rack) ([]profiles.ConfigOption, error) {
+	refs, err := bundleImages(r)
+	if err != nil {
+		return nil, err
+	}
+	var hosts []string
+	for _, ref := range refs {
+		p, err := registry.ParseRef(ref)
+		if err != nil {
+			return nil, err
+		}
+		hosts = append(hosts, p.Registry)
+	}
+	return []profiles.ConfigOption{profiles.WithRegistryHosts(hosts...)}, nil
+}
+
+// parsePlatforms turns "linux/amd64" strings into OCI platforms.
+func parsePlatforms(ss []string) ([]v1.Platform, error) {
+	var out []v1.Platform
+	for _, s := range ss {
+		p, err := v1.ParsePlatform(s)
+		if err != nil {
+			return nil, fmt.Errorf("platform %q: %w", s, err)
+		}
+		out = append(out, *p)
+	}
+	return out, nil
+}
+
+// missingImages lists the rack's images the store does not hold complete,
+// each with the reason.
+func missingImages(st *registry.Store, images []profiles.Image) []string {
+	var missing []string
+	for _, im := range images {
+		if err := st.Has(im.Ref); err != nil {
+			missing = append(missing, fmt.Sprintf("%s (%v)", im.Ref, err))
+		}
+	}
+	return missing
+}
+
+// checkOfflineImages: a rack with offline: true has no fallback to the
+// internet, so every image must be in the store before anything boots.
+func checkOfflineImages(a *app, r *profiles.Rack) error {
+	if !r.Cluster.Offline {
+		return nil
+	}
+	images, _, err := rackImages(r)
+	if err != nil {
+		return err
+	}
+	st, err := openImageStore(a)
+	if err != nil {
+		return err
+	}
+	if missing := missingImages(st, images); len(missing) > 0 {
+		return fmt.Errorf("the rack is offline (offline: true) but the image store %s lacks %d of its %d images: run `rackboot assets pull` where there is internet, then come back:\n  %s",
+			st.Dir(), len(missing), len(images), strings.Join(missing, "\n  "))
+	}
+	return nil
+}
+
+// newMirror is serve's registry mirror on addr. Every response a machine
+// gets counts on its status (attributed like events: only from where the
+// machine was seen); others count only in the mirror's own metrics.
+func newMirror(a *app, st *registry.Store, addr string, attr *attribution, inv *inventory.Store, reg prometheus.Registerer) (*registry.Server, error) {
+	log := a.log.With("service", "registry")
+	return registry.New(registry.Config{
+		Addr: addr, Store: st, Log: log, Metrics: reg,
+		Observer: func(ev registry.Event) {
+			if ev.Status != 200 && ev.Status != 206 {
+				return
+			}
+			ap, err := netip.ParseAddrPort(ev.Remote)
+			if err != nil {
+				return
+			}
+			name, ok := attr.resolve(ap.Addr().Unmap())
+			if !ok {
+				return
+			}
+			manifest := ev.Kind == registry.KindManifest
+			// One image per repository: a pull asks for the tag, then the
+			// index and the platform's manifest by digest.
+			image := ""
+			if manifest {
+				image = ev.Registry + "/" + ev.Repo
+			}
+			if err := inv.AddPull(name, image, manifest, ev.Bytes); err != nil {
+				log.Debug("count a pull", "machine", name, "err", err)
+			}
+		},
+	})
+}
+
+// seedStandinInstallers puts the lab's installer image (the boot image's
+// kernel and initramfs, as Talos's installer image carries its boot files)
+// into the store under the installer name of every schematic whose
+// machines boot the stand-in, so lab machines pull it from the mirror as
+// Talos pulls its installer. A name the store holds complete is kept.
+func seedStandinInstallers(a *app, st *registry.Store, r *profiles.Rack, standinDir string, fromStandin func(version, schematic, arch string) bool) error {
+	archs := map[string][]string{} // installer reference → architectures
+	for i := range r.Machines {
+		m := &r.Machines[i]
+		id, err := profiles.SchematicID(r.Schematic(m))
+		if err != nil {
+			return fmt.Errorf("schematic of %s: %w", m.Name, err)
+		}
+		if !fromStandin(r.Cluster.TalosVersion, id, m.ArchOrDefault()) {
+			continue
+		}
+		ref := profiles.InstallerImage(id, r.Cluster.TalosVersion)
+		if !slices.Contains(archs[ref], m.ArchOrDefault()) {
+			archs[ref] = append(archs[ref], m.ArchOrDefault())
+		}
+	}
+	for ref, as := range archs {
+		if st.Has(ref) == nil {
+			continue
+		}
+		slices.Sort(as)
+		var img any
+		if len(as) == 1 {
+			i, err := standin.InstallerImage(standinArchDir(standinDir, as[0]), as[0])
+			if err != nil {
+				return err
+			}
+			img = i
+		} else {
+			idx := v1.ImageIndex(empty.Index)
+			for _, arch := range as {
+				i, err := standin.InstallerImage(standinArchDir(standinDir, arch), arch)
+				if err != nil {
+					return err
+				}
+				idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: i,
+					Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
+			}
+			img = idx
+		}
+		if err := st.Put(ref, img); err != nil {
+			return fmt.Errorf("put the lab's installer image in the image store: %w", err)
+		}
+		a.log.Info("the lab's installer image is in the registry mirror", "image", ref, "arch", strings.Join(as, ","))
+	}
+	return nil
+}
+
+func standinArchDir(dir, arch string) string {
+	if arch == "arm64" {
+		return filepath.Join(dir, standinArm64)
+	}
+	return dir
+}
+
+// mirrorAddr is where serve's registry mirror listens: the rack address
+// (host "" with --listen-all) and port.
+func mirrorAddr(host string, port int) string {
+	return net.JoinHostPort(host, fmt.Sprint(port))
+}
