@@ -163,7 +163,7 @@ func newMirror(a *app, st *registry.Store, addr string, attr *attribution, inv *
 	return registry.New(registry.Config{
 		Addr: addr, Store: st, Log: log, Metrics: reg,
 		Observer: func(ev registry.Event) {
-			if ev.Status != 200 && ev.Status != 206 {
+			if (ev.Status != 200 && ev.Status != 206) || (ev.Kind != registry.KindManifest && ev.Kind != registry.KindBlob) {
 				return
 			}
 			ap, err := netip.ParseAddrPort(ev.Remote)

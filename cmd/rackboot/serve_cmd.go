@@ -178,7 +178,7 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 		if f.standin != "" {
 			fromStandin := func(version, schematic, arch string) bool { return cache.Has(version, schematic, arch) != nil }
 			if err := seedStandinInstallers(a, images, r, f.standin, fromStandin); err != nil {
-				return err
+				a.log.Warn("the lab's installer image is not in the registry mirror: lab machines will fail to install", "err", err)
 			}
 		}
 		if mirror, err = newMirror(a, images, mirrorAddr(host, f.registryPort), attr, store, mirrorMetrics); err != nil {

@@ -19,7 +19,11 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+
 	"github.com/dotfile/rackboot/internal/netns"
+	"github.com/dotfile/rackboot/registry"
 )
 
 const serveTestRack = `cluster:
@@ -31,6 +35,7 @@ const serveTestRack = `cluster:
     subnet: 10.77.0.0/24
     gateway: 10.77.0.254
     nameservers: [10.77.0.254]
+    rackboot: 10.77.0.1
 machines:
   - name: formula
     role: controlplane
@@ -116,6 +121,9 @@ func TestServeInNamespace(t *testing.T) {
 		}
 	}
 
+	// An image in the mirror's store, as `assets pull` leaves it.
+	mirrored := putTestImage(t, filepath.Join(dir, ".rackboot", "assets", "images"), "registry.k8s.io/pause:3.10.1")
+
 	serveArgs := []string{"-f", rack, "serve", "-i", "br0", "--dhcp", "full", "--range", "10.77.0.100-10.77.0.150",
 		"--router", "none", "--standin", standin}
 	serve := srv.Start(bin, serveArgs...)
@@ -191,6 +199,11 @@ func TestServeInNamespace(t *testing.T) {
 	if c := code(cli, strings.Replace(configURL, "t=", "t=A", 1)); c != "403" {
 		t.Errorf("config with a forged token: HTTP %s, want 403", c)
 	}
+	if !strings.Contains(cfg, "kind: RegistryMirrorConfig\nname: registry.k8s.io\nendpoints:\n    - url: http://10.77.0.1:5000") {
+		t.Errorf("formula's config does not send registry.k8s.io to the mirror:\n%s", cfg)
+	}
+	checkMirror(t, ctx, curl, code, srv, cli, mirrored)
+
 	unknown, _ := curl(cli, "http://10.77.0.1:8080/ipxe?mac=52-54-00-99-99-99&arch=x86_64&platform=pcbios")
 	if !strings.Contains(unknown, "unknown machine 52:54:00:99:99:99") {
 		t.Errorf("unknown machine's script: %q", unknown)
@@ -243,6 +256,97 @@ func TestServeInNamespace(t *testing.T) {
 	}
 	if strings.Contains(serve.Output()+serve2.Output(), strings.TrimPrefix(regexp.MustCompile(`t=[^&\s]+`).FindString(configURL), "t=")) {
 		t.Error("serve logged a config token")
+	}
+}
+
+// putTestImage puts a small random image (two layers) under ref in the
+// image store at dir and returns it.
+func putTestImage(t *testing.T, dir, ref string) v1.Image {
+	t.Helper()
+	img, err := random.Image(64<<10, 2)
+	must(t, err)
+	st, err := registry.Open(dir)
+	must(t, err)
+	must(t, st.Put(ref, img))
+	return img
+}
+
+// checkMirror pulls img (registry.k8s.io/pause:3.10.1 in the store) from
+// serve's registry mirror as containerd does for Talos (ns=, by tag, then
+// by digest, then its blobs with a Range), from the machine formula (cli)
+// and from the server's own namespace, then checks that only formula's
+// bytes count on its status and that nothing can be pushed.
+func checkMirror(t *testing.T, ctx context.Context, curl func(*netns.NS, ...string) (string, error), code func(*netns.NS, string) string, srv, cli *netns.NS, img v1.Image) {
+	t.Helper()
+	const base = "http://10.77.0.1:5000/v2/"
+	accept := "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+	if out, err := curl(cli, "-f", "-D", "-", "-o", "/dev/null", base); err != nil || !strings.Contains(out, "Docker-Distribution-Api-Version: registry/2.0") {
+		t.Fatalf("GET /v2/ from the machine: %v\n%s", err, out)
+	}
+	digest, err := img.Digest()
+	must(t, err)
+	raw, err := img.RawManifest()
+	must(t, err)
+	byTag, err := curl(cli, "-f", "-H", accept, base+"pause/manifests/3.10.1?ns=registry.k8s.io")
+	if err != nil || byTag != string(raw) {
+		t.Fatalf("manifest by tag through the mirror: %v\n%s", err, byTag)
+	}
+	if byDigest, err := curl(cli, "-f", "-H", accept, base+"pause/manifests/"+digest.String()+"?ns=registry.k8s.io"); err != nil || byDigest != string(raw) {
+		t.Fatalf("manifest by digest: %v\n%s", err, byDigest)
+	}
+	layers, err := img.Layers()
+	must(t, err)
+	want := int64(2 * len(raw))
+	for _, l := range layers {
+		d, _ := l.Digest()
+		n, _ := l.Size()
+		got, err := curl(cli, "-f", "-o", "/dev/null", "-w", "%{size_download}", base+"pause/blobs/"+d.String()+"?ns=registry.k8s.io")
+		if err != nil || got != fmt.Sprint(n) {
+			t.Fatalf("blob %s through the mirror: %v, %s bytes, want %d", d, err, got, n)
+		}
+		want += n
+	}
+	d, _ := layers[0].Digest()
+	part, err := curl(cli, "-f", "-r", "10-19", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", base+"pause/blobs/"+d.String()+"?ns=registry.k8s.io")
+	if err != nil || part != "206 10" {
+		t.Errorf("Range request: %v %q, want 206 10", err, part)
+	}
+	want += 10
+	// The server's own namespace is no machine: its pull counts nowhere.
+	if c := code(srv, base+"pause/blobs/"+d.String()+"?ns=registry.k8s.io"); c != "200" {
+		t.Errorf("blob from the server's namespace: HTTP %s", c)
+	}
+	if c := code(cli, base+"nothere/manifests/1?ns=registry.k8s.io"); c != "404" {
+		t.Errorf("unknown image: HTTP %s, want 404", c)
+	}
+	if out, _ := curl(cli, "-X", "PUT", "-o", "/dev/null", "-w", "%{http_code}", "--data-binary", "x", base+"pause/manifests/evil?ns=registry.k8s.io"); out != "405" {
+		t.Errorf("push (PUT manifest): HTTP %s, want 405", out)
+	}
+	var api struct {
+		Machines []struct {
+			Name   string
+			Pulled *struct {
+				Bytes      int64
+				ImageCount int
+				Images     []string
+			}
+		}
+	}
+	js, err := curl(srv, "-f", "http://10.77.0.1:8080/api/machines")
+	if err != nil || json.Unmarshal([]byte(js), &api) != nil {
+		t.Fatalf("/api/machines: %v %q", err, js)
+	}
+	for _, m := range api.Machines {
+		switch {
+		case m.Name == "formula" && (m.Pulled == nil || m.Pulled.Bytes != want || m.Pulled.ImageCount != 1 || m.Pulled.Images[0] != "registry.k8s.io/pause"):
+			t.Errorf("formula pulled %+v, want %d bytes of 1 image registry.k8s.io/pause", m.Pulled, want)
+		case m.Name != "formula" && m.Pulled != nil:
+			t.Errorf("machine %q was counted pulls it did not make: %+v", m.Name, m.Pulled)
+		}
+	}
+	metrics, _ := curl(srv, "-f", "http://10.77.0.1:8080/metrics")
+	if !strings.Contains(metrics, fmt.Sprintf("rackboot_registry_pulled_bytes_total{machine=\"formula\"} %d\n", want)) {
+		t.Errorf("/metrics lacks formula's pulled bytes (%d)", want)
 	}
 }
 
