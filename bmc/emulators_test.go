@@ -310,7 +310,7 @@ func startIPMISim(t *testing.T, power string) *ipmiSim {
 	s.Addr = fmt.Sprintf("127.0.0.1:%d", s.Port)
 	script := `#!/bin/sh
 d='` + dir + `'
-dev=$1; op=$2; shift 2
+op=$1; shift # ipmi_sim 2.0.33 passes no device argument
 case $op in
 get)
 	for p in "$@"; do
@@ -394,7 +394,7 @@ func (s *ipmiSim) ipmitool(t *testing.T, args ...string) string {
 	if _, err := exec.LookPath("ipmitool"); err != nil {
 		t.Fatal("ipmitool not found: apt-get install ipmitool")
 	}
-	base := []string{"-I", "lanplus", "-H", "127.0.0.1", "-p", strconv.Itoa(s.Port), "-U", s.User, "-E", "-N", "1", "-R", "3"}
+	base := []string{"-I", "lanplus", "-H", "127.0.0.1", "-p", strconv.Itoa(s.Port), "-U", s.User, "-E", "-C", "3", "-N", "1", "-R", "3"}
 	cmd := exec.Command("ipmitool", append(base, args...)...)
 	cmd.Env = append(os.Environ(), "IPMI_PASSWORD="+s.Password) // -E: not on the command line
 	out, err := cmd.CombinedOutput()

@@ -69,6 +69,11 @@ func (d *ipmiDriver) connect(ctx context.Context) error {
 	// Per-exchange UDP timeout and resends: a lost datagram is resent by
 	// the library; our retry covers a whole command.
 	c.WithTimeout(min(d.cfg.RequestTimeout, 2*time.Second)).WithRetry(2)
+	// Offer cipher suites 17 (HMAC-SHA256, AES) then 3 (HMAC-SHA1, AES),
+	// what iLO 4, iDRAC 8 and ThinkServer BMCs offer, instead of asking the
+	// BMC: Get Channel Cipher Suites goes unanswered on some (ipmi_sim),
+	// which costs seconds of timeouts per session.
+	c.WithCipherSuiteID(types.CipherSuiteID17, types.CipherSuiteID3)
 	cctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 	defer cancel()
 	if err := c.Connect(cctx); err != nil {
