@@ -3,6 +3,8 @@
 package e2e
 
 import (
+	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,7 +100,9 @@ func TestReportProblems(t *testing.T) {
 		return report.Report{
 			Name: "cp1", MAC: "52:54:00:E2:E0:01", UUID: vm.UUID, Serial: vm.Serial,
 			ConfigSource: "http", ConfigSHA256: strings.Repeat("ab", 32), InstallDisk: "/dev/nvme0n1", SDUntouched: true,
-			Result: report.ResultInstalled,
+			Result:          report.ResultInstalled,
+			InstallerImage:  "factory.talos.dev/metal-installer/376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba:v1.13.0",
+			InstallerDigest: "sha256:" + strings.Repeat("cd", 32), InstallerEndpoint: "http://10.99.0.1:5000", InstallerBytes: 19 << 20, InstallerAttempts: 1,
 			Disks: []report.Disk{
 				{Dev: "/dev/nvme0n1", Transport: "nvme", HasMeta: true},
 				{Dev: "/dev/sda", Transport: "sata"},
@@ -122,6 +126,13 @@ func TestReportProblems(t *testing.T) {
 		{"META on sdb", func(r *report.Report) { r.Disks[2].HasMeta = true }, "/dev/sdb transport"},
 		{"no META on the NVMe", func(r *report.Report) { r.Disks[0].HasMeta = false }, "/dev/nvme0n1 transport"},
 		{"a SATA disk missing", func(r *report.Report) { r.Disks = r.Disks[:2] }, "1 sd* disks"},
+		{"installer from the upstream", func(r *report.Report) { r.InstallerEndpoint = "https://factory.talos.dev" }, "not from rackboot's mirror"},
+		{"installer not pulled", func(r *report.Report) {
+			r.InstallerImage, r.InstallerDigest, r.InstallerEndpoint, r.InstallerBytes = "", "", "", 0
+		}, "installer image"},
+		{"installer without a digest", func(r *report.Report) { r.InstallerDigest = "latest" }, `digest "latest"`},
+		{"installer of 0 bytes", func(r *report.Report) { r.InstallerBytes = 0 }, "0 bytes"},
+		{"another installer image", func(r *report.Report) { r.InstallerImage = "ghcr.io/siderolabs/installer:v1.13.0" }, "not the Image Factory's"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -158,4 +169,29 @@ func TestInOrder(t *testing.T) {
 			t.Errorf("inOrder(%v, %v) = %v, want %v", tt.have, tt.want, got, tt.ok)
 		}
 	}
+}
+
+// installerProblems checks that an install pulled its installer image
+// (the config's factory.talos.dev metal installer) from rackboot's
+// registry mirror (plain http on the rack address: the fallback to the
+// upstream is always https://factory.talos.dev), with a sha256 digest and
+// some bytes.
+func installerProblems(rep report.Report) []string {
+	if rep.InstallerImage == "" && rep.InstallerEndpoint == "" {
+		return []string{"report: no installer image was pulled before the install"}
+	}
+	var probs []string
+	if !strings.HasPrefix(rep.InstallerImage, "factory.talos.dev/metal-installer/") {
+		probs = append(probs, fmt.Sprintf("report: installer image %q is not the Image Factory's metal installer", rep.InstallerImage))
+	}
+	if d, ok := strings.CutPrefix(rep.InstallerDigest, "sha256:"); !ok || len(d) != 64 {
+		probs = append(probs, fmt.Sprintf("report: installer digest %q, want sha256:<64 hex>", rep.InstallerDigest))
+	}
+	if u, err := url.Parse(rep.InstallerEndpoint); err != nil || u.Scheme != "http" || u.Port() == "" || u.Hostname() == "factory.talos.dev" {
+		probs = append(probs, fmt.Sprintf("report: installer pulled from %q, not from rackboot's mirror (http://<rackboot>:<port>)", rep.InstallerEndpoint))
+	}
+	if rep.InstallerBytes <= 0 {
+		probs = append(probs, fmt.Sprintf("report: installer pull of %d bytes", rep.InstallerBytes))
+	}
+	return probs
 }

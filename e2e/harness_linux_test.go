@@ -956,7 +956,7 @@ func reportProblems(rep report.Report, vm *lab.VMState, name string) []string {
 	if nvme != 1 || sd != len(vm.Disks)-1 {
 		bad("report lists %d NVMe and %d sd* disks, the VM has 1 and %d: %+v", nvme, sd, len(vm.Disks)-1, rep.Disks)
 	}
-	return probs
+	return append(probs, installerProblems(rep)...)
 }
 
 // readFile reads a file or fails the test.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 	eventsapi "github.com/siderolabs/siderolink/api/events"
@@ -30,6 +34,8 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/config/generate"
 	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
 	mtype "github.com/siderolabs/talos/pkg/machinery/config/machine"
+	"github.com/siderolabs/talos/pkg/machinery/config/types/cri"
+	"github.com/siderolabs/talos/pkg/machinery/config/types/meta"
 	"github.com/siderolabs/talos/pkg/machinery/config/types/network"
 	"github.com/siderolabs/talos/pkg/machinery/config/types/v1alpha1"
 	"github.com/siderolabs/talos/pkg/machinery/nethelpers"
@@ -38,6 +44,7 @@ import (
 
 	"github.com/dotfile/rackboot/internal/netns"
 	"github.com/dotfile/rackboot/lab/standin"
+	"github.com/dotfile/rackboot/lab/standin/imagepull/registrytest"
 	"github.com/dotfile/rackboot/lab/standin/marker"
 	"github.com/dotfile/rackboot/lab/standin/report"
 	"github.com/siderolabs/go-blockdevice/v2/partitioning/gpt"
@@ -51,6 +58,10 @@ const (
 	serverIP  = "10.99.0.1"
 	clientIP  = "10.99.0.50"
 	bootLimit = 4 * time.Minute
+	// The config's installer image, served by a registry mirror (Debian's
+	// docker-registry) on the server's address, as rackboot serve does.
+	installerRef = "factory.talos.dev/metal-installer/376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba:v1.13.0"
+	mirrorAddr   = serverIP + ":5000"
 )
 
 // TestBootInQEMU boots the stand-in image with QEMU (TCG) on a private
@@ -106,6 +117,11 @@ func TestBootInQEMU(t *testing.T) {
 	}
 
 	srv := startServers(t, ns, cfg)
+	installer, err := standin.InstallerImage(filepath.Join(work, "image"), "amd64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	startMirror(t, ns, installer)
 
 	// Disks: garbage everywhere, so that what changes is visible.
 	disks := map[string]string{}
@@ -179,6 +195,17 @@ func TestBootInQEMU(t *testing.T) {
 	}
 	if rep.EventsSent != 2 {
 		t.Errorf("report says %d events sent", rep.EventsSent)
+	}
+	// The install pulled the installer image from the mirror, all of it.
+	wantDigest, _ := installer.Digest()
+	raw, _ := installer.RawManifest()
+	cfgBlob, _ := installer.RawConfigFile()
+	layers, _ := installer.Layers()
+	layerSize, _ := layers[0].Size()
+	if rep.InstallerImage != installerRef || rep.InstallerDigest != wantDigest.String() || rep.InstallerEndpoint != "http://"+mirrorAddr ||
+		rep.InstallerBytes != int64(len(raw)+len(cfgBlob))+layerSize {
+		t.Errorf("installer %q digest %s from %q, %d bytes; want %s %s from http://%s, %d bytes",
+			rep.InstallerImage, rep.InstallerDigest, rep.InstallerEndpoint, rep.InstallerBytes, installerRef, wantDigest, mirrorAddr, int64(len(raw)+len(cfgBlob))+layerSize)
 	}
 
 	// Boot 2: the marker is there, so the stand-in boots like installed Talos.
@@ -391,6 +418,55 @@ func startServers(t *testing.T, ns *netns.NS, cfg []byte) *servers {
 	return s
 }
 
+// startMirror runs Debian's docker-registry on mirrorAddr in the namespace
+// and pushes img there as installerRef's repository and tag (the config
+// mirrors factory.talos.dev to it, skipFallback: nothing else is
+// reachable).
+func startMirror(t *testing.T, ns *netns.NS, img v1.Image) {
+	t.Helper()
+	if _, err := os.Stat(registrytest.Binary); err != nil {
+		t.Fatalf("%s not found: apt-get install docker-registry", registrytest.Binary)
+	}
+	conf, _, err := registrytest.Config(t.TempDir(), mirrorAddr, registrytest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := ns.Start(registrytest.Binary, "serve", conf)
+	// The host's side reaches the namespace through sockets opened in it.
+	tr := &http.Transport{Proxy: nil, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := ns.Run(func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://" + mirrorAddr + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		select {
+		case <-p.Done():
+			t.Fatalf("docker-registry exited: %v\n%s", p.Err(), p.Output())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("docker-registry on %s not ready: %v\n%s", mirrorAddr, err, p.Output())
+		}
+	}
+	ref, err := name.ParseReference(strings.Replace(installerRef, "factory.talos.dev", mirrorAddr, 1), name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, remote.WithTransport(tr)); err != nil {
+		t.Fatalf("push the installer image to the mirror: %v", err)
+	}
+}
+
 // dhcpReply answers the VM's DISCOVER with an OFFER and its REQUEST with
 // an ACK for 10.99.0.50/24; no router, so nothing can leave.
 func dhcpReply(m *dhcpv4.DHCPv4, mac net.HardwareAddr) (*dhcpv4.DHCPv4, bool) {
@@ -429,7 +505,7 @@ func machineConfig(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	in, err := generate.NewInput("standin", "https://10.99.0.10:6443", "1.36.0",
-		generate.WithVersionContract(config.TalosVersion1_13), generate.WithSecretsBundle(bundle))
+		generate.WithVersionContract(config.TalosVersion1_13), generate.WithSecretsBundle(bundle), generate.WithInstallImage(installerRef))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -450,6 +526,11 @@ func machineConfig(t *testing.T) []byte {
 		}
 		docs = append(docs, d)
 	}
+	// factory.talos.dev through the mirror only (Talos v1.13's document).
+	mirror := cri.NewRegistryMirrorConfigV1Alpha1("factory.talos.dev")
+	mirror.RegistryEndpoints = []cri.RegistryEndpoint{{EndpointURL: meta.URL{URL: &url.URL{Scheme: "http", Host: mirrorAddr}}}}
+	mirror.RegistrySkipFallback = new(true)
+	docs = append(docs, mirror)
 	c, err := container.New(docs...)
 	if err != nil {
 		t.Fatal(err)

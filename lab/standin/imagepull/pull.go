@@ -180,6 +180,7 @@ func (c *Client) Pull(ctx context.Context, image string, mirrors Mirrors, parent
 	if err != nil {
 		return nil, fmt.Errorf("failed to parse image reference: %w", err)
 	}
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 	notFound := 0
@@ -187,7 +188,7 @@ func (c *Client) Pull(ctx context.Context, image string, mirrors Mirrors, parent
 		res, err := c.pullOnce(ctx, ref, Endpoints(mirrors, ref.Host), parent)
 		if err == nil {
 			res.Attempts = attempt + 1
-			c.cfg.Log.Info("image pulled", "image", res.Image, "digest", res.Digest, "endpoint", res.Endpoint, "bytes", res.Bytes, "attempts", res.Attempts)
+			c.cfg.Log.Info("image pulled", "image", res.Image, "digest", res.Digest, "endpoint", res.Endpoint, "bytes", res.Bytes, "attempts", res.Attempts, "took", time.Since(start).Round(time.Millisecond))
 			return res, nil
 		}
 		err = fmt.Errorf("failed to pull image %q: %w", ref.String(), err)

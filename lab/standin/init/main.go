@@ -7,8 +7,10 @@
 // like Talos; out of the link rackboot.lab.config_link= names, when given)
 // or reads it from a metal-iso
 // volume, validates it with machinery in metal mode, picks the install disk
-// with the config's selector exactly as Talos does, writes Talos's
-// "installed" marker (a GPT with a 1 MiB META partition) there, reports
+// with the config's selector exactly as Talos does, pulls the installer
+// image (machine.install.image) through the config's registry mirrors
+// and installs the kernel and initramfs that image carries, with Talos's
+// "installed" marker (a GPT with a 1 MiB META partition), reports
 // install/boot sequence events to talos.events.sink, prints one
 // RACKBOOT-STANDIN-REPORT line on the console and powers off.
 //
@@ -29,6 +31,7 @@ import (
 	"net/http/httptrace"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -39,17 +42,18 @@ import (
 	"github.com/dotfile/rackboot/lab/standin/disks"
 	"github.com/dotfile/rackboot/lab/standin/efiboot"
 	"github.com/dotfile/rackboot/lab/standin/events"
+	"github.com/dotfile/rackboot/lab/standin/imagepull"
 	"github.com/dotfile/rackboot/lab/standin/install"
 	"github.com/dotfile/rackboot/lab/standin/kmsglog"
 	"github.com/dotfile/rackboot/lab/standin/marker"
 	"github.com/dotfile/rackboot/lab/standin/report"
-	"github.com/dotfile/rackboot/lab/standin/rootfs"
 	"github.com/dotfile/rackboot/lab/standin/volume"
 	blkdev "github.com/siderolabs/go-blockdevice/v2/block"
 	"github.com/siderolabs/go-blockdevice/v2/partitioning/gpt"
 	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
+	"github.com/siderolabs/talos/pkg/machinery/constants"
 	"github.com/siderolabs/talos/pkg/machinery/resources/block"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -62,7 +66,14 @@ const (
 	maxDelay      = 5 * time.Second
 	deviceWait    = 20 * time.Second
 	eventsTimeout = 30 * time.Second
+	// pullTimeout bounds the installer image pull (Talos: 20 min).
+	pullTimeout = 3 * time.Minute
 )
+
+// defaultInstallerImage is Talos v1.13.0's images.DefaultInstallerImage
+// (pkg/images: ghcr.io/siderolabs/installer:<version>), used when the
+// config has no machine.install.image.
+const defaultInstallerImage = "ghcr.io/siderolabs/installer:v1.13.0"
 
 func main() {
 	log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -303,9 +314,16 @@ func (m *machine) boot(ctx context.Context) error {
 	if err == nil {
 		err = disks.CheckInstallDisk(chosen.DevPath)
 	}
+	var assets *installerAssets
 	if err == nil {
 		m.rep.InstallDisk = chosen.DevPath
-		err = m.install(ctx, chosen.DevPath, cfgBytes)
+		// Talos's Install task: the disk first, then the installer
+		// image, then the installer runs from it.
+		assets, err = m.pullInstaller(ctx, cfg)
+	}
+	if err == nil {
+		err = m.install(ctx, chosen.DevPath, cfgBytes, assets)
+		assets.remove()
 	}
 	if err != nil {
 		m.publish(ctx, events.SequenceFailed("install", err))
@@ -404,11 +422,68 @@ func kmsgDestinations(cmd *cmdline.Cmdline, cfg config.Provider) []string {
 	return out
 }
 
+// installerAssets are the boot files unpacked from the installer image.
+type installerAssets struct {
+	dir, kernel, initramfs string
+}
+
+func (a *installerAssets) remove() {
+	if a != nil {
+		os.RemoveAll(a.dir)
+	}
+}
+
+// pullInstaller pulls the config's installer image as Talos does before
+// an install (v1alpha1_sequencer_tasks.go Install →
+// install.RunInstallerContainer → image.Pull: the CRI registry mirrors
+// from the config, every digest verified, retried) and returns the kernel
+// and initramfs its layer carries at Talos's installer paths
+// (constants.KernelAssetPath, InitramfsAssetPath for this architecture).
+// A failed pull fails the install, as in Talos.
+func (m *machine) pullInstaller(ctx context.Context, cfg config.Provider) (*installerAssets, error) {
+	image := cfg.Machine().Install().Image()
+	if image == "" {
+		image = defaultInstallerImage
+	}
+	m.rep.InstallerImage = image
+	mirrors := imagepull.FromConfig(cfg.RegistryMirrorConfigs())
+	if ref, err := imagepull.ParseRef(image); err == nil {
+		eps := imagepull.Endpoints(mirrors, ref.Host)
+		urls := make([]string, len(eps))
+		for i, e := range eps {
+			urls[i] = e.URL
+		}
+		m.log.Info(fmt.Sprintf("pulling %q", image), "endpoints", urls)
+	}
+	c := imagepull.New(imagepull.Config{
+		Log: m.log, Arch: runtime.GOARCH, Timeout: pullTimeout,
+		Backoff: func(n int) time.Duration { return events.Backoff(n, maxDelay) },
+	})
+	res, err := c.Pull(ctx, image, mirrors, "/run")
+	if err != nil {
+		return nil, err
+	}
+	m.rep.InstallerDigest, m.rep.InstallerEndpoint = res.Digest, res.Endpoint
+	m.rep.InstallerBytes, m.rep.InstallerAttempts = res.Bytes, res.Attempts
+	a := &installerAssets{
+		dir:       res.Dir,
+		kernel:    filepath.Join(res.Dir, strings.TrimPrefix(fmt.Sprintf(constants.KernelAssetPath, runtime.GOARCH), "/")),
+		initramfs: filepath.Join(res.Dir, strings.TrimPrefix(fmt.Sprintf(constants.InitramfsAssetPath, runtime.GOARCH), "/")),
+	}
+	for _, p := range []string{a.kernel, a.initramfs} {
+		if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
+			a.remove()
+			return nil, fmt.Errorf("installer image %s (%s) lacks /%s", image, res.Digest, strings.TrimPrefix(p, res.Dir+"/"))
+		}
+	}
+	return a, nil
+}
+
 // install writes the installed system on dev like Talos's installer for
-// systemd-boot: ESP (systemd-boot, kernel, this image's files as the
-// initramfs, a loader entry with this command line minus the netboot
+// systemd-boot: ESP (systemd-boot, the kernel and initramfs from the
+// installer image, a loader entry with this command line minus the netboot
 // parameters), META, and STATE with the machine config.
-func (m *machine) install(ctx context.Context, dev string, cfgBytes []byte) error {
+func (m *machine) install(ctx context.Context, dev string, cfgBytes []byte, assets *installerAssets) error {
 	start := time.Now()
 	loaders, err := bootloaders.FS()
 	if err != nil {
@@ -419,7 +494,7 @@ func (m *machine) install(ctx context.Context, dev string, cfgBytes []byte) erro
 		return err
 	}
 	p := install.Payload{
-		Loader: loader, Kernel: "/" + rootfs.KernelPath, Initramfs: "/" + rootfs.InitrdPath,
+		Loader: loader, Kernel: assets.kernel, Initramfs: assets.initramfs,
 		Cmdline: m.cmd.Installed(), Config: cfgBytes,
 	}
 	l, err := install.WritePath(ctx, dev, p)

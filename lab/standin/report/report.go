@@ -64,6 +64,16 @@ type Report struct {
 	// Cmdline is the kernel command line when it holds no talos.config=
 	// (which carries a token): the installed system's loader entry.
 	Cmdline string `json:"cmdline,omitempty"`
+	// The installer image an install pulled (machine.install.image,
+	// through the config's registry mirrors, as Talos): its reference,
+	// the digest it resolved to (an index or a manifest), the endpoint
+	// that answered (a mirror, or https://<registry> as the fallback), the
+	// bytes downloaded by the pull that succeeded, and the attempts.
+	InstallerImage    string `json:"installer_image,omitempty"`
+	InstallerDigest   string `json:"installer_digest,omitempty"`
+	InstallerEndpoint string `json:"installer_endpoint,omitempty"`
+	InstallerBytes    int64  `json:"installer_bytes,omitempty"`
+	InstallerAttempts int    `json:"installer_attempts,omitempty"`
 	// Partitions on the install disk after an install, in order.
 	Partitions []string `json:"partitions,omitempty"`
 	// UEFI only (efivarfs): the boot option the firmware started

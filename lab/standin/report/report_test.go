@@ -10,6 +10,8 @@ func TestRoundTrip(t *testing.T) {
 	r := Report{
 		Name: "cp1", MAC: "52:54:00:00:00:01", ConfigSource: "http", ConfigSHA256: "ab",
 		InstallDisk: "/dev/nvme0n1", SDUntouched: true, Result: ResultInstalled,
+		InstallerImage: "factory.talos.dev/metal-installer/abc:v1.13.0", InstallerDigest: "sha256:0123",
+		InstallerEndpoint: "http://10.99.0.1:5000", InstallerBytes: 19 << 20, InstallerAttempts: 1,
 		Disks: []Disk{{Dev: "/dev/nvme0n1", Transport: "nvme", Size: 1 << 30, HasMeta: true}, {Dev: "/dev/sda", Transport: "sata"}},
 	}
 	log := []byte("[    1.0] booting\r\n" + Report{Result: ResultFailed}.Line() + "\r\nnoise\n" + r.Line() + "\r\n[    9.9] reboot: Power down\n")
