@@ -19,7 +19,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 RB=$(realpath -m "${RACKBOOT:-bin/rackboot}")
-ONLY=${BENCH_ONLY:-P1 P2 P3 P4 P5 P6 P9}
+ONLY=${BENCH_ONLY:-P1 P2 P3 P4 P5 P6 P7 P9}
 QUICK=${BENCH_QUICK:-0}
 OUT=${BENCH_OUT:-docs/BENCHMARKS.md}
 BENCHSTAT_VERSION=v0.0.0-20260908200009-22c9c6c9d4da # golang.org/x/perf
@@ -44,7 +44,7 @@ want() { [[ " $ONLY " == *" $1 "* ]]; }
 # Installed only when missing. A policy-rc.d that refuses service starts is
 # put in place for the install (unless one exists): nginx and tftpd-hpa
 # must not start as system services on the host's addresses.
-PKGS=(wrk hyperfine time nginx tftpd-hpa dnsmasq-base xorriso busybox-static qemu-system-x86 iproute2 jq curl)
+PKGS=(wrk hyperfine time nginx tftpd-hpa dnsmasq-base xorriso busybox-static qemu-system-x86 iproute2 jq curl docker-registry)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -157,7 +157,7 @@ row() { ROWS+=("| $1 | $2 | $3 | $4 | $5 | $6 |"); }
 
 # ---------------------------------------------------------------- shared
 log "building the load generators"
-go build -o "$WORK/bin/" ./bench/dhcpload ./bench/tftpload ./bench/delaylink
+go build -o "$WORK/bin/" ./bench/dhcpload ./bench/tftpload ./bench/delaylink ./bench/registryseed
 DHCPLOAD=$WORK/bin/dhcpload
 TFTPLOAD=$WORK/bin/tftpload
 
@@ -330,6 +330,62 @@ if want P2; then
   over=$(awk -v r="$rtt_delay" 'BEGIN {if (r=="") print "n/a"; else printf "%.3f", r - 0.8}')
   row "P2 harness: bench/delaylink, 0.4 ms each way (busybox ping RTT, avg of 20)" "${rtt_delay:-n/a} ms: the relay adds $over ms" \
     "plain veth ${rtt_veth:-n/a} ms" "n/a" "relay adds ≤ 3 ms" "$(verdict "$over <= 3")"
+fi
+
+# ================================================================ P7 registry
+if want P7; then
+  log "P7: registry mirror, a 100 MB layer blob to 6 and 50 clients: rackboot vs docker-registry"
+  mkns reg; ns=$NS
+  ip -n "$ns" link add d0 type bridge
+  ip -n "$ns" addr add 10.98.0.1/20 dev d0
+  ip -n "$ns" link set d0 up
+  d=$WORK/p7
+  mkdir -p "$d/registry"
+  printf 'version: 0.1\nlog: {level: warn, accesslog: {disabled: true}}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: "10.98.0.1:5001"}\n' \
+    "$d/registry/data" >"$d/registry/config.yml"
+  start "$ns" "$WORK/logs/p7-docker-registry.log" docker-registry serve "$d/registry/config.yml"
+  reg_pid=$PID
+  wait_http "$ns" http://10.98.0.1:5001/v2/ "$reg_pid" "$WORK/logs/p7-docker-registry.log"
+  mkdir -p "$WORK/state-p7"; fresh_state "$WORK/state-p7"
+  # The same image in rackboot's store (as assets pull leaves it) and pushed to docker-registry.
+  blob=$(ip netns exec "$ns" "$WORK/bin/registryseed" -store "$WORK/state-p7/assets/images" -push 10.98.0.1:5001 \
+    -ref registry.k8s.io/bench:1 -size 100000000) || die "P7: registryseed failed"
+  start "$ns" "$WORK/logs/p7-rackboot.log" "$RB" -f "$RACK" --state "$WORK/state-p7" serve -i d0 --dhcp off \
+    --tftp-port 0 --events-port 0 --log-port 0 --http-port 8080 --registry-port 5000
+  rb_pid=$PID
+  URL_RB="http://10.98.0.1:5000/v2/bench/blobs/$blob?ns=registry.k8s.io"
+  URL_REG="http://10.98.0.1:5001/v2/bench/blobs/$blob"
+  wait_http "$ns" "$URL_RB" "$rb_pid" "$WORK/logs/p7-rackboot.log"
+  for u in "$URL_RB" "$URL_REG"; do
+    got=$(ip netns exec "$ns" curl -fsSL "$u" | sha256sum | cut -d' ' -f1)
+    [ "sha256:$got" = "$blob" ] || die "P7: $u serves different bytes"
+  done
+  for c in 6 50; do
+    for r in $(seq "$ROUNDS"); do
+      for s in rackboot docker-registry; do
+        u=$URL_RB; [ $s = docker-registry ] && u=$URL_REG
+        out=$(ip netns exec "$ns" wrk -t2 -c$c -d${P1_SECS}s --timeout 60s "$u")
+        echo "$out" >>"$WORK/logs/p7-wrk-$s.log"
+        rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+        mibs=$(awk '/^Transfer\/sec:/ {v=$2; u=v; sub(/[0-9.]+/,"",u); sub(/[A-Za-z]+$/,"",v);
+          m=(u=="GB")?1024:(u=="MB")?1:(u=="KB")?1/1024:1/1048576; printf "%.1f", v*m}' <<<"$out")
+        errs=$(awk '/Socket errors/ {gsub(/,/,""); print $4+$6+$8+$10} /Non-2xx/ {print $NF}' <<<"$out" | awk '{s+=$1} END {print s+0}')
+        nsop=$(awk -v r="$rps" 'BEGIN {printf "%.0f", (r>0)?1e9/r:0}')
+        echo "BenchmarkP7/c$c 1 $nsop ns/op $mibs MiB/s $rps req/s $errs errors" >>"$RES/p7-$s.txt"
+        log "P7 c=$c round $r $s: $mibs MiB/s, $rps req/s, $errs errors"
+      done
+    done
+  done
+  rb_rss=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$rb_pid/status")
+  reg_rss=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$reg_pid/status")
+  stop "$rb_pid"; stop "$reg_pid"
+  for c in 6 50; do
+    a=$(metric "$RES/p7-rackboot.txt" "P7/c$c" MiB/s | median)
+    b=$(metric "$RES/p7-docker-registry.txt" "P7/c$c" MiB/s | median)
+    row "P7 registry blob 100 MB, $c clients (MiB/s, median of $ROUNDS × ${P1_SECS}s wrk)" "$(fmt "$a") MiB/s, peak RSS $rb_rss MiB" \
+      "docker-registry 2.8 (filesystem storage) $(fmt "$b") MiB/s, peak RSS $reg_rss MiB" "$(ratio "$a" "$b")" "≥ 1.0× docker-registry, RSS < 128 MB" \
+      "$(verdict "$a >= $b && $rb_rss < 128")"
+  done
 fi
 
 # ================================================================ P3 + P6 DHCP
