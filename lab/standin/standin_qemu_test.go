@@ -66,9 +66,11 @@ const (
 
 // TestBootInQEMU boots the stand-in image with QEMU (TCG) on a private
 // network (a namespace with a bridge and a tap, a DHCP server, the config's
-// HTTP server and a siderolink events sink in it), twice: the first boot
-// must install (META on the NVMe disk only), the second must see the
-// marker and boot like an installed Talos.
+// HTTP server, a siderolink events sink and a registry mirror in it),
+// three times: the first finds no installer image on the mirror and must
+// fail its install without writing, the second must install (META on the
+// NVMe disk only, kernel and initramfs from the pulled installer image),
+// the third must see the marker and boot like an installed Talos.
 func TestBootInQEMU(t *testing.T) {
 	for _, tool := range []struct{ bin, pkg string }{
 		{"qemu-system-x86_64", "qemu-system-x86"}, {"qemu-img", "qemu-utils"}, {"ip", "iproute2"},
@@ -121,7 +123,7 @@ func TestBootInQEMU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	startMirror(t, ns, installer)
+	pushInstaller := startMirror(t, ns)
 
 	// Disks: garbage everywhere, so that what changes is visible.
 	disks := map[string]string{}
@@ -144,8 +146,27 @@ func TestBootInQEMU(t *testing.T) {
 		sataBefore[n] = readHead(t, disks[n])
 	}
 
+	// Boot 0: the mirror lacks the installer image (and skipFallback
+	// leaves no other way): the install fails as Talos's does, after its
+	// "not found" retries, before anything is written.
+	nvmeBefore := readHead(t, disks["nvme"])
+	rep, took := bootVM(t, ns, img, disks, srv, work, "boot0")
+	t.Logf("boot 0 (no installer image): QEMU start to power-off %s, guest uptime at report %.1f s", took.Round(100*time.Millisecond), rep.Uptime)
+	if rep.Result != report.ResultFailed || !strings.Contains(rep.Error, `failed to pull image "`+installerRef+`"`) ||
+		!strings.Contains(rep.Error, "http://"+mirrorAddr+"/v2/") || rep.InstallerImage != installerRef || rep.InstallerDigest != "" {
+		t.Errorf("boot 0: result %q error %q installer %q digest %q; want failed pulling %s from the mirror", rep.Result, rep.Error, rep.InstallerImage, rep.InstallerDigest, installerRef)
+	}
+	if seq := srv.sequences(); len(seq) != 2 || seq[0] != "install/START" || !strings.HasPrefix(seq[1], "install/NOOP/FATAL/") || !strings.Contains(seq[1], "failed to pull image") {
+		t.Errorf("events after a failed pull: %q", seq)
+	}
+	if !bytes.Equal(readHead(t, disks["nvme"]), nvmeBefore) {
+		t.Error("boot 0: the NVMe disk was written although the installer image could not be pulled")
+	}
+	srv.reset()
+	pushInstaller(installer)
+
 	// Boot 1: install.
-	rep, took := bootVM(t, ns, img, disks, srv, work, "boot1")
+	rep, took = bootVM(t, ns, img, disks, srv, work, "boot1")
 	t.Logf("boot 1 (install): QEMU start to power-off %s, guest uptime at report %.1f s", took.Round(100*time.Millisecond), rep.Uptime)
 	if rep.Result != report.ResultInstalled || rep.Error != "" {
 		t.Fatalf("boot 1: result %q error %q", rep.Result, rep.Error)
@@ -419,10 +440,10 @@ func startServers(t *testing.T, ns *netns.NS, cfg []byte) *servers {
 }
 
 // startMirror runs Debian's docker-registry on mirrorAddr in the namespace
-// and pushes img there as installerRef's repository and tag (the config
-// mirrors factory.talos.dev to it, skipFallback: nothing else is
-// reachable).
-func startMirror(t *testing.T, ns *netns.NS, img v1.Image) {
+// (the config mirrors factory.talos.dev to it, skipFallback: nothing else
+// is reachable); push puts an image there as installerRef's repository
+// and tag.
+func startMirror(t *testing.T, ns *netns.NS) (push func(v1.Image)) {
 	t.Helper()
 	if _, err := os.Stat(registrytest.Binary); err != nil {
 		t.Fatalf("%s not found: apt-get install docker-registry", registrytest.Binary)
@@ -458,12 +479,15 @@ func startMirror(t *testing.T, ns *netns.NS, img v1.Image) {
 			t.Fatalf("docker-registry on %s not ready: %v\n%s", mirrorAddr, err, p.Output())
 		}
 	}
-	ref, err := name.ParseReference(strings.Replace(installerRef, "factory.talos.dev", mirrorAddr, 1), name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img, remote.WithTransport(tr)); err != nil {
-		t.Fatalf("push the installer image to the mirror: %v", err)
+	return func(img v1.Image) {
+		t.Helper()
+		ref, err := name.ParseReference(strings.Replace(installerRef, "factory.talos.dev", mirrorAddr, 1), name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.Write(ref, img, remote.WithTransport(tr)); err != nil {
+			t.Fatalf("push the installer image to the mirror: %v", err)
+		}
 	}
 }
 
