@@ -164,7 +164,50 @@ type Machine struct {
 	LocalBoot LocalBoot `yaml:"localBoot,omitempty"`
 	// IPXEBuild overrides the cluster's ipxeBuild for this machine.
 	IPXEBuild IPXEBuild `yaml:"ipxeBuild,omitempty"`
+	// BMC is how rackboot powers the machine (nil: someone presses the
+	// power button). Its password is in the state dir (bmc_password.go).
+	BMC *BMC `yaml:"bmc,omitempty"`
 }
+
+// BMC is how rackboot reaches a machine's baseboard management controller
+// (iLO, iDRAC, ...): address, protocol and user. Never its password.
+type BMC struct {
+	// Address is HOST[:PORT] (an IP or a DNS name), or for Redfish a URL
+	// (https://HOST[:PORT]).
+	Address string `yaml:"address"`
+	// Protocol is ipmi, redfish or auto (default: Redfish first, then IPMI).
+	Protocol string `yaml:"protocol,omitempty"`
+	User     string `yaml:"user"`
+	// SystemID picks the Redfish system on a BMC that has several: its
+	// Id, UUID or a NIC's MAC.
+	SystemID string `yaml:"systemId,omitempty"`
+	// Firmware is the mode of the one-time network boot: uefi or bios
+	// (default: lab.firmware for the machine, else uefi).
+	Firmware string `yaml:"firmware,omitempty"`
+	// VerifyTLS checks a Redfish BMC's certificate, against CAFile when
+	// given, else this computer's roots. Default: any certificate (BMCs
+	// ship self-signed ones).
+	VerifyTLS bool `yaml:"verifyTLS,omitempty"`
+	// CAFile is a PEM file of the CA that signed the BMC's certificate
+	// (relative to the rack file); it implies verifyTLS.
+	CAFile string `yaml:"caFile,omitempty"`
+	// Password is only here to be refused with a helpful message: the
+	// value is never kept.
+	Password refusedSecret `yaml:"password,omitempty"`
+}
+
+// refusedSecret records that a field was written without keeping its
+// value (a password written into the rack file by mistake).
+type refusedSecret bool
+
+// UnmarshalYAML notes the field and drops its value.
+func (s *refusedSecret) UnmarshalYAML(*yaml.Node) error {
+	*s = true
+	return nil
+}
+
+// MarshalYAML never writes a value.
+func (s refusedSecret) MarshalYAML() (any, error) { return nil, nil }
 
 // Patch is a Talos config patch: a mapping (strategic merge) or a string
 // holding a patch document (YAML strategic merge or a JSON6902 list).

@@ -456,6 +456,9 @@ func (c *checker) machines() {
 		default:
 			c.errf(p+".localBoot", "localBoot %q of %s is not known: write exit (hand back to the firmware's next boot device) or sanboot (boot the first disk)", m.LocalBoot, name)
 		}
+		if m.BMC != nil {
+			c.bmc(p+".bmc", name, m.BMC)
+		}
 	}
 
 	switch {

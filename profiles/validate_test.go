@@ -85,6 +85,11 @@ func TestBadRacks(t *testing.T) {
 		{"two-macs", "16:12", true, "cp1 lists 2 MACs, and its config finds the rack NIC (for its address and the VIP) by the first only, 52:54:00:00:00:01"},
 		{"cmdline-too-long", "13:17", false, "the netboot kernel command line of cp1 would be up to"},
 		{"wrong-scalar-type", "21:31", false, "cannot unmarshal !!str `big` into int"},
+		{"bmc-protocol", "23:17", false, `BMC protocol "redfis" of w1 is not known: write ipmi, redfish, auto`},
+		{"bmc-password", "24:17", false, "a BMC password does not belong in the rack file (it is shared and committed): remove this line and run `rackboot bmc set-password w1`, or set RACKBOOT_BMC_PASSWORD_W1"},
+		{"bmc-no-user", "22:7", false, "the bmc of w1 has no user: write user: <the BMC login>"},
+		{"bmc-address", "22:16", false, `BMC address "10.0.1.12:99999" of w1 has port "99999", which is not a port number`},
+		{"bmc-url-ipmi", "22:16", false, "is a URL, but IPMI takes HOST[:PORT]: write 10.0.1.12, or protocol: redfish"},
 	}
 
 	files, err := filepath.Glob("testdata/bad/*.yaml")
