@@ -27,12 +27,12 @@ func TestIPMIPower(t *testing.T) {
 		if err != nil || st != want {
 			t.Fatalf("driver: %s, %v; want %s", st, err, want)
 		}
-		out := s.ipmitool(t, "chassis", "status")
+		out := s.IPMITool(t, "chassis", "status")
 		if !strings.Contains(out, "System Power         : "+string(want)) {
 			t.Fatalf("ipmitool chassis status disagrees with %s:\n%s", want, out)
 		}
 		chassis := map[State]string{StateOn: "1", StateOff: "0"}[want]
-		if got := s.chassisFile(t, "power"); got != chassis {
+		if got := s.ChassisFile(t, "power"); got != chassis {
 			t.Fatalf("the chassis power is %s, want %s", got, chassis)
 		}
 	}
@@ -78,10 +78,10 @@ func TestIPMINetbootOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("read back: %s", got)
-	if got.Target != "Pxe" || s.chassisFile(t, "boot") != "pxe" {
-		t.Errorf("driver read back %s, chassis boot %q; want Pxe/pxe", got, s.chassisFile(t, "boot"))
+	if got.Target != "Pxe" || s.ChassisFile(t, "boot") != "pxe" {
+		t.Errorf("driver read back %s, chassis boot %q; want Pxe/pxe", got, s.ChassisFile(t, "boot"))
 	}
-	out := s.ipmitool(t, "chassis", "bootparam", "get", "5")
+	out := s.IPMITool(t, "chassis", "bootparam", "get", "5")
 	if !strings.Contains(out, "Force PXE") {
 		t.Errorf("ipmitool does not read PXE back:\n%s", out)
 	}
@@ -134,7 +134,7 @@ func TestIPMICloseEndsSession(t *testing.T) {
 	s := startIPMISim(t, "0")
 	cfg, _ := ipmiConfig(t, s)
 	active := func() string {
-		out := s.ipmitool(t, "session", "info", "active")
+		out := s.IPMITool(t, "session", "info", "active")
 		for _, l := range strings.Split(out, "\n") {
 			if strings.HasPrefix(l, "active sessions") {
 				return strings.TrimSpace(l[strings.Index(l, ":")+1:])

@@ -53,7 +53,7 @@ func TestRedfishPowerOnOff(t *testing.T) {
 	if err := d.PowerOn(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := s.system(t)["PowerState"]; got != "On" {
+	if got := s.System(t)["PowerState"]; got != "On" {
 		t.Fatalf("after PowerOn the emulator says %v", got)
 	}
 	if err := d.PowerOn(ctx); err != nil { // already on: nothing sent
@@ -65,7 +65,7 @@ func TestRedfishPowerOnOff(t *testing.T) {
 	if err := d.PowerOff(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := s.system(t)["PowerState"]; got != "Off" {
+	if got := s.System(t)["PowerState"]; got != "Off" {
 		t.Fatalf("after PowerOff the emulator says %v", got)
 	}
 	if !strings.Contains(logs.String(), "resetType=ForceOff") {
@@ -84,12 +84,12 @@ func TestRedfishPowerCycle(t *testing.T) {
 	if err := d.PowerCycle(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if got := s.system(t)["PowerState"]; got != "On" {
+	if got := s.System(t)["PowerState"]; got != "On" {
 		t.Fatalf("after PowerCycle the emulator says %v", got)
 	}
 	var seq []string
-	for len(s.notes) > 0 {
-		n := <-s.notes
+	for len(s.Notes) > 0 {
+		n := <-s.Notes
 		if n["pending_power"] == nil {
 			seq = append(seq, n["power_state"].(string))
 		}
@@ -119,7 +119,7 @@ func TestRedfishNetbootOnce(t *testing.T) {
 		if got.Enabled != EnabledContinuous || len(got.Differences) != 1 || !strings.Contains(got.Differences[0], "Continuous, not Once") {
 			t.Errorf("%s: sushy's Once->Continuous not reported: %s", mode, got)
 		}
-		boot := s.system(t)["Boot"].(map[string]any)
+		boot := s.System(t)["Boot"].(map[string]any)
 		wantMode := map[BootMode]string{BootModeUEFI: "UEFI", BootModeBIOS: "Legacy"}[mode]
 		if boot["BootSourceOverrideTarget"] != "Pxe" || boot["BootSourceOverrideMode"] != wantMode || boot["BootSourceOverrideEnabled"] != string(redfishEnabled(got.Enabled)) {
 			t.Errorf("%s: the emulator holds %v, the driver reported %s", mode, boot, got)
