@@ -151,7 +151,10 @@ func moduleRoot() (string, error) {
 
 // testRack is the rack file the scenarios netboot: two machines on a
 // private subnet (only the first becomes a VM), NVMe install disk, sd*
-// disks for Ceph.
+// disks for Ceph. rackboot's address (the lab's server, the subnet's first
+// free host) is in it: the lab has no route anywhere, so machines pull
+// their installer image from serve's registry mirror, which every config
+// names only then.
 const testRack = `# rack.yaml for the e2e tests
 cluster:
   name: e2e
@@ -162,6 +165,7 @@ cluster:
     subnet: 10.77.0.0/24
     gateway: 10.77.0.1
     nameservers: [10.77.0.1]
+    rackboot: 10.77.0.2
   schematic:
     id: 376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba
   installDisk:

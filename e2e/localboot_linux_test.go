@@ -26,7 +26,7 @@ import (
 // serve) and w1's install disk rule matching none of a lab VM's disks (an
 // NVMe and SATA disks; its NVMe has another serial).
 func localBootRack(server string) string {
-	r := strings.Replace(testRack, "    nameservers: [10.77.0.1]\n", "    nameservers: [10.77.0.1]\n    rackboot: "+server+"\n", 1)
+	r := strings.Replace(testRack, "    rackboot: 10.77.0.2\n", "    rackboot: "+server+"\n", 1)
 	r = strings.Replace(r, "      mac: [\"52:54:00:e2:e0:02\"]\n    address: 10.77.0.12/24\n",
 		"      mac: [\"52:54:00:e2:e0:02\"]\n    address: 10.77.0.12/24\n    installDisk:\n      serial: NO-SUCH-DISK\n", 1)
 	return strings.Replace(r, "  machines: 1\n", "  machines: 2\n", 1)

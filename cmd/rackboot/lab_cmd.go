@@ -154,6 +154,12 @@ func labUp(ctx context.Context, a *app, cmd *cobra.Command, lf *labFlags, f *lab
 	if f.noServe {
 		fmt.Fprintln(out, "serve: not started (--no-serve): the VMs will find no boot server")
 	} else {
+		// The lab has no route anywhere: machines install only if their
+		// configs send them to serve's registry mirror for the installer.
+		if r.Cluster.Network.Rackboot == "" {
+			return nil, nil, fmt.Errorf("%s: cluster.network.rackboot is missing: the lab's machines have no internet and pull their installer image from rackboot's registry mirror, which their configs name only with it; write `rackboot: %s` under cluster.network",
+				r.Path, plan.ServerAddr.Addr())
+		}
 		if spec.Serve, err = labServeSpec(a, l, r, plan, example, f.standin); err != nil {
 			return nil, nil, err
 		}
