@@ -17,7 +17,8 @@ func init() {
 			Use:   "machine",
 			Short: "Change what rackboot remembers of a machine (reinstall, forget)",
 		}
-		cmd.AddCommand(&cobra.Command{
+		rp := &reinstallPower{}
+		reinstall := &cobra.Command{
 			Use:   "reinstall NAME",
 			Short: "Install Talos again on a machine at its next network boot",
 			Long: "Clears the machine's \"installed\" mark, so its next network boot gets Talos and its\n" +
@@ -30,22 +31,33 @@ func init() {
 					return err
 				}
 				name := args[0]
-				if r.Machine(name) == nil {
+				m := r.Machine(name)
+				if m == nil {
 					return fmt.Errorf("no machine named %q in %s", name, a.rackPath)
+				}
+				if err := rp.preflight(cmd.Context(), a, m); err != nil {
+					return err
 				}
 				err = changeMachine(cmd.Context(), a.StateDir(), "/machines/"+name+"/reinstall",
 					func(st *inventory.Store) error { return st.Reset(name) })
-				if errors.Is(err, inventory.ErrUnknownMachine) {
+				switch {
+				case errors.Is(err, inventory.ErrUnknownMachine):
 					fmt.Fprintf(cmd.OutOrStdout(), "%s has not booted from rackboot yet: its next network boot installs it\n", name)
-					return nil
-				}
-				if err != nil {
+				case err != nil:
 					return err
+				case rp.power:
+					fmt.Fprintf(cmd.OutOrStdout(), "%s will install again at its next network boot\n", name)
+				default:
+					fmt.Fprintf(cmd.OutOrStdout(), "%s will install again at its next network boot (set it to boot from the network once, or use its boot menu)\n", name)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s will install again at its next network boot (set it to boot from the network once, or use its boot menu)\n", name)
+				if rp.power {
+					return rp.run(cmd.Context(), a, cmd.OutOrStdout(), r, m)
+				}
 				return nil
 			},
-		})
+		}
+		rp.register(reinstall)
+		cmd.AddCommand(reinstall)
 		cmd.AddCommand(&cobra.Command{
 			Use:   "forget MAC",
 			Short: "Drop a machine that is not in the rack file from the status page",

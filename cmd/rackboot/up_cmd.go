@@ -36,6 +36,9 @@ type upFlags struct {
 	skipBundles bool
 	serving     bool
 	exitWhenUp  bool
+	// power: once serve answers, netboot once and power every machine
+	// with a bmc: that is not installed (power_netboot.go).
+	power bool
 	// bootstrapEndpoint dials the Talos API somewhere else than the first
 	// control plane's address (a tunnel; tests).
 	bootstrapEndpoint string
@@ -72,6 +75,7 @@ Without --exit, rackboot keeps serving after the cluster is up (Ctrl-C stops it)
 		fl.BoolVar(&f.skipBundles, "skip-bundles", false, "stop once the nodes are Ready: apply no bundle")
 		fl.BoolVar(&f.serving, "serve", true, "netboot the rack meanwhile (--serve=false: the machines are installed already, e.g. from USB)")
 		fl.BoolVar(&f.exitWhenUp, "exit", false, "stop serving and exit once the cluster is up")
+		fl.BoolVar(&f.power, "power", false, "power the machines that are not installed through their BMCs (bmc: in the rack file), with a network boot once")
 		fl.StringVar(&f.bootstrapEndpoint, "bootstrap-endpoint", "", "dial the Talos API at host:port instead of the first control plane's address (e.g. through a tunnel)")
 		_ = fl.MarkHidden("bootstrap-endpoint")
 		return cmd
@@ -176,6 +180,9 @@ func runUp(ctx context.Context, a *app, cmd *cobra.Command, f *upFlags) error {
 		}
 		serveDone = make(chan error, 1)
 		go func() { serveDone <- runServe(ctx, a, cmd, &f.serve) }()
+		if f.power {
+			go powerUp(ctx, a, out, r)
+		}
 	}
 	driverDone := make(chan error, 1)
 	go func() { driverDone <- bringup.Run(ctx, plan, deps) }()
