@@ -89,6 +89,10 @@ func TestFullDHCPBIOS(t *testing.T) {
 	if seen := seenMachines(ms); len(seen) != 1 {
 		t.Errorf("serve's status lists %d machines seen, want cp1 only: %+v", len(seen), seen)
 	}
+	// Its installer came from serve's registry mirror, counted on cp1.
+	if p := m.Pulled; p == nil || p.ImageCount != 1 || !strings.HasPrefix(p.Images[0], "factory.talos.dev/metal-installer/") || p.Bytes < 1<<20 {
+		t.Errorf("serve's status says cp1 pulled %+v from the mirror, want its installer image (MiBs)", p)
+	}
 	// The rack's other machine is listed by name, never seen.
 	if w1, ok := machine(ms, "w1"); !ok || w1.Stage != "" || w1.Installed {
 		t.Errorf("w1 (in the rack file, not started) is listed as %+v, %v; want by name with no stage", w1, ok)
