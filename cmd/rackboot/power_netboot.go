@@ -37,6 +37,9 @@ func overrideNotes(ov bmc.BootOverride) []string {
 	if len(ov.Differences) > 0 {
 		ns = append(ns, "warning: the BMC holds something else than what was asked: "+strings.Join(ov.Differences, "; "))
 	}
+	if !ov.Netboots() {
+		ns = append(ns, "the BMC reports the override disabled, so the machine may boot its disk: if it does, set a network boot in its BMC or boot menu")
+	}
 	if ov.Enabled == bmc.EnabledContinuous {
 		ns = append(ns, "the machine will netboot at every boot until the override is cleared in its BMC; "+
 			"that is harmless: rackboot answers an installed machine's network boot with a local boot")
@@ -73,7 +76,7 @@ func netbootNow(ctx context.Context, a *app, r *profiles.Rack, m *profiles.Machi
 		return res
 	}
 	res.Override = &ov
-	notes := append([]string{"network boot once (" + string(mode) + "), read back: " + ov.String()}, overrideNotes(ov)...)
+	notes := append([]string{"network boot once (" + string(mode) + "), read back: " + readBack(ov)}, overrideNotes(ov)...)
 	if note != "" {
 		notes = append(notes, note)
 	}
@@ -149,10 +152,17 @@ func (rp *reinstallPower) run(ctx context.Context, a *app, out io.Writer, r *pro
 	return watchInstall(ctx, a, out, m.Name, rp.timeout, 2*time.Second)
 }
 
+// readBack is the override as read back, without its differences (the
+// notes say them).
+func readBack(ov bmc.BootOverride) string {
+	ov.Differences = nil
+	return ov.String()
+}
+
 // printNetbootResult prints one machine's netbootNow as lines.
 func printNetbootResult(out io.Writer, res powerResult) {
 	if res.Override != nil {
-		fmt.Fprintf(out, "%s: BMC %s (%s): network boot once, read back: %s\n", res.Name, res.BMC, orDash(res.Protocol), res.Override)
+		fmt.Fprintf(out, "%s: BMC %s (%s): network boot once, read back: %s\n", res.Name, res.BMC, orDash(res.Protocol), readBack(*res.Override))
 		for _, n := range overrideNotes(*res.Override) {
 			fmt.Fprintf(out, "%s: %s\n", res.Name, n)
 		}
