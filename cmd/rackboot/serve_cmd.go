@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
+	"github.com/dotfile/rackboot/imager"
 	"github.com/dotfile/rackboot/inventory"
 	"github.com/dotfile/rackboot/profiles"
 	"github.com/dotfile/rackboot/pxe"
@@ -169,21 +170,11 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 		a.log.Warn("--listen-all: HTTP, TFTP, the registry mirror, the events sink and the kernel log receiver answer on every network of this computer")
 	}
 	mirrorMetrics := prometheus.NewRegistry()
-	var mirror *registry.Server
-	if f.registryPort != 0 {
-		images, err := openImageStore(a)
-		if err != nil {
-			return err
-		}
-		if f.standin != "" {
-			fromStandin := func(version, schematic, arch string) bool { return cache.Has(version, schematic, arch) != nil }
-			if err := seedStandinInstallers(a, images, r, f.standin, fromStandin); err != nil {
-				a.log.Warn("the lab's installer image is not in the registry mirror: lab machines will fail to install", "err", err)
-			}
-		}
-		if mirror, err = newMirror(a, images, mirrorAddr(host, f.registryPort), attr, store, mirrorMetrics); err != nil {
-			return err
-		}
+	mirror, err := serveMirror(a, r, f, host, cache, attr, store, mirrorMetrics)
+	if err != nil {
+		return err
+	}
+	if mirror != nil {
 		defer mirror.Close() // when Serve never ran
 	}
 
@@ -300,6 +291,26 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 	fmt.Fprintf(cmd.ErrOrStderr(), "rackboot: serving %d machines on %s (%s); status: http://%s/\n",
 		len(r.Machines), iface, ip, net.JoinHostPort(ip.String(), strconv.Itoa(f.httpPort)))
 	return srv.Serve(ctx)
+}
+
+// serveMirror opens the image store and the registry mirror on host
+// (nil when --registry-port is 0). With --standin, the lab's installer
+// image goes into the store first.
+func serveMirror(a *app, r *profiles.Rack, f *serveFlags, host string, cache *imager.Cache, attr *attribution, inv *inventory.Store, metrics prometheus.Registerer) (*registry.Server, error) {
+	if f.registryPort == 0 {
+		return nil, nil
+	}
+	images, err := openImageStore(a)
+	if err != nil {
+		return nil, err
+	}
+	if f.standin != "" {
+		fromStandin := func(version, schematic, arch string) bool { return cache.Has(version, schematic, arch) != nil }
+		if err := seedStandinInstallers(a, images, r, f.standin, fromStandin); err != nil {
+			a.log.Warn("the lab's installer image is not in the registry mirror: lab machines will fail to install", "err", err)
+		}
+	}
+	return newMirror(a, images, mirrorAddr(host, f.registryPort), attr, inv, metrics)
 }
 
 // serveInterface picks the rack interface and address: the rack file's
