@@ -31,8 +31,12 @@ type powerLab struct {
 	outputs     bytes.Buffer // every stdout and stderr, to grep for passwords
 }
 
-func newPowerLab(t *testing.T) *powerLab {
-	l := &powerLab{sushy: bmctest.StartSushy(t, bmctest.SushyOpts{}), ipmi: bmctest.StartIPMISim(t, "0")}
+func newPowerLab(t *testing.T) *powerLab { return newPowerLabWith(t, bmctest.SushyOpts{}, "") }
+
+// newPowerLabWith: sushy started with o; cp1Extra are more lines of cp1's
+// bmc: (indented by 6).
+func newPowerLabWith(t *testing.T, o bmctest.SushyOpts, cp1Extra string) *powerLab {
+	l := &powerLab{sushy: bmctest.StartSushy(t, o), ipmi: bmctest.StartIPMISim(t, "0")}
 	dir := t.TempDir()
 	l.rack, l.state = filepath.Join(dir, "rack.yaml"), filepath.Join(dir, ".rackboot")
 	rack := fmt.Sprintf(`cluster:
@@ -55,7 +59,7 @@ machines:
       address: %s
       protocol: redfish
       user: %s
-  - name: w1
+%s  - name: w1
     role: worker
     select:
       mac: ["52:54:00:00:00:02"]
@@ -68,7 +72,7 @@ machines:
     role: worker
     select:
       mac: ["52:54:00:00:00:03"]
-`, l.sushy.URL, l.sushy.User, l.ipmi.Addr, l.ipmi.User)
+`, l.sushy.URL, l.sushy.User, cp1Extra, l.ipmi.Addr, l.ipmi.User)
 	if err := os.WriteFile(l.rack, []byte(rack), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -233,6 +237,9 @@ func TestPowerWrongPasswordAndFileMode(t *testing.T) {
 	t.Setenv("RACKBOOT_BMC_PASSWORD_CP1", l.sushy.Password)
 	t.Setenv("RACKBOOT_BMC_PASSWORD_W1", "not-the-pw-4711")
 	out, err := l.run(t, "", "power", "status", "cp1", "w1")
+	if _, serr := os.Stat(l.state); !os.IsNotExist(serr) {
+		t.Errorf("power status with passwords from the environment touched the state dir: %v", serr)
+	}
 	var ee *exitError
 	if err == nil || !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(err.Error(), "1 of 2 machine(s) failed: w1") {
 		t.Errorf("wrong password: err %v", err)
@@ -344,5 +351,44 @@ func TestPowerUpAndReinstallWatch(t *testing.T) {
 	}
 	if got := l.sushy.System(t)["PowerState"]; got != "On" {
 		t.Errorf("cp1 was not powered on: %v", got)
+	}
+}
+
+// A Redfish BMC over https with a self-signed certificate: accepted and
+// said so by default; with caFile verified; with verifyTLS against this
+// computer's roots refused, as the certificate is not theirs.
+func TestBMCCheckTLS(t *testing.T) {
+	for _, tc := range []struct {
+		name, extra, want string
+		fails             bool
+	}{
+		{"default", "", "not verified", false},
+		{"caFile", "      caFile: ca.pem\n", "verified", false},
+		{"verifyTLS", "      verifyTLS: true\n", "certificate", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := newPowerLabWith(t, bmctest.SushyOpts{TLS: true}, tc.extra)
+			if tc.extra != "" {
+				pem := l.sushy.CAPEM
+				if err := os.WriteFile(filepath.Join(filepath.Dir(l.rack), "ca.pem"), pem, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			t.Setenv("RACKBOOT_BMC_PASSWORD_CP1", l.sushy.Password)
+			out, err := l.run(t, "", "bmc", "check", "--json", "cp1")
+			if tc.fails {
+				if err == nil || !strings.Contains(out, tc.want) {
+					t.Errorf("err %v, output:\n%s", err, out)
+				}
+				return
+			}
+			var rs []powerResult
+			if err != nil || json.Unmarshal([]byte(out), &rs) != nil || len(rs) != 1 || rs[0].TLS != tc.want || rs[0].State != "off" {
+				t.Errorf("bmc check: %v\n%s", err, out)
+			}
+			if strings.Contains(l.outputs.String(), l.sushy.Password) {
+				t.Error("the password appears in the output")
+			}
+		})
 	}
 }

@@ -131,6 +131,7 @@ type Sushy struct {
 	User     string
 	Password string
 	CAPool   *x509.CertPool // set with TLS
+	CAPEM    []byte         // the same certificate, PEM (set with TLS)
 	// Notes receives the external notifier's messages (SushyOpts.Notify).
 	Notes chan map[string]any
 }
@@ -212,7 +213,7 @@ EXTERNAL_NOTIFICATION_URL = %q
 			t.Fatal(err)
 		}
 		conf += fmt.Sprintf("SUSHY_EMULATOR_SSL_CERT = %q\nSUSHY_EMULATOR_SSL_KEY = %q\n", certPath, keyPath)
-		s.CAPool = x509.NewCertPool()
+		s.CAPool, s.CAPEM = x509.NewCertPool(), certPEM
 		s.CAPool.AppendCertsFromPEM(certPEM)
 		scheme = "https"
 		tlsConf = &tls.Config{RootCAs: s.CAPool}
