@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -292,6 +293,10 @@ func openBMC(ctx context.Context, a *app, m *profiles.Machine, pw *profiles.BMCP
 	d, err := bmc.Open(ctx, cfg)
 	if err != nil {
 		res.Error = redactErr(err, cfg.Password)
+		var certErr *tls.CertificateVerificationError
+		if errors.As(err, &certErr) {
+			res.Error += "; in the rack file, write caFile: <the CA's PEM file> under bmc:, or drop verifyTLS and caFile to accept it unverified"
+		}
 		return nil, source, false
 	}
 	info := d.Info()
@@ -380,6 +385,7 @@ func printResults(w io.Writer, rs []powerResult, asJSON, withTLS bool) error {
 	if asJSON {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
+		enc.SetEscapeHTML(false)
 		if err := enc.Encode(rs); err != nil {
 			return err
 		}

@@ -364,7 +364,7 @@ func TestBMCCheckTLS(t *testing.T) {
 	}{
 		{"default", "", "not verified", false},
 		{"caFile", "      caFile: ca.pem\n", "verified", false},
-		{"verifyTLS", "      verifyTLS: true\n", "certificate", true},
+		{"verifyTLS", "      verifyTLS: true\n", "write caFile: <the CA's PEM file> under bmc:", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l := newPowerLabWith(t, bmctest.SushyOpts{TLS: true}, tc.extra)
