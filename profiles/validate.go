@@ -461,6 +461,7 @@ func (c *checker) machines() {
 		}
 	}
 
+	c.bmcShared()
 	switch {
 	case cps == 0:
 		c.errf("machines", "the rack has no control plane: give one machine (or three) role: controlplane")

@@ -97,3 +97,21 @@ func (r *Rack) BMCFirmware(m *Machine) (mode string, guessed bool) {
 	}
 	return "uefi", true
 }
+
+// bmcShared warns when machines share a BMC address without each naming
+// its Redfish system: they would power the same server.
+func (c *checker) bmcShared() {
+	first := map[string]int{}
+	for i := range c.r.Machines {
+		m := &c.r.Machines[i]
+		if m.BMC == nil || m.BMC.Address == "" {
+			continue
+		}
+		key := strings.TrimSuffix(strings.ToLower(m.BMC.Address), "/")
+		if j, ok := first[key]; !ok {
+			first[key] = i
+		} else if o := &c.r.Machines[j]; m.BMC.SystemID == "" || o.BMC.SystemID == "" || strings.EqualFold(m.BMC.SystemID, o.BMC.SystemID) {
+			c.warnf(fmt.Sprintf("machines[%d].bmc.address", i), "%s and %s have the same BMC address %s, so they would power the same server: fix the address, or give each its own systemId (a Redfish BMC with several systems)", o.Name, m.Name, m.BMC.Address)
+		}
+	}
+}

@@ -89,6 +89,7 @@ func TestBadRacks(t *testing.T) {
 		{"bmc-password", "24:17", false, "a BMC password does not belong in the rack file (it is shared and committed): remove this line and run `rackboot bmc set-password w1`, or set RACKBOOT_BMC_PASSWORD_W1"},
 		{"bmc-no-user", "22:7", false, "the bmc of w1 has no user: write user: <the BMC login>"},
 		{"bmc-address", "22:16", false, `BMC address "10.0.1.12:99999" of w1 has port "99999", which is not a port number`},
+		{"bmc-shared", "22:20", true, "cp1 and w1 have the same BMC address 10.0.1.12, so they would power the same server"},
 		{"bmc-url-ipmi", "22:16", false, "is a URL, but IPMI takes HOST[:PORT]: write 10.0.1.12, or protocol: redfish"},
 	}
 
