@@ -192,7 +192,9 @@ func newMirror(a *app, st *registry.Store, addr string, attr *attribution, inv *
 // kernel and initramfs, as Talos's installer image carries its boot files)
 // into the store under the installer name of every schematic whose
 // machines boot the stand-in, so lab machines pull it from the mirror as
-// Talos pulls its installer. A name the store holds complete is kept.
+// Talos pulls its installer. The image is built every time (well under a
+// second) and replaces a stored one with another digest: a boot image
+// rebuilt since (make standin) is what a reused state dir installs.
 func seedStandinInstallers(a *app, st *registry.Store, r *profiles.Rack, standinDir string, fromStandin func(version, schematic, arch string) bool) error {
 	archs := map[string][]string{} // installer reference → architectures
 	for i := range r.Machines {
@@ -210,35 +212,54 @@ func seedStandinInstallers(a *app, st *registry.Store, r *profiles.Rack, standin
 		}
 	}
 	for ref, as := range archs {
-		if st.Has(ref) == nil {
-			continue
+		img, digest, err := standinInstaller(standinDir, as)
+		if err != nil {
+			return err
 		}
-		slices.Sort(as)
-		var img any
-		if len(as) == 1 {
-			i, err := standin.InstallerImage(standinArchDir(standinDir, as[0]), as[0])
-			if err != nil {
-				return err
-			}
-			img = i
-		} else {
-			idx := v1.ImageIndex(empty.Index)
-			for _, arch := range as {
-				i, err := standin.InstallerImage(standinArchDir(standinDir, arch), arch)
-				if err != nil {
-					return err
-				}
-				idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: i,
-					Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
-			}
-			img = idx
+		if held(st, ref, digest) {
+			continue
 		}
 		if err := st.Put(ref, img); err != nil {
 			return fmt.Errorf("put the lab's installer image in the image store: %w", err)
 		}
-		a.log.Info("the lab's installer image is in the registry mirror", "image", ref, "arch", strings.Join(as, ","))
+		a.log.Info("the lab's installer image is in the registry mirror", "image", ref, "arch", strings.Join(as, ","), "digest", digest.String())
 	}
 	return nil
+}
+
+// held reports whether the store holds ref complete at digest.
+func held(st *registry.Store, ref string, digest v1.Hash) bool {
+	r, err := registry.ParseRef(ref)
+	if err != nil {
+		return false
+	}
+	d, err := st.Resolve(r.Repository(), r.Tag)
+	return err == nil && d.Digest == digest && st.Has(ref) == nil
+}
+
+// standinInstaller is the lab's installer image for the architectures: an
+// image for one, an index for several.
+func standinInstaller(standinDir string, archs []string) (any, v1.Hash, error) {
+	slices.Sort(archs)
+	if len(archs) == 1 {
+		i, err := standin.InstallerImage(standinArchDir(standinDir, archs[0]), archs[0])
+		if err != nil {
+			return nil, v1.Hash{}, err
+		}
+		d, err := i.Digest()
+		return i, d, err
+	}
+	idx := v1.ImageIndex(empty.Index)
+	for _, arch := range archs {
+		i, err := standin.InstallerImage(standinArchDir(standinDir, arch), arch)
+		if err != nil {
+			return nil, v1.Hash{}, err
+		}
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: i,
+			Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
+	}
+	d, err := idx.Digest()
+	return idx, d, err
 }
 
 func standinArchDir(dir, arch string) string {
