@@ -250,6 +250,7 @@ func FuzzParseAuthCapsResponse(f *testing.F) {
 
 func TestConfigNeverPrintsPassword(t *testing.T) {
 	cfg := Config{Address: "10.0.0.31", Protocol: ProtocolRedfish, User: "admin", Password: "hunter2-secret"}
+	//lint:ignore S1025 each formatting verb is what is under test
 	for _, s := range []string{fmt.Sprint(cfg), fmt.Sprintf("%v", cfg), fmt.Sprintf("%+v", cfg), fmt.Sprintf("%#v", cfg), fmt.Sprintf("%s", cfg), fmt.Sprint(&cfg)} {
 		if strings.Contains(s, "hunter2") {
 			t.Errorf("password printed: %s", s)

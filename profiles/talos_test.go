@@ -631,6 +631,7 @@ func TestRegistryMirrors(t *testing.T) {
 				wantMirrors(t, cfg, tc.hosts, tc.endpoint, tc.offline)
 				// The deprecated v1alpha1 machine.registries stays empty:
 				// the documents are the only source.
+				//lint:ignore SA1019 checking that the deprecated field stays empty
 				if regs := cfg.RawV1Alpha1().MachineConfig.MachineRegistries; len(regs.RegistryMirrors) != 0 {
 					t.Fatalf("%s has v1alpha1 machine.registries.mirrors %v", m, regs.RegistryMirrors)
 				}

@@ -187,6 +187,7 @@ func shadowedMirrors(r *Rack, cfg coreconfig.Provider, at, name string, done map
 		return
 	}
 	for _, h := range DefaultRegistryHosts() {
+		//lint:ignore SA1019 a patch may still set the deprecated field, which is what is reported
 		if _, set := raw.MachineConfig.MachineRegistries.RegistryMirrors[h]; !set || done[h] {
 			continue
 		}

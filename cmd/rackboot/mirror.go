@@ -17,7 +17,7 @@ import (
 
 	"github.com/dotfile/rackboot/bundles"
 	"github.com/dotfile/rackboot/inventory"
-	"github.com/dotfile/rackboot/lab/standin"
+	"github.com/dotfile/rackboot/lab/standin/installer"
 	"github.com/dotfile/rackboot/profiles"
 	"github.com/dotfile/rackboot/registry"
 )
@@ -242,7 +242,7 @@ func held(st *registry.Store, ref string, digest v1.Hash) bool {
 func standinInstaller(standinDir string, archs []string) (any, v1.Hash, error) {
 	slices.Sort(archs)
 	if len(archs) == 1 {
-		i, err := standin.InstallerImage(standinArchDir(standinDir, archs[0]), archs[0])
+		i, err := installer.Image(standinArchDir(standinDir, archs[0]), archs[0])
 		if err != nil {
 			return nil, v1.Hash{}, err
 		}
@@ -251,7 +251,7 @@ func standinInstaller(standinDir string, archs []string) (any, v1.Hash, error) {
 	}
 	idx := v1.ImageIndex(empty.Index)
 	for _, arch := range archs {
-		i, err := standin.InstallerImage(standinArchDir(standinDir, arch), arch)
+		i, err := installer.Image(standinArchDir(standinDir, arch), arch)
 		if err != nil {
 			return nil, v1.Hash{}, err
 		}

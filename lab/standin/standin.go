@@ -21,13 +21,15 @@ import (
 	"time"
 
 	"github.com/dotfile/rackboot/imager"
+	"github.com/dotfile/rackboot/lab/standin/installer"
 	"github.com/dotfile/rackboot/lab/standin/rootfs"
 )
 
-// Output file names in BuildOptions.OutDir.
+// Output file names in BuildOptions.OutDir (the installer image is made
+// from the first two).
 const (
-	KernelFile    = "vmlinuz"
-	InitramfsFile = "initramfs.cpio.gz"
+	KernelFile    = installer.KernelFile
+	InitramfsFile = installer.InitramfsFile
 	SourceFile    = "SOURCE"
 )
 

@@ -45,6 +45,7 @@ import (
 	"github.com/dotfile/rackboot/internal/netns"
 	"github.com/dotfile/rackboot/lab/standin"
 	"github.com/dotfile/rackboot/lab/standin/imagepull/registrytest"
+	"github.com/dotfile/rackboot/lab/standin/installer"
 	"github.com/dotfile/rackboot/lab/standin/marker"
 	"github.com/dotfile/rackboot/lab/standin/report"
 	"github.com/siderolabs/go-blockdevice/v2/partitioning/gpt"
@@ -119,7 +120,7 @@ func TestBootInQEMU(t *testing.T) {
 	}
 
 	srv := startServers(t, ns, cfg)
-	installer, err := standin.InstallerImage(filepath.Join(work, "image"), "amd64")
+	inst, err := installer.Image(filepath.Join(work, "image"), "amd64")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +164,7 @@ func TestBootInQEMU(t *testing.T) {
 		t.Error("boot 0: the NVMe disk was written although the installer image could not be pulled")
 	}
 	srv.reset()
-	pushInstaller(installer)
+	pushInstaller(inst)
 
 	// Boot 1: install.
 	rep, took = bootVM(t, ns, img, disks, srv, work, "boot1")
@@ -218,10 +219,10 @@ func TestBootInQEMU(t *testing.T) {
 		t.Errorf("report says %d events sent", rep.EventsSent)
 	}
 	// The install pulled the installer image from the mirror, all of it.
-	wantDigest, _ := installer.Digest()
-	raw, _ := installer.RawManifest()
-	cfgBlob, _ := installer.RawConfigFile()
-	layers, _ := installer.Layers()
+	wantDigest, _ := inst.Digest()
+	raw, _ := inst.RawManifest()
+	cfgBlob, _ := inst.RawConfigFile()
+	layers, _ := inst.Layers()
 	layerSize, _ := layers[0].Size()
 	if rep.InstallerImage != installerRef || rep.InstallerDigest != wantDigest.String() || rep.InstallerEndpoint != "http://"+mirrorAddr ||
 		rep.InstallerBytes != int64(len(raw)+len(cfgBlob))+layerSize {

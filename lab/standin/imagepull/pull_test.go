@@ -28,6 +28,7 @@ import (
 	"github.com/dotfile/rackboot/lab/standin"
 	"github.com/dotfile/rackboot/lab/standin/imagepull"
 	"github.com/dotfile/rackboot/lab/standin/imagepull/registrytest"
+	"github.com/dotfile/rackboot/lab/standin/installer"
 )
 
 const (
@@ -67,9 +68,9 @@ func randBytes(t *testing.T, n int) []byte {
 	return b
 }
 
-func installer(t *testing.T, dir, arch string) v1.Image {
+func installerImage(t *testing.T, dir, arch string) v1.Image {
 	t.Helper()
-	img, err := standin.InstallerImage(dir, arch)
+	img, err := installer.Image(dir, arch)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +141,7 @@ func mirrorOf(host string, skip bool, urls ...string) imagepull.Mirrors {
 // request, the files unpacked byte for byte, the bytes counted.
 func TestPullFromMirror(t *testing.T) {
 	dir, kernel, initrd := standinDir(t)
-	img := installer(t, dir, "amd64")
+	img := installerImage(t, dir, "amd64")
 	reg := registrytest.Start(t, registrytest.Options{})
 	push(t, reg, img)
 
@@ -148,7 +149,18 @@ func TestPullFromMirror(t *testing.T) {
 	want := digestOf(t, img)
 	for _, ref := range []string{upstream + "/" + repo + ":" + tag, upstream + "/" + repo + "@" + want} {
 		t.Run(ref[len(ref)-10:], func(t *testing.T) {
-			before := len(reg.Requests())
+			// Only the pull's requests carry ns= (the push's, whose log
+			// lines may come late, do not).
+			pulls := func(all []string) []string {
+				var out []string
+				for _, r := range all {
+					if strings.Contains(r, "?ns=") {
+						out = append(out, r)
+					}
+				}
+				return out
+			}
+			before := len(pulls(reg.Requests()))
 			res, err := client(reg.Client()).Pull(context.Background(), ref, mirrors, t.TempDir())
 			if err != nil {
 				t.Fatal(err)
@@ -156,8 +168,8 @@ func TestPullFromMirror(t *testing.T) {
 			if res.Digest != want || res.Manifest != want || res.Endpoint != reg.URL || res.Attempts != 1 {
 				t.Errorf("result %+v, want digest %s from %s in one attempt", res, want, reg.URL)
 			}
-			wantFile(t, res.Dir, standin.InstallerKernelPath("amd64"), kernel)
-			wantFile(t, res.Dir, standin.InstallerInitramfsPath("amd64"), initrd)
+			wantFile(t, res.Dir, installer.KernelPath("amd64"), kernel)
+			wantFile(t, res.Dir, installer.InitramfsPath("amd64"), initrd)
 
 			// Bytes: the manifest, the config and the layer, each once.
 			raw, _ := img.RawManifest()
@@ -167,7 +179,7 @@ func TestPullFromMirror(t *testing.T) {
 			if wantBytes := int64(len(raw)+len(cfg)) + size; res.Bytes != wantBytes {
 				t.Errorf("bytes %d, want %d (manifest %d + config %d + layer %d)", res.Bytes, wantBytes, len(raw), len(cfg), size)
 			}
-			reqs := reg.WaitRequests(func(r []string) bool { return len(r) >= before+4 })[before:]
+			reqs := pulls(reg.WaitRequests(func(r []string) bool { return len(pulls(r)) >= before+4 }))[before:]
 			if len(reqs) < 4 || !strings.HasPrefix(reqs[0], "HEAD /v2/"+repo+"/manifests/") {
 				t.Fatalf("registry saw %q, want a HEAD of the manifest first", reqs)
 			}
@@ -184,7 +196,7 @@ func TestPullFromMirror(t *testing.T) {
 // gets its own platform's files.
 func TestPullIndex(t *testing.T) {
 	dir, kernel, _ := standinDir(t)
-	amd, arm := installer(t, dir, "amd64"), installer(t, dir, "arm64")
+	amd, arm := installerImage(t, dir, "amd64"), installerImage(t, dir, "arm64")
 	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
 	idx = mutate.AppendManifests(idx,
 		mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
@@ -201,7 +213,7 @@ func TestPullIndex(t *testing.T) {
 		if res.Digest != digestOf(t, idx) || res.Manifest != digestOf(t, img) {
 			t.Errorf("%s: digest %s manifest %s, want the index %s and %s", arch, res.Digest, res.Manifest, digestOf(t, idx), digestOf(t, img))
 		}
-		wantFile(t, res.Dir, standin.InstallerKernelPath(arch), kernel)
+		wantFile(t, res.Dir, installer.KernelPath(arch), kernel)
 		if _, err := os.Stat(filepath.Join(res.Dir, "usr/install", map[string]string{"amd64": "arm64", "arm64": "amd64"}[arch])); err == nil {
 			t.Errorf("%s: the other platform's files were unpacked too", arch)
 		}
@@ -218,7 +230,7 @@ func TestPullIndex(t *testing.T) {
 // the upstream is not asked.
 func TestMirrorsThenFallback(t *testing.T) {
 	dir, kernel, _ := standinDir(t)
-	img := installer(t, dir, "amd64")
+	img := installerImage(t, dir, "amd64")
 	up := registrytest.Start(t, registrytest.Options{TLS: true})
 	push(t, up, img)
 	empty := registrytest.Start(t, registrytest.Options{})
@@ -232,7 +244,7 @@ func TestMirrorsThenFallback(t *testing.T) {
 	if res.Endpoint != up.URL || len(res.Endpoints) != 1 {
 		t.Errorf("endpoint %s (all %v), want the upstream %s", res.Endpoint, res.Endpoints, up.URL)
 	}
-	wantFile(t, res.Dir, standin.InstallerKernelPath("amd64"), kernel)
+	wantFile(t, res.Dir, installer.KernelPath("amd64"), kernel)
 	head := "HEAD /v2/" + repo + "/manifests/" + tag + "?ns=" + url.QueryEscape(up.Addr) + " "
 	if reqs := empty.WaitRequests(func(r []string) bool { return registrytest.Count(r, head) > 0 }); registrytest.Count(reqs, head) != 1 {
 		t.Errorf("the empty mirror saw %q, want one %q", reqs, head)
@@ -262,7 +274,7 @@ func TestMirrorsThenFallback(t *testing.T) {
 func TestSkipFallback(t *testing.T) {
 	dir, _, _ := standinDir(t)
 	up := registrytest.Start(t, registrytest.Options{TLS: true})
-	push(t, up, installer(t, dir, "amd64"))
+	push(t, up, installerImage(t, dir, "amd64"))
 	empty := registrytest.Start(t, registrytest.Options{})
 	before := len(up.Requests())
 	ref := up.Addr + "/" + repo + ":" + tag
@@ -329,7 +341,7 @@ func startFlipByteProxy(t *testing.T, target *registrytest.Registry, layer strin
 // succeeds, as Talos retries.
 func TestCorruptLayer(t *testing.T) {
 	dir, kernel, _ := standinDir(t)
-	img := installer(t, dir, "amd64")
+	img := installerImage(t, dir, "amd64")
 	reg := registrytest.Start(t, registrytest.Options{})
 	push(t, reg, img)
 	layers, _ := img.Layers()
@@ -356,7 +368,7 @@ func TestCorruptLayer(t *testing.T) {
 	if res.Attempts != 2 {
 		t.Errorf("attempts %d, want 2 (one corrupt transfer, then a good one)", res.Attempts)
 	}
-	wantFile(t, res.Dir, standin.InstallerKernelPath("amd64"), kernel)
+	wantFile(t, res.Dir, installer.KernelPath("amd64"), kernel)
 }
 
 // TestPullHonoursContext: a cancelled context ends the retries.

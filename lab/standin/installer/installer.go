@@ -1,4 +1,9 @@
-package standin
+// Package installer builds the lab's installer image: the boot image's
+// kernel and initramfs at the paths Talos's installer image holds them,
+// as an OCI image that serve puts in its registry mirror and the lab's
+// machines pull before they install, as Talos pulls machine.install.image.
+// It depends on no other rackboot package, so any test can build one.
+package installer
 
 import (
 	"archive/tar"
@@ -20,7 +25,7 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/constants"
 )
 
-// InstallerKernelPath and InstallerInitramfsPath are where the installer
+// KernelPath and InitramfsPath are where the installer
 // image's layer holds the boot assets for arch: Talos's own paths
 // (machinery constants KernelAssetPath, InitramfsAssetPath:
 // /usr/install/<arch>/vmlinuz and /usr/install/<arch>/initramfs.xz, as
@@ -30,16 +35,23 @@ import (
 // by the content, not the name). Talos v1.10+ metal installers carry a
 // UKI (vmlinuz.efi) and systemd-boot.efi instead: the stand-in boots
 // kernel + initramfs through its loader entry, so it ships those.
-func InstallerKernelPath(arch string) string {
+// KernelFile and InitramfsFile are the boot image directory's files, as
+// `make standin` leaves them.
+const (
+	KernelFile    = "vmlinuz"
+	InitramfsFile = "initramfs.cpio.gz"
+)
+
+func KernelPath(arch string) string {
 	return strings.TrimPrefix(fmt.Sprintf(constants.KernelAssetPath, arch), "/")
 }
 
-// InstallerInitramfsPath: see InstallerKernelPath.
-func InstallerInitramfsPath(arch string) string {
+// InitramfsPath: see KernelPath.
+func InitramfsPath(arch string) string {
 	return strings.TrimPrefix(fmt.Sprintf(constants.InitramfsAssetPath, arch), "/")
 }
 
-// InstallerImage is the stand-in's installer image for arch, built from
+// Image is the stand-in's installer image for arch, built from
 // dir as `make standin` leaves it (vmlinuz, initramfs.cpio.gz): one layer
 // holding the kernel and the installed system's initramfs (the first,
 // gzip, archive of initramfs.cpio.gz: what the stand-in's install writes
@@ -48,7 +60,7 @@ func InstallerInitramfsPath(arch string) string {
 // OCI manifest and config, a gzip tar layer with entries sorted by name;
 // reproducible here (fixed mtimes and owners, no creation time), so the
 // same files give the same digest.
-func InstallerImage(dir, arch string) (v1.Image, error) {
+func Image(dir, arch string) (v1.Image, error) {
 	if arch != "amd64" && arch != "arm64" {
 		return nil, fmt.Errorf("installer image: architecture %q (want amd64 or arm64)", arch)
 	}
@@ -64,8 +76,8 @@ func InstallerImage(dir, arch string) (v1.Image, error) {
 		return nil, fmt.Errorf("installer image: %s: %w", initrd, err)
 	}
 	entries := []layerFile{
-		{name: InstallerKernelPath(arch), src: kernel, size: -1},
-		{name: InstallerInitramfsPath(arch), src: initrd, size: baseLen},
+		{name: KernelPath(arch), src: kernel, size: -1},
+		{name: InitramfsPath(arch), src: initrd, size: baseLen},
 	}
 	// Sorted by name, as Talos's filemap.Layer.
 	slices.SortFunc(entries, func(a, b layerFile) int { return strings.Compare(a.name, b.name) })

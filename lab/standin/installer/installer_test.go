@@ -1,4 +1,4 @@
-package standin
+package installer
 
 import (
 	"archive/tar"
@@ -42,11 +42,11 @@ func fakeBuild(t *testing.T) (dir string, kernel, installed []byte) {
 func TestInstallerImage(t *testing.T) {
 	dir, kernel, installed := fakeBuild(t)
 	for _, arch := range []string{"amd64", "arm64"} {
-		img, err := InstallerImage(dir, arch)
+		img, err := Image(dir, arch)
 		if err != nil {
 			t.Fatal(err)
 		}
-		again, err := InstallerImage(dir, arch)
+		again, err := Image(dir, arch)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -99,10 +99,10 @@ func TestInstallerImage(t *testing.T) {
 		}
 		rc.Close()
 	}
-	if _, err := InstallerImage(dir, "riscv64"); err == nil {
+	if _, err := Image(dir, "riscv64"); err == nil {
 		t.Error("riscv64: no error")
 	}
-	if _, err := InstallerImage(t.TempDir(), "amd64"); err == nil {
+	if _, err := Image(t.TempDir(), "amd64"); err == nil {
 		t.Error("an empty dir: no error")
 	}
 }
