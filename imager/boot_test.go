@@ -10,12 +10,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/dotfile/rackboot/lab/standin/installer"
 	"github.com/dotfile/rackboot/lab/standin/report"
+	"github.com/dotfile/rackboot/registry"
 )
 
 // OVMF firmware files (Debian package ovmf).
@@ -95,6 +98,12 @@ func TestBootInQEMU(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg, cmdline := testConfig(t, "cp1")
+	// Like Talos, the stand-in pulls its installer image before it
+	// installs, through the config's registry mirror (rackboot's, at
+	// cluster.network.rackboot 10.0.0.2:5000): the VM's only network is a
+	// QEMU user network restricted to that address, forwarded to a
+	// registry mirror on this computer's loopback.
+	nic := installerMirror(t, cfg, kernel, standin)
 	spec := ImageSpec{Name: "cp1", Cmdline: cmdline + " console=ttyS0", Config: cfg, Kernel: kernel, Initramfs: initrd}
 	dir := t.TempDir()
 	b := testBuilder(t)
@@ -117,10 +126,58 @@ func TestBootInQEMU(t *testing.T) {
 			"-drive", "file=" + usb + ",if=none,id=stick,format=raw,snapshot=on", "-device", "usb-storage,bus=xhci.0,drive=stick,bootindex=0"}},
 	} {
 		t.Run(m.name, func(t *testing.T) {
+			m.media = append(m.media, nic...)
 			rep := bootOnce(t, qemu, m, sha256Hex(cfg))
 			t.Logf("%s: %s reported %s after %.1f s of guest uptime", m.name, rep.Name, rep.Result, rep.Uptime)
 		})
 	}
+}
+
+// installerMirror serves the installer image cfg names (built from the
+// stand-in's kernel and initramfs as serve builds it) from rackboot's
+// registry mirror on loopback, and returns QEMU arguments for cp1's NIC whose
+// user network reaches only that mirror, at 10.0.0.2:5000.
+func installerMirror(t *testing.T, cfg []byte, kernel, initramfs string) []string {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^\s+image: (factory\.talos\.dev/metal-installer/\S+)$`).FindSubmatch(cfg)
+	if m == nil {
+		t.Fatal("the config names no metal installer image")
+	}
+	dir := t.TempDir()
+	for name, src := range map[string]string{installer.KernelFile: kernel, installer.InitramfsFile: initramfs} {
+		if err := os.Symlink(src, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img, err := installer.Image(dir, "amd64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := registry.Open(filepath.Join(dir, "images"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Put(string(m[1]), img); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := registry.New(registry.Config{Addr: "127.0.0.1:0", Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	// A cmd: forward runs once per guest connection (a tcp: chardev would
+	// connect once, at start).
+	nc, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Fatal("busybox is missing: apt-get install busybox-static (make deps)")
+	}
+	host, port, _ := strings.Cut(srv.Addr().String(), ":")
+	fwd := "guestfwd=tcp:10.0.0.2:5000-cmd:" + nc + " nc " + host + " " + port
+	return []string{"-netdev", "user,id=n0,restrict=on,net=10.0.0.0/24,host=10.0.0.1,dhcpstart=10.0.0.50," + fwd,
+		"-device", "virtio-net-pci,netdev=n0,romfile=,mac=52:54:00:00:00:01"} // cp1's MAC: its LinkConfig (10.0.0.11/24) applies
 }
 
 // bootOnce boots one medium with an empty NVMe disk and returns the

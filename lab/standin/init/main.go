@@ -162,7 +162,10 @@ func (m *machine) boot(ctx context.Context) error {
 
 	source, _ := m.cmd.Get(cmdline.KeyConfig)
 	sink, hasSink := m.cmd.Get(cmdline.KeyEventsSink)
-	needNet := (source != "" && source != cmdline.MetalISO) || hasSink
+	// Talos brings its network up on every boot (DHCP on each link when the
+	// config has none), an ISO boot included: it pulls its installer
+	// image before installing.
+	needNet := source != "" || hasSink
 	if source == "" {
 		// No token on this command line: record it (the installed
 		// system's loader entry, when booted from disk).
