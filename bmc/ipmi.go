@@ -181,11 +181,7 @@ func (d *ipmiDriver) powerTo(ctx context.Context, want State, action powerAction
 	if err != nil {
 		return err
 	}
-	_, err = poll(ctx, &d.cfg, timeout, d.state, func(s State) bool { return s == want })
-	if errors.Is(err, ErrTimeout) && sent {
-		return fmt.Errorf("%w: sent %s, still not %s after %s", ErrTimeout, action, want, timeout)
-	}
-	return err
+	return awaitPower(ctx, &d.cfg, d.state, want, action, timeout, sent)
 }
 
 func (d *ipmiDriver) PowerOn(ctx context.Context) error {

@@ -293,11 +293,7 @@ func (d *redfishDriver) powerTo(ctx context.Context, want State, action powerAct
 	if err != nil {
 		return err
 	}
-	_, err = poll(ctx, &d.cfg, timeout, d.state, func(s State) bool { return s == want })
-	if errors.Is(err, ErrTimeout) && sent {
-		return fmt.Errorf("%w: sent %s, still not %s after %s", ErrTimeout, action, want, timeout)
-	}
-	return err
+	return awaitPower(ctx, &d.cfg, d.state, want, action, timeout, sent)
 }
 
 func (d *redfishDriver) PowerOn(ctx context.Context) error {
@@ -326,6 +322,16 @@ func (d *redfishDriver) PowerCycle(ctx context.Context) error {
 		return d.fail("power cycle", err)
 	}
 	return nil
+}
+
+// awaitPower polls the state until it is want (both protocols' powerTo,
+// after the action was sent, or not needed).
+func awaitPower(ctx context.Context, cfg *Config, state func(context.Context) (State, error), want State, action powerAction, timeout time.Duration, sent bool) error {
+	_, err := poll(ctx, cfg, timeout, state, func(s State) bool { return s == want })
+	if errors.Is(err, ErrTimeout) && sent {
+		return fmt.Errorf("%w: sent %s, still not %s after %s", ErrTimeout, action, want, timeout)
+	}
+	return err
 }
 
 // cycle is PowerCycle for both protocols: soft off (bounded), hard off if
