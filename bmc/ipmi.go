@@ -26,6 +26,7 @@ type ipmiDriver struct {
 
 	mu     sync.Mutex // one operation, hence one request, at a time
 	client *client.Client
+	powerVerbs
 }
 
 func ipmiHostPort(addr string) (string, int, error) {
@@ -50,6 +51,7 @@ func openIPMI(ctx context.Context, cfg Config, probed bool) (Driver, error) {
 		return nil, cfg.errorf(ProtocolIPMI, "connect", err)
 	}
 	d := &ipmiDriver{cfg: cfg, host: host, port: port}
+	d.powerVerbs = powerVerbs{cfg: &d.cfg, mu: &d.mu, state: d.state, powerTo: d.powerTo, fail: d.fail}
 	d.info = Info{Address: cfg.Address, Protocol: ProtocolIPMI, Endpoint: net.JoinHostPort(host, strconv.Itoa(port)), Probed: probed}
 	if err := retry(ctx, &d.cfg, transientIPMI, d.connect); err != nil {
 		return nil, d.fail("open an RMCP+ session", err)
@@ -182,33 +184,6 @@ func (d *ipmiDriver) powerTo(ctx context.Context, want State, action powerAction
 		return err
 	}
 	return awaitPower(ctx, &d.cfg, d.state, want, action, timeout, sent)
-}
-
-func (d *ipmiDriver) PowerOn(ctx context.Context) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.powerTo(ctx, StateOn, actionOn, d.cfg.PowerTimeout); err != nil {
-		return d.fail("power on", err)
-	}
-	return nil
-}
-
-func (d *ipmiDriver) PowerOff(ctx context.Context) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.powerTo(ctx, StateOff, actionHardOff, d.cfg.PowerTimeout); err != nil {
-		return d.fail("power off", err)
-	}
-	return nil
-}
-
-func (d *ipmiDriver) PowerCycle(ctx context.Context) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := cycle(ctx, &d.cfg, d.state, d.powerTo); err != nil {
-		return d.fail("power cycle", err)
-	}
-	return nil
 }
 
 // Boot option parameter selectors.

@@ -26,6 +26,7 @@ type redfishDriver struct {
 	mu     sync.Mutex // one operation, hence one request, at a time
 	client *gofish.APIClient
 	http   *http.Client
+	powerVerbs
 }
 
 // redfishEndpoints lists the base URLs to try for an address: a URL as is,
@@ -128,6 +129,7 @@ func findRedfish(ctx context.Context, cfg *Config, hc *http.Client) (string, err
 // endpoint is "" to find it.
 func openRedfish(ctx context.Context, cfg Config, endpoint string) (Driver, error) {
 	d := &redfishDriver{cfg: cfg, http: cfg.httpClient()}
+	d.powerVerbs = powerVerbs{cfg: &d.cfg, mu: &d.mu, state: d.state, powerTo: d.powerTo, fail: d.fail}
 	d.info = Info{Address: cfg.Address, Protocol: ProtocolRedfish, TLSVerified: cfg.VerifyTLS}
 	if endpoint == "" {
 		ep, err := findRedfish(ctx, &d.cfg, d.http)
@@ -294,69 +296,6 @@ func (d *redfishDriver) powerTo(ctx context.Context, want State, action powerAct
 		return err
 	}
 	return awaitPower(ctx, &d.cfg, d.state, want, action, timeout, sent)
-}
-
-func (d *redfishDriver) PowerOn(ctx context.Context) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.powerTo(ctx, StateOn, actionOn, d.cfg.PowerTimeout); err != nil {
-		return d.fail("power on", err)
-	}
-	return nil
-}
-
-func (d *redfishDriver) PowerOff(ctx context.Context) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.powerTo(ctx, StateOff, actionHardOff, d.cfg.PowerTimeout); err != nil {
-		return d.fail("power off", err)
-	}
-	return nil
-}
-
-func (d *redfishDriver) PowerCycle(ctx context.Context) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	err := cycle(ctx, &d.cfg, d.state, d.powerTo)
-	if err != nil {
-		return d.fail("power cycle", err)
-	}
-	return nil
-}
-
-// awaitPower polls the state until it is want (both protocols' powerTo,
-// after the action was sent, or not needed).
-func awaitPower(ctx context.Context, cfg *Config, state func(context.Context) (State, error), want State, action powerAction, timeout time.Duration, sent bool) error {
-	_, err := poll(ctx, cfg, timeout, state, func(s State) bool { return s == want })
-	if errors.Is(err, ErrTimeout) && sent {
-		return fmt.Errorf("%w: sent %s, still not %s after %s", ErrTimeout, action, want, timeout)
-	}
-	return err
-}
-
-// cycle is PowerCycle for both protocols: soft off (bounded), hard off if
-// needed, on.
-func cycle(ctx context.Context, cfg *Config, state func(context.Context) (State, error),
-	powerTo func(ctx context.Context, want State, a powerAction, timeout time.Duration) error) error {
-	s, err := state(ctx)
-	if err != nil {
-		return err
-	}
-	if s == StateOn {
-		err := powerTo(ctx, StateOff, actionSoftOff, cfg.SoftTimeout)
-		switch {
-		case err == nil:
-			cfg.Log.Info("bmc: machine shut down gracefully", "address", cfg.Address)
-		case errors.Is(err, ErrTimeout) || errors.Is(err, ErrUnsupported):
-			cfg.Log.Info("bmc: graceful shutdown did not complete; forcing power off", "address", cfg.Address, "reason", err)
-			if err := powerTo(ctx, StateOff, actionHardOff, cfg.PowerTimeout); err != nil {
-				return err
-			}
-		default:
-			return err
-		}
-	}
-	return powerTo(ctx, StateOn, actionOn, cfg.PowerTimeout)
 }
 
 func (d *redfishDriver) SetNetbootOnce(ctx context.Context, mode BootMode) (BootOverride, error) {
