@@ -31,9 +31,10 @@ import (
 var powerActions = []string{"status", "on", "off", "cycle"}
 
 type powerFlags struct {
-	all    bool
-	yes    bool
-	asJSON bool
+	all     bool
+	yes     bool
+	asJSON  bool
+	netboot bool // on only: a network boot once first
 }
 
 func init() {
@@ -71,6 +72,9 @@ func powerCmd(a *app, action string) *cobra.Command {
 	if action == "off" || action == "cycle" {
 		cmd.Flags().BoolVarP(&f.yes, "yes", "y", false, "do not ask for confirmation")
 	}
+	if action == "on" {
+		cmd.Flags().BoolVar(&f.netboot, "netboot", false, "set a network boot once first (read back and reported), then power on; a machine that is on is power-cycled")
+	}
 	return cmd
 }
 
@@ -94,6 +98,9 @@ func runPower(cmd *cobra.Command, a *app, action string, args []string, f *power
 		return err
 	}
 	results := runOnBMCs(cmd.Context(), ms, func(ctx context.Context, m *profiles.Machine) powerResult {
+		if f.netboot {
+			return netbootNow(ctx, a, r, m, pw)
+		}
 		return powerOne(ctx, a, m, pw, action)
 	})
 	return printResults(cmd.OutOrStdout(), results, f.asJSON, false)

@@ -191,6 +191,7 @@ func TestPowerAgainstEmulators(t *testing.T) {
 	}
 
 	l.checkReinstall(t)
+	l.checkOnNetboot(t)
 	for _, pw := range []string{l.sushy.Password, l.ipmi.Password} {
 		if strings.Contains(l.outputs.String(), pw) {
 			t.Errorf("a BMC password appears in rackboot's output")
@@ -226,6 +227,27 @@ func (l *powerLab) checkReinstall(t *testing.T) {
 	}
 	if out := l.ipmi.IPMITool(t, "chassis", "bootparam", "get", "5"); !strings.Contains(out, "Force PXE") {
 		t.Errorf("ipmitool does not read PXE back:\n%s", out)
+	}
+}
+
+// power on --netboot on an off machine: the override is set and read
+// back (in the JSON row), then the machine is powered on, not cycled.
+func (l *powerLab) checkOnNetboot(t *testing.T) {
+	l.mustRun(t, "", "power", "off", "--yes", "w1")
+	l.ipmi.IPMITool(t, "chassis", "bootdev", "disk")
+	out := l.mustRun(t, "", "power", "on", "--netboot", "--json", "w1")
+	var rs []powerResult
+	if err := json.Unmarshal([]byte(out), &rs); err != nil || len(rs) != 1 {
+		t.Fatalf("power on --netboot --json: %v\n%s", err, out)
+	}
+	if r := rs[0]; r.State != "powered on" || r.Override == nil || r.Override.Target != "Pxe" || !strings.Contains(r.Note, "network boot once (uefi)") {
+		t.Errorf("power on --netboot w1: %+v", r)
+	}
+	if got := l.ipmi.ChassisFile(t, "boot"); got != "pxe" {
+		t.Errorf("ipmi_sim's chassis boot is %q after power on --netboot, want pxe", got)
+	}
+	if out := l.ipmi.IPMITool(t, "chassis", "power", "status"); !strings.Contains(out, "Chassis Power is on") {
+		t.Errorf("ipmitool after power on --netboot: %q", out)
 	}
 }
 
