@@ -99,6 +99,12 @@ type Spec struct {
 	// firmware's own network stack with no ROM on the NIC (OVMF's PXE or
 	// UEFI HTTP boot client, as on a real server). See BootNIC.
 	BootNICs map[string]BootNIC
+	// BMCPasswords are the passwords the virtual BMCs accept (machine
+	// name → password): required for every machine that gets one (its
+	// bmc: address is an IPv4 address in the lab subnet). Never in the
+	// Plan or lab.json: Up writes them only into the emulators' 0600
+	// files, which Down removes.
+	BMCPasswords map[string]string `json:"-"`
 }
 
 // Netboot is who netboots a VM's first NIC.
@@ -211,6 +217,9 @@ type VMPlan struct {
 	Extra []NIC
 	NVMe  Disk
 	SATA  []Disk
+	// BMC is the VM's virtual BMC (nil: none; the VM starts powered on).
+	// A VM with one starts powered off, its QEMU run by the power agent.
+	BMC *BMCPlan
 }
 
 // Taps are the VM's tap names: its first NIC's, then its extra NICs'.
@@ -303,7 +312,7 @@ func NewPlan(name string, s Spec) (*Plan, error) {
 	} else if a, err := netip.ParseAddr(r.Cluster.Network.Rackboot); err == nil && subnet.Contains(a) && used[a] == "" {
 		// The rack file says where rackboot is: the configs point there.
 		p.ServerAddr = netip.PrefixFrom(a, subnet.Bits())
-	} else if a, err := ServerAddress(subnet, used); err != nil {
+	} else if a, err := ServerAddress(subnet, withBMCs(used, r, subnet)); err != nil {
 		errs = append(errs, err)
 	} else {
 		p.ServerAddr = netip.PrefixFrom(a, subnet.Bits())
@@ -465,6 +474,7 @@ func NewPlan(name string, s Spec) (*Plan, error) {
 		}
 		p.VMs = append(p.VMs, vm)
 	}
+	errs = append(errs, planBMCs(p, r, used, s.BMCPasswords)...)
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("plan lab %s: %w", name, errors.Join(errs...))
 	}
