@@ -91,7 +91,7 @@ func TestParseBMCAddress(t *testing.T) {
 		{"https://192.168.1.40/redfish/v1", "", BMCPlan{Protocol: "redfish", Port: 443, TLS: true}, ""},
 		{"http://192.168.1.40", "redfish", BMCPlan{Protocol: "redfish", Port: 80}, ""},
 		{"http://192.168.1.40:8000", "redfish", BMCPlan{Protocol: "redfish", Port: 8000}, ""},
-		{"10.0.0.5", "ipmi", BMCPlan{}, ""},           // outside the subnet
+		{"10.0.0.5", "ipmi", BMCPlan{}, ""},            // outside the subnet
 		{"https://10.0.0.5", "redfish", BMCPlan{}, ""}, // outside
 		{"[fd00::5]:623", "ipmi", BMCPlan{}, ""},       // IPv6: no virtual BMC
 		{"ilo-formula.example.com", "redfish", BMCPlan{}, "not a host name"},
