@@ -107,14 +107,28 @@ func newRoot() (*cobra.Command, *app) {
 			return nil
 		},
 	}
-	root.PersistentFlags().StringVarP(&a.rackPath, "rack", "f", "rack.yaml", "the rack file")
-	root.PersistentFlags().StringVar(&a.stateDir, "state", "", "state directory: secrets, leases, machine states (default .rackboot/ beside the rack file)")
+	root.PersistentFlags().StringVarP(&a.rackPath, "rack", "f", envOr(rackEnv, "rack.yaml"), "the rack file (or $"+rackEnv+")")
+	root.PersistentFlags().StringVar(&a.stateDir, "state", os.Getenv(stateEnv), "state directory: secrets, leases, machine states (default $"+stateEnv+", else .rackboot/ beside the rack file)")
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log at debug level")
 	root.PersistentFlags().StringVar(&a.cpuProfile, "cpuprofile", "", "write a CPU profile to this file, for go tool pprof")
 	for _, add := range subcommands {
 		root.AddCommand(add(a))
 	}
 	return root, a
+}
+
+// The environment variables that give -f and --state their defaults (`lab
+// exec` sets them to the lab's rack file and serve's state directory).
+const (
+	rackEnv  = "RACKBOOT_RACK"
+	stateEnv = "RACKBOOT_STATE"
+)
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
 }
 
 // subcommands is filled by the init functions of this package's files, one
