@@ -18,6 +18,8 @@ pkgs=(
   docker-registry skopeo containerd
   # BMCs: a real IPMI BMC simulator and client; sushy-tools' Redfish emulator (../shared/tools) runs on these
   openipmi ipmitool python3-flask python3-tenacity python3-bcrypt python3-webob python3-pbr python3-requests
+  # disk inspection and wipes: Ceph's own bluestore label reader (ceph-bluestore-tool), hexdump
+  ceph-osd bsdextrautils
 )
 
 missing=()
