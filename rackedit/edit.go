@@ -51,8 +51,11 @@ func (d *doc) add(m profiles.Machine) ([]byte, error) {
 		if k > 0 {
 			prev := d.seq.Content[k-1]
 			between := string(d.src[flowEnd(d.src, d.offset(prev.Line, prev.Column)):d.offset(last.Line, last.Column)])
-			if strings.Count(between, ",") == 1 && strings.TrimSpace(strings.Replace(between, ",", "", 1)) == "" {
+			switch {
+			case strings.Count(between, ",") == 1 && strings.TrimSpace(strings.Replace(between, ",", "", 1)) == "":
 				sep = between
+			case strings.Contains(between, "\n"):
+				sep = "," + d.eol + spaces(d.indent(last.Line-1))
 			}
 		} else if last.Line > d.seq.Line {
 			sep = "," + d.eol + spaces(d.indent(last.Line-1))

@@ -2,6 +2,7 @@ package rackedit
 
 import (
 	"fmt"
+	"reflect"
 	"slices"
 	"sort"
 	"strconv"
@@ -118,7 +119,7 @@ func (st *style) learn(n *yaml.Node, path string) {
 			}
 		}
 	}
-	st.order[path] = mergeOrder(st.order[path], keys)
+	st.order[path] = mergeOrder(path, st.order[path], keys)
 }
 
 // learnQuote records how a string is quoted when quoting was a choice.
@@ -135,8 +136,11 @@ func (st *style) learnQuote(path string, v *yaml.Node) {
 }
 
 // mergeOrder adds keys seen in one entry to the order seen so far, each
-// after the key that came before it there.
-func mergeOrder(have, keys []string) []string {
+// after the key that came before it there and after the keys that follow
+// that one and come before it in the struct (so that labels seen after
+// select in one entry still go after another entry's address).
+func mergeOrder(path string, have, keys []string) []string {
+	rank := structOrder[path]
 	for j, k := range keys {
 		if slices.Contains(have, k) {
 			continue
@@ -145,10 +149,46 @@ func mergeOrder(have, keys []string) []string {
 		if j > 0 {
 			at = slices.Index(have, keys[j-1]) + 1
 		}
+		rk := slices.Index(rank, k)
+		for rk >= 0 && at < len(have) && !slices.Contains(keys, have[at]) {
+			if r := slices.Index(rank, have[at]); r < 0 || r > rk {
+				break
+			}
+			at++
+		}
 		have = slices.Insert(have, at, k)
 	}
 	return have
 }
+
+// structOrder is the order of the fields of each mapping of a machine, by
+// path, from the yaml tags of profiles.Machine.
+var structOrder = func() map[string][]string {
+	out := map[string][]string{}
+	var walk func(t reflect.Type, path string)
+	walk = func(t reflect.Type, path string) {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+			if t.Kind() == reflect.Slice {
+				path += "[]"
+			}
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct || path == "patches[]" {
+			return
+		}
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+			if !f.IsExported() || tag == "" || tag == "-" {
+				continue
+			}
+			out[path] = append(out[path], tag)
+			walk(f.Type, childPath(path, tag))
+		}
+	}
+	walk(reflect.TypeOf(profiles.Machine{}), "")
+	return out
+}()
 
 // sortPairs orders a mapping's keys as the file does; keys the file never
 // uses stay after the key that comes before them in the struct.
@@ -344,6 +384,11 @@ func (st *style) scalar(v *yaml.Node, path string, flow bool) string {
 // plainOK reports whether s reads back as the same string unquoted.
 func plainOK(s string, flow bool) bool {
 	if s == "" || strings.ContainsAny(s, "\n\r\t") || (flow && strings.ContainsAny(s, ",[]{}")) {
+		return false
+	}
+	// YAML 1.1 booleans and nulls, which other readers take for them.
+	switch strings.ToLower(s) {
+	case "y", "n", "yes", "no", "on", "off", "~", "null":
 		return false
 	}
 	out, err := yaml.Marshal(&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: s})
