@@ -197,8 +197,16 @@ func checkNew(r *profiles.Rack, m profiles.Machine) error {
 	return nil
 }
 
-// written is m as the file will hold it: a BMC password is never written.
+// written is m as the file will hold it: a BMC password is never written,
+// nor an empty patch.
 func written(m profiles.Machine) profiles.Machine {
+	var patches []profiles.Patch
+	for _, p := range m.Patches {
+		if _, err := p.Bytes(); err == nil {
+			patches = append(patches, p)
+		}
+	}
+	m.Patches = patches
 	if m.BMC != nil {
 		b := *m.BMC
 		b.Password = false

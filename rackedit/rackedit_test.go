@@ -252,6 +252,24 @@ func TestAddRefusesDuplicates(t *testing.T) {
 	}
 }
 
+// TestAddNeverWritesPassword: a BMC password set by mistake is not written,
+// and an empty patch is left out.
+func TestAddNeverWritesPassword(t *testing.T) {
+	m := newMachine()
+	m.BMC = &profiles.BMC{Address: "10.0.1.9", User: "admin", Password: true}
+	m.Patches = []profiles.Patch{{}}
+	out, err := AddMachine(profiles.ExampleRack, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(out, []byte("password:")) || bytes.Contains(out, []byte("patches:")) {
+		t.Errorf("wrote a password or an empty patch:\n%s", out[len(profiles.ExampleRack)-300:])
+	}
+	if r := mustLoad(t, "out", out); r.Machine("newcomer").BMC.User != "admin" {
+		t.Errorf("bmc not written")
+	}
+}
+
 func TestRemoveUnknown(t *testing.T) {
 	_, err := RemoveMachine(profiles.ExampleRack, "nobody")
 	if !errors.Is(err, ErrUnknownMachine) || !strings.Contains(err.Error(), "formula, urban, lailah, verus, mastema, amdusias-ii") {
@@ -271,7 +289,7 @@ func TestRemoveUnknown(t *testing.T) {
 // is not removed behind the user's back.
 func TestRemoveRefusesSharedAnchor(t *testing.T) {
 	src := []byte("cluster: {name: x}\nmachines:\n  - &base\n    name: a\n    role: worker\n    select: {mac: [\"02:00:00:00:00:01\"]}\n  - <<: *base\n    name: b\n    select: {mac: [\"02:00:00:00:00:02\"]}\n")
-	mustLoad(&testing.T{}, "anchor", src)
+	mustLoad(t, "anchor", src)
 	if out, err := RemoveMachine(src, "a"); err == nil {
 		t.Errorf("removed an entry others merge:\n%s", out)
 	}

@@ -74,16 +74,18 @@ func (d *doc) contentEnd(i int) int {
 }
 
 // text is line i without its line break.
-func (d *doc) text(i int) string { return string(d.src[d.starts[i]:d.contentEnd(i)]) }
+func (d *doc) text(i int) string { return string(d.line(i)) }
+
+func (d *doc) line(i int) []byte { return d.src[d.starts[i]:d.contentEnd(i)] }
 
 func (d *doc) indent(i int) int {
-	t := d.text(i)
-	return len(t) - len(strings.TrimLeft(t, " "))
+	t := d.line(i)
+	return len(t) - len(bytes.TrimLeft(t, " "))
 }
 
-func (d *doc) blank(i int) bool { return strings.TrimSpace(d.text(i)) == "" }
+func (d *doc) blank(i int) bool { return len(bytes.TrimSpace(d.line(i))) == 0 }
 
-func (d *doc) comment(i int) bool { return strings.HasPrefix(strings.TrimSpace(d.text(i)), "#") }
+func (d *doc) comment(i int) bool { return bytes.HasPrefix(bytes.TrimSpace(d.line(i)), []byte("#")) }
 
 // offset turns a node position (1-based line, column in characters) into a
 // byte offset.
@@ -121,7 +123,7 @@ func (d *doc) blockSpans() ([]span, error) {
 	for k, e := range d.seq.Content {
 		dash := -1
 		for i := e.Line - 1; i >= d.key.Line; i-- {
-			if !d.blank(i) && !d.comment(i) && d.indent(i) == dc && strings.HasPrefix(d.text(i)[dc:], "-") {
+			if !d.blank(i) && !d.comment(i) && d.indent(i) == dc && d.line(i)[dc] == '-' {
 				dash = i
 				break
 			}
