@@ -27,6 +27,7 @@ MODULES=(
 	virtio_blk
 	usb_common usbcore xhci_hcd xhci_pci usb_storage
 	efivarfs
+	button
 )
 
 die() { echo "standin-kernel: $*" >&2; exit 1; }

@@ -38,6 +38,10 @@ const (
 // the UEFI boot entry an install makes.
 var RequiredModules = []string{"efivarfs"}
 
+// RequiredModulesAMD64 are required of amd64 kernels only: button, the ACPI
+// power button driver (Debian's arm64 kernel has it built in).
+var RequiredModulesAMD64 = []string{"button"}
+
 // KernelStale says why kernelDir (the output of scripts/standin-kernel.sh)
 // must be materialized again, or returns nil.
 func KernelStale(kernelDir string) error {
@@ -46,7 +50,11 @@ func KernelStale(kernelDir string) error {
 		return fmt.Errorf("no module order: %w", err)
 	}
 	have := strings.Fields(string(order))
-	for _, m := range RequiredModules {
+	need := RequiredModules
+	if src, _ := os.ReadFile(filepath.Join(kernelDir, SourceFile)); strings.Contains(string(src), "-amd64\n") {
+		need = append(slices.Clip(need), RequiredModulesAMD64...)
+	}
+	for _, m := range need {
 		if !slices.Contains(have, m) {
 			return fmt.Errorf("%s lacks module %s (made by an older scripts/standin-kernel.sh)", kernelDir, m)
 		}

@@ -81,6 +81,8 @@ func main() {
 	if err := mountBase(); err != nil {
 		log.Error("mount base filesystems", "err", err)
 	}
+	// The ACPI power button powers off at any stage, as in Talos.
+	startPowerButton(log)
 	raw, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
 		log.Error("read kernel command line", "err", err)
