@@ -461,3 +461,73 @@ func withBMCs(used map[netip.Addr]string, r *profiles.Rack, subnet netip.Prefix)
 	}
 	return out
 }
+
+// bmcGUID is the IPMI device GUID of a VM's BMC: its SMBIOS UUID's hex.
+func bmcGUID(uuid string) string {
+	g := strings.ReplaceAll(strings.ToLower(uuid), "-", "")
+	if len(g) != 32 || strings.Trim(g, "0123456789abcdef") != "" {
+		return "a123456789abcdefa123456789abcdef"
+	}
+	return g
+}
+
+// IPMILanConf is ipmi_sim's lan.conf for a VM's virtual BMC: one LAN
+// channel on the BMC's address, the user with its password (RMCP+, and
+// IPMI 1.5 with md2, md5 or straight authentication: never none), and the
+// chassis_control program. The password must have passed
+// checkBMCPassword.
+func IPMILanConf(vm string, uuid string, b BMCPlan, password, chassis string) string {
+	return fmt.Sprintf(`# rackboot lab: the virtual BMC of %s (written by lab up, removed by lab down)
+name "rackboot-%s"
+set_working_mc 0x20
+  startlan 1
+    addr %s %d
+    priv_limit admin
+    allowed_auths_callback md2 md5 straight
+    allowed_auths_user md2 md5 straight
+    allowed_auths_operator md2 md5 straight
+    allowed_auths_admin md2 md5 straight
+    guid %s
+  endlan
+  chassis_control "%s"
+  user 2 true "%s" "%s" admin 10 md2 md5 straight
+`, vm, vm, b.Addr, b.Port, bmcGUID(uuid), chassis, b.User, password)
+}
+
+// IPMIEmu is ipmi_sim's command file: one BMC management controller.
+const IPMIEmu = "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02\nmc_enable 0x20\n"
+
+// ChassisScript is the chassis_control program ipmi_sim runs for a VM:
+// this binary (exe) as ChassisCommand, for the VM, at the agent.
+func ChassisScript(exe, agentURL, vm string) string {
+	return "#!/bin/sh\n# ipmi_sim's chassis_control for " + vm + ": ask the lab's power agent\nexec " +
+		shQuote(exe) + " " + ChassisCommand + " --agent " + shQuote(agentURL) + " --vm " + shQuote(vm) + ` "$@"` + "\n"
+}
+
+func shQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// SushyFiles are the files of a VM's sushy-tools emulator.
+type SushyFiles struct {
+	StateDir, AuthFile, Cert, Key string // Cert and Key: "" without TLS
+}
+
+// SushyConf is sushy-tools' emulator.conf (Python) for a VM's virtual
+// Redfish BMC: the fake driver with one system named after the machine
+// (its UUID and MAC), powered off, its changes notified to notifyURL.
+func SushyConf(vm VMPlan, f SushyFiles, notifyURL string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# rackboot lab: the virtual BMC of %s (written by lab up, removed by lab down)\n", vm.Name)
+	fmt.Fprintf(&b, "SUSHY_EMULATOR_LISTEN_IP = %s\n", strconv.Quote(vm.BMC.Addr.String()))
+	fmt.Fprintf(&b, "SUSHY_EMULATOR_LISTEN_PORT = %d\n", vm.BMC.Port)
+	b.WriteString("SUSHY_EMULATOR_FAKE_DRIVER = True\n")
+	fmt.Fprintf(&b, "SUSHY_EMULATOR_STATE_DIR = %s\n", strconv.Quote(f.StateDir))
+	fmt.Fprintf(&b, "SUSHY_EMULATOR_AUTH_FILE = %s\n", strconv.Quote(f.AuthFile))
+	if vm.BMC.TLS {
+		fmt.Fprintf(&b, "SUSHY_EMULATOR_SSL_CERT = %s\n", strconv.Quote(f.Cert))
+		fmt.Fprintf(&b, "SUSHY_EMULATOR_SSL_KEY = %s\n", strconv.Quote(f.Key))
+	}
+	fmt.Fprintf(&b, "SUSHY_EMULATOR_FAKE_SYSTEMS = [{'uuid': %s, 'name': %s, 'power_state': 'Off',\n    'external_notifier': True, 'nics': [{'mac': %s}]}]\n",
+		strconv.Quote(vm.UUID), strconv.Quote(vm.Name), strconv.Quote(vm.MAC))
+	fmt.Fprintf(&b, "EXTERNAL_NOTIFICATION_URL = %s\n", strconv.Quote(notifyURL))
+	return b.String()
+}

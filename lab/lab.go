@@ -52,6 +52,15 @@ type Tools struct {
 	QEMUArm64 string // qemu-system-aarch64 (apt: qemu-system-arm)
 	AAVMFCode string // AAVMF_CODE.fd (apt: qemu-efi-aarch64)
 	AAVMFVars string // AAVMF_VARS.fd (apt: qemu-efi-aarch64), copied per VM
+	// Virtual BMCs (a machine whose bmc: address is in the lab subnet).
+	IPMISim string // ipmi_sim (apt: openipmi)
+	Python  string // Debian's /usr/bin/python3, which runs sushy-tools
+	// SushyTools is a directory holding sushy-tools' sushy_tools/ package
+	// (run as python3 -m sushy_tools.emulator.main), or a sushy-emulator
+	// program (pip install sushy-tools). "": $RACKBOOT_SUSHY_TOOLS, else
+	// ../shared/tools/sushy-tools beside the module root (found from the
+	// working directory or this binary's), else sushy-emulator on PATH.
+	SushyTools string
 }
 
 // DefaultTools are the Debian 12 paths.
@@ -66,6 +75,9 @@ func DefaultTools() Tools {
 		QEMUArm64: "qemu-system-aarch64",
 		AAVMFCode: "/usr/share/AAVMF/AAVMF_CODE.fd",
 		AAVMFVars: "/usr/share/AAVMF/AAVMF_VARS.fd",
+
+		IPMISim: "ipmi_sim",
+		Python:  "/usr/bin/python3",
 	}
 }
 
@@ -94,6 +106,12 @@ func (t Tools) withDefaults() Tools {
 	}
 	if t.AAVMFVars == "" {
 		t.AAVMFVars = d.AAVMFVars
+	}
+	if t.IPMISim == "" {
+		t.IPMISim = d.IPMISim
+	}
+	if t.Python == "" {
+		t.Python = d.Python
 	}
 	return t
 }

@@ -77,8 +77,12 @@ type VMState struct {
 	SerialLog string   `json:"serialLog"`
 	QEMULog   string   `json:"qemuLog"`
 	OVMFVars  string   `json:"ovmfVars,omitempty"`
-	// Command is the full QEMU command line, to rerun a VM by hand.
+	// Command is the full QEMU command line, to rerun a VM by hand. For a
+	// VM with a virtual BMC it is the network-first line the power agent
+	// starts from (SetBootOrder, plus its QMP socket).
 	Command []string `json:"command"`
+	// BMC is the VM's virtual BMC (nil: none). Never its password.
+	BMC *BMCState `json:"bmc,omitempty"`
 }
 
 // VM returns the VM with that name, or nil.
@@ -165,8 +169,11 @@ type ProcessStatus struct {
 // serial console.
 type VMStatus struct {
 	VMState
-	PID      int
-	Running  bool
+	PID     int
+	Running bool
+	// Power is "on" or "off" (for a VM with a virtual BMC, as its power
+	// agent says; off is the state of a lab VM whose QEMU is not running).
+	Power    string
 	LastLine string
 }
 

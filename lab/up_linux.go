@@ -63,6 +63,7 @@ func (l *Lab) checkTools(p *Plan) error {
 			break
 		}
 	}
+	errs = append(errs, l.checkBMCTools(p)...)
 	return errors.Join(errs...)
 }
 
@@ -193,6 +194,13 @@ func (l *Lab) Up(ctx context.Context, spec Spec) (_ *State, err error) {
 			return nil, err
 		}
 	}
+
+	// The virtual BMCs: the VMs that have one are off until they say on.
+	if p.HasBMCs() {
+		if err := l.startBMCs(ctx, st, p, spec.BMCPasswords); err != nil {
+			return nil, err
+		}
+	}
 	return st, nil
 }
 
@@ -318,7 +326,8 @@ func (l *Lab) startWait(st *State, namespace string, spec ProcessSpec, logPath, 
 	return done, nil
 }
 
-// startVM makes a VM's disks (and UEFI variable store) and starts its QEMU.
+// startVM makes a VM's disks (and UEFI variable store) and starts its QEMU;
+// a VM with a virtual BMC is left off (the power agent starts it).
 func (l *Lab) startVM(ctx context.Context, st *State, vm VMPlan, accel Accel) error {
 	dir := filepath.Join(l.dir, vm.Name)
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
@@ -359,6 +368,10 @@ func (l *Lab) startVM(ctx context.Context, st *State, vm VMPlan, accel Accel) er
 	}
 	args := QEMUArgs(vm, f, accel)
 	vs.Command = append([]string{qemu}, args...)
+	if vm.BMC != nil {
+		vs.BMC = vm.BMC.state()
+		st.Files = append(st.Files, vs.QEMULog, qmpPath(vs))
+	}
 	st.VMs = append(st.VMs, vs)
 	if err := l.save(st); err != nil {
 		return err
@@ -377,6 +390,10 @@ func (l *Lab) startVM(ctx context.Context, st *State, vm VMPlan, accel Accel) er
 		if err := copyFile(varsTemplate, vs.OVMFVars); err != nil {
 			return fmt.Errorf("vm %s: UEFI variable store: %w", vm.Name, err)
 		}
+	}
+	if vm.BMC != nil {
+		l.log.Info("vm ready, powered off (virtual BMC)", "lab", l.name, "vm", vm.Name, "bmc", vm.BMC.Protocol, "address", vm.BMC.AddrPort().String())
+		return nil
 	}
 	done, err := l.startWait(st, st.Namespaces[0], ProcessSpec{Role: "vm:" + vm.Name, Path: qemu, Args: args}, vs.QEMULog, "")
 	if err != nil {
@@ -449,6 +466,9 @@ func (l *Lab) Down(ctx context.Context) (*DownReport, error) {
 			rep.Gone = append(rep.Gone, p.Role)
 		}
 	}
+	stopped, perrs := l.stopPowerLeftovers()
+	rep.Stopped = append(rep.Stopped, stopped...)
+	errs = append(errs, perrs...)
 	for i := len(st.Namespaces) - 1; i >= 0; i-- {
 		ns := st.Namespaces[i]
 		existed := namespaceExists(ns)
@@ -509,11 +529,26 @@ func (l *Lab) Status() (*Status, error) {
 			s.Processes = append(s.Processes, ProcessStatus{Role: p.Role, PID: p.PID, Running: running(p), Log: p.Log})
 		}
 	}
+	var power *powerFile
 	for _, vm := range st.VMs {
 		vs := VMStatus{VMState: vm, LastLine: lastLineOfFile(vm.SerialLog)}
 		if p, ok := procs["vm:"+vm.Name]; ok {
 			vs.PID = p.PID
 			vs.Running = running(p)
+		}
+		if vm.BMC != nil {
+			if power == nil {
+				power, _ = readPowerFile(l.dir)
+			}
+			if power != nil {
+				if v := power.vm(vm.Name); v != nil && v.On && running(v.process()) {
+					vs.PID, vs.Running = v.PID, true
+				}
+			}
+		}
+		vs.Power = "off"
+		if vs.Running {
+			vs.Power = "on"
 		}
 		s.VMs = append(s.VMs, vs)
 	}
