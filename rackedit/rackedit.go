@@ -22,8 +22,9 @@
 //     "[]" written after machines: when the last machine goes.
 //   - AddMachine then RemoveMachine of the same machine gives back the
 //     original bytes (tests check it on the seed rack and on odd files).
-//     The exception: a bare "machines:" (or no machines key) with no
-//     machines comes back as "machines: []".
+//     The exception: an empty list written as a bare "machines:", as
+//     "machines: ~" or "machines: null", or no machines key at all, comes
+//     back as "machines: []".
 //   - The result is checked before it is returned: profiles.Load reads it
 //     to the same rack as before plus (or minus) that machine and nothing
 //     else; otherwise the function returns an error and no text.

@@ -217,6 +217,7 @@ func TestAddStyle(t *testing.T) {
 		{"odd/flow.yaml", "{name: b, role: worker, select: {mac: ['02:00:00:00:00:0b']}},\n  {name: newcomer, role: worker, select: {mac: ['0e:00:00:00:00:01']}, address: dhcp}\n]"},
 		{"odd/flow-oneline.yaml", "}, { name: newcomer, role: worker, select: {mac: [\"0e:00:00:00:00:01\"]}, address: dhcp }]"},
 		{"odd/empty-flow.yaml", "machines: # none yet: rackboot machine adopt writes them here\n  - name: newcomer\n"},
+		{"odd/block-of-flow.yaml", "select: {mac: [02:00:00:00:00:0b]}}\n  - {name: newcomer, role: worker, select: {mac: [0e:00:00:00:00:01]}, address: dhcp}\nlab:"},
 		{"odd/blank-separated.yaml", "          value: {max-pods: \"250\"}\n\n  - name: newcomer\n"},
 	} {
 		out, err := AddMachine(src[tc.file], newMachine())

@@ -22,6 +22,8 @@ type style struct {
 	step    int // a nested mapping's indent
 	seqOff  int // a nested block list's "-" from its key (0: "key:\n- a")
 	flowPad bool
+	// entryFlow: the block list's entries are flow mappings (- {name: a}).
+	entryFlow bool
 	flow    map[string]bool       // field path → written in flow style
 	quote   map[string]yaml.Style // field path → quoting chosen where plain would do
 	order   map[string][]string   // mapping path → keys in the file's order
@@ -51,6 +53,11 @@ func (d *doc) style() *style {
 			last := d.seq.Content[len(d.seq.Content)-1]
 			if off := last.Column - 1 - st.dashCol; off >= 2 && d.indent(last.Line-1) == st.dashCol {
 				st.keyOff = off
+			}
+			if last.Style&yaml.FlowStyle != 0 {
+				st.entryFlow = true
+				o := d.offset(last.Line, last.Column)
+				st.flowPad = o+1 < len(d.src) && d.src[o] == '{' && d.src[o+1] == ' '
 			}
 		} else {
 			last := d.seq.Content[len(d.seq.Content)-1]
@@ -261,6 +268,9 @@ func spaces(n int) string { return strings.Repeat(" ", max(n, 0)) }
 // entry renders a new block entry, "- " and all.
 func (st *style) entry(n *yaml.Node) ([]string, error) {
 	col := st.dashCol + st.keyOff
+	if st.entryFlow {
+		return []string{spaces(st.dashCol) + "-" + spaces(st.keyOff-1) + st.flowText(n, "")}, nil
+	}
 	lines, err := st.mapping(n, "", col)
 	if err != nil {
 		return nil, err
