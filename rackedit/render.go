@@ -24,9 +24,9 @@ type style struct {
 	flowPad bool
 	// entryFlow: the block list's entries are flow mappings (- {name: a}).
 	entryFlow bool
-	flow    map[string]bool       // field path → written in flow style
-	quote   map[string]yaml.Style // field path → quoting chosen where plain would do
-	order   map[string][]string   // mapping path → keys in the file's order
+	flow      map[string]bool       // field path → written in flow style
+	quote     map[string]yaml.Style // field path → quoting chosen where plain would do
+	order     map[string][]string   // mapping path → keys in the file's order
 }
 
 func (d *doc) style() *style {
