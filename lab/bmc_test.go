@@ -329,3 +329,27 @@ func TestRestartAfterExit(t *testing.T) {
 		}
 	}
 }
+
+// TestBMCFilesGolden: ipmi_sim's lan.conf, the chassis_control wrapper and
+// sushy-tools' emulator.conf, as Up writes them (a fixed test password).
+func TestBMCFilesGolden(t *testing.T) {
+	r, pw := bmcRack(t)
+	p, err := NewPlan("demo", Spec{Rack: r, BMCPasswords: pw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ipmi, redfish := p.VMs[0], p.VMs[1]
+	dir := "/state/lab/demo/"
+	golden(t, "bmc-lan.conf.golden", IPMILanConf(ipmi.Name, ipmi.UUID, *ipmi.BMC, pw[ipmi.Name], dir+"formula/bmc/chassis"))
+	golden(t, "bmc-chassis.golden", ChassisScript("/usr/local/bin/rack'boot", "http://127.0.0.1:6239", ipmi.Name))
+	golden(t, "bmc-emulator.conf.golden", SushyConf(redfish, SushyFiles{
+		StateDir: dir + "urban/bmc/state", AuthFile: dir + "urban/bmc/htpasswd",
+		Cert: dir + "urban/bmc/cert.pem", Key: dir + "urban/bmc/key.pem",
+	}, "http://127.0.0.1:6239/sushy/urban"))
+	if strings.Contains(SushyConf(redfish, SushyFiles{}, ""), pw["urban"]) {
+		t.Error("sushy's emulator.conf holds the password (it belongs in htpasswd, hashed)")
+	}
+	if bmcGUID(ipmi.UUID) != strings.ReplaceAll(ipmi.UUID, "-", "") {
+		t.Errorf("GUID %s from UUID %s", bmcGUID(ipmi.UUID), ipmi.UUID)
+	}
+}
