@@ -295,6 +295,15 @@ func TestLabVirtualBMCs(t *testing.T) {
 		}
 	}
 
+	// A killed agent (kill -9) leaves no QEMU behind (Pdeathsig).
+	ipmitool("chassis", "power", "on")
+	on5 := waitPower("formula", true)
+	agent, _ := process(st, "power")
+	if err := syscall.Kill(agent.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	gone(on5)
+
 	// Down: nothing left.
 	rep, err := l.Down(ctx)
 	if err != nil {

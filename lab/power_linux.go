@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -106,6 +107,10 @@ type powerAgent struct {
 	mu  sync.Mutex // guards every agentVM's fields below the line and the file
 	vms map[string]*agentVM
 	ord []string
+	// fork runs QEMU's start on one OS thread that lives as long as the
+	// agent: Pdeathsig fires when the thread that forked the child exits,
+	// not the process, so no QEMU may be forked from a thread Go could end.
+	fork chan func()
 }
 
 type agentVM struct {
@@ -154,7 +159,13 @@ func newPowerAgent(dir string, log *slog.Logger) (*powerAgent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &powerAgent{dir: dir, log: log, vms: map[string]*agentVM{}}
+	a := &powerAgent{dir: dir, log: log, vms: map[string]*agentVM{}, fork: make(chan func())}
+	go func() {
+		runtime.LockOSThread() // never unlocked: this thread stays until the agent exits
+		for f := range a.fork {
+			f()
+		}
+	}()
 	for _, vs := range st.VMs {
 		if vs.BMC == nil || len(vs.Command) < 2 {
 			continue
@@ -322,7 +333,9 @@ func (a *powerAgent) start(vm *agentVM) error {
 	cmd := exec.Command(vm.exe, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	started := make(chan error, 1)
+	a.fork <- func() { started <- cmd.Start() }
+	if err := <-started; err != nil {
 		return fmt.Errorf("start QEMU: %w", err)
 	}
 	stt, err := procStartTime(cmd.Process.Pid)
