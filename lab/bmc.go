@@ -141,7 +141,7 @@ func ParseBMCAddress(b *profiles.BMC, subnet netip.Prefix) (plan BMCPlan, inLab 
 // (never the password itself).
 func checkBMCPassword(machine, protocol, pw string) error {
 	if pw == "" {
-		return fmt.Errorf("machine %s: its virtual BMC needs a password (Spec.BMCPasswords; `rackboot bmc set-password %s` or RACKBOOT_BMC_PASSWORD_%s)", machine, machine, envSuffix(machine))
+		return fmt.Errorf("machine %s: its virtual BMC needs a password (Spec.BMCPasswords has none for it)", machine)
 	}
 	if strings.ContainsFunc(pw, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 		return fmt.Errorf("machine %s: the BMC password has control characters", machine)
@@ -155,19 +155,6 @@ func checkBMCPassword(machine, protocol, pw string) error {
 		}
 	}
 	return nil
-}
-
-// envSuffix is how profiles names a machine's password variable.
-func envSuffix(machine string) string {
-	return strings.Map(func(r rune) rune {
-		switch {
-		case r >= 'a' && r <= 'z':
-			return r - 'a' + 'A'
-		case r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
-			return r
-		}
-		return '_'
-	}, machine)
 }
 
 // planBMCs decides the virtual BMCs of the plan's VMs: vm.BMC for every

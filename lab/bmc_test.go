@@ -135,7 +135,7 @@ func TestNewPlanBMCErrors(t *testing.T) {
 		edit   func(*profiles.Rack, *Spec)
 		substr []string
 	}{
-		{"missing password", func(r *profiles.Rack, s *Spec) { delete(s.BMCPasswords, "urban") }, []string{"machine urban: its virtual BMC needs a password", "RACKBOOT_BMC_PASSWORD_URBAN"}},
+		{"missing password", func(r *profiles.Rack, s *Spec) { delete(s.BMCPasswords, "urban") }, []string{"machine urban: its virtual BMC needs a password", "Spec.BMCPasswords"}},
 		{"server address", func(r *profiles.Rack, s *Spec) { s.ServerAddr = netip.MustParsePrefix("192.168.1.31/24") }, []string{"bmc.address 192.168.1.31 is the lab server's address"}},
 		{"rackboot address", func(r *profiles.Rack, s *Spec) { r.Machines[0].BMC.Address = r.Cluster.Network.Rackboot }, []string{"the lab server's address"}},
 		{"gateway", func(r *profiles.Rack, s *Spec) { r.Machines[0].BMC.Address = "192.168.1.1" }, []string{"bmc.address 192.168.1.1 is a nameserver's address"}},

@@ -47,6 +47,8 @@ func (l *Lab) Console(ctx context.Context, name string, w io.Writer, follow bool
 				defer f.Close()
 			case !errors.Is(err, fs.ErrNotExist):
 				return fmt.Errorf("console %s: %w", name, err)
+			case !follow && vm.BMC != nil:
+				return fmt.Errorf("console %s: no output yet: it has not been powered on (through its BMC at %s)", name, vm.BMC.Address)
 			case !follow:
 				return fmt.Errorf("console %s: no serial log yet at %s", name, vm.SerialLog)
 			}

@@ -9,13 +9,54 @@ import (
 	"github.com/dotfile/rackboot/profiles"
 )
 
+// exampleRack is the example rack without its bmc: sections (plans with
+// virtual BMCs need passwords: TestNewPlanExampleBMCs).
 func exampleRack(t *testing.T) *profiles.Rack {
 	t.Helper()
 	r, err := profiles.Load("example", profiles.ExampleRack)
 	if err != nil {
 		t.Fatalf("load example rack: %v", err)
 	}
+	for i := range r.Machines {
+		r.Machines[i].BMC = nil
+	}
 	return r
+}
+
+// The example rack's BMCs become the demo's virtual BMCs: Redfish for the
+// iLO and the auto one, IPMI for the ThinkServer, at their addresses.
+func TestNewPlanExampleBMCs(t *testing.T) {
+	r, err := profiles.Load("example", profiles.ExampleRack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewPlan("demo", Spec{Rack: r}); err == nil || !strings.Contains(err.Error(), "formula") {
+		t.Errorf("plan without passwords: %v, want an error naming formula", err)
+	}
+	pw := map[string]string{}
+	for _, m := range r.Machines {
+		if m.BMC != nil {
+			pw[m.Name] = "pw-" + m.Name
+		}
+	}
+	p, err := NewPlan("demo", Spec{Rack: r, BMCPasswords: pw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"formula": "redfish https://192.168.1.31:443", "urban": "redfish https://192.168.1.32:443", "lailah": "ipmi 192.168.1.33:623"}
+	for _, vm := range p.VMs {
+		if vm.BMC == nil {
+			t.Errorf("%s has no virtual BMC", vm.Name)
+			continue
+		}
+		got := vm.BMC.Protocol + " " + vm.BMC.URL()
+		if vm.BMC.Protocol == BMCIPMI {
+			got = vm.BMC.Protocol + " " + vm.BMC.AddrPort().String()
+		}
+		if got != want[vm.Name] {
+			t.Errorf("%s's BMC %s, want %s", vm.Name, got, want[vm.Name])
+		}
+	}
 }
 
 func TestNewPlanExample(t *testing.T) {

@@ -80,7 +80,9 @@ func QEMUArgs(vm VMPlan, f VMFiles, accel Accel) []string {
 		"-nodefaults",
 		"-display", "none",
 		"-no-reboot",
-		"-chardev", "file,id=serial0,path=" + qopt(f.SerialLog),
+		// append: a VM powered on again through its BMC keeps its
+		// earlier boots' console, as a BMC's serial-over-LAN log does.
+		"-chardev", "file,id=serial0,path=" + qopt(f.SerialLog) + ",append=on",
 		"-serial", "chardev:serial0",
 		"-smbios", "type=1,uuid=" + qopt(vm.UUID) + ",serial=" + qopt(vm.Serial),
 	}

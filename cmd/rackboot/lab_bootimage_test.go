@@ -22,7 +22,7 @@ func TestLabBootImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plan, err := lab.NewPlan("t", lab.Spec{Rack: r, DHCP: lab.DHCPProxy})
+	plan, err := lab.NewPlan("t", lab.Spec{Rack: r, DHCP: lab.DHCPProxy, BMCPasswords: labBMCPasswords(r)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -44,6 +44,9 @@ type labUpFlags struct {
 	standin  string
 	noServe  bool
 	noWait   bool // lab up only: lab demo always waits
+	// poweredOff: leave the machines that have a virtual BMC off (lab up
+	// only; otherwise they are powered on through it, netboot once).
+	poweredOff bool
 	timeout  time.Duration
 }
 
@@ -74,7 +77,7 @@ Needs root, and the Debian packages qemu-system-x86 qemu-utils ovmf seabios
 ipxe-qemu dnsmasq-base.`,
 		}
 		cmd.PersistentFlags().StringVar(&lf.name, "name", "demo", "the lab's name (its namespace is rb-NAME)")
-		cmd.AddCommand(newLabUpCmd(a, lf), newLabStatusCmd(a, lf), newLabConsoleCmd(a, lf), newLabDownCmd(a, lf), newLabDemoCmd(a, lf))
+		cmd.AddCommand(newLabUpCmd(a, lf), newLabStatusCmd(a, lf), newLabConsoleCmd(a, lf), newLabDownCmd(a, lf), newLabDemoCmd(a, lf), newLabExecCmd(a, lf))
 		return cmd
 	})
 }
@@ -120,6 +123,7 @@ func newLabUpCmd(a *app, lf *labFlags) *cobra.Command {
 	}
 	f.register(cmd, 0)
 	cmd.Flags().BoolVar(&f.noWait, "no-wait", false, "do not wait for the machines to be installed")
+	cmd.Flags().BoolVar(&f.poweredOff, "powered-off", false, "leave the machines that have a BMC in the lab powered off (then power them with: lab exec -- rackboot power on --netboot)")
 	return cmd
 }
 
@@ -137,7 +141,7 @@ func labUp(ctx context.Context, a *app, cmd *cobra.Command, lf *labFlags, f *lab
 	if err != nil {
 		return nil, nil, err
 	}
-	spec := lab.Spec{Rack: r, Machines: f.machines, DHCP: mode}
+	spec := lab.Spec{Rack: r, Machines: f.machines, DHCP: mode, BMCPasswords: labBMCPasswords(r)}
 	if f.firmware != "" {
 		if spec.Firmware, err = lab.ParseFirmware(f.firmware); err != nil {
 			return nil, nil, err
@@ -163,6 +167,9 @@ func labUp(ctx context.Context, a *app, cmd *cobra.Command, lf *labFlags, f *lab
 		if spec.Serve, err = labServeSpec(a, l, r, plan, example, f.standin); err != nil {
 			return nil, nil, err
 		}
+		if err := addBMCPasswords(spec.Serve, plan, spec.BMCPasswords); err != nil {
+			return nil, nil, err
+		}
 		fmt.Fprintf(out, "serve: %s %s\n", spec.Serve.Path, strings.Join(spec.Serve.Args, " "))
 	}
 	st, err := l.Up(ctx, spec)
@@ -170,12 +177,27 @@ func labUp(ctx context.Context, a *app, cmd *cobra.Command, lf *labFlags, f *lab
 		return nil, nil, err
 	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "VM\tMAC\tFIRMWARE\tUUID\tSERIAL LOG")
+	fmt.Fprintln(w, "VM\tMAC\tFIRMWARE\tBMC\tSERIAL LOG")
+	var off []string
 	for _, vm := range st.VMs {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", vm.Name, vm.MAC, vm.Firmware, vm.UUID, vm.SerialLog)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", vm.Name, vm.MAC, vm.Firmware, bmcWords(vm.BMC), vm.SerialLog)
+		if vm.BMC != nil {
+			off = append(off, vm.Name)
+		}
 	}
 	if err := w.Flush(); err != nil {
 		return nil, nil, err
+	}
+	if len(off) == 0 {
+		return l, st, nil
+	}
+	if !st.Serve || f.poweredOff {
+		fmt.Fprintf(out, "%s: powered off; their BMCs answer on the lab network: `rackboot lab exec --name %s -- rackboot power on --netboot %s`\n",
+			strings.Join(off, ", "), lf.name, strings.Join(off, " "))
+		return l, st, nil
+	}
+	if err := labPowerOn(ctx, l, st, off, out); err != nil {
+		return l, st, err
 	}
 	return l, st, nil
 }
@@ -452,13 +474,17 @@ func writeLabStatus(out io.Writer, s *lab.Status) error {
 		fmt.Fprintf(out, "%s: pid %d %s, log %s\n", p.Role, p.PID, runningWord(p.Running), p.Log)
 	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "VM\tSTATE\tPID\tFIRMWARE\tMAC\tLAST CONSOLE LINE")
+	fmt.Fprintln(w, "VM\tSTATE\tPID\tFIRMWARE\tMAC\tBMC\tLAST CONSOLE LINE")
 	for _, vm := range s.VMs {
 		last := vm.LastLine
 		if len(last) > 60 {
 			last = last[:57] + "..."
 		}
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\n", vm.Name, runningWord(vm.Running), vm.PID, vm.Firmware, vm.MAC, last)
+		state := runningWord(vm.Running)
+		if vm.BMC != nil && !vm.Running {
+			state = "off" // through its BMC, or never powered on
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", vm.Name, state, vm.PID, vm.Firmware, vm.MAC, bmcWords(vm.BMC), last)
 	}
 	if err := w.Flush(); err != nil {
 		return err
@@ -539,7 +565,7 @@ embedded example rack is used.`,
 			out := cmd.OutOrStdout()
 			start := time.Now()
 			l, st, err := labUp(ctx, a, cmd, lf, f)
-			if err != nil {
+			if st == nil {
 				return err
 			}
 			defer func() {
@@ -550,11 +576,19 @@ embedded example rack is used.`,
 					err = errors.Join(err, derr)
 				}
 			}()
-			if st.Serve {
+			switch {
+			case err != nil:
+				// Up, but the machines could not be powered on: the
+				// summary shows where they are.
+			case st.Serve:
 				err = labWaitInstalled(ctx, l, st, f.timeout, out)
-			} else {
+			default:
 				// Without serve, show at least that every VM reached iPXE on its NIC.
 				for _, vm := range st.VMs {
+					if vm.BMC != nil {
+						fmt.Fprintf(out, "  %-12s powered off (no serve to boot from; its BMC: %s)\n", vm.Name, bmcWords(vm.BMC))
+						continue
+					}
 					wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 					line, werr := l.WaitSerial(wctx, vm.Name, regexp.MustCompile(`net0: `+regexp.QuoteMeta(vm.MAC)))
 					cancel()

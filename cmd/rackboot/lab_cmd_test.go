@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -119,24 +120,27 @@ func TestLabCLIUpStatusDown(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("up: %s\n%s", out, stderr)
 	}
-	for _, want := range []string{"namespace rb-" + name, "192.168.1.2/24", "serve: not started", "formula", "52:54:00:b0:00:01", "bios"} {
+	// formula has a bmc: in the example rack: a virtual BMC, and without
+	// serve (nothing to boot from, no passwords kept) it stays off.
+	for _, want := range []string{"namespace rb-" + name, "192.168.1.2/24", "serve: not started", "formula", "52:54:00:b0:00:01", "bios",
+		"redfish https://192.168.1.31:443", "formula: powered off"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("up output lacks %q:\n%s", want, out)
 		}
 	}
 	out, stderr, code = runValidateArgs(t, args("lab", "status")...)
-	if code != 0 || !strings.Contains(out, "formula") || !strings.Contains(out, "running") || !strings.Contains(out, "nvme0.qcow2") {
+	if code != 0 || !regexp.MustCompile(`formula\s+off\s`).MatchString(out) || !strings.Contains(out, "nvme0.qcow2") || !strings.Contains(out, "power: pid") {
 		t.Errorf("status: %d\n%s\n%s", code, out, stderr)
 	}
-	out, _, code = runValidateArgs(t, args("lab", "console", "formula", "--no-follow")...)
-	if code != 0 || !strings.Contains(out, "SeaBIOS") {
-		t.Errorf("console: %d %q", code, out)
+	out, stderr, code = runValidateArgs(t, args("lab", "console", "formula", "--no-follow")...)
+	if code == 0 || strings.Contains(out, "SeaBIOS") || !strings.Contains(stderr, "not been powered on") {
+		t.Errorf("console of a VM that is off: %d %q %q", code, out, stderr)
 	}
 	if _, stderr, code = runValidateArgs(t, args("lab", "up", "--example", "--no-serve", "--machines", "1")...); code == 0 || !strings.Contains(stderr, "already up") {
 		t.Errorf("second up: %d %s", code, stderr)
 	}
 	out, stderr, code = runValidateArgs(t, args("lab", "down")...)
-	if code != 0 || !strings.Contains(out, "stopped 2 process(es) [vm:formula ra]") || !strings.Contains(out, "rb-"+name) {
+	if code != 0 || !strings.Contains(out, "stopped 3 process(es) [bmc:formula power ra]") || !strings.Contains(out, "rb-"+name) {
 		t.Errorf("down: %d\n%s\n%s", code, out, stderr)
 	}
 	out, _, code = runValidateArgs(t, args("lab", "down")...)
