@@ -47,7 +47,7 @@ type labUpFlags struct {
 	// poweredOff: leave the machines that have a virtual BMC off (lab up
 	// only; otherwise they are powered on through it, netboot once).
 	poweredOff bool
-	timeout  time.Duration
+	timeout    time.Duration
 }
 
 func (f *labUpFlags) register(cmd *cobra.Command, machines int) {
