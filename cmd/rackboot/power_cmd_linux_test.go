@@ -207,7 +207,7 @@ func (l *powerLab) checkReinstall(t *testing.T) {
 		t.Errorf("reinstall --power without a serve and without --no-wait: %v", err)
 	}
 	out := l.mustRun(t, "", "machine", "reinstall", "cp1", "--power", "--no-wait")
-	for _, want := range []string{"network boot once, read back: target Pxe, continuous", "netboot at every boot until", "harmless", "cp1: power-cycled", "not watching"} {
+	for _, want := range []string{"network boot once, read back: target Pxe, continuous", "netboot on every boot until", "harmless", "cp1: power-cycled", "not watching"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("reinstall cp1 --power lacks %q:\n%s", want, out)
 		}

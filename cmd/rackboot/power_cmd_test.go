@@ -112,7 +112,9 @@ func TestOverrideNotes(t *testing.T) {
 	}{
 		{bmc.BootOverride{Target: "Pxe", Enabled: bmc.EnabledOnce, Mode: bmc.BootModeUEFI}, nil},
 		{bmc.BootOverride{Target: "Pxe", Enabled: bmc.EnabledContinuous, Mode: bmc.BootModeUEFI, Differences: []string{"Continuous instead of Once"}},
-			[]string{"warning: the BMC holds something else than what was asked: Continuous instead of Once", "netboot at every boot until", "harmless"}},
+			[]string{"warning: the BMC holds something else than what was asked: Continuous instead of Once", "harmless"}},
+		{bmc.BootOverride{Target: "Pxe", Enabled: bmc.EnabledContinuous, Mode: bmc.BootModeUEFI},
+			[]string{"netboot at every boot until", "harmless"}},
 		{bmc.BootOverride{Target: "Pxe", Enabled: bmc.EnabledDisabled, Differences: []string{"override Disabled"}},
 			[]string{"warning:", "may boot its disk"}},
 	} {

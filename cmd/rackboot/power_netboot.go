@@ -34,15 +34,23 @@ func netbootMode(r *profiles.Rack, m *profiles.Machine) (bmc.BootMode, string) {
 // nothing when the BMC holds exactly a one-time network boot.
 func overrideNotes(ov bmc.BootOverride) []string {
 	var ns []string
-	if len(ov.Differences) > 0 {
-		ns = append(ns, "warning: the BMC holds something else than what was asked: "+strings.Join(ov.Differences, "; "))
+	said := strings.Join(ov.Differences, "; ")
+	if said != "" {
+		ns = append(ns, "warning: the BMC holds something else than what was asked: "+said)
 	}
+	// The advice, without repeating what the differences already say.
 	if !ov.Netboots() {
-		ns = append(ns, "the BMC reports the override disabled, so the machine may boot its disk: if it does, set a network boot in its BMC or boot menu")
+		if strings.Contains(said, "Disabled") {
+			ns = append(ns, "so the machine may boot its disk: if it does, set a network boot in its BMC or boot menu")
+		} else {
+			ns = append(ns, "the BMC reports the override disabled, so the machine may boot its disk: if it does, set a network boot in its BMC or boot menu")
+		}
 	}
 	if ov.Enabled == bmc.EnabledContinuous {
-		ns = append(ns, "the machine will netboot at every boot until the override is cleared in its BMC; "+
-			"that is harmless: rackboot answers an installed machine's network boot with a local boot")
+		if !strings.Contains(said, "Continuous") {
+			ns = append(ns, "the machine will netboot at every boot until the override is cleared in its BMC")
+		}
+		ns = append(ns, "that is harmless: rackboot answers an installed machine's network boot with a local boot")
 	}
 	return ns
 }
