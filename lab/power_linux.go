@@ -359,31 +359,45 @@ func (a *powerAgent) watch(vm *agentVM, cmd *exec.Cmd, done chan struct{}) {
 	exited := make(chan struct{})
 	var werr error
 	go func() { werr = cmd.Wait(); close(exited) }()
-	var mon *qmp.SocketMonitor
+	mon := connectQMP(vm.qmpPath, exited)
+	if mon == nil {
+		a.log.Warn("no QMP connection: a guest reboot will leave the VM off", "vm", vm.name)
+	}
+	a.readShutdown(vm, mon, exited)
+	a.exitDone(vm, werr, done)
+}
+
+// connectQMP connects to a starting QEMU's QMP socket (10 s at most), or
+// gives up when QEMU exits first: nil.
+func connectQMP(path string, exited <-chan struct{}) *qmp.SocketMonitor {
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
-		m, err := qmp.NewSocketMonitor("unix", vm.qmpPath, time.Second)
+		m, err := qmp.NewSocketMonitor("unix", path, time.Second)
 		if err == nil {
 			if err = m.Connect(); err == nil {
-				mon = m
-				break
+				return m
 			}
 		}
 		select {
 		case <-exited:
+			return nil
 		case <-time.After(50 * time.Millisecond):
-			continue
 		}
-		break
 	}
-	var events <-chan qmp.Event
-	if mon != nil {
-		events, _ = mon.Events(context.Background())
-		a.mu.Lock()
-		vm.mon = mon
-		a.mu.Unlock()
-	} else {
-		a.log.Warn("no QMP connection: a guest reboot will leave the VM off", "vm", vm.name)
+	return nil
+}
+
+// readShutdown records the reason of QEMU's SHUTDOWN events in vm until
+// QEMU has exited and its last events are read (2 s at most), then lets
+// the monitor go.
+func (a *powerAgent) readShutdown(vm *agentVM, mon *qmp.SocketMonitor, exited <-chan struct{}) {
+	if mon == nil {
+		<-exited
+		return
 	}
+	events, _ := mon.Events(context.Background())
+	a.mu.Lock()
+	vm.mon = mon
+	a.mu.Unlock()
 	handle := func(ev qmp.Event) {
 		if ev.Event != "SHUTDOWN" {
 			return
@@ -394,8 +408,8 @@ func (a *powerAgent) watch(vm *agentVM, cmd *exec.Cmd, done chan struct{}) {
 		a.mu.Unlock()
 		a.log.Info("QEMU shutdown event", "vm", vm.name, "reason", r)
 	}
-wait:
-	for {
+	var last <-chan time.Time // armed once QEMU has exited
+	for events != nil {
 		select {
 		case ev, ok := <-events:
 			if !ok {
@@ -404,19 +418,10 @@ wait:
 			}
 			handle(ev)
 		case <-exited:
-			break wait
-		}
-	}
-	// The SHUTDOWN event was sent before QEMU exited: read to the end.
-	for t := time.After(2 * time.Second); events != nil; {
-		select {
-		case ev, ok := <-events:
-			if !ok {
-				events = nil
-				break
-			}
-			handle(ev)
-		case <-t:
+			exited, last = nil, time.After(2*time.Second)
+		case <-last:
+			// The SHUTDOWN event comes before QEMU exits; whatever is
+			// still queued is read and dropped.
 			go func(ev <-chan qmp.Event) {
 				for range ev {
 				}
@@ -424,9 +429,16 @@ wait:
 			events = nil
 		}
 	}
-	if mon != nil {
-		go func() { _ = mon.Disconnect() }()
+	if exited != nil {
+		<-exited
 	}
+	go func() { _ = mon.Disconnect() }()
+}
+
+// exitDone records that vm's QEMU is gone, and restarts it after a guest
+// reboot (QEMU runs with -no-reboot) or tells sushy the machine is off
+// when it went off by itself.
+func (a *powerAgent) exitDone(vm *agentVM, werr error, done chan struct{}) {
 	a.mu.Lock()
 	reason := vm.reason
 	if reason == "" {
