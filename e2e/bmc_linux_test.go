@@ -39,7 +39,9 @@ func bmcRack() string {
 //     rackboot on the power state before and after.
 //   - cp1, installed and off: `power on` with no override → the VM starts
 //     with its disk first and the installed system reports rebooted and
-//     running, with no network boot and no config served.
+//     running, with no network boot and no config served; a power cycle
+//     shuts it down softly (ACPI, acted on by the running system) and
+//     starts it disk first again.
 //   - the lab's BMC passwords appear in no output, log or API answer.
 func TestBMCPowerUEFI(t *testing.T) {
 	s := newScenario(t, "b")
@@ -183,6 +185,21 @@ func bmcDiskBoot(t *testing.T, s *scenario, exec func(...string) string) {
 	if n := countLines(serveLog, "config served", "name=cp1"); n != configs {
 		t.Errorf("serve served cp1 %d config(s) during the disk boot", n-configs)
 	}
+	// A power cycle is soft first: the BMC's soft off is the ACPI power
+	// button, which the running system acts on (as Talos does).
+	p0, err := s.lab().VMPower(ctx, "cp1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out = exec("rackboot", "power", "cycle", "cp1")
+	p1, err := s.lab().VMPower(ctx, "cp1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "power-cycled") || p1.Boots != p0.Boots+1 || p1.LastExit != "guest-shutdown" || !p1.On {
+		t.Errorf("power cycle cp1: boots %d → %d, last exit %q, on %v; want one more boot after the guest shut itself down:\n%s", p0.Boots, p1.Boots, p1.LastExit, p1.On, out)
+	}
+	checkBoot(t, s.lab(), "cp1", "disk")
 	out = exec("rackboot", "power", "off", "cp1")
 	if !strings.Contains(out, "powered off") {
 		t.Errorf("power off cp1:\n%s", out)
