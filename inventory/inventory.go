@@ -58,7 +58,7 @@ var stageOrder = []string{
 	pxe.StageKernel, pxe.StageInitrd, pxe.StageConfig, StageInstalling,
 	StageInstalled, StageRebooted, StageRunning,
 	pxe.StageProxyIgnored, pxe.StageLocalBoot, StageInstallFailed, StageConfigError,
-	StageDenied, pxe.StageCannotBoot,
+	StageDenied, pxe.StageCannotBoot, pxe.StageDiscoveryBoot,
 }
 
 // Stages returns every known stage, in boot order then side stages.

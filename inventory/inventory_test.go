@@ -359,7 +359,7 @@ func TestStageOrder(t *testing.T) {
 	if StageIndex(pxe.StageDiscovered) != 0 || StageIndex(StageRunning) <= StageIndex(StageInstalled) || StageIndex("bogus") != -1 {
 		t.Fatal("stage order wrong")
 	}
-	if len(Stages()) != 17 {
+	if len(Stages()) != 18 {
 		t.Fatalf("%d stages", len(Stages()))
 	}
 }

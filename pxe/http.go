@@ -47,7 +47,10 @@ type HTTPConfig struct {
 	LogAddr    string
 
 	Booter Booter
-	Assets Assets
+	// Discovery, when set, boots machines the Booter does not know
+	// (the discovery boot, no config); nil tells them to wait and ask again.
+	Discovery Discoverer
+	Assets    Assets
 	// IPXE holds the iPXE binaries for GET /ipxe/<file> (UEFI HTTP boot);
 	// nil serves none.
 	IPXE fs.FS
@@ -210,10 +213,7 @@ func (h *HTTP) serveMachineScript(w http.ResponseWriter, r *http.Request, addr n
 	log := h.log.With("mac", c.MAC.String(), "addr", addr)
 	spec, err := h.cfg.Booter.BootSpec(r.Context(), c)
 	if errors.Is(err, ErrUnknownMachine) {
-		log.Info("unknown machine asked to boot", "uuid", c.UUID, "serial", c.Serial, "arch", c.Arch.String())
-		h.record(Event{MAC: c.MAC, Addr: addr, Stage: StageDiscovered,
-			Detail: fmt.Sprintf("uuid=%s serial=%q arch=%s", c.UUID, c.Serial, c.Arch)})
-		h.writeUnknown(w, c, log)
+		h.serveUnknown(w, r, c, log)
 		return
 	}
 	var be *BootError
@@ -258,6 +258,120 @@ func (h *HTTP) serveMachineScript(w http.ResponseWriter, r *http.Request, addr n
 		h.record(Event{MAC: c.MAC, Name: spec.Name, Addr: addr, Stage: StageScript, Detail: "kernel " + spec.Kernel})
 	}
 	writeScript(w, b)
+}
+
+// serveUnknown answers a machine the Booter does not know: the discovery
+// boot when there is one for it, else the waiting script. Either way it
+// gets no token and no config.
+func (h *HTTP) serveUnknown(w http.ResponseWriter, r *http.Request, c Client, log *slog.Logger) {
+	ident := fmt.Sprintf("uuid=%s serial=%q arch=%s", c.UUID, c.Serial, c.Arch)
+	var (
+		spec *BootSpec
+		err  error
+	)
+	if h.cfg.Discovery != nil {
+		spec, err = h.cfg.Discovery.DiscoveryBoot(r.Context(), c)
+	}
+	b, kernel, why := h.decideUnknown(c, spec, err)
+	if b == nil {
+		log.Info("unknown machine asked to boot", "uuid", c.UUID, "serial", c.Serial, "arch", c.Arch.String(), "discovery", why)
+		detail := ident
+		if why != "" {
+			detail += " (no discovery boot: " + why + ")"
+		}
+		h.record(Event{MAC: c.MAC, Addr: c.Addr, Stage: StageDiscovered, Detail: detail})
+		h.writeUnknown(w, c, log)
+		return
+	}
+	log.Info("unknown machine asked to boot: discovery boot", "uuid", c.UUID, "serial", c.Serial, "arch", c.Arch.String(), "kernel", kernel)
+	h.record(Event{MAC: c.MAC, Addr: c.Addr, Stage: StageDiscoveryBoot, Detail: ident + " kernel=" + kernel})
+	writeScript(w, b)
+}
+
+// decideUnknown is the discovery decision for an unknown machine, given
+// what the Discoverer answered (nil, nil: no discovery): the discovery
+// script and its kernel, or nil and why not ("" when discovery is off).
+func (h *HTTP) decideUnknown(c Client, spec *BootSpec, err error) (script []byte, kernel, why string) {
+	switch {
+	case h.cfg.Discovery == nil:
+		return nil, "", ""
+	case err != nil:
+		var be *BootError
+		if errors.As(err, &be) {
+			return nil, "", be.Msg
+		}
+		return nil, "", err.Error()
+	case spec == nil:
+		return nil, "", "the discovery boot has nothing for this machine"
+	}
+	b, err := h.discoveryScript(c, spec)
+	if err != nil {
+		h.log.Error("discovery boot script", "mac", c.MAC.String(), "err", err)
+		return nil, "", err.Error()
+	}
+	return b, spec.Kernel, ""
+}
+
+// discoveryData is what a discovery boot's Cmdline template sees: no
+// ConfigURL, so a template naming it fails to render.
+type discoveryData struct {
+	EventsAddr string
+	LogAddr    string
+	Server     string
+}
+
+// discoveryScript renders the discovery boot. It mints no token; a
+// command line that would reach this server's /config is refused.
+func (h *HTTP) discoveryScript(c Client, spec *BootSpec) ([]byte, error) {
+	if !ValidAssetID(spec.Kernel) {
+		return nil, fmt.Errorf("discovery boot: bad kernel asset id %q", spec.Kernel)
+	}
+	initrds, err := h.initrdLines(spec.Initrd)
+	if err != nil {
+		return nil, fmt.Errorf("discovery boot: %w", err)
+	}
+	cmdline, err := RenderCmdline(spec.Cmdline, discoveryData{EventsAddr: h.cfg.EventsAddr, LogAddr: h.cfg.LogAddr, Server: h.cfg.Server})
+	if err != nil {
+		return nil, fmt.Errorf("discovery boot: kernel command line: %w", err)
+	}
+	if strings.Contains(cmdline, h.cfg.Server+"/config") {
+		return nil, errors.New("discovery boot: the kernel command line points at the config URL; a discovery boot gets no config")
+	}
+	var args strings.Builder
+	for _, in := range initrds {
+		args.WriteString("initrd=" + in.Name + " ")
+	}
+	args.WriteString(cmdline)
+	if n := args.Len(); n > MaxCmdline {
+		return nil, fmt.Errorf("discovery boot: kernel command line is %d bytes, over the %d-byte limit", n, MaxCmdline)
+	}
+	return h.render("discovery.ipxe.tmpl", map[string]any{
+		"MAC":       c.MAC.String(),
+		"KernelURL": h.base() + "/assets/" + spec.Kernel,
+		"Initrds":   initrds,
+		"Cmdline":   cmdline,
+	})
+}
+
+// initrdLines names each initrd for iPXE and the kernel line.
+func (h *HTTP) initrdLines(ids []string) ([]initrdLine, error) {
+	var initrds []initrdLine
+	used := map[string]bool{}
+	for i, id := range ids {
+		if !ValidAssetID(id) {
+			return nil, fmt.Errorf("bad initrd asset id %q", id)
+		}
+		// iPXE names the image; under UEFI an iPXE from 2019 (QEMU's NIC
+		// ROMs, old flashed NICs) needs initrd=<name> on the kernel line
+		// for the EFI stub to find it (2025's hands it over by LoadFile2).
+		name := path.Base(id)
+		if used[name] {
+			name = fmt.Sprintf("initrd%d-%s", i, name)
+		}
+		used[name] = true
+		initrds = append(initrds, initrdLine{Name: name, URL: h.base() + "/assets/" + id})
+	}
+	return initrds, nil
 }
 
 // writeUnknown answers with the script of a machine rackboot has no config
@@ -314,21 +428,9 @@ func (h *HTTP) machineScript(c Client, spec *BootSpec) ([]byte, bootRecord, erro
 	if !ValidAssetID(spec.Kernel) {
 		return nil, bootRecord{}, fmt.Errorf("boot spec for %s: bad kernel asset id %q", spec.Name, spec.Kernel)
 	}
-	var initrds []initrdLine
-	used := map[string]bool{}
-	for i, id := range spec.Initrd {
-		if !ValidAssetID(id) {
-			return nil, bootRecord{}, fmt.Errorf("boot spec for %s: bad initrd asset id %q", spec.Name, id)
-		}
-		// iPXE names the image; under UEFI an iPXE from 2019 (QEMU's NIC
-		// ROMs, old flashed NICs) needs initrd=<name> on the kernel line
-		// for the EFI stub to find it (2025's hands it over by LoadFile2).
-		name := path.Base(id)
-		if used[name] {
-			name = fmt.Sprintf("initrd%d-%s", i, name)
-		}
-		used[name] = true
-		initrds = append(initrds, initrdLine{Name: name, URL: h.base() + "/assets/" + id})
+	initrds, err := h.initrdLines(spec.Initrd)
+	if err != nil {
+		return nil, bootRecord{}, fmt.Errorf("boot spec for %s: %w", spec.Name, err)
 	}
 
 	token, err := h.cfg.Tokens.Mint(TokenBinding{Name: spec.Name, MAC: c.MAC, UUID: c.UUID})

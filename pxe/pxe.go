@@ -46,6 +46,16 @@ func (a Arch) String() string {
 	}
 }
 
+// ParseArch is the inverse of Arch.String; anything else is ArchUnknown.
+func ParseArch(s string) Arch {
+	for a := ArchBIOS; a <= ArchARM64HTTP; a++ {
+		if a.String() == s {
+			return a
+		}
+	}
+	return ArchUnknown
+}
+
 // CPU is the Linux architecture name for the arch (amd64 or arm64).
 func (a Arch) CPU() string {
 	if a == ArchARM64UEFI || a == ArchARM64HTTP {
@@ -117,6 +127,27 @@ type Booter interface {
 	Config(ctx context.Context, name string) ([]byte, error)
 }
 
+// Discoverer describes the discovery boot: what a machine the Booter does
+// not know boots, so that it comes up and can be looked at before anyone
+// writes it into the rack. pxe asks it only for unknown machines (never for
+// one the owner check refused) and only when HTTPConfig.Discovery is set.
+//
+// The spec must carry no secret: pxe mints no token for it, and its
+// Cmdline is rendered without {{.ConfigURL}} (a template naming it is
+// refused, and the machine gets the waiting script instead). Name is only
+// shown; Installed and MACs are ignored.
+type Discoverer interface {
+	DiscoveryBoot(ctx context.Context, c Client) (*BootSpec, error)
+}
+
+// DiscovererFunc adapts a function to Discoverer.
+type DiscovererFunc func(ctx context.Context, c Client) (*BootSpec, error)
+
+// DiscoveryBoot calls f.
+func (f DiscovererFunc) DiscoveryBoot(ctx context.Context, c Client) (*BootSpec, error) {
+	return f(ctx, c)
+}
+
 // Assets opens boot assets by ID (kernel or initramfs of one version,
 // schematic and arch). The file is served with sendfile and Range support.
 type Assets interface {
@@ -132,7 +163,7 @@ type ReadSeekCloser interface {
 // Stages pxe reports. Other packages (the Talos events sink) add later ones
 // (installing, installed, running) to the same timeline.
 const (
-	StageDiscovered   = "discovered"    // an unknown machine asked to boot
+	StageDiscovered   = "discovered"    // an unknown machine asked to boot (and was told to wait)
 	StageDHCP         = "dhcp"          // got a boot offer from rackboot
 	StageProxyIgnored = "proxy-ignored" // keeps sending DISCOVERs, ignoring our proxy offers
 	StageIPXE         = "ipxe"          // fetched an iPXE binary over TFTP/HTTP
@@ -147,6 +178,9 @@ const (
 	// address). The event names the machine; its Addr and MAC are the
 	// requester's and must not be taken as the machine's.
 	StageDenied = "denied"
+	// StageDiscoveryBoot: an unknown machine asked to boot and got the
+	// discovery boot (Discoverer): a kernel and initrd, no config.
+	StageDiscoveryBoot = "discovery-boot"
 )
 
 // Event is something pxe saw a client do.

@@ -62,6 +62,9 @@ type Config struct {
 	// and FollowedAddr).
 	Followed     func(mac net.HardwareAddr)
 	FollowedAddr func(addr netip.Addr) (net.HardwareAddr, bool)
+	// Discovery, when set, boots machines the Booter does not know (see
+	// Discoverer); nil tells them to wait and ask again.
+	Discovery Discoverer
 }
 
 // Option adds to a Server.
@@ -181,7 +184,7 @@ func New(cfg Config, booter Booter, assets Assets, opts ...Option) (_ *Server, e
 		Booter: booter, Assets: assets, IPXE: files, Tokens: s.tokens,
 		Neighbors: cfg.Neighbors, LeaseOf: cfg.LeaseOf,
 		Log: cfg.Log.With("service", "http"), Recorder: cfg.Recorder, Now: cfg.Now, Followed: cfg.Followed,
-		FollowedAddr: cfg.FollowedAddr,
+		FollowedAddr: cfg.FollowedAddr, Discovery: cfg.Discovery,
 	})
 	if err != nil {
 		return nil, err

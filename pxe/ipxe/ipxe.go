@@ -95,8 +95,9 @@ func Source() string {
 
 // Templates parses the iPXE script templates: "boot.ipxe.tmpl" (the generic
 // entry script), "machine.ipxe.tmpl" (kernel, initrds, boot),
-// "local.ipxe.tmpl" (boot from disk) and "unknown.ipxe.tmpl" (a machine not
-// in the rack). Each call returns a fresh set.
+// "local.ipxe.tmpl" (boot from disk), "unknown.ipxe.tmpl" (a machine not
+// in the rack) and "discovery.ipxe.tmpl" (a machine not in the rack, booted
+// without a config to be discovered). Each call returns a fresh set.
 func Templates() (*template.Template, error) {
 	t, err := template.ParseFS(content, "templates/*.ipxe.tmpl")
 	if err != nil {

@@ -131,7 +131,7 @@ func TestTemplates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range []string{"boot.ipxe.tmpl", "machine.ipxe.tmpl", "local.ipxe.tmpl", "unknown.ipxe.tmpl"} {
+	for _, n := range []string{"boot.ipxe.tmpl", "machine.ipxe.tmpl", "local.ipxe.tmpl", "unknown.ipxe.tmpl", "discovery.ipxe.tmpl"} {
 		if tm.Lookup(n) == nil {
 			t.Errorf("template %s missing", n)
 		}
