@@ -38,7 +38,7 @@ func parse(src []byte) (*doc, error) {
 		return nil, fmt.Errorf("parse rack file: %w", err)
 	}
 	if n.Kind != yaml.DocumentNode || len(n.Content) == 0 || n.Content[0].Kind != yaml.MappingNode {
-		return nil, errors.New("the rack file is not a mapping of cluster:, machines:, lab:")
+		return nil, errors.New("the rack file is not a mapping (of cluster, machines and lab)")
 	}
 	d.root = n.Content[0]
 	for i := 0; i+1 < len(d.root.Content); i += 2 {
