@@ -109,6 +109,55 @@ func NetbootCmdline(args []string) string {
 		"{{if .LogAddr}} talos.logging.kernel=udp://{{.LogAddr}}{{end}}"
 }
 
+var _ pxe.Discoverer = (*Booter)(nil)
+
+// DiscoveryBoot implements pxe.Discoverer: a machine that is not in the
+// rack boots the cluster's Talos (version, schematic) for the arch its
+// firmware says, with the rack's kernel arguments and no talos.config=,
+// so Talos comes up in maintenance mode and waits to be configured. Its
+// events and kernel log still come to rackboot.
+func (b *Booter) DiscoveryBoot(_ context.Context, c pxe.Client) (*pxe.BootSpec, error) {
+	arch := c.Arch.CPU()
+	sch := b.rack.Schematic(&Machine{})
+	id, err := SchematicID(sch)
+	if err != nil {
+		return nil, fmt.Errorf("cluster schematic: %w", err)
+	}
+	version := b.rack.Cluster.TalosVersion
+	kernel, initrd, err := b.assets(version, id, arch)
+	if err != nil {
+		return nil, &pxe.BootError{Msg: oneLine(err)}
+	}
+	args, err := KernelArgs(version, arch, sch.KernelArgs)
+	if err != nil {
+		return nil, fmt.Errorf("kernel arguments for a discovery boot: %w", err)
+	}
+	return &pxe.BootSpec{Name: "discovery", Kernel: kernel, Initrd: []string{initrd},
+		Cmdline: DiscoveryCmdline(withoutConfig(append(args, b.extraArgs...)))}, nil
+}
+
+// withoutConfig drops the arguments that would hand Talos a config (a URL
+// or the config itself): a discovery boot goes to anyone on the LAN.
+func withoutConfig(args []string) []string {
+	var out []string
+	for _, a := range args {
+		key, _, _ := strings.Cut(a, "=")
+		if key == "talos.config" || strings.HasPrefix(key, "talos.config.") {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// DiscoveryCmdline is NetbootCmdline without talos.config=: Talos finds no
+// config and enters maintenance mode.
+func DiscoveryCmdline(args []string) string {
+	return strings.Join(args, " ") +
+		"{{if .EventsAddr}} talos.events.sink={{.EventsAddr}}{{end}}" +
+		"{{if .LogAddr}} talos.logging.kernel=udp://{{.LogAddr}}{{end}}"
+}
+
 // Config implements pxe.Booter: the machine's full Talos config. Configs are
 // generated once per Booter (the rack and secrets do not change under it).
 func (b *Booter) Config(_ context.Context, name string) ([]byte, error) {

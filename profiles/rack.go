@@ -72,6 +72,12 @@ type Cluster struct {
 	// from the upstream registry. Default false: the upstream is tried
 	// after the mirror. Needs network.rackboot.
 	Offline bool `yaml:"offline,omitempty"`
+	// Discover boots machines that are not in the rack file into Talos
+	// without a config (its maintenance mode), so that they show up in
+	// `rackboot machines` and can be adopted (`rackboot machine adopt`).
+	// Default false: they are told to wait (serve --discover turns it on
+	// too). They never get a config or a token either way.
+	Discover bool `yaml:"discover,omitempty"`
 }
 
 // Network is the rack's L2/L3 network.
