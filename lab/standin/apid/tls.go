@@ -1,0 +1,142 @@
+package apid
+
+import (
+	"bytes"
+	stdtls "crypto/tls"
+	stdx509 "crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/siderolabs/crypto/tls"
+	"github.com/siderolabs/crypto/x509"
+	"github.com/siderolabs/talos/pkg/machinery/config"
+)
+
+// ErrNoIssuingCA: the machine config has the OS CA's certificate without
+// its key (a worker's config), so the stand-in cannot sign its own apid
+// certificate. Talos's worker asks trustd on a control plane for one
+// (secrets.APIController generateWorker); the stand-in has no trustd.
+var ErrNoIssuingCA = errors.New("the machine config's machine.ca has no key (a worker): the stand-in cannot sign its API certificate without trustd")
+
+// sans are the server certificate's names, as Talos's APICertSANsController
+// makes them: the config's machine.certSANs, the node's addresses, the
+// hostname and its FQDN.
+func sans(certSANs []string, addrs []netip.Addr, hostname string) (ips []net.IP, dns []string) {
+	for _, s := range certSANs {
+		if a, err := netip.ParseAddr(s); err == nil {
+			addrs = append(addrs, a)
+		} else {
+			dns = append(dns, s)
+		}
+	}
+	for _, a := range addrs {
+		ip := net.IP(a.Unmap().AsSlice())
+		if !slices.ContainsFunc(ips, ip.Equal) {
+			ips = append(ips, ip)
+		}
+	}
+	if hostname != "" {
+		dns = append(dns, hostname)
+	}
+	slices.Sort(dns)
+	return ips, slices.Compact(dns)
+}
+
+// maintenanceTLS is the maintenance API's TLS: a server certificate from a
+// CA made up at boot (secrets.MaintenanceRootController,
+// APIController.reconcileMaintenance), no client certificate asked
+// (APIServiceConfig SkipVerifyingClientCert → tls.ServerOnly).
+func maintenanceTLS(now time.Time, addrs []netip.Addr, hostname string) (*stdtls.Config, error) {
+	ca, err := x509.NewSelfSignedCertificateAuthority(x509.ECDSA(true), x509.Organization("talos"),
+		x509.NotBefore(now.Add(-time.Minute)), x509.NotAfter(now.Add(x509.DefaultCertificateValidityDuration)))
+	if err != nil {
+		return nil, fmt.Errorf("maintenance CA: %w", err)
+	}
+	ips, dns := sans(nil, addrs, hostname)
+	kp, err := x509.NewKeyPair(ca,
+		x509.IPAddresses(ips), x509.DNSNames(dns), x509.CommonName(firstOf(hostname, "maintenance")),
+		x509.NotBefore(now.Add(-time.Minute)), x509.NotAfter(now.Add(x509.DefaultCertificateValidityDuration)),
+		x509.KeyUsage(stdx509.KeyUsageDigitalSignature),
+		x509.ExtKeyUsage([]stdx509.ExtKeyUsage{stdx509.ExtKeyUsageServerAuth}))
+	if err != nil {
+		return nil, fmt.Errorf("maintenance certificate: %w", err)
+	}
+	return tls.New(tls.WithClientAuthType(tls.ServerOnly), tls.WithKeypair(*kp.Certificate))
+}
+
+// configuredTLS is apid's TLS once the machine has its config
+// (provider.NewTLSConfig ServerConfig, with the certificate
+// secrets.APIController.generateControlPlane issues): a server
+// certificate signed by the config's machine CA for the node's names,
+// client certificates required and verified against the accepted CAs
+// (the issuing CA and machine.acceptedCAs), each client certificate with
+// the client-auth extended key usage only (service.go verifyExtKeyUsage).
+func configuredTLS(now time.Time, cfg config.Provider, addrs []netip.Addr) (*stdtls.Config, error) {
+	sec := cfg.Machine().Security()
+	issuing := sec.IssuingCA()
+	if issuing == nil || len(issuing.Crt) == 0 {
+		return nil, errors.New("the machine config has no machine.ca")
+	}
+	if len(issuing.Key) == 0 {
+		return nil, ErrNoIssuingCA
+	}
+	ca, err := x509.NewCertificateAuthorityFromCertificateAndKey(issuing)
+	if err != nil {
+		return nil, fmt.Errorf("machine CA: %w", err)
+	}
+	hostname := ""
+	if h := cfg.NetworkHostnameConfig(); h != nil {
+		hostname = h.Hostname()
+	}
+	ips, dns := sans(sec.CertSANs(), addrs, hostname)
+	kp, err := x509.NewKeyPair(ca,
+		x509.IPAddresses(ips), x509.DNSNames(dns), x509.CommonName(hostname),
+		x509.NotBefore(now.Add(-time.Minute)), x509.NotAfter(now.Add(x509.DefaultCertificateValidityDuration)),
+		x509.KeyUsage(stdx509.KeyUsageDigitalSignature),
+		x509.ExtKeyUsage([]stdx509.ExtKeyUsage{stdx509.ExtKeyUsageServerAuth}))
+	if err != nil {
+		return nil, fmt.Errorf("API server certificate: %w", err)
+	}
+	cas := [][]byte{issuing.Crt}
+	for _, a := range sec.AcceptedCAs() {
+		cas = append(cas, a.Crt)
+	}
+	tc, err := tls.New(tls.WithClientAuthType(tls.Mutual), tls.WithCACertPEM(bytes.Join(cas, nil)), tls.WithKeypair(*kp.Certificate))
+	if err != nil {
+		return nil, err
+	}
+	tc.VerifyPeerCertificate = verifyExtKeyUsage
+	return tc, nil
+}
+
+// verifyExtKeyUsage is apid's (internal/app/apid/service.go): every
+// non-CA certificate of the verified chain has exactly the client-auth
+// extended key usage.
+func verifyExtKeyUsage(_ [][]byte, chains [][]*stdx509.Certificate) error {
+	if len(chains) == 0 {
+		return errors.New("no verified chains")
+	}
+	for _, c := range chains[0] {
+		if c.IsCA {
+			continue
+		}
+		if !slices.Equal(c.ExtKeyUsage, []stdx509.ExtKeyUsage{stdx509.ExtKeyUsageClientAuth}) {
+			return fmt.Errorf("certificate %q is missing the client auth extended key usage", c.Subject)
+		}
+	}
+	return nil
+}
+
+// hostnames for logs.
+func joinIPs(ips []net.IP) string {
+	s := make([]string, len(ips))
+	for i, ip := range ips {
+		s[i] = ip.String()
+	}
+	return strings.Join(s, ",")
+}
