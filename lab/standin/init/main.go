@@ -246,7 +246,8 @@ func (m *machine) boot(ctx context.Context) error {
 	if cfgBytes == nil {
 		switch source {
 		case "":
-			return errors.New("no talos.config= on the kernel command line and no config on STATE (maintenance mode is not emulated)")
+			// Talos's maintenance mode: the config comes through the API.
+			cfgBytes, err = m.maintenance(ctx, nctx, &nw)
 		case cmdline.MetalISO:
 			m.rep.ConfigSource = "metal-iso"
 			cfgBytes, err = readMetalISO(ctx, m.log)
@@ -291,6 +292,10 @@ func (m *machine) boot(ctx context.Context) error {
 			// line; the machine config's network documents make it.
 			if err := m.configureNetwork(nctx, cfg); err != nil {
 				return err
+			}
+			// Talos's API, with the config's mutual TLS.
+			if _, _, err := m.startAPI(nctx, installed, cfg); err != nil {
+				m.log.Error("Talos API not served", "err", err)
 			}
 			// The kernel log goes to the KmsgLogConfig destinations
 			// for as long as the machine runs (netboots do not stream).

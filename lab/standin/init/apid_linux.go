@@ -1,0 +1,202 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/dotfile/rackboot/lab/standin/apid"
+	"github.com/dotfile/rackboot/lab/standin/imagepull"
+	blkdev "github.com/siderolabs/go-blockdevice/v2/block"
+	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
+	"github.com/siderolabs/talos/pkg/machinery/config"
+	"golang.org/x/sys/unix"
+)
+
+// standinVersion is what Version answers when the installer image's tag
+// says nothing.
+const standinVersion = "v1.13.0"
+
+// actDelay lets a reply leave before the machine reboots or powers off
+// (Talos acts in the background after answering, too).
+const actDelay = time.Second
+
+// startAPI serves Talos's API on :50000 (maintenance mode until
+// Configure) for the rest of the boot. installDisk is "" before an
+// install.
+func (m *machine) startAPI(ctx context.Context, installDisk string, cfg config.Provider) (*apid.Server, <-chan []byte, error) {
+	inv, err := apid.ReadInventory("/")
+	if err != nil {
+		return nil, nil, err
+	}
+	addrs := localAddrs()
+	applied := make(chan []byte, 1)
+	c := apid.Config{
+		Log: m.log.With("service", "apid"), Version: standinVersion, Inventory: inv,
+		Addresses: addrs, Hostname: m.rep.Name, Installed: installDisk != "", SystemDisk: installDisk,
+		OnApply: func(_ context.Context, _ config.Provider, raw []byte) error {
+			select {
+			case applied <- raw:
+				return nil
+			default:
+				return errors.New("a machine config is already being applied")
+			}
+		},
+		OnUpgrade: func(_ context.Context, u apid.Upgrade) error {
+			// The real upgrade (pull the image, install its boot files,
+			// boot them) is later work: record and reboot.
+			m.log.Info("upgrade requested", "image", u.Image, "reboot", u.Reboot)
+			if u.Reboot {
+				go powerAfter(unix.LINUX_REBOOT_CMD_RESTART)
+			}
+			return nil
+		},
+		OnReboot: func(context.Context) error {
+			go powerAfter(unix.LINUX_REBOOT_CMD_RESTART)
+			return nil
+		},
+		OnReset: func(_ context.Context, r apid.Reset) error {
+			m.log.Info("reset requested", "graceful", r.Graceful, "reboot", r.Reboot, "mode", r.Mode.String(), "user_disks", r.UserDisks, "system_partitions", r.SystemPartitions)
+			go m.reset(installDisk, r)
+			return nil
+		},
+	}
+	if cfg != nil {
+		if v := imageTag(cfg.Machine().Install().Image()); v != "" {
+			c.Version = v
+		}
+		if cfg.Machine().Type().IsControlPlane() && len(addrs) > 0 {
+			c.EtcdMembers = []*machineapi.EtcdMember{selfMember(m.rep.Name, addrs[0])}
+		}
+	}
+	srv, err := apid.New(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cfg != nil {
+		if err := srv.Configure(cfg); err != nil {
+			return nil, nil, err
+		}
+	}
+	ln, err := net.Listen("tcp", fmt.Sprintf(":%d", apid.Port))
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen on the Talos API port: %w", err)
+	}
+	go func() {
+		if err := srv.Serve(ctx, ln); err != nil {
+			m.log.Error("Talos API", "err", err)
+		}
+	}()
+	return srv, applied, nil
+}
+
+// maintenance waits, like Talos without a config, for a machine config
+// applied through the maintenance API (talosctl apply-config --insecure).
+func (m *machine) maintenance(ctx context.Context, nctx context.Context, nw **network) ([]byte, error) {
+	if *nw == nil {
+		var err error
+		if *nw, err = bringUpNetwork(nctx, m.log, deviceWait); err != nil {
+			return nil, err
+		}
+		wctx, cancel := context.WithTimeout(ctx, configTimeout)
+		l, err := (*nw).primary().wait(wctx)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		m.rep.MAC, m.rep.IP = l.MAC, l.IP
+	}
+	_, applied, err := m.startAPI(nctx, "", nil)
+	if err != nil {
+		return nil, err
+	}
+	m.rep.ConfigSource = "maintenance"
+	m.log.Info("maintenance mode: waiting for a machine config (talosctl apply-config --insecure)", "ip", m.rep.IP, "port", apid.Port)
+	select {
+	case b := <-applied:
+		return b, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// reset wipes the install disk's partition table the way Talos's fast
+// wipe does (the first and last MiB) and reboots or powers off.
+func (m *machine) reset(installDisk string, r apid.Reset) {
+	time.Sleep(actDelay)
+	if installDisk != "" && r.Mode != machineapi.ResetRequest_USER_DISKS {
+		if err := fastWipe(installDisk); err != nil {
+			m.log.Error("reset: wipe the system disk", "disk", installDisk, "err", err)
+		} else {
+			m.log.Info("reset: system disk wiped", "disk", installDisk)
+		}
+	}
+	for _, d := range r.UserDisks {
+		if err := fastWipe(d); err != nil {
+			m.log.Error("reset: wipe a user disk", "disk", d, "err", err)
+		}
+	}
+	how := unix.LINUX_REBOOT_CMD_POWER_OFF
+	if r.Reboot {
+		how = unix.LINUX_REBOOT_CMD_RESTART
+	}
+	powerAfter(how)
+}
+
+func fastWipe(dev string) error {
+	bd, err := blkdev.NewFromPath(dev, blkdev.OpenForWrite())
+	if err != nil {
+		return err
+	}
+	defer bd.Close() //nolint:errcheck
+	return bd.FastWipe()
+}
+
+func powerAfter(how int) {
+	time.Sleep(actDelay)
+	unix.Sync()
+	_ = unix.Reboot(how)
+}
+
+// localAddrs are the machine's global unicast addresses.
+func localAddrs() []netip.Addr {
+	var out []netip.Addr
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if p, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(p.IP); ok && ip.Unmap().IsGlobalUnicast() {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out
+}
+
+// imageTag is an image reference's tag ("" for a digest or none).
+func imageTag(image string) string {
+	ref, err := imagepull.ParseRef(image)
+	if err != nil || !strings.HasPrefix(ref.Tag, "v") {
+		return ""
+	}
+	return ref.Tag
+}
+
+// selfMember is the control plane's own etcd member, as Talos's etcd
+// would list it (the ID made up from the name: there is no etcd).
+func selfMember(name string, ip netip.Addr) *machineapi.EtcdMember {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	host := netip.AddrPortFrom(ip, 2380).String()
+	client := netip.AddrPortFrom(ip, 2379).String()
+	return &machineapi.EtcdMember{
+		Id: h.Sum64(), Hostname: name,
+		PeerUrls: []string{"https://" + host}, ClientUrls: []string{"https://" + client},
+	}
+}
