@@ -458,7 +458,7 @@ func TestConfiguredRoles(t *testing.T) {
 	}
 }
 
-func TestEtcdOnWorker(t *testing.T) {
+func TestConfigureWorker(t *testing.T) {
 	p := newPKI(t, "/dev/nvme0n1")
 	rec := &recorder{}
 	s, _ := start(t, rec, nil)
