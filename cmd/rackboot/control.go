@@ -35,6 +35,8 @@ const controlBase = "http://rackboot"
 type controlActions struct {
 	reinstall func(name string) error
 	forget    func(key string) error
+	// reload reads the rack file again (machine adopt); nil: not offered.
+	reload func() (string, error)
 }
 
 // controlHandler serves the status routes and the actions.
@@ -59,6 +61,9 @@ func controlHandler(status http.Handler, act controlActions) http.Handler {
 	}
 	mux.Handle("POST /machines/{key}/reinstall", do(act.reinstall))
 	mux.Handle("POST /machines/{key}/forget", do(act.forget))
+	if act.reload != nil {
+		mux.Handle("POST /rack/reload", do(func(string) error { _, err := act.reload(); return err }))
+	}
 	return mux
 }
 

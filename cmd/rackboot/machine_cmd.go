@@ -15,7 +15,7 @@ func init() {
 	subcommands = append(subcommands, func(a *app) *cobra.Command {
 		cmd := &cobra.Command{
 			Use:   "machine",
-			Short: "Change what rackboot remembers of a machine (reinstall, forget)",
+			Short: "Change what rackboot remembers of a machine (reinstall, forget, adopt)",
 		}
 		rp := &reinstallPower{}
 		reinstall := &cobra.Command{
@@ -58,6 +58,7 @@ func init() {
 		}
 		rp.register(reinstall)
 		cmd.AddCommand(reinstall)
+		cmd.AddCommand(newAdoptCmd(a))
 		cmd.AddCommand(&cobra.Command{
 			Use:   "forget MAC",
 			Short: "Drop a machine that is not in the rack file from the status page",

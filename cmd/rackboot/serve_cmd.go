@@ -37,6 +37,8 @@ type serveFlags struct {
 	standin    string
 	extraArgs  []string
 	listenAll  bool
+	// discover boots unknown machines without a config (or discover: true).
+	discover bool
 	// registryPort is the registry mirror's port (0: off).
 	registryPort int
 }
@@ -56,6 +58,7 @@ func (f *serveFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.standin, "standin", "", "directory with a stand-in vmlinuz + initramfs, booted when the asset cache has no Talos for a machine (the lab)")
 	fl.StringArrayVar(&f.extraArgs, "kernel-arg", nil, "extra kernel argument for every machine, one per flag (repeatable; commas stay), e.g. console=ttyS0,115200n8")
 	fl.IntVar(&f.registryPort, "registry-port", profiles.RegistryPort, "TCP port of the registry mirror (the rack's images from the asset cache; the machine configs name port "+strconv.Itoa(profiles.RegistryPort)+"); 0 turns it off")
+	fl.BoolVar(&f.discover, "discover", false, "boot machines that are not in the rack file into Talos without a config (maintenance mode), to adopt them (rackboot machines; machine adopt); as discover: true in the rack file")
 	fl.BoolVar(&f.listenAll, "listen-all", false, "listen on every address of this computer, not only the rack interface's (HTTP, TFTP, events, kernel logs)")
 }
 
@@ -100,9 +103,10 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 	checkRackbootAddress(a, r, ip, f)
 	a.log.Info("serving the rack", "rack", a.rackPath, "interface", iface, "address", ip, "dhcp", f.dhcpMode, "machines", len(r.Machines))
 
+	// The rack as `machine adopt` changes it (control socket: /rack/reload).
+	live := newLiveRack(r, a.log)
 	store, err := inventory.Open(state, inventory.WithLogger(a.log.With("service", "inventory")),
-		inventory.WithNames(func(name string) bool { return r.Machine(name) != nil }),
-		inventory.WithMACNames(rackMACNames(r)))
+		inventory.WithNames(live.known), inventory.WithMACNames(live.macName))
 	if err != nil {
 		return err
 	}
@@ -138,14 +142,17 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 	if err != nil {
 		return err
 	}
-	booter := profiles.NewBooter(r, bundle, resolve, profiles.WithConfigOptions(cfgOpts...),
-		profiles.WithInstalled(store.Installed), profiles.WithExtraKernelArgs(f.extraArgs...))
+	live.start(func(r *profiles.Rack) *profiles.Booter {
+		return profiles.NewBooter(r, bundle, resolve, profiles.WithConfigOptions(cfgOpts...),
+			profiles.WithInstalled(store.Installed), profiles.WithExtraKernelArgs(f.extraArgs...))
+	})
 
 	mode := pxe.DHCPMode(f.dhcpMode)
 	dcfg, err := dhcpConfig(r, mode, iface, ip, f, state)
 	if err != nil {
 		return err
 	}
+	dcfg.IPXEBuild = func(c pxe.Client) pxe.IPXEBuild { return live.Rack().IPXEBuildFor(c) }
 	dhcp, err := pxe.NewDHCP(dcfg, pxe.WithDHCPLogger(a.log.With("service", "dhcp")), pxe.WithDHCPRecorder(store))
 	if err != nil {
 		return err
@@ -158,6 +165,7 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 		return err
 	}
 	attr := newAttribution(r, neigh)
+	attr.rackMAC = live.macName
 	if mode == pxe.DHCPFull {
 		attr.leaseHolder = dhcp.LeaseHolder
 	}
@@ -214,6 +222,10 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 	}
 	if mode == pxe.DHCPFull {
 		cfg.LeaseOf = dhcp.LeaseOf
+	}
+	if f.discover || r.Cluster.Discover {
+		cfg.Discovery = live
+		a.log.Info("discovery on: machines not in the rack file boot Talos without a config (maintenance mode); list them with `rackboot machines`")
 	}
 	if f.eventsPort != 0 {
 		cfg.EventsAddr = net.JoinHostPort(ip.String(), strconv.Itoa(f.eventsPort))
@@ -274,15 +286,16 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 	opts = append(opts, pxe.WithService("control", func(ctx context.Context) error {
 		return serveControl(ctx, ctl, controlHandler(statusHandler, controlActions{
 			reinstall: func(name string) error {
-				if r.Machine(name) == nil {
+				if live.Rack().Machine(name) == nil {
 					return fmt.Errorf("no machine named %q in the rack file: %w", name, inventory.ErrUnknownMachine)
 				}
 				return store.Reset(name)
 			},
 			forget: store.Forget,
+			reload: func() (string, error) { return live.reload(a.rackPath, store) },
 		}), a.log.With("service", "control"))
 	}))
-	srv, err = pxe.New(cfg, booter, assets, opts...)
+	srv, err = pxe.New(cfg, live, assets, opts...)
 	if err != nil {
 		ctl.Close()
 		return err

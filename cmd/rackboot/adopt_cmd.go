@@ -1,0 +1,320 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/dotfile/rackboot/internal/atomicfile"
+	"github.com/dotfile/rackboot/inventory"
+	"github.com/dotfile/rackboot/profiles"
+	"github.com/dotfile/rackboot/pxe"
+	"github.com/dotfile/rackboot/rackedit"
+)
+
+// adoptFlags are `rackboot machine adopt`'s flags.
+type adoptFlags struct {
+	name, role, address, diskSerial string
+}
+
+// newAdoptCmd is `rackboot machine adopt MAC`.
+func newAdoptCmd(a *app) *cobra.Command {
+	f := &adoptFlags{}
+	cmd := &cobra.Command{
+		Use:   "adopt MAC --name NAME --role controlplane|worker",
+		Short: "Write a discovered machine into the rack file, so that it installs",
+		Long: "Adds a machine selected by its MAC to the rack file, keeping your comments and layout\n" +
+			"(written atomically, with the file's mode), after checking the new rack as `rackboot\n" +
+			"validate` does: nothing is written when it has errors. A running rackboot serve then\n" +
+			"reloads the rack, and the machine installs Talos at its next network boot.\n" +
+			"See the machines waiting to be adopted with `rackboot machines`.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runAdopt(cmd.Context(), a, cmd.OutOrStdout(), cmd.ErrOrStderr(), args[0], f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.name, "name", "", "the machine's name (its hostname and Kubernetes node name)")
+	fl.StringVar(&f.role, "role", "", "controlplane or worker")
+	fl.StringVar(&f.address, "address", "", "static address in CIDR form, e.g. 192.168.1.16/24 (default: DHCP)")
+	fl.StringVar(&f.diskSerial, "install-disk-serial", "", "install Talos on the disk with this serial (see `talosctl -n IP get disks --insecure`; default: the rack's installDisk rule)")
+	cmd.MarkFlagRequired("name")
+	cmd.MarkFlagRequired("role")
+	return cmd
+}
+
+// adoptedMachine is the rack entry adopt writes.
+func adoptedMachine(macArg string, f *adoptFlags, arch string) (profiles.Machine, error) {
+	hw, err := net.ParseMAC(macArg)
+	if err != nil || len(hw) != 6 {
+		return profiles.Machine{}, fmt.Errorf("%q is not a MAC address: write it like 52:54:00:12:34:56", macArg)
+	}
+	role := profiles.Role(f.role)
+	if role != profiles.RoleControlPlane && role != profiles.RoleWorker {
+		return profiles.Machine{}, fmt.Errorf("--role %q: write controlplane or worker", f.role)
+	}
+	m := profiles.Machine{Name: f.name, Role: role, Select: profiles.Selector{MAC: []string{hw.String()}}, Address: f.address}
+	if f.diskSerial != "" {
+		m.InstallDisk = profiles.DiskRule{Serial: f.diskSerial}
+	}
+	if arch == "arm64" {
+		m.Arch = arch
+	}
+	return m, nil
+}
+
+// adoptRack returns the rack file's new text with m added, checked: the
+// problems of the new rack when it has errors (nothing may be written).
+func adoptRack(path string, src []byte, m profiles.Machine) ([]byte, profiles.Problems, error) {
+	out, err := rackedit.AddMachine(src, m)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	r, err := profiles.Load(path, out)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s with %s added does not load: %w", path, m.Name, err)
+	}
+	ps := r.Validate()
+	if ps.Errors() {
+		return nil, ps, fmt.Errorf("%s with %s added is not valid (nothing written): fix the problems above, or adopt with other flags", path, m.Name)
+	}
+	return out, ps, nil
+}
+
+// writeRack replaces the rack file with out, atomically and with the
+// file's mode, unless the file changed since src was read.
+func writeRack(path string, src, out []byte) error {
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return fmt.Errorf("rack file: %w", err)
+	}
+	st, err := os.Stat(real)
+	if err != nil {
+		return fmt.Errorf("rack file: %w", err)
+	}
+	now, err := os.ReadFile(real)
+	if err != nil {
+		return fmt.Errorf("rack file: %w", err)
+	}
+	if !bytes.Equal(now, src) {
+		return fmt.Errorf("%s changed while adopting: nothing written, run the command again", path)
+	}
+	return atomicfile.Write(real, out, st.Mode().Perm())
+}
+
+func runAdopt(ctx context.Context, a *app, stdout, stderr io.Writer, macArg string, f *adoptFlags) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	path := a.rackPath
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read the rack file: %w", err)
+	}
+	// What rackboot saw of the machine (its arch and where it waits).
+	seen, _ := findDiscovered(ctx, a, macArg)
+	m, err := adoptedMachine(macArg, f, seen.Arch)
+	if err != nil {
+		return err
+	}
+	out, ps, err := adoptRack(path, src, m)
+	if len(ps) > 0 {
+		fmt.Fprintln(stderr, ps.Error())
+	}
+	if err != nil {
+		if ps.Errors() {
+			return &exitError{code: 1, err: err}
+		}
+		return err
+	}
+	if err := writeRack(path, src, out); err != nil {
+		return err
+	}
+	mac := m.Select.MAC[0]
+	fmt.Fprintf(stdout, "adopted %s (%s, %s) into %s\n", m.Name, mac, m.Role, path)
+	err = controlPost(ctx, a.StateDir(), "/rack/reload")
+	switch {
+	case err == nil:
+		fmt.Fprintf(stdout, "the running rackboot serve reloaded the rack: %s's next network boot installs Talos with its own config\n", m.Name)
+	case errors.Is(err, errNoServer):
+		fmt.Fprintf(stdout, "no rackboot serve is running: once one runs, %s's next network boot installs Talos with its own config\n", m.Name)
+	default:
+		fmt.Fprintf(stdout, "the running rackboot serve did not take the new rack (%v): restart it; %s then installs at its next network boot\n", err, m.Name)
+	}
+	if seen.Stage == pxe.StageDiscoveryBoot {
+		at := "its address"
+		if seen.Addr.IsValid() {
+			at = seen.Addr.String()
+		}
+		fmt.Fprintf(stdout, "%s is waiting in Talos's maintenance mode (at %s) and does not netboot again by itself: restart it\n"+
+			"(its reset or power button, or its BMC once rack.yaml has one: rackboot machine reinstall %s --power).\n"+
+			"Handing it its config through Talos's maintenance API, without a second network boot, is not done yet.\n", m.Name, at, m.Name)
+	} else {
+		fmt.Fprintf(stdout, "start it (or restart it) with a network boot.\n")
+	}
+	return nil
+}
+
+// liveRack is the rack a running serve answers from; `machine adopt`
+// makes serve reload it through the control socket. A reload may change
+// the machines, not the cluster settings (those need a restart).
+type liveRack struct {
+	log       *slog.Logger
+	newBooter func(*profiles.Rack) *profiles.Booter
+
+	mu     sync.RWMutex
+	rack   *profiles.Rack
+	booter *profiles.Booter
+	macs   func(string) (string, bool)
+}
+
+func newLiveRack(r *profiles.Rack, log *slog.Logger) *liveRack {
+	return &liveRack{rack: r, macs: rackMACNames(r), log: log}
+}
+
+// start sets how Booters are made and makes the first.
+func (l *liveRack) start(newBooter func(*profiles.Rack) *profiles.Booter) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.newBooter = newBooter
+	l.booter = newBooter(l.rack)
+}
+
+// Rack is the current rack.
+func (l *liveRack) Rack() *profiles.Rack {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.rack
+}
+
+func (l *liveRack) current() *profiles.Booter {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.booter
+}
+
+// known says whether name is a machine of the rack (inventory.WithNames).
+func (l *liveRack) known(name string) bool { return l.Rack().Machine(name) != nil }
+
+// macName names a rack machine by MAC (inventory.WithMACNames, attribution).
+func (l *liveRack) macName(mac string) (string, bool) {
+	l.mu.RLock()
+	f := l.macs
+	l.mu.RUnlock()
+	return f(mac)
+}
+
+// BootSpec implements pxe.Booter.
+func (l *liveRack) BootSpec(ctx context.Context, c pxe.Client) (*pxe.BootSpec, error) {
+	return l.current().BootSpec(ctx, c)
+}
+
+// Config implements pxe.Booter.
+func (l *liveRack) Config(ctx context.Context, name string) ([]byte, error) {
+	return l.current().Config(ctx, name)
+}
+
+// DiscoveryBoot implements pxe.Discoverer.
+func (l *liveRack) DiscoveryBoot(ctx context.Context, c pxe.Client) (*pxe.BootSpec, error) {
+	return l.current().DiscoveryBoot(ctx, c)
+}
+
+// reload reads the rack file again. It refuses a rack with errors or with
+// other cluster settings, keeping the one it has. New machines are
+// declared to the inventory unless one of their MACs is there as a
+// discovered machine (its history then moves to the name at its next
+// boot).
+func (l *liveRack) reload(path string, store *inventory.Store) (string, error) {
+	nr, err := profiles.LoadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("reload %s: %w", path, err)
+	}
+	if ps := nr.Validate(); ps.Errors() {
+		return "", fmt.Errorf("reload %s: it is not valid, serve keeps the rack it has:\n%s", path, ps.Error())
+	}
+	old := l.Rack()
+	if same, err := sameCluster(old, nr); err != nil || !same {
+		return "", fmt.Errorf("reload %s: the cluster settings changed; serve reloads only machines: restart rackboot serve", path)
+	}
+	b := l.newBooter(nr)
+	l.mu.Lock()
+	l.rack, l.booter, l.macs = nr, b, rackMACNames(nr)
+	l.mu.Unlock()
+	var added, removed []string
+	for i := range nr.Machines {
+		m := &nr.Machines[i]
+		if old.Machine(m.Name) != nil {
+			continue
+		}
+		added = append(added, m.Name)
+		seen := false
+		for _, mac := range m.MACs() {
+			if _, ok := store.Machine(mac.String()); ok {
+				seen = true
+			}
+		}
+		if !seen {
+			store.Declare(m.Name)
+		}
+	}
+	for i := range old.Machines {
+		if nr.Machine(old.Machines[i].Name) == nil {
+			removed = append(removed, old.Machines[i].Name)
+		}
+	}
+	msg := fmt.Sprintf("rack reloaded: %d machines", len(nr.Machines))
+	if len(added) > 0 {
+		msg += ", added " + strings.Join(added, ", ")
+	}
+	if len(removed) > 0 {
+		msg += ", removed " + strings.Join(removed, ", ")
+	}
+	l.log.Info(msg)
+	return msg, nil
+}
+
+// sameCluster compares the cluster settings of two racks by meaning.
+func sameCluster(a, b *profiles.Rack) (bool, error) {
+	x, err := yaml.Marshal(a.Cluster)
+	if err != nil {
+		return false, err
+	}
+	y, err := yaml.Marshal(b.Cluster)
+	if err != nil {
+		return false, err
+	}
+	return bytes.Equal(x, y), nil
+}
+
+// findDiscovered is what rackboot saw of the machine with this MAC, from
+// the running serve or the state dir (zero when never seen).
+func findDiscovered(ctx context.Context, a *app, macArg string) (discoveredMachine, error) {
+	hw, err := net.ParseMAC(macArg)
+	if err != nil {
+		return discoveredMachine{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	ms, _, _, err := inventorySnapshot(ctx, a.StateDir())
+	if err != nil {
+		return discoveredMachine{}, err
+	}
+	i := slices.IndexFunc(ms, func(m inventory.Machine) bool { return m.Name == "" && m.Key == hw.String() })
+	if i < 0 {
+		return discoveredMachine{}, nil
+	}
+	return discovered(ms[i]), nil
+}
