@@ -38,6 +38,9 @@ func WritePlan(w io.Writer, p Plan, gates []GateResult) error {
 	if len(p.Downgrades) > 0 {
 		fmt.Fprintf(&b, "downgrade: %s run a newer Talos (refused without --allow-downgrade)\n", strings.Join(p.Downgrades, ", "))
 	}
+	if cps := len(p.ControlPlanes()); cps == 2 {
+		b.WriteString("warning: with 2 control planes etcd loses its majority while either reboots: the Kubernetes API stops until it is back (3 control planes avoid this)\n")
+	}
 	fmt.Fprintf(&b, "each node: gates, cordon, drain (evictions respect disruption budgets), upgrade, wait for %s and Ready, uncordon, Ceph HEALTH_OK again\n", p.Target)
 	if len(gates) == 0 {
 		b.WriteString("gates: none\n")
