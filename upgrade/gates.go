@@ -57,9 +57,8 @@ func CheckGates(ctx context.Context, gates []Gate) []GateResult {
 // EtcdGate: etcd is healthy with every member. Through the Talos API of
 // each control plane: the member list (from the first that answers) has one
 // voting member per control plane, and each control plane's own member
-// status answers without errors and names a leader. controlPlanes maps a
-// control plane's name to its Talos API address (resolve gives it when the
-// address is not static).
+// status answers without errors and names a leader, the same for all.
+// controlPlanes are node names; resolve gives each one's Talos API address.
 func EtcdGate(t Talos, controlPlanes []string, resolve func(ctx context.Context, name string) (string, error)) Gate {
 	return Gate{
 		Name: fmt.Sprintf("etcd is healthy with all %d members", len(controlPlanes)),

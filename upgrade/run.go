@@ -90,7 +90,7 @@ type runner struct {
 	out   io.Writer
 	clk   Clock
 	index map[string]int
-	// writes counts state writes (tests).
+	// afterWrite sees every state written (tests).
 	afterWrite func(*State)
 }
 
