@@ -125,7 +125,7 @@ func TestDiscoveryDecision(t *testing.T) {
 			if tc.mac == macUnknown {
 				// The shared-LAN rule: nothing an unknown machine is told
 				// lets it fetch anything but public boot assets.
-				for _, secret := range []string{"/config", "t=", "token", "secret"} {
+				for _, secret := range []string{"/config", "?t=", "&t=", "token", "secret"} {
 					if strings.Contains(body, secret) {
 						t.Errorf("script for an unknown machine contains %q:\n%s", secret, body)
 					}
@@ -153,7 +153,7 @@ func TestDiscoveryScript(t *testing.T) {
 	if c.MAC.String() != macUnknown || c.UUID != uuidCP1 || c.Serial != "SN 1" || c.Arch != ArchX64UEFI || c.Addr.String() != "10.99.0.50" {
 		t.Fatalf("discovery asked with %+v", c)
 	}
-	if body := w.Body.String(); strings.Contains(body, "config") || strings.Contains(body, "t=") {
+	if body := w.Body.String(); strings.Contains(body, "config") || strings.Contains(body, "?t=") {
 		t.Errorf("the discovery script names a config or a token:\n%s", body)
 	}
 	for _, id := range []string{kernelID, initrdID} {
