@@ -37,9 +37,9 @@ func newAdoptCmd(a *app) *cobra.Command {
 		Use:   "adopt MAC --name NAME --role controlplane|worker",
 		Short: "Write a discovered machine into the rack file, so that it installs",
 		Long: "Adds a machine selected by its MAC to the rack file, keeping your comments and layout\n" +
-			"(written atomically, with the file's mode), after checking the new rack as `rackboot\n" +
-			"validate` does: nothing is written when it has errors. A running rackboot serve then\n" +
-			"reloads the rack, and the machine installs Talos at its next network boot.\n" +
+			"(written atomically, with the file's mode), after checking the new rack as\n" +
+			"`rackboot validate` does: nothing is written when it has errors. A running rackboot\n" +
+			"serve then reloads the rack, and the machine installs Talos at its next network boot.\n" +
 			"See the machines waiting to be adopted with `rackboot machines`.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -50,7 +50,7 @@ func newAdoptCmd(a *app) *cobra.Command {
 	fl.StringVar(&f.name, "name", "", "the machine's name (its hostname and Kubernetes node name)")
 	fl.StringVar(&f.role, "role", "", "controlplane or worker")
 	fl.StringVar(&f.address, "address", "", "static address in CIDR form, e.g. 192.168.1.16/24 (default: DHCP)")
-	fl.StringVar(&f.diskSerial, "install-disk-serial", "", "install Talos on the disk with this serial (see `talosctl -n IP get disks --insecure`; default: the rack's installDisk rule)")
+	fl.StringVar(&f.diskSerial, "install-disk-serial", "", "install Talos on the disk with this serial (see: talosctl -n IP get disks --insecure; default: the rack's installDisk rule)")
 	cmd.MarkFlagRequired("name")
 	cmd.MarkFlagRequired("role")
 	return cmd

@@ -258,3 +258,14 @@ func TestControlReload(t *testing.T) {
 		}
 	}
 }
+
+// An adopted machine that booted as arm64 gets arch: arm64 (its boot
+// spec would otherwise refuse the arch); amd64 is the default, not written.
+func TestAdoptedMachineArch(t *testing.T) {
+	for arch, want := range map[string]string{"arm64": "arm64", "amd64": "", "": ""} {
+		m, err := adoptedMachine("52-54-00-00-00-77", &adoptFlags{name: "x", role: "worker"}, arch)
+		if err != nil || m.Arch != want || m.Select.MAC[0] != "52:54:00:00:00:77" {
+			t.Errorf("arch %q: %+v %v", arch, m, err)
+		}
+	}
+}
