@@ -124,7 +124,7 @@ func (t *TalosAPI) Upgrade(ctx context.Context, node, image string) error {
 	nctx := client.WithNode(ctx, node)
 	err := t.lifecycleUpgrade(nctx, image)
 	if status.Code(err) == codes.Unimplemented { // status.Code looks through %w
-		//nolint:staticcheck // the legacy API is what Talos < v1.13 serves
+		//lint:ignore SA1019 the legacy API is what Talos < v1.13 serves
 		_, lerr := t.c.UpgradeWithOptions(nctx, client.WithUpgradeImage(image), client.WithUpgradeRebootMode(machine.UpgradeRequest_DEFAULT))
 		if lerr != nil {
 			return fmt.Errorf("upgrade %s to %s (legacy API, the node is older than Talos v1.13): %w", node, image, lerr)

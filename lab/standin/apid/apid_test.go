@@ -253,6 +253,7 @@ func TestMaintenanceInventory(t *testing.T) {
 		t.Errorf("destroy a disk: %v, want PermissionDenied", err)
 	}
 	// Admin-only methods are not for the maintenance reader.
+	//lint:ignore SA1019 MachineService.Upgrade is what machinery's Client.Upgrade calls: under test
 	if _, err := c.Upgrade(ctx(t), "ghcr.io/siderolabs/installer:v1.13.1", false, false); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("upgrade in maintenance: %v, want PermissionDenied", err)
 	}
@@ -356,6 +357,7 @@ func TestConfiguredRoles(t *testing.T) {
 	operator := withConfig(t, withRole(t, p, "os:operator"), addr)
 
 	const image = "factory.talos.dev/installer/abc:v1.13.1"
+	//lint:ignore SA1019 MachineService.Upgrade is what machinery's Client.Upgrade calls: under test
 	if _, err := reader.Upgrade(ctx(t), image, false, false); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("reader upgrade: %v, want PermissionDenied", err)
 	}
@@ -369,6 +371,7 @@ func TestConfiguredRoles(t *testing.T) {
 		t.Fatalf("refused calls acted: %v %v", rec.upgrades, rec.resets)
 	}
 
+	//lint:ignore SA1019 MachineService.Upgrade is what machinery's Client.Upgrade calls: under test
 	resp, err := admin.Upgrade(ctx(t), image, false, false)
 	if err != nil {
 		t.Fatalf("admin upgrade: %v", err)

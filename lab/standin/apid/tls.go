@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/siderolabs/crypto/tls"
@@ -130,13 +129,4 @@ func verifyExtKeyUsage(_ [][]byte, chains [][]*stdx509.Certificate) error {
 		}
 	}
 	return nil
-}
-
-// hostnames for logs.
-func joinIPs(ips []net.IP) string {
-	s := make([]string, len(ips))
-	for i, ip := range ips {
-		s[i] = ip.String()
-	}
-	return strings.Join(s, ",")
 }
