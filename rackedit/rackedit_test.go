@@ -199,8 +199,8 @@ func TestRemoveTakesItsComments(t *testing.T) {
 			t.Errorf("%q was removed", kept)
 		}
 	}
-	if removed := len(splitLines(profiles.ExampleRack)) - len(splitLines(out)); removed != 17 {
-		t.Errorf("removed %d lines, want formula's 17 (5 lines and 12 comment lines)", removed)
+	if removed := len(splitLines(profiles.ExampleRack)) - len(splitLines(out)); removed != 18 {
+		t.Errorf("removed %d lines, want formula's 18 (10 lines and 8 comment lines)", removed)
 	}
 }
 
@@ -236,9 +236,9 @@ func TestAddRefusesDuplicates(t *testing.T) {
 		m    profiles.Machine
 		want string
 	}{
-		{profiles.Machine{Name: "urban", Select: profiles.Selector{MAC: []string{"0e:00:00:00:00:09"}}}, `machine "urban" is already in the rack file (line 50)`},
-		{profiles.Machine{Name: "x", Select: profiles.Selector{MAC: []string{"52-54-00-B0-00-03"}}}, `MAC 52:54:00:b0:00:03 is already in the rack file: machine "lailah" has it (line 58)`},
-		{profiles.Machine{Name: "x", Select: profiles.Selector{MAC: []string{"0e:00:00:00:00:09", "525400b00006"}}}, `machine "amdusias-ii" has it (line 73)`},
+		{profiles.Machine{Name: "urban", Select: profiles.Selector{MAC: []string{"0e:00:00:00:00:09"}}}, `machine "urban" is already in the rack file (line 51)`},
+		{profiles.Machine{Name: "x", Select: profiles.Selector{MAC: []string{"52-54-00-B0-00-03"}}}, `MAC 52:54:00:b0:00:03 is already in the rack file: machine "lailah" has it (line 64)`},
+		{profiles.Machine{Name: "x", Select: profiles.Selector{MAC: []string{"0e:00:00:00:00:09", "525400b00006"}}}, `machine "amdusias-ii" has it (line 84)`},
 	} {
 		_, err := AddMachine(profiles.ExampleRack, tc.m)
 		if err == nil || !errors.Is(err, ErrExists) || !strings.Contains(err.Error(), tc.want) {

@@ -24,7 +24,7 @@ import (
 // Generous bounds for TCG on a loaded machine (no KVM here).
 const (
 	upLimit   = 3 * time.Minute
-	downLimit = 90 * time.Second
+	downLimit = 4 * time.Minute
 )
 
 // TestACPIPowerButton boots the stand-in image in QEMU (TCG) with one NIC
