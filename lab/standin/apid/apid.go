@@ -6,7 +6,8 @@
 // configured mode (mutual TLS from the machine config's CA, roles from the
 // client certificate) Version, Upgrade (MachineService and
 // LifecycleService), Reboot, Reset, EtcdMemberList, EtcdRemoveMemberByID
-// and the same reads. What the machine does with an applied config, an
+// and the same reads; in both, the disks' DiscoveredVolumes and
+// StorageService.BlockDeviceWipe. What the machine does with an applied config, an
 // upgrade or a reset is the init's: the server hands them over through the
 // callbacks in Config.
 package apid
@@ -19,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"path"
 	"runtime"
 	"slices"
 	"sync"
@@ -26,6 +28,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
+	"github.com/siderolabs/talos/pkg/machinery/api/storage"
 	"github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
 	"github.com/siderolabs/talos/pkg/machinery/constants"
@@ -73,6 +76,11 @@ type Config struct {
 	Version string
 	// Inventory is what the COSI reads answer.
 	Inventory Inventory
+	// DevRoot is the directory the disks' device paths are under: "/" (the
+	// default) on the machine; in tests a directory whose dev/sdb is a
+	// disk image. The disks are probed there for their DiscoveredVolumes
+	// and wiped there by BlockDeviceWipe.
+	DevRoot string
 	// Addresses and Hostname go into the server certificates.
 	Addresses []netip.Addr
 	Hostname  string
@@ -126,6 +134,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.state = st
+	for _, d := range cfg.Inventory.Disks {
+		s.rescan(context.Background(), path.Base(d.DevPath))
+	}
 	if s.tls, err = maintenanceTLS(s.now(), cfg.Addresses, cfg.Hostname); err != nil {
 		return nil, err
 	}
@@ -194,6 +205,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	)
 	machine.RegisterMachineServiceServer(srv, s)
 	machine.RegisterLifecycleServiceServer(srv, lifecycle{s: s})
+	storage.RegisterStorageServiceServer(srv, storageService{s: s})
 	registerState(srv, s.state)
 	s.log.Info("API listening", "addr", ln.Addr().String(), "maintenance", s.Maintenance())
 	done := make(chan struct{})

@@ -124,6 +124,7 @@ func start(t *testing.T, rec *recorder, mod func(*apid.Config)) (*apid.Server, s
 		Addresses:  []netip.Addr{netip.MustParseAddr("127.0.0.1")},
 		Hostname:   "urban",
 		SystemDisk: "/dev/nvme0n1",
+		DevRoot:    t.TempDir(), // no device nodes: never the test host's /dev
 	}
 	rec.config(&cfg)
 	if mod != nil {

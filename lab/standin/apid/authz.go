@@ -33,6 +33,8 @@ var rules = map[string]role.Set{
 	"/cosi.resource.State/List":                    role.MakeSet(role.Admin, role.Operator, role.Reader),
 	"/cosi.resource.State/Update":                  role.MakeSet(role.Admin),
 	"/cosi.resource.State/Watch":                   role.MakeSet(role.Admin, role.Operator, role.Reader),
+	// The reader only in maintenance mode, checked in the handler.
+	"/storage.StorageService/BlockDeviceWipe": role.MakeSet(role.Admin, role.Reader),
 }
 
 // fallbackRoles is machined's Authorizer.FallbackRoles.

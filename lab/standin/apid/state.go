@@ -8,6 +8,7 @@ import (
 	"github.com/cosi-project/runtime/api/v1alpha1"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
+	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/cosi-project/runtime/pkg/state/impl/inmem"
 	"github.com/cosi-project/runtime/pkg/state/impl/namespaced"
@@ -20,10 +21,14 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// readOnlyState holds the inventory as Talos's resources (block.Disk in
-// the runtime namespace, network.LinkStatus, hardware.SystemInformation)
-// and their ResourceDefinitions in the meta namespace, which talosctl get
-// looks up to resolve "disks", "links", "systeminformation".
+// readOnlyState holds the inventory as Talos's resources (block.Disk and
+// block.DiscoveredVolume in the runtime namespace, network.LinkStatus,
+// hardware.SystemInformation) and their ResourceDefinitions in the meta
+// namespace, which talosctl get looks up to resolve "disks",
+// "discoveredvolumes", "links", "systeminformation". API clients cannot
+// write them; the server replaces a disk's DiscoveredVolumes after it
+// wipes the disk, as Talos's discovery controller does after udev's
+// change event.
 type readOnlyState struct {
 	st state.State
 }
@@ -33,6 +38,7 @@ func newState(ctx context.Context, inv Inventory) (*readOnlyState, error) {
 	var rs []resource.Resource
 	for _, def := range []meta.ResourceDefinitionSpec{
 		block.DiskExtension{}.ResourceDefinition(),
+		block.DiscoveredVolumeExtension{}.ResourceDefinition(),
 		network.LinkStatusExtension{}.ResourceDefinition(),
 		hardware.SystemInformationExtension{}.ResourceDefinition(),
 	} {
@@ -61,6 +67,50 @@ func newState(ctx context.Context, inv Inventory) (*readOnlyState, error) {
 		}
 	}
 	return &readOnlyState{st: st}, nil
+}
+
+// setVolumes replaces the DiscoveredVolumes of disk (the disk and its
+// partitions) with vols, as DiscoveryController.rescan does: volumes
+// written, the partitions no longer found destroyed. A nil vols (the
+// probe failed) removes them all.
+func (s *readOnlyState) setVolumes(ctx context.Context, disk string, vols []Volume) error {
+	keep := map[string]bool{}
+	for _, v := range vols {
+		keep[v.ID] = true
+		if err := safe.StateModify(ctx, s.st, block.NewDiscoveredVolume(block.NamespaceName, v.ID), func(r *block.DiscoveredVolume) error {
+			*r.TypedSpec() = v.Spec
+			return nil
+		}); err != nil {
+			return fmt.Errorf("discovered volume %s: %w", v.ID, err)
+		}
+	}
+	all, err := safe.StateListAll[*block.DiscoveredVolume](ctx, s.st)
+	if err != nil {
+		return fmt.Errorf("list discovered volumes: %w", err)
+	}
+	for r := range all.All() {
+		id := r.Metadata().ID()
+		if keep[id] || (id != disk && r.TypedSpec().Parent != disk) {
+			continue
+		}
+		if err := s.st.Destroy(ctx, r.Metadata()); err != nil {
+			return fmt.Errorf("discovered volume %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// volumes lists the DiscoveredVolumes.
+func (s *readOnlyState) volumes(ctx context.Context) ([]Volume, error) {
+	all, err := safe.StateListAll[*block.DiscoveredVolume](ctx, s.st)
+	if err != nil {
+		return nil, fmt.Errorf("list discovered volumes: %w", err)
+	}
+	var out []Volume
+	for r := range all.All() {
+		out = append(out, Volume{ID: r.Metadata().ID(), Spec: *r.TypedSpec()})
+	}
+	return out, nil
 }
 
 // stateServer is cosi-project/runtime's gRPC State adapter
