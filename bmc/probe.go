@@ -48,6 +48,14 @@ func probeIPMI(ctx context.Context, cfg *Config) error {
 		return err
 	}
 	defer conn.Close()
+	return ProbeIPMI(ctx, conn)
+}
+
+// ProbeIPMI asks an IPMI BMC over conn (UDP, connected; the caller dials
+// it, from whatever network namespace) for its channel authentication
+// capabilities, which needs no session, up to three times a second apart.
+// nil: an RMCP+ (IPMI v2.0) BMC answers there.
+func ProbeIPMI(ctx context.Context, conn net.Conn) error {
 	buf := make([]byte, 512)
 	var last error = errors.New("no answer")
 	for try := 0; try < 3 && ctx.Err() == nil; try++ {

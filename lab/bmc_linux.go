@@ -26,6 +26,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/dotfile/rackboot/bmc"
 )
 
 // sushyDebs are the Debian packages sushy-tools needs.
@@ -341,39 +343,15 @@ func selfSigned(ip netip.Addr, vm string, now time.Time) (certPEM, keyPEM []byte
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), nil
 }
 
-// ipmiAuthCaps is IPMI's session-less Get Channel Authentication
-// Capabilities (RMCP, IPMI 1.5 message to the BMC, channel E, admin).
-var ipmiAuthCaps = []byte{
-	0x06, 0x00, 0xff, 0x07,
-	0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-	0x09,
-	0x20, 0x18, 0xc8,
-	0x81, 0x00, 0x38,
-	0x8e, 0x04,
-	0xb5,
-}
-
-// pingIPMI sends ipmiAuthCaps from inside the lab and waits a second for
-// an RMCP answer.
+// pingIPMI asks the BMC at addr, from inside the lab, for its
+// authentication capabilities (bmc.ProbeIPMI: no session needed).
 func (l *Lab) pingIPMI(ctx context.Context, addr string) error {
 	conn, err := l.DialContext(ctx, "udp", addr)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	if _, err := conn.Write(ipmiAuthCaps); err != nil {
-		return err
-	}
-	_ = conn.SetReadDeadline(time.Now().Add(time.Second))
-	buf := make([]byte, 512)
-	n, err := conn.Read(buf)
-	if err != nil {
-		return err
-	}
-	if n < 4 || buf[0] != 0x06 {
-		return errors.New("not an RMCP answer")
-	}
-	return nil
+	return bmc.ProbeIPMI(ctx, conn)
 }
 
 // waitReady calls ready until it returns nil, the process exits or
