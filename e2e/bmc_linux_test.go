@@ -13,9 +13,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/dotfile/rackboot/inventory"
 	"github.com/dotfile/rackboot/lab"
-	"github.com/dotfile/rackboot/pxe"
 )
 
 // bmcRack is testRack with two lab machines that have BMCs on the lab
@@ -165,23 +163,8 @@ func bmcDiskBoot(t *testing.T, s *scenario, exec func(...string) string) {
 		t.Errorf("power on cp1:\n%s", out)
 	}
 	checkBoot(t, s.lab(), "cp1", "disk")
-	m, err := a.waitMachine(ctx, "cp1", func(m inventory.Machine) (bool, error) {
-		return len(m.Timeline) > len(m0.Timeline) && m.Stage == inventory.StageRunning, nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	waitDiskBoot(ctx, t, a, "cp1", m0)
 	logTiming(t, "cp1 power on (disk) → running", time.Since(start))
-	newer := stages(m)[len(m0.Timeline):]
-	if !inOrder(newer, []string{inventory.StageRebooted, inventory.StageRunning}) {
-		t.Errorf("cp1's new timeline %v, want rebooted, running", newer)
-	}
-	for _, st := range newer {
-		switch st {
-		case pxe.StageDHCP, pxe.StageIPXE, pxe.StageScript, pxe.StageKernel, pxe.StageInitrd, pxe.StageConfig, inventory.StageInstalling:
-			t.Errorf("the power-on without an override netbooted: stage %s (new timeline %v)", st, newer)
-		}
-	}
 	if n := countLines(serveLog, "config served", "name=cp1"); n != configs {
 		t.Errorf("serve served cp1 %d config(s) during the disk boot", n-configs)
 	}

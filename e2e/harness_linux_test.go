@@ -29,6 +29,7 @@ import (
 	"github.com/dotfile/rackboot/inventory"
 	"github.com/dotfile/rackboot/lab"
 	"github.com/dotfile/rackboot/lab/standin/report"
+	"github.com/dotfile/rackboot/pxe"
 	"github.com/dotfile/rackboot/status"
 )
 
@@ -971,4 +972,30 @@ func readFile(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// waitDiskBoot waits until name, whose timeline was m0's before its QEMU
+// started again, reports running after it, and checks that this boot came
+// from its disk: rebooted then running, and no network boot stage (no
+// DHCP, iPXE, kernel, config, local-boot answer or install). It returns
+// the machine.
+func waitDiskBoot(ctx context.Context, t *testing.T, a api, name string, m0 inventory.Machine) inventory.Machine {
+	t.Helper()
+	m, err := a.waitMachine(ctx, name, func(m inventory.Machine) (bool, error) {
+		return len(m.Timeline) > len(m0.Timeline) && m.Stage == inventory.StageRunning, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer := stages(m)[len(m0.Timeline):]
+	if !inOrder(newer, []string{inventory.StageRebooted, inventory.StageRunning}) {
+		t.Errorf("%s's new timeline %v, want rebooted, running", name, newer)
+	}
+	for _, st := range newer {
+		switch st {
+		case pxe.StageDHCP, pxe.StageIPXE, pxe.StageScript, pxe.StageKernel, pxe.StageInitrd, pxe.StageConfig, pxe.StageLocalBoot, inventory.StageInstalling:
+			t.Errorf("%s's disk boot reached stage %s (new timeline %v)", name, st, newer)
+		}
+	}
+	return m
 }
