@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/siderolabs/talos/pkg/machinery/constants"
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
 
@@ -28,6 +30,7 @@ import (
 // adoptFlags are `rackboot machine adopt`'s flags.
 type adoptFlags struct {
 	name, role, address, diskSerial string
+	noApply                         bool
 }
 
 // newAdoptCmd is `rackboot machine adopt MAC`.
@@ -39,7 +42,10 @@ func newAdoptCmd(a *app) *cobra.Command {
 		Long: "Adds a machine selected by its MAC to the rack file, keeping your comments and layout\n" +
 			"(written atomically, with the file's mode), after checking the new rack as\n" +
 			"`rackboot validate` does: nothing is written when it has errors. A running rackboot\n" +
-			"serve then reloads the rack, and the machine installs Talos at its next network boot.\n" +
+			"serve then reloads the rack. A machine waiting in Talos's maintenance mode (its last\n" +
+			"network boot was the discovery boot) gets its config through Talos's maintenance API at\n" +
+			"the address it was seen at, once it shows a NIC with this MAC, and installs without\n" +
+			"another network boot; any other machine installs at its next network boot.\n" +
 			"See the machines waiting to be adopted with `rackboot machines`.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -50,7 +56,8 @@ func newAdoptCmd(a *app) *cobra.Command {
 	fl.StringVar(&f.name, "name", "", "the machine's name (its hostname and Kubernetes node name)")
 	fl.StringVar(&f.role, "role", "", "controlplane or worker")
 	fl.StringVar(&f.address, "address", "", "static address in CIDR form, e.g. 192.168.1.16/24 (default: DHCP)")
-	fl.StringVar(&f.diskSerial, "install-disk-serial", "", "install Talos on the disk with this serial (see: talosctl -n IP get disks --insecure; default: the rack's installDisk rule)")
+	fl.StringVar(&f.diskSerial, "install-disk-serial", "", "install Talos on the disk with this serial (see: rackboot machines; default: the rack's installDisk rule)")
+	fl.BoolVar(&f.noApply, "no-apply", false, "only write the rack file: do not send the config to a machine waiting in maintenance mode (it installs at its next network boot)")
 	cmd.MarkFlagRequired("name")
 	cmd.MarkFlagRequired("role")
 	return cmd
@@ -154,18 +161,79 @@ func runAdopt(ctx context.Context, a *app, stdout, stderr io.Writer, macArg stri
 	default:
 		fmt.Fprintf(stdout, "the running rackboot serve did not take the new rack (%v): restart it; %s then installs at its next network boot\n", err, m.Name)
 	}
-	if seen.Stage == pxe.StageDiscoveryBoot {
+	switch {
+	case seen.waiting && seen.Addr.IsValid() && !f.noApply:
+		return applyAdopted(ctx, a, stdout, path, out, m, netip.AddrPortFrom(seen.Addr, constants.ApidPort))
+	case seen.waiting:
 		at := "its address"
 		if seen.Addr.IsValid() {
 			at = seen.Addr.String()
 		}
 		fmt.Fprintf(stdout, "%s is waiting in Talos's maintenance mode (at %s) and does not netboot again by itself: restart it\n"+
-			"(its reset or power button, or its BMC once rack.yaml has one: rackboot machine reinstall %s --power).\n"+
-			"Handing it its config through Talos's maintenance API, without a second network boot, is not done yet.\n", m.Name, at, m.Name)
-	} else {
+			"(its reset or power button, or its BMC once rack.yaml has one: rackboot machine reinstall %s --power).\n", m.Name, at, m.Name)
+	default:
 		fmt.Fprintf(stdout, "start it (or restart it) with a network boot.\n")
 	}
 	return nil
+}
+
+// applyAdopted sends the adopted machine's config (the one serve would
+// serve it: the rack just written, the cluster's secrets, the registry
+// mirror) through Talos's maintenance API at addr, where it waits. The
+// config holds every key of the cluster and the maintenance TLS does not
+// authenticate the machine: it goes only to the address the discovered
+// MAC was seen at, and only when the machine there reports a link with
+// that MAC. When it does not answer, the machine installs at its next
+// network boot (said so); a wrong machine fails the command. ap is
+// addr:50000 (another port in tests).
+func applyAdopted(ctx context.Context, a *app, stdout io.Writer, path string, rackText []byte, m profiles.Machine, ap netip.AddrPort) error {
+	addr := ap.Addr()
+	cfg, err := adoptedConfig(a, path, rackText, m.Name)
+	if err != nil {
+		return fmt.Errorf("%s is in the rack file, but its config could not be made (%w): it installs at its next network boot", m.Name, err)
+	}
+	mac, _ := net.ParseMAC(m.Select.MAC[0])
+	api, err := dialMaintenanceAt(ctx, ap)
+	if err == nil {
+		defer api.Close()
+		var details string
+		details, err = api.Apply(ctx, mac, cfg)
+		if err == nil {
+			fmt.Fprintf(stdout, "sent %s its config through Talos's maintenance API at %s (%s): it installs Talos now, without another network boot; follow it with rackboot status\n",
+				m.Name, addr, dashIfEmpty(details))
+			return nil
+		}
+	}
+	if errors.Is(err, errWrongMachine) {
+		return fmt.Errorf("%w\n%s is in the rack file: it installs at its next network boot (check which machine holds %s)", err, m.Name, addr)
+	}
+	fmt.Fprintf(stdout, "%v\n%s did not take its config there: restart it with a network boot (its reset or power button, or rackboot machine reinstall %s --power once rack.yaml has its BMC); it then installs with its config\n",
+		err, m.Name, m.Name)
+	return nil
+}
+
+// adoptedConfig is the adopted machine's Talos config as serve makes it
+// (profiles.Booter.Config: GenerateConfig with the registry mirror's
+// hosts), from the cluster secrets already in the state dir: adopt never
+// creates them.
+func adoptedConfig(a *app, path string, rackText []byte, name string) ([]byte, error) {
+	r, err := profiles.Load(path, rackText)
+	if err != nil {
+		return nil, err
+	}
+	file := filepath.Join(a.StateDir(), profiles.SecretsFile)
+	if _, err := os.Stat(file); err != nil {
+		return nil, fmt.Errorf("no cluster secrets (%s): run rackboot serve with this state dir first", file)
+	}
+	b, err := profiles.LoadSecrets(file)
+	if err != nil {
+		return nil, fmt.Errorf("cluster secrets: %w", err)
+	}
+	opts, err := mirrorConfigOptions(r)
+	if err != nil {
+		return nil, err
+	}
+	return profiles.GenerateConfig(r, name, b, opts...)
 }
 
 // liveRack is the rack a running serve answers from; `machine adopt`

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -56,6 +57,10 @@ func init() {
 					return err
 				}
 				rep := buildMachinesReport(r, ms, now, from)
+				if from == fromServe {
+					// Only a running serve knows the machine is still there.
+					fillHardware(ctx, &rep, readMaintenanceHardware)
+				}
 				if asJSON {
 					enc := json.NewEncoder(cmd.OutOrStdout())
 					enc.SetIndent("", "  ")
@@ -135,33 +140,59 @@ type discoveredMachine struct {
 	// Stage is discovery-boot when it booted Talos without a config (it
 	// waits in maintenance mode), discovered when it was told to wait.
 	Stage string `json:"stage"`
+	// waiting: its last network boot was the discovery boot (it may be
+	// in Talos's maintenance mode).
+	waiting bool
 	// AdoptedAs names the rack machine that now has this MAC: adopted,
 	// not booted since.
 	AdoptedAs string `json:"adoptedAs,omitempty"`
-	// Hardware is what Talos's maintenance API reports (disks, links):
-	// null until rackboot reads it; HardwareHint says how to see it today.
-	Hardware     *discoveredHardware `json:"hardware"`
-	HardwareHint string              `json:"hardwareHint,omitempty"`
+	// Hardware is what Talos's maintenance API reports (disks, links,
+	// system information), read live for a machine waiting in the
+	// discovery boot at a known address; null otherwise. HardwareError
+	// says why a machine that should answer did not; HardwareHint how to
+	// look by hand.
+	Hardware      *discoveredHardware `json:"hardware"`
+	HardwareError string              `json:"hardwareError,omitempty"`
+	HardwareHint  string              `json:"hardwareHint,omitempty"`
 }
 
 // discoveredHardware is a discovered machine's inventory from Talos's
-// maintenance API (filled by the work that reads it).
+// maintenance API.
 type discoveredHardware struct {
-	Disks []hardwareDisk `json:"disks"`
-	Links []hardwareLink `json:"links"`
+	// System is SMBIOS's system information (absent without SMBIOS).
+	System *hardwareSystem `json:"system,omitempty"`
+	Disks  []hardwareDisk  `json:"disks"`
+	Links  []hardwareLink  `json:"links"`
 }
 
+// hardwareSystem is Talos's hardware.SystemInformation.
+type hardwareSystem struct {
+	UUID         string `json:"uuid,omitempty"`
+	Serial       string `json:"serial,omitempty"`
+	Manufacturer string `json:"manufacturer,omitempty"`
+	Product      string `json:"product,omitempty"`
+}
+
+// hardwareDisk is one of Talos's block.Disk resources.
 type hardwareDisk struct {
-	Name      string `json:"name"`
-	Model     string `json:"model,omitempty"`
-	Serial    string `json:"serial,omitempty"`
-	Size      uint64 `json:"size"`
-	Transport string `json:"transport,omitempty"`
+	Name       string `json:"name"`
+	Model      string `json:"model,omitempty"`
+	Serial     string `json:"serial,omitempty"`
+	Size       uint64 `json:"size"`
+	Transport  string `json:"transport,omitempty"`
+	Rotational bool   `json:"rotational"`
+	Readonly   bool   `json:"readonly,omitempty"`
+	CDROM      bool   `json:"cdrom,omitempty"`
 }
 
+// hardwareLink is one of Talos's network.LinkStatus resources.
 type hardwareLink struct {
 	Name string `json:"name"`
 	MAC  string `json:"mac"`
+	// PermanentMAC is the NIC's own address when the link now has
+	// another (a bond member).
+	PermanentMAC string `json:"permanentMac,omitempty"`
+	Up           bool   `json:"up"`
 }
 
 // hardwareHint is how to read a discovered machine's disks today.
@@ -238,7 +269,118 @@ func discovered(m inventory.Machine) discoveredMachine {
 		d.Firmware = ""
 	}
 	d.HardwareHint = hardwareHint(d.Addr)
+	d.waiting = inDiscoveryBoot(m)
 	return d
+}
+
+// inDiscoveryBoot reports whether the machine's last network boot was the
+// discovery boot: the latest boot decision on its timeline (a boot
+// script, the wait script, a local boot, or Talos's own progress) is
+// discovery-boot. DHCP and downloads after it do not change that (the
+// Talos it booted asks for an address too).
+func inDiscoveryBoot(m inventory.Machine) bool {
+	for i := len(m.Timeline) - 1; i >= 0; i-- {
+		switch m.Timeline[i].Stage {
+		case pxe.StageDiscoveryBoot:
+			return true
+		case pxe.StageDHCP, pxe.StageIPXE, pxe.StageKernel, pxe.StageInitrd, inventory.StageDenied:
+			continue
+		default:
+			return false
+		}
+	}
+	return false
+}
+
+// hardwareReader reads one machine's hardware (dialMaintenance's Hardware
+// in the command; a loopback server in tests).
+type hardwareReader func(ctx context.Context, addr netip.Addr) (*discoveredHardware, error)
+
+// readMaintenanceHardware is hardwareReader through Talos's maintenance
+// API on port 50000.
+func readMaintenanceHardware(ctx context.Context, addr netip.Addr) (*discoveredHardware, error) {
+	m, err := dialMaintenance(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	defer m.Close()
+	return m.Hardware(ctx)
+}
+
+// maxHardwareReads bounds the maintenance API reads in flight.
+const maxHardwareReads = 8
+
+// fillHardware reads, in parallel (at most maxHardwareReads at a time),
+// the hardware of every discovered machine waiting in the discovery boot
+// at a known address. One that does not answer gets HardwareError; the
+// others are not held up by it beyond ctx.
+func fillHardware(ctx context.Context, rep *machinesReport, read hardwareReader) {
+	sem := make(chan struct{}, maxHardwareReads)
+	var wg sync.WaitGroup
+	for i := range rep.Discovered {
+		d := &rep.Discovered[i]
+		if !d.waiting || !d.Addr.IsValid() {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				d.HardwareError = fmt.Sprintf("machine at %s: Talos maintenance API: not asked: %v", d.Addr, ctx.Err())
+				return
+			}
+			defer func() { <-sem }()
+			hw, err := read(ctx, d.Addr)
+			if err != nil {
+				d.HardwareError = err.Error()
+				return
+			}
+			d.Hardware, d.HardwareHint = hw, ""
+		}()
+	}
+	wg.Wait()
+}
+
+// compactHardware is the table's HARDWARE cell: the disks (read-only ones
+// and CD drives left out) with name and size, then how many links.
+func compactHardware(hw *discoveredHardware) string {
+	var disks []string
+	for _, d := range hw.Disks {
+		if d.Readonly || d.CDROM || d.Size == 0 {
+			continue
+		}
+		disks = append(disks, d.Name+" "+sizeText(d.Size))
+	}
+	links := 0
+	for _, l := range hw.Links {
+		if l.MAC != "" && l.MAC != "00:00:00:00:00:00" {
+			links++
+		}
+	}
+	return fmt.Sprintf("%s: %s; %s", plural(len(disks), "disk"), dashIfEmpty(strings.Join(disks, ", ")), plural(links, "NIC"))
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return strconv.Itoa(n) + " " + what + "s"
+}
+
+// sizeText is a byte count in binary units with one decimal (2.0 GiB).
+func sizeText(b uint64) string {
+	const unit = 1024
+	if b < unit {
+		return strconv.FormatUint(b, 10) + " B"
+	}
+	div, exp := uint64(unit), 0
+	for n := b / unit; n >= unit && exp < 5; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
 }
 
 // seen is what one timeline entry tells of a machine.
@@ -310,8 +452,11 @@ func writeMachinesTable(w io.Writer, rep machinesReport, rackPath string) error 
 				stage += " (adopted as " + d.AdoptedAs + ")"
 			}
 			hw := "-"
-			if d.Hardware != nil {
-				hw = fmt.Sprintf("%d disks, %d links", len(d.Hardware.Disks), len(d.Hardware.Links))
+			switch {
+			case d.Hardware != nil:
+				hw = compactHardware(d.Hardware)
+			case d.HardwareError != "":
+				hw = "no answer (below)"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.MAC, addrText(d.Addr), agoText(rep.Time, d.FirstSeen), agoText(rep.Time, d.LastSeen),
 				dashIfEmpty(d.Arch), dashIfEmpty(d.Firmware), stage, hw)
@@ -320,8 +465,12 @@ func writeMachinesTable(w io.Writer, rep machinesReport, rackPath string) error 
 			return err
 		}
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "HARDWARE (disks, links) comes from Talos's maintenance API; rackboot does not read it yet.")
-		fmt.Fprintln(w, "Today, for a machine at stage discovery-boot: talosctl -n IP get disks --insecure (and get links).")
+		for _, d := range rep.Discovered {
+			if d.HardwareError != "" {
+				fmt.Fprintf(w, "%s: %s\n", d.MAC, d.HardwareError)
+			}
+		}
+		fmt.Fprintln(w, "HARDWARE is read from Talos's maintenance API of the machines waiting in the discovery boot, while rackboot serve runs (all of it: --json).")
 		fmt.Fprintln(w, "Adopt one: rackboot machine adopt MAC --name NAME --role controlplane|worker [--address CIDR] [--install-disk-serial S]")
 	}
 	if rep.From == fromState {

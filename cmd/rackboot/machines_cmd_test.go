@@ -105,6 +105,26 @@ func TestMachinesTable(t *testing.T) {
 	if w := rep.Discovered[2]; w.Firmware != "bios" || w.Arch != "amd64" || w.Stage != pxe.StageDiscovered {
 		t.Errorf("waiting machine: %+v", w)
 	}
+	if !rep.Discovered[0].waiting || !d.waiting || rep.Discovered[2].waiting {
+		t.Errorf("in the discovery boot: %v %v %v, want true true false", rep.Discovered[0].waiting, d.waiting, rep.Discovered[2].waiting)
+	}
+
+	// With hardware read from the one in its discovery boot, and the
+	// adopted one not answering.
+	rep.Discovered[1].Hardware = &discoveredHardware{
+		System: &hardwareSystem{UUID: d.UUID, Serial: "CZ 123", Manufacturer: "HPE", Product: "ProLiant DL20"},
+		Disks: []hardwareDisk{
+			{Name: "nvme0n1", Model: "Samsung SSD 980", Serial: "S64ANS0T1", Size: 500107862016, Transport: "nvme"},
+			{Name: "sda", Model: "ST8000NM", Serial: "ZA1", Size: 8001563222016, Transport: "sata", Rotational: true},
+			{Name: "sr0", Size: 1073741312, Transport: "sata", Readonly: true, CDROM: true},
+		},
+		Links: []hardwareLink{{Name: "lo", MAC: "00:00:00:00:00:00", Up: true}, {Name: "eno1", MAC: d.MAC, Up: true}, {Name: "eno2", MAC: "52:54:00:00:00:78"}},
+	}
+	rep.Discovered[1].HardwareHint = ""
+	rep.Discovered[0].HardwareError = "machine at 192.168.1.122: Talos maintenance API: read disks: connection refused"
+	b.Reset()
+	must(t, writeMachinesTable(&b, rep, "rack.yaml"))
+	golden(t, "machines-hardware.txt", b.Bytes())
 }
 
 // TestMachinesCommandReadsStateOnly: with no serve running, `machines`
