@@ -592,9 +592,10 @@ func (r *Rack) pinRackSubnet(c *v1alpha1.Config, m *Machine) error {
 	return nil
 }
 
-// applyMachineSettings sets the install disk selector, node labels and
-// taints.
-func (r *Rack) applyMachineSettings(mc *v1alpha1.MachineConfig, m *Machine) error {
+// InstallDiskSelector is the machine's install disk rule as the config's
+// machine.install.diskSelector (`rackboot disks` matches it against the
+// machine's disks the way Talos does).
+func (r *Rack) InstallDiskSelector(m *Machine) (*v1alpha1.InstallDiskSelector, error) {
 	d := r.InstallDisk(m)
 	sel := &v1alpha1.InstallDiskSelector{
 		Type:    v1alpha1.InstallDiskType(d.Type),
@@ -609,8 +610,18 @@ func (r *Rack) applyMachineSettings(mc *v1alpha1.MachineConfig, m *Machine) erro
 			return nil
 		})
 		if err != nil {
-			return fmt.Errorf("install disk size %q: write a condition such as \">= 100GB\": %w", d.Size, err)
+			return nil, fmt.Errorf("install disk size %q: write a condition such as \">= 100GB\": %w", d.Size, err)
 		}
+	}
+	return sel, nil
+}
+
+// applyMachineSettings sets the install disk selector, node labels and
+// taints.
+func (r *Rack) applyMachineSettings(mc *v1alpha1.MachineConfig, m *Machine) error {
+	sel, err := r.InstallDiskSelector(m)
+	if err != nil {
+		return err
 	}
 	mc.MachineInstall.InstallDisk = ""
 	mc.MachineInstall.InstallDiskSelector = sel
