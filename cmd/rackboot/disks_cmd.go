@@ -89,7 +89,7 @@ func disksCmd(a *app) *cobra.Command {
 		},
 	}
 	wfl := wipe.Flags()
-	wfl.StringArrayVar(&f.serials, "serial", nil, "serial of a disk to wipe (repeatable; `rackboot disks NAME` lists them)")
+	wfl.StringArrayVar(&f.serials, "serial", nil, "serial of a disk to wipe (repeatable; rackboot disks NAME lists them)")
 	wfl.StringVar(&f.method, "method", "fast", "fast (signatures, first and last MiB) or zeroes (the whole disk)")
 	wfl.BoolVar(&f.yes, "yes", false, "do not ask for the machine's name before wiping")
 	wfl.BoolVar(&f.forceOther, "force-non-ceph", false, "also wipe disks that cephDisks does not match")
