@@ -235,6 +235,11 @@ func buildMachinesReport(r *profiles.Rack, ms []inventory.Machine, now time.Time
 		}
 		d := discovered(m)
 		d.AdoptedAs, _ = rackMAC(d.MAC)
+		if n, ok := byName[d.AdoptedAs]; ok && n.Stage != "" {
+			// Adopted and seen under its name since (its config went
+			// through the maintenance API): no longer waiting.
+			d.waiting = false
+		}
 		rep.Discovered = append(rep.Discovered, d)
 	}
 	slices.SortStableFunc(rep.Discovered, func(a, b discoveredMachine) int { return b.LastSeen.Compare(a.LastSeen) })
