@@ -304,7 +304,7 @@ func talosDisks(ctx context.Context, c *client.Client, sel *v1alpha1.InstallDisk
 func dialTalos(ctx context.Context, tc *clientconfig.Config, addr string) (*client.Client, error) {
 	c, err := client.New(ctx, client.WithConfig(tc), client.WithEndpoints(addr))
 	if err != nil {
-		return nil, fmt.Errorf("Talos API client: %w", err)
+		return nil, fmt.Errorf("the Talos API client: %w", err)
 	}
 	return c, nil
 }
@@ -613,7 +613,7 @@ func runDisksWipe(cmd *cobra.Command, a *app, f *disksFlags, name string) error 
 	}
 	defer c.Close()
 	if err := c.BlockDeviceWipe(wctx, req); err != nil {
-		return &exitError{code: 1, err: fmt.Errorf("Talos refused or failed the wipe on %s: %w", name, err)}
+		return &exitError{code: 1, err: fmt.Errorf("the wipe on %s was refused or failed in Talos: %w", name, err)}
 	}
 	after := readMachineDisks(ctx, r, m, tc, eps[name], f.timeout)
 	if after.Error != "" {
