@@ -248,3 +248,30 @@ func canon(r *profiles.Rack) ([]byte, error) {
 	}
 	return yaml.Marshal(v)
 }
+
+// SetTalosVersion sets cluster.talosVersion in place, keeping its quoting
+// and its line comment (`rackboot upgrade` after the last node). The key
+// must be there already, as a one-line value.
+func SetTalosVersion(src []byte, version string) ([]byte, error) {
+	if version == "" {
+		return nil, errors.New("empty Talos version: give one such as v1.13.1")
+	}
+	before, err := load(src)
+	if err != nil {
+		return nil, err
+	}
+	d, err := parse(src)
+	if err != nil {
+		return nil, err
+	}
+	out, err := d.setClusterScalar("talosVersion", version)
+	if err != nil {
+		return nil, err
+	}
+	want := *before
+	want.Cluster.TalosVersion = version
+	if err := verify(out, &want, "setting the Talos version"); err != nil {
+		return nil, err
+	}
+	return out, nil
+}

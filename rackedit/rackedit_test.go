@@ -396,3 +396,40 @@ func TestGolden(t *testing.T) {
 		})
 	}
 }
+
+// SetTalosVersion changes exactly the version's value: the line's quoting
+// and comment stay, every other byte is the same.
+func TestSetTalosVersion(t *testing.T) {
+	quoted := strings.Replace(string(profiles.ExampleRack), "  talosVersion: v1.13.0\n", "  talosVersion: \"v1.13.0\" # pinned by hand\n", 1)
+	for name, tc := range map[string]struct{ src, want string }{
+		"example": {string(profiles.ExampleRack), "  talosVersion: v1.13.1\n"},
+		"quoted":  {quoted, "  talosVersion: \"v1.13.1\" # pinned by hand\n"},
+	} {
+		out, err := SetTalosVersion([]byte(tc.src), "v1.13.1")
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		a, b := splitLines([]byte(tc.src)), splitLines(out)
+		if len(a) != len(b) {
+			t.Fatalf("%s: %d lines became %d", name, len(a), len(b))
+		}
+		changed := 0
+		for i := range a {
+			if a[i] != b[i] {
+				changed++
+				if b[i]+"\n" != tc.want {
+					t.Errorf("%s: line %d is %q, want %q", name, i+1, b[i], tc.want)
+				}
+			}
+		}
+		if changed != 1 {
+			t.Errorf("%s: %d lines changed, want 1", name, changed)
+		}
+		if r := mustLoad(t, name, out); r.Cluster.TalosVersion != "v1.13.1" {
+			t.Errorf("%s: loads with talosVersion %q", name, r.Cluster.TalosVersion)
+		}
+	}
+	if _, err := SetTalosVersion(profiles.ExampleRack, ""); err == nil {
+		t.Error("an empty version was accepted")
+	}
+}

@@ -117,7 +117,7 @@ func writeRack(path string, src, out []byte) error {
 		return fmt.Errorf("rack file: %w", err)
 	}
 	if !bytes.Equal(now, src) {
-		return fmt.Errorf("%s changed while adopting: nothing written, run the command again", path)
+		return fmt.Errorf("%s changed while rackboot was editing it: nothing written, run the command again", path)
 	}
 	return atomicfile.Write(real, out, st.Mode().Perm())
 }

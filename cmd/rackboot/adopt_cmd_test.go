@@ -135,7 +135,7 @@ func TestWriteRackRefusesAChangedFile(t *testing.T) {
 	rack := filepath.Join(dir, "rack.yaml")
 	must(t, os.WriteFile(rack, []byte("edited meanwhile\n"), 0o644))
 	err := writeRack(rack, []byte("what adopt read\n"), []byte("new\n"))
-	if err == nil || !strings.Contains(err.Error(), "changed while adopting") {
+	if err == nil || !strings.Contains(err.Error(), "changed while rackboot was editing it") {
 		t.Fatalf("err = %v", err)
 	}
 	if got, _ := os.ReadFile(rack); string(got) != "edited meanwhile\n" {

@@ -20,6 +20,7 @@ import (
 	"github.com/dotfile/rackboot/bundles/cockroach"
 	"github.com/dotfile/rackboot/bundles/rook"
 	"github.com/dotfile/rackboot/profiles"
+	"github.com/dotfile/rackboot/rackedit"
 	"github.com/dotfile/rackboot/upgrade"
 )
 
@@ -213,9 +214,27 @@ func runUpgrade(ctx context.Context, a *app, cmd *cobra.Command, f *upgradeFlags
 		return &exitError{code: 1, err: err}
 	}
 	if r.Cluster.TalosVersion != target.String() {
-		fmt.Fprintf(out, "the rack file still says talosVersion: %s: set it to %s so that new and reinstalled machines get %s\n", r.Cluster.TalosVersion, target, target)
+		if err := setRackTalosVersion(a.rackPath, target.String()); err != nil {
+			fmt.Fprintf(out, "the rack file still says talosVersion: %s (%v): set it to %s so that new and reinstalled machines get %s\n", r.Cluster.TalosVersion, err, target, target)
+			return nil
+		}
+		fmt.Fprintf(out, "%s: talosVersion %s → %s (comments and layout kept), so new and reinstalled machines get %s\n", a.rackPath, r.Cluster.TalosVersion, target, target)
 	}
 	return nil
+}
+
+// setRackTalosVersion writes the upgrade's version into the rack file
+// (rackedit: only that value changes), atomically.
+func setRackTalosVersion(path, version string) error {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	out, err := rackedit.SetTalosVersion(src, version)
+	if err != nil {
+		return err
+	}
+	return writeRack(path, src, out)
 }
 
 // upgradeMachines turns the rack into the upgrade's machines: static
