@@ -59,6 +59,7 @@ func init() {
 		rp.register(reinstall)
 		cmd.AddCommand(reinstall)
 		cmd.AddCommand(newAdoptCmd(a))
+		cmd.AddCommand(newRemoveCmd(a))
 		cmd.AddCommand(&cobra.Command{
 			Use:   "forget MAC",
 			Short: "Drop a machine that is not in the rack file from the status page",
