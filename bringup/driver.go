@@ -79,6 +79,35 @@ type Cluster interface {
 	WaitGates(ctx context.Context, b bundles.Bundle) error
 }
 
+// CephDisk is one Ceph candidate of a machine (a disk its cephDisks
+// matches, never the install disk) as Talos's API shows it.
+type CephDisk struct {
+	// Name is the kernel name (sda), Serial the disk's serial, Size its
+	// size as shown to the user ("8.0 TB").
+	Name, Serial, Size string
+	// Clean is true when Talos sees nothing on the disk: no partition, no
+	// filesystem, no Ceph label at offset 0. Label copies further in are
+	// invisible to Talos (docs/DESIGN.md, "Reading and wiping disks
+	// through Talos").
+	Clean bool
+	// What is on it, in words.
+	What string
+	// Wipe is the command that wipes it (rackboot disks wipe NAME
+	// --serial S), or why there is none.
+	Wipe string
+	// Rook, when not empty, says which Rook OSD uses the disk: its content
+	// is Ceph's own, not a leftover, and the check lets it be.
+	Rook string
+}
+
+// CephDisks is what the driver needs to check the Ceph disks before Rook
+// is applied.
+type CephDisks interface {
+	// CephDisks reads the machine's Ceph candidates through its Talos API;
+	// an error when they cannot be read (it says why).
+	CephDisks(ctx context.Context, machine string) ([]CephDisk, error)
+}
+
 // SQL is how applications reach the cluster's database, printed at the end.
 type SQL struct {
 	// ConnectionString is the SQL URL for the root client.
@@ -96,6 +125,12 @@ type Plan struct {
 	Bundles []bundles.Bundle
 	// SkipBundles stops after the nodes are Ready.
 	SkipBundles bool
+	// CephNodes are the machines that carry Ceph disks (the rook bundle's
+	// CephCluster nodes). Before the bundle named bundles.RookBundle is
+	// applied, every Ceph candidate of theirs must be clean.
+	CephNodes []string
+	// SkipDiskCheck applies Rook without reading the Ceph disks.
+	SkipDiskCheck bool
 	// StepTimeout bounds each step (default DefaultStepTimeout).
 	StepTimeout time.Duration
 	// TalosconfigPath and KubeconfigPath are shown in hints and at the end.
@@ -116,6 +151,9 @@ type Deps struct {
 	Stages    Stages
 	Bootstrap Bootstrap
 	Cluster   Cluster
+	// Disks reads the Ceph disks; needed when a rook bundle is applied
+	// without SkipDiskCheck.
+	Disks CephDisks
 	// Out receives the progress lines (default: discard).
 	Out io.Writer
 	Log *slog.Logger
@@ -265,6 +303,22 @@ func Run(ctx context.Context, plan Plan, deps Deps) error {
 		plan.Bundles = nil
 	}
 	for _, b := range plan.Bundles {
+		if b.Name == bundles.RookBundle {
+			s := step{
+				title: fmt.Sprintf("checking the Ceph disks of %d machine(s) before Rook", len(plan.CephNodes)),
+				run: func(ctx context.Context, out io.Writer) error {
+					return checkCephDisks(ctx, deps.Disks, plan.CephNodes, out)
+				},
+				hint: "`rackboot disks` shows every machine's disks; `rackboot disks wipe --help` says what each wipe method leaves",
+			}
+			switch {
+			case plan.SkipDiskCheck:
+				s.skip = "--skip-disk-check"
+			case deps.Disks == nil:
+				return errors.New("bring-up: no disk reader for the Ceph disk check")
+			}
+			steps = append(steps, s)
+		}
 		steps = append(steps,
 			step{
 				title: fmt.Sprintf("applying bundle %s (%d objects)", b.Name, len(b.Objects)),
@@ -317,6 +371,95 @@ func Run(ctx context.Context, plan Plan, deps Deps) error {
 		fmt.Fprintf(out, "  SQL             %s\n", plan.SQL.ConnectionString)
 		fmt.Fprintf(out, "  client certs    %s\n", plan.SQL.CertsDir)
 	}
+	return nil
+}
+
+// DiskCheckError is the Ceph disk check's refusal: candidates that are not
+// clean, and machines whose disks could not be read.
+type DiskCheckError struct {
+	// NotClean are the disks Rook would refuse, by machine.
+	NotClean []MachineDisk
+	// Unreadable maps a machine to why its disks could not be read.
+	Unreadable map[string]error
+	// Order is the machines in plan order (for the message).
+	Order []string
+}
+
+// MachineDisk is one disk of one machine.
+type MachineDisk struct {
+	Machine string
+	Disk    CephDisk
+}
+
+// Error is one line per disk and per unreadable machine, then what to do.
+func (e *DiskCheckError) Error() string {
+	var b strings.Builder
+	switch {
+	case len(e.NotClean) > 0 && len(e.Unreadable) > 0:
+		fmt.Fprintf(&b, "%d Ceph disk(s) not clean (Rook would refuse them) and %d machine(s) whose disks could not be read:", len(e.NotClean), len(e.Unreadable))
+	case len(e.NotClean) > 0:
+		fmt.Fprintf(&b, "%d Ceph disk(s) not clean: Rook would refuse them:", len(e.NotClean))
+	default:
+		fmt.Fprintf(&b, "the disks of %d machine(s) could not be read:", len(e.Unreadable))
+	}
+	for _, md := range e.NotClean {
+		d := md.Disk
+		serial := d.Serial
+		if serial == "" {
+			serial = "none"
+		}
+		fmt.Fprintf(&b, "\n  %s: %s (serial %s, %s) holds %s; wipe it: %s", md.Machine, d.Name, serial, d.Size, d.What, d.Wipe)
+	}
+	for _, m := range e.Order {
+		if err, ok := e.Unreadable[m]; ok {
+			fmt.Fprintf(&b, "\n  %s: cannot read its disks through Talos's API: %v", m, err)
+		}
+	}
+	if len(e.NotClean) > 0 {
+		b.WriteString("\n  after the wipe, run `rackboot up` again: etcd's bootstrap is recorded and the bundles apply idempotently, so it picks up at this check")
+	}
+	b.WriteString("\n  to apply Rook anyway (it leaves out the disks it refuses), run `rackboot up --skip-disk-check`")
+	return b.String()
+}
+
+// checkCephDisks reads every Ceph node's candidates and fails with a
+// *DiskCheckError when one is not clean or a machine cannot be read. A
+// disk a Rook OSD uses is Ceph's own and passes. Each machine's verdict is
+// printed.
+func checkCephDisks(ctx context.Context, dr CephDisks, nodes []string, out io.Writer) error {
+	e := &DiskCheckError{Unreadable: map[string]error{}, Order: nodes}
+	for _, m := range nodes {
+		ds, err := dr.CephDisks(ctx, m)
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("%s: %w", m, err)
+			}
+			e.Unreadable[m] = err
+			fmt.Fprintf(out, "      %s: cannot read its disks\n", m)
+			continue
+		}
+		if len(ds) == 0 {
+			fmt.Fprintf(out, "      %s: no disk matches its cephDisks: it carries no OSD\n", m)
+			continue
+		}
+		var words []string
+		for _, d := range ds {
+			switch {
+			case d.Rook != "":
+				words = append(words, d.Name+" Rook's ("+d.Rook+")")
+			case d.Clean:
+				words = append(words, d.Name+" clean")
+			default:
+				words = append(words, d.Name+" NOT CLEAN")
+				e.NotClean = append(e.NotClean, MachineDisk{Machine: m, Disk: d})
+			}
+		}
+		fmt.Fprintf(out, "      %s: %s\n", m, strings.Join(words, ", "))
+	}
+	if len(e.NotClean) > 0 || len(e.Unreadable) > 0 {
+		return e
+	}
+	fmt.Fprintln(out, "      clean as Talos sees them: Ceph label copies at 1, 10, 100, 1000 GiB are invisible to Talos (Rook would still refuse such a disk)")
 	return nil
 }
 

@@ -119,6 +119,31 @@ func (f *fakeCluster) WaitGates(ctx context.Context, b bundles.Bundle) error {
 	return f.do(ctx, "gates "+b.Name)
 }
 
+// fakeDisks answers each machine's Ceph candidates from a table; a
+// machine in errs cannot be read; one missing from both has none.
+type fakeDisks struct {
+	j     *journal
+	disks map[string][]CephDisk
+	errs  map[string]error
+}
+
+func (f *fakeDisks) CephDisks(_ context.Context, m string) ([]CephDisk, error) {
+	f.j.add("disks " + m)
+	if err := f.errs[m]; err != nil {
+		return nil, err
+	}
+	return f.disks[m], nil
+}
+
+// cleanDisks: every machine has one clean candidate.
+func cleanDisks(j *journal) *fakeDisks {
+	d := &fakeDisks{j: j, disks: map[string][]CephDisk{}}
+	for _, m := range []string{"w1", "cp1", "cp2"} {
+		d.disks[m] = []CephDisk{{Name: "sdb", Serial: "S-" + m, Size: "8.0 TB", Clean: true, What: "nothing Talos's blkid recognises"}}
+	}
+	return d
+}
+
 func testPlan() Plan {
 	return Plan{
 		Cluster: "dotfile",
@@ -128,6 +153,7 @@ func testPlan() Plan {
 			{Name: "cp1", ControlPlane: true, IP: netip.MustParseAddr("192.168.1.11")},
 			{Name: "cp2", ControlPlane: true, IP: netip.MustParseAddr("192.168.1.12")},
 		},
+		CephNodes: []string{"w1", "cp1", "cp2"},
 		Bundles: []bundles.Bundle{
 			{Name: "rook-ceph", Objects: make([]*unstructured.Unstructured, 3), Gates: []bundles.Gate{{Namespace: "rook-ceph"}}},
 			{Name: "cockroachdb", Objects: make([]*unstructured.Unstructured, 2), Gates: []bundles.Gate{{Namespace: "cockroachdb"}, {Namespace: "cockroachdb"}}},
@@ -158,27 +184,30 @@ func TestRunOrder(t *testing.T) {
 		Stages:    newFakeStages(j, "running", true),
 		Bootstrap: &fakeBootstrap{j: j},
 		Cluster:   &fakeCluster{j: j},
+		Disks:     cleanDisks(j),
 		Out:       &out,
 		Now:       stepClock(),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "apply rook-ceph", "gates rook-ceph", "apply cockroachdb", "gates cockroachdb"}
+	want := []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "disks w1", "disks cp1", "disks cp2", "apply rook-ceph", "gates rook-ceph", "apply cockroachdb", "gates cockroachdb"}
 	if got := j.list(); !slices.Equal(got, want) {
 		t.Fatalf("order %q, want %q", got, want)
 	}
 	for _, line := range []string{
-		"[1/8] waiting for the first control plane cp1 (192.168.1.11) to be installed ...",
-		"[2/8] bootstrapping etcd on cp1 (192.168.1.11) ...",
+		"[1/9] waiting for the first control plane cp1 (192.168.1.11) to be installed ...",
+		"[2/9] bootstrapping etcd on cp1 (192.168.1.11) ...",
 		"      bootstrapped on 192.168.1.11",
-		"[3/8] waiting for the VIP 192.168.1.10:6443 ...",
-		"[4/8] waiting for 3 node(s) to be Ready ...",
-		"[5/8] applying bundle rook-ceph (3 objects) ...",
-		"[6/8] waiting for rook-ceph's 1 health gate(s) ...",
-		"[7/8] applying bundle cockroachdb (2 objects) ...",
-		"[8/8] waiting for cockroachdb's 2 health gate(s) ...",
-		"[8/8] done in 1s",
+		"[3/9] waiting for the VIP 192.168.1.10:6443 ...",
+		"[4/9] waiting for 3 node(s) to be Ready ...",
+		"[5/9] checking the Ceph disks of 3 machine(s) before Rook ...",
+		"      w1: sdb clean",
+		"[6/9] applying bundle rook-ceph (3 objects) ...",
+		"[7/9] waiting for rook-ceph's 1 health gate(s) ...",
+		"[8/9] applying bundle cockroachdb (2 objects) ...",
+		"[9/9] waiting for cockroachdb's 2 health gate(s) ...",
+		"[9/9] done in 1s",
 		"cluster dotfile is up",
 		"Kubernetes API  https://192.168.1.10:6443  (kubeconfig: /state/kubeconfig)",
 		"SQL             postgresql://root@192.168.1.10:26257/defaultdb?sslmode=verify-full",
@@ -197,7 +226,7 @@ func TestRunWaitsForInstalled(t *testing.T) {
 	st := newFakeStages(j, "config", false)
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(t.Context(), testPlan(), Deps{Stages: st, Bootstrap: &fakeBootstrap{j: j}, Cluster: &fakeCluster{j: j}})
+		done <- Run(t.Context(), testPlan(), Deps{Stages: st, Bootstrap: &fakeBootstrap{j: j}, Cluster: &fakeCluster{j: j}, Disks: cleanDisks(j)})
 	}()
 	<-st.subscribed
 	st.set("installing", false) // not yet
@@ -234,13 +263,13 @@ func TestRunStops(t *testing.T) {
 			name: "bootstrap refused: no VIP wait, nothing applied",
 			boot: &fakeBootstrap{err: errors.New("the node refused (PermissionDenied)")},
 			ops:  []string{"stage cp1", "bootstrap"}, step: 2,
-			msg: []string{"[2/8] bootstrapping etcd on cp1 (192.168.1.11): the node refused", "with TALOSCONFIG=/state/talosconfig: `talosctl -n 192.168.1.11 service etcd`", "run `rackboot up` again"},
+			msg: []string{"[2/9] bootstrapping etcd on cp1 (192.168.1.11): the node refused", "with TALOSCONFIG=/state/talosconfig: `talosctl -n 192.168.1.11 service etcd`", "run `rackboot up` again"},
 		},
 		{
 			name: "VIP never answers: nothing applied",
 			fail: map[string]error{"vip": errBlock},
 			ops:  []string{"stage cp1", "bootstrap", "vip"}, step: 3, timeout: true,
-			msg: []string{"[3/8] waiting for the VIP 192.168.1.10:6443: not done after", "vip: still not healthy", "get addresses", "nothing else on the network uses 192.168.1.10"},
+			msg: []string{"[3/9] waiting for the VIP 192.168.1.10:6443: not done after", "vip: still not healthy", "get addresses", "nothing else on the network uses 192.168.1.10"},
 		},
 		{
 			name: "a node not Ready: nothing applied",
@@ -251,20 +280,20 @@ func TestRunStops(t *testing.T) {
 		{
 			name: "apply refused: no gate wait",
 			fail: map[string]error{"apply rook-ceph": errors.New(`CephCluster rook-ceph/rook-ceph: spec.mon.count: Invalid value`)},
-			ops:  []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "apply rook-ceph"}, step: 5,
-			msg: []string{"[5/8] applying bundle rook-ceph (3 objects): CephCluster rook-ceph/rook-ceph: spec.mon.count"},
+			ops:  []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "disks w1", "disks cp1", "disks cp2", "apply rook-ceph"}, step: 6,
+			msg: []string{"[6/9] applying bundle rook-ceph (3 objects): CephCluster rook-ceph/rook-ceph: spec.mon.count"},
 		},
 		{
 			name: "Ceph unhealthy: CockroachDB not applied",
 			fail: map[string]error{"gates rook-ceph": errBlock},
-			ops:  []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "apply rook-ceph", "gates rook-ceph"}, step: 6, timeout: true,
+			ops:  []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "disks w1", "disks cp1", "disks cp2", "apply rook-ceph", "gates rook-ceph"}, step: 7, timeout: true,
 			msg: []string{"with KUBECONFIG=/state/kubeconfig: `kubectl -n rook-ceph get pods,pvc`"},
 		},
 		{
 			name: "the gates' own timeout counts as a timeout",
 			fail: map[string]error{"gates cockroachdb": fmt.Errorf("%w: 1 gate not passed: 0/3 cockroachdb pods ready", bundles.ErrTimeout)},
-			ops:  []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "apply rook-ceph", "gates rook-ceph", "apply cockroachdb", "gates cockroachdb"}, step: 8, timeout: true,
-			msg: []string{"[8/8] waiting for cockroachdb's 2 health gate(s): not done after", "0/3 cockroachdb pods ready", "-n cockroachdb get events"},
+			ops:  []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2", "disks w1", "disks cp1", "disks cp2", "apply rook-ceph", "gates rook-ceph", "apply cockroachdb", "gates cockroachdb"}, step: 9, timeout: true,
+			msg: []string{"[9/9] waiting for cockroachdb's 2 health gate(s): not done after", "0/3 cockroachdb pods ready", "-n cockroachdb get events"},
 		},
 		{
 			name:   "install failed: no waiting for the timeout",
@@ -300,7 +329,7 @@ func TestRunStops(t *testing.T) {
 			plan := testPlan()
 			plan.StepTimeout = 50 * time.Millisecond
 			var out bytes.Buffer
-			err := Run(t.Context(), plan, Deps{Stages: st, Bootstrap: boot, Cluster: &fakeCluster{j: j, fail: tc.fail}, Out: &out})
+			err := Run(t.Context(), plan, Deps{Stages: st, Bootstrap: boot, Cluster: &fakeCluster{j: j, fail: tc.fail}, Disks: cleanDisks(j), Out: &out})
 			var se *StepError
 			if !errors.As(err, &se) {
 				t.Fatalf("err = %v, want a StepError", err)
@@ -345,6 +374,7 @@ func TestRunAfterBootstrapRecorded(t *testing.T) {
 		Stages:    newFakeStages(j, "", false),
 		Bootstrap: &fakeBootstrap{j: j, rec: rec},
 		Cluster:   &fakeCluster{j: j},
+		Disks:     cleanDisks(j),
 		Out:       &out,
 	})
 	if err != nil {
@@ -353,7 +383,7 @@ func TestRunAfterBootstrapRecorded(t *testing.T) {
 	if got := j.list(); slices.Contains(got, "stage cp1") || got[0] != "bootstrap" {
 		t.Fatalf("ops %q: want no stage wait", got)
 	}
-	if !strings.Contains(out.String(), "[1/8] waiting for the first control plane cp1 (192.168.1.11) to be installed: skipped (etcd already bootstrapped on 192.168.1.11 at 2026-05-04T12:00:00Z)") {
+	if !strings.Contains(out.String(), "[1/9] waiting for the first control plane cp1 (192.168.1.11) to be installed: skipped (etcd already bootstrapped on 192.168.1.11 at 2026-05-04T12:00:00Z)") {
 		t.Fatalf("output:\n%s", out.String())
 	}
 	if !strings.Contains(out.String(), "already bootstrapped (recorded) on 192.168.1.11") {
@@ -366,7 +396,7 @@ func TestRunSkipBundles(t *testing.T) {
 	var out bytes.Buffer
 	plan := testPlan()
 	plan.SkipBundles = true
-	err := Run(t.Context(), plan, Deps{Stages: newFakeStages(j, "running", true), Bootstrap: &fakeBootstrap{j: j}, Cluster: &fakeCluster{j: j}, Out: &out})
+	err := Run(t.Context(), plan, Deps{Stages: newFakeStages(j, "running", true), Bootstrap: &fakeBootstrap{j: j}, Cluster: &fakeCluster{j: j}, Disks: cleanDisks(j), Out: &out})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -392,7 +422,7 @@ func TestRunInterrupted(t *testing.T) {
 		<-st.subscribed
 		cancel()
 	}()
-	err := Run(ctx, testPlan(), Deps{Stages: st, Bootstrap: &fakeBootstrap{j: j}, Cluster: &fakeCluster{j: j}})
+	err := Run(ctx, testPlan(), Deps{Stages: st, Bootstrap: &fakeBootstrap{j: j}, Cluster: &fakeCluster{j: j}, Disks: cleanDisks(j)})
 	var se *StepError
 	if !errors.As(err, &se) || !se.Interrupted || se.Timeout || se.Step != 1 {
 		t.Fatalf("err = %#v", err)
@@ -409,7 +439,7 @@ func TestRunInterrupted(t *testing.T) {
 func TestRunWithoutInventory(t *testing.T) {
 	j := &journal{}
 	var out bytes.Buffer
-	if err := Run(t.Context(), testPlan(), Deps{Bootstrap: &fakeBootstrap{j: j}, Cluster: &fakeCluster{j: j}, Out: &out}); err != nil {
+	if err := Run(t.Context(), testPlan(), Deps{Bootstrap: &fakeBootstrap{j: j}, Cluster: &fakeCluster{j: j}, Disks: cleanDisks(j), Out: &out}); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out.String(), "skipped (no inventory to watch)") || j.list()[0] != "bootstrap" {
@@ -421,7 +451,7 @@ func TestRunBadPlan(t *testing.T) {
 	j := &journal{}
 	plan := testPlan()
 	plan.Nodes[1].IP = netip.Addr{}
-	err := Run(t.Context(), plan, Deps{Stages: newFakeStages(j, "running", true), Bootstrap: &fakeBootstrap{j: j}, Cluster: &fakeCluster{j: j}})
+	err := Run(t.Context(), plan, Deps{Stages: newFakeStages(j, "running", true), Bootstrap: &fakeBootstrap{j: j}, Cluster: &fakeCluster{j: j}, Disks: cleanDisks(j)})
 	if err == nil || !strings.Contains(err.Error(), "cp1 has no static address") {
 		t.Fatalf("err = %v", err)
 	}
@@ -457,5 +487,171 @@ func TestFirstControlPlane(t *testing.T) {
 				t.Fatalf("got %+v, %v; want %s", n, err, tc.want)
 			}
 		})
+	}
+}
+
+// The Ceph disk check before Rook: the table of verdicts. Whenever it
+// stops, no bundle is applied.
+func TestRunDiskCheck(t *testing.T) {
+	stale := CephDisk{Name: "sda", Serial: "WD-OLD-1", Size: "8.0 TB", What: "GPT partition table with 1 partition(s); ext4 in sda1 (olddata)",
+		Wipe: "rackboot disks wipe w1 --serial WD-OLD-1"}
+	clean := CephDisk{Name: "sdb", Serial: "WD-NEW-2", Size: "8.0 TB", Clean: true, What: "nothing Talos's blkid recognises"}
+	osd := CephDisk{Name: "sdc", Serial: "WD-OSD-3", Size: "4.0 TB", What: "Ceph bluestore label on sdc", Wipe: "rackboot disks wipe cp2 --serial WD-OSD-3",
+		Rook: "OSD 2 (rook-ceph-osd-2) uses /dev/sdc"}
+	noSerial := CephDisk{Name: "sdd", Size: "1.0 TB", What: "xfs on sdd", Wipe: "(sdd has no serial: ...)"}
+	reads := []string{"disks w1", "disks cp1", "disks cp2"}
+	upTo := []string{"stage cp1", "bootstrap", "vip", "nodes w1,cp1,cp2"}
+	applied := append(slices.Clone(reads), "apply rook-ceph", "gates rook-ceph", "apply cockroachdb", "gates cockroachdb")
+	for _, tc := range []struct {
+		name  string
+		disks map[string][]CephDisk
+		errs  map[string]error
+		skip  bool
+		ops   []string // after the nodes
+		out   []string
+		msg   []string // nil: Run succeeds
+		not   []string // not in the message
+	}{
+		{
+			name:  "all clean: Rook applied",
+			disks: map[string][]CephDisk{"w1": {clean}, "cp1": {clean}, "cp2": {clean}},
+			ops:   applied,
+			out:   []string{"      w1: sdb clean\n", "label copies at 1, 10, 100, 1000 GiB are invisible to Talos"},
+		},
+		{
+			name:  "one disk not clean: stops, says the machine, disk, serial, size, content and the wipe command",
+			disks: map[string][]CephDisk{"w1": {stale, clean}, "cp1": {clean}, "cp2": {clean}},
+			ops:   reads,
+			out:   []string{"      w1: sda NOT CLEAN, sdb clean\n"},
+			msg: []string{
+				"[5/9] checking the Ceph disks of 3 machine(s) before Rook: 1 Ceph disk(s) not clean: Rook would refuse them:",
+				"\n  w1: sda (serial WD-OLD-1, 8.0 TB) holds GPT partition table with 1 partition(s); ext4 in sda1 (olddata); wipe it: rackboot disks wipe w1 --serial WD-OLD-1\n",
+				"after the wipe, run `rackboot up` again: etcd's bootstrap is recorded and the bundles apply idempotently, so it picks up at this check",
+				"rackboot up --skip-disk-check",
+				"look at: `rackboot disks`",
+			},
+			not: []string{"sdb ("},
+		},
+		{
+			name:  "a disk without serial: the line says so",
+			disks: map[string][]CephDisk{"w1": {clean}, "cp1": {noSerial}, "cp2": {clean}},
+			ops:   reads,
+			msg:   []string{"cp1: sdd (serial none, 1.0 TB) holds xfs on sdd; wipe it: (sdd has no serial"},
+		},
+		{
+			name:  "a machine cannot be read: stops, says which and why, names the flag",
+			disks: map[string][]CephDisk{"w1": {clean}, "cp1": {clean}},
+			errs:  map[string]error{"cp2": errors.New("not answering: connection refused")},
+			ops:   reads,
+			out:   []string{"      cp2: cannot read its disks\n"},
+			msg: []string{"the disks of 1 machine(s) could not be read:\n  cp2: cannot read its disks through Talos's API: not answering: connection refused",
+				"rackboot up --skip-disk-check"},
+			not: []string{"after the wipe"},
+		},
+		{
+			name:  "not clean and unreadable: both said",
+			disks: map[string][]CephDisk{"w1": {stale}, "cp1": {clean}},
+			errs:  map[string]error{"cp2": errors.New("no address: the machine is on DHCP; give it with --node cp2=IP")},
+			ops:   reads,
+			msg:   []string{"1 Ceph disk(s) not clean (Rook would refuse them) and 1 machine(s) whose disks could not be read:", "wipe w1 --serial WD-OLD-1", "cp2: cannot read", "--node cp2=IP"},
+		},
+		{
+			name:  "a disk a Rook OSD uses is Ceph's own: a re-run after Rook goes on",
+			disks: map[string][]CephDisk{"w1": {clean}, "cp1": {clean}, "cp2": {osd}},
+			ops:   applied,
+			out:   []string{"cp2: sdc Rook's (OSD 2 (rook-ceph-osd-2) uses /dev/sdc)"},
+		},
+		{
+			name:  "a machine with no candidate carries no OSD: not a stop",
+			disks: map[string][]CephDisk{"w1": {clean}, "cp2": {clean}},
+			ops:   applied,
+			out:   []string{"cp1: no disk matches its cephDisks"},
+		},
+		{
+			name:  "--skip-disk-check: nothing read, Rook applied",
+			disks: map[string][]CephDisk{"w1": {stale}},
+			errs:  map[string]error{"cp2": errors.New("not answering")},
+			skip:  true,
+			ops:   applied[len(reads):],
+			out:   []string{"[5/9] checking the Ceph disks of 3 machine(s) before Rook: skipped (--skip-disk-check)\n"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := &journal{}
+			plan := testPlan()
+			plan.SkipDiskCheck = tc.skip
+			var out bytes.Buffer
+			err := Run(t.Context(), plan, Deps{Stages: newFakeStages(j, "running", true), Bootstrap: &fakeBootstrap{j: j},
+				Cluster: &fakeCluster{j: j}, Disks: &fakeDisks{j: j, disks: tc.disks, errs: tc.errs}, Out: &out})
+			t.Logf("output:\n%s", out.String())
+			if got, want := dedupe(j.list()), append(slices.Clone(upTo), tc.ops...); !slices.Equal(got, want) {
+				t.Errorf("ops %q, want %q", got, want)
+			}
+			for _, s := range tc.out {
+				if !strings.Contains(out.String(), s) {
+					t.Errorf("output lacks %q", s)
+				}
+			}
+			if tc.msg == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			var se *StepError
+			var de *DiskCheckError
+			if !errors.As(err, &se) || se.Step != 5 || se.Timeout || !errors.As(err, &de) {
+				t.Fatalf("err = %v, want step 5 failing with a DiskCheckError", err)
+			}
+			for _, m := range tc.msg {
+				if !strings.Contains(err.Error(), m) {
+					t.Errorf("error lacks %q:\n%v", m, err)
+				}
+			}
+			for _, m := range tc.not {
+				if strings.Contains(err.Error(), m) {
+					t.Errorf("error has %q:\n%v", m, err)
+				}
+			}
+			if strings.Contains(out.String(), "is up") {
+				t.Errorf("printed success after the check stopped")
+			}
+		})
+	}
+}
+
+// After the check stopped and the disk was wiped, the next run skips what
+// is done (bootstrap recorded) and goes on through Rook.
+func TestRunDiskCheckResumes(t *testing.T) {
+	j := &journal{}
+	d := cleanDisks(j)
+	d.disks["w1"] = []CephDisk{{Name: "sda", Serial: "WD-OLD-1", Size: "8.0 TB", What: "Ceph bluestore label on sda", Wipe: "rackboot disks wipe w1 --serial WD-OLD-1"}}
+	boot := &fakeBootstrap{j: j}
+	deps := Deps{Stages: newFakeStages(j, "running", true), Bootstrap: boot, Cluster: &fakeCluster{j: j}, Disks: d}
+	if err := Run(t.Context(), testPlan(), deps); err == nil {
+		t.Fatal("ran through a stale Ceph disk")
+	}
+	if slices.Contains(j.list(), "apply rook-ceph") {
+		t.Fatal("applied Rook after the check stopped")
+	}
+	// The wipe; the Bootstrapper recorded etcd's bootstrap in the state dir.
+	d.disks["w1"] = []CephDisk{{Name: "sda", Serial: "WD-OLD-1", Size: "8.0 TB", Clean: true, What: "nothing Talos's blkid recognises"}}
+	boot.rec = &Record{Node: "192.168.1.11", Time: testNow}
+	j.ops = nil
+	if err := Run(t.Context(), testPlan(), deps); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"bootstrap", "vip", "nodes w1,cp1,cp2", "disks w1", "disks cp1", "disks cp2", "apply rook-ceph", "gates rook-ceph", "apply cockroachdb", "gates cockroachdb"}
+	if got := j.list(); !slices.Equal(got, want) {
+		t.Fatalf("second run %q, want %q", got, want)
+	}
+}
+
+// Rook without a disk reader is a wiring mistake: nothing is done.
+func TestRunNoDiskReader(t *testing.T) {
+	j := &journal{}
+	err := Run(t.Context(), testPlan(), Deps{Stages: newFakeStages(j, "running", true), Bootstrap: &fakeBootstrap{j: j}, Cluster: &fakeCluster{j: j}})
+	if err == nil || !strings.Contains(err.Error(), "no disk reader") || len(j.list()) != 0 {
+		t.Fatalf("err = %v, ops %q", err, j.list())
 	}
 }

@@ -15,6 +15,9 @@ import (
 
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 	"github.com/spf13/cobra"
+	appsv1 "k8s.io/api/apps/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -42,6 +45,11 @@ type upFlags struct {
 	// bootstrapEndpoint dials the Talos API somewhere else than the first
 	// control plane's address (a tunnel; tests).
 	bootstrapEndpoint string
+	// skipDiskCheck applies Rook without reading the Ceph disks first.
+	skipDiskCheck bool
+	// nodes: NAME=HOST[:PORT] where a machine's Talos API answers for the
+	// disk check (as `rackboot disks --node`).
+	nodes []string
 }
 
 func init() {
@@ -57,7 +65,10 @@ func init() {
      once (recorded in bootstrap.json in the state directory)
   3. wait until the Kubernetes API answers on https://<vip>:6443/readyz
   4. wait until every machine of the rack is a Ready node
-  5. apply each bundle (Rook-Ceph, then CockroachDB) and wait on its health gates
+  5. read every machine's Ceph disks through its Talos API and stop when one
+     is not clean (Rook would refuse it): the message names the machine, the
+     disk and the ` + "`rackboot disks wipe`" + ` command (--skip-disk-check goes on)
+  6. apply each bundle (Rook-Ceph, then CockroachDB) and wait on its health gates
 
 Each step has --timeout; on failure the message says what is not healthy and
 what to look at. Every step is idempotent: run ` + "`rackboot up`" + ` again to continue.
@@ -78,6 +89,8 @@ Without --exit, rackboot keeps serving after the cluster is up (Ctrl-C stops it)
 		fl.BoolVar(&f.power, "power", false, "power the machines that are not installed through their BMCs (bmc: in the rack file), with a network boot once")
 		fl.StringVar(&f.bootstrapEndpoint, "bootstrap-endpoint", "", "dial the Talos API at host:port instead of the first control plane's address (e.g. through a tunnel)")
 		_ = fl.MarkHidden("bootstrap-endpoint")
+		fl.BoolVar(&f.skipDiskCheck, "skip-disk-check", false, "apply Rook without first checking that every Ceph disk is clean (Rook leaves out the disks it refuses)")
+		fl.StringArrayVar(&f.nodes, "node", nil, "for the disk check, reach machine NAME's Talos API at HOST[:PORT] instead of its rack address: NAME=HOST[:PORT] (repeatable; needed for machines on DHCP)")
 		return cmd
 	})
 }
@@ -149,6 +162,14 @@ func runUp(ctx context.Context, a *app, cmd *cobra.Command, f *upFlags) error {
 		plan.SQL = &bringup.SQL{ConnectionString: cockroach.ConnectionString("", certs), CertsDir: certs}
 	}
 	plan.StepTimeout = f.timeout
+	plan.SkipDiskCheck = f.skipDiskCheck
+	for _, n := range rackParams(r, state).Rook.Nodes {
+		plan.CephNodes = append(plan.CephNodes, n.Name)
+	}
+	eps, err := machineEndpoints(r, f.nodes)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
 
 	boot, err := bringup.NewBootstrapper(bringup.BootstrapConfig{
 		StateDir:    state,
@@ -163,6 +184,7 @@ func runUp(ctx context.Context, a *app, cmd *cobra.Command, f *upFlags) error {
 	deps := bringup.Deps{
 		Bootstrap: boot,
 		Cluster:   &kubeCluster{cfg: restCfg, cs: cs, timeout: f.timeout, log: a.log.With("step", "cluster"), out: out},
+		Disks:     &talosCephDisks{rack: r, tc: talosconfig, endpoints: eps, timeout: upDiskTimeout, osds: rookOSDs(cs)},
 		Out:       out,
 		Log:       a.log,
 	}
@@ -377,4 +399,72 @@ func (s *servedStages) poll(ctx context.Context) bool {
 		s.byName[m.Name] = m
 	}
 	return changed
+}
+
+// upDiskTimeout bounds reading one machine's disks in `up`.
+const upDiskTimeout = 30 * time.Second
+
+// talosCephDisks is bringup.CephDisks on `rackboot disks`' own reading
+// (readMachineDisks) through each machine's Talos API, with the OSD
+// deployments of a Rook already applied (a re-run after Rook): a disk one
+// of them uses is Rook's (osdUsing, as `disks wipe` decides it).
+type talosCephDisks struct {
+	rack      *profiles.Rack
+	tc        *clientconfig.Config
+	endpoints map[string]string
+	timeout   time.Duration
+	// osds lists Rook's OSD deployments (none before Rook is applied).
+	osds func(ctx context.Context) ([]appsv1.Deployment, error)
+}
+
+// CephDisks implements bringup.CephDisks.
+func (t *talosCephDisks) CephDisks(ctx context.Context, machine string) ([]bringup.CephDisk, error) {
+	m := t.rack.Machine(machine)
+	if m == nil {
+		return nil, fmt.Errorf("the rack has no machine %q", machine)
+	}
+	md := readMachineDisks(ctx, t.rack, m, t.tc, t.endpoints[machine], t.timeout)
+	if md.Error != "" {
+		return nil, errors.New(md.Error)
+	}
+	var names []string
+	for _, d := range md.Disks {
+		names = append(names, d.Name)
+	}
+	var osds []appsv1.Deployment
+	var out []bringup.CephDisk
+	asked := false
+	for _, d := range md.Disks {
+		if !d.Ceph {
+			continue
+		}
+		cd := bringup.CephDisk{Name: d.Name, Serial: d.Serial, Size: humanBytes(d.Size), Clean: d.Verdict == "clean", What: d.What, Wipe: d.Wipe}
+		if !cd.Clean {
+			if !asked && t.osds != nil {
+				var err error
+				if osds, err = t.osds(ctx); err != nil {
+					return nil, fmt.Errorf("cannot ask the cluster whether Rook's OSDs use %s's disks: %w", machine, err)
+				}
+				asked = true
+			}
+			cd.Rook = osdUsing(osds, machine, d, names)
+		}
+		out = append(out, cd)
+	}
+	return out, nil
+}
+
+// rookOSDs lists Rook's OSD deployments in rook-ceph; a missing namespace
+// is none.
+func rookOSDs(cs kubernetes.Interface) func(ctx context.Context) ([]appsv1.Deployment, error) {
+	return func(ctx context.Context) ([]appsv1.Deployment, error) {
+		l, err := cs.AppsV1().Deployments(rookNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=rook-ceph-osd"})
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		return l.Items, nil
+	}
 }
