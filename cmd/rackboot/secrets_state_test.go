@@ -66,6 +66,9 @@ func TestReadOnlyCommandsCreateNothing(t *testing.T) {
 		{"secrets import missing file", []string{"secrets", "import", "/nonexistent/secrets.yaml"}, "no such file"},
 		{"config broken rack", []string{"config", "formula"}, "problem"},
 		{"kubeconfig broken rack", []string{"kubeconfig"}, "problem"},
+		{"machines without serve", []string{"machines", "--json"}, ""},
+		{"disks without secrets", []string{"disks", "formula"}, "secrets"},
+		{"lab status", []string{"lab", "status", "--name", "nosuch"}, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			rack, _ := writeExampleRack(t)
