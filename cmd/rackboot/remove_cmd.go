@@ -158,7 +158,12 @@ func runRemove(cmd *cobra.Command, a *app, f *removeFlags, name string) error {
 	if err != nil {
 		return err
 	}
-	eps, err := machineEndpoints(r, f.nodes)
+	nodes := f.nodes
+	if r.Machine(name) == nil {
+		// Run again after the rack file lost NAME: its --node is moot.
+		nodes = slices.DeleteFunc(slices.Clone(nodes), func(n string) bool { return strings.HasPrefix(n, name+"=") })
+	}
+	eps, err := machineEndpoints(r, nodes)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
