@@ -69,10 +69,17 @@ func newRemoveCmd(a *app) *cobra.Command {
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: kubeconfig in the state directory, else $KUBECONFIG)")
 	fl.StringArrayVar(&f.nodes, "node", nil, "reach machine NAME's Talos API at HOST[:PORT] instead of its rack address: NAME=HOST[:PORT] (repeatable; needed for machines on DHCP without a Node)")
 	fl.DurationVar(&f.timeout, "timeout", 15*time.Second, "how long to wait for each Talos API call")
-	fl.DurationVar(&f.drainTimeout, "drain-timeout", upgrade.DefaultDrainTimeout, "how long the node's pods may take to leave (budgets that refuse are retried until then)")
+	fl.DurationVar(&f.drainTimeout, "drain-timeout", upgrade.DefaultDrainTimeout, "how long the node's pods may take to leave (budgets that refuse are retried until then; with --dead the default is 2m)")
 	fl.DurationVar(&f.etcdWait, "etcd-leave-timeout", 5*time.Minute, "how long a reset control plane may take to leave etcd by itself before its member is removed through another control plane")
 	return cmd
 }
+
+// deadDrainTimeout bounds the drain of a dead machine unless
+// --drain-timeout is given: the evictions are accepted at once, but its
+// kubelet never confirms the pods' end, so they stay terminating until the
+// Node is deleted (step 4); the wait only lets disruption budgets that
+// refuse at first allow the evictions.
+const deadDrainTimeout = 2 * time.Minute
 
 // removePlan is what the preflight found; nothing has changed yet.
 type removePlan struct {
@@ -214,8 +221,12 @@ func runRemove(cmd *cobra.Command, a *app, f *removeFlags, name string) error {
 		if err := upgrade.Cordon(ctx, cs, name, true); err != nil {
 			return &exitError{code: 1, err: err}
 		}
+		timeout := f.drainTimeout
+		if f.dead && !cmd.Flags().Changed("drain-timeout") {
+			timeout = deadDrainTimeout
+		}
 		res, err := upgrade.Drain(ctx, cs, name, upgrade.DrainOptions{
-			Timeout:  f.drainTimeout,
+			Timeout:  timeout,
 			Progress: func(msg string) { fmt.Fprintln(out, "  "+msg) },
 		})
 		switch {

@@ -390,11 +390,22 @@ func TestRemoveDead(t *testing.T) {
 		t.Error("the failed run went past the reset")
 	}
 
-	out, err := l.run("", append(args, "--dead")...)
+	// A pod its dead kubelet would have to confirm: the eviction is
+	// accepted, the pod stays terminating (a finalizer holds it here).
+	ctx := t.Context()
+	zero := int64(0)
+	_, err = l.cs.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "stuck-1", Namespace: "default", Finalizers: []string{"example.com/hold"}},
+		Spec: corev1.PodSpec{NodeName: "urban", TerminationGracePeriodSeconds: &zero,
+			Containers: []corev1.Container{{Name: "c", Image: "registry.k8s.io/pause:3.10"}}},
+	}, metav1.CreateOptions{})
+	must(t, err)
+
+	out, err := l.run("", append(args, "--dead", "--drain-timeout", "1s")...)
 	if err != nil {
 		t.Fatalf("remove --dead: %v", err)
 	}
-	wantOutput(t, out, "etcd has 2 members", "reset: skipped (--dead)", "member a1 removed (asked formula)", "Node: deleted urban", "dropped urban")
+	wantOutput(t, out, "evicted default/stuck-1", "drain timed out", "its pods still terminating go when its Node is deleted", "etcd has 2 members", "reset: skipped (--dead)", "member a1 removed (asked formula)", "Node: deleted urban", "dropped urban")
 	if got := hostnames(formula.srv.EtcdMembers()); !slices.Equal(got, []string{"formula"}) {
 		t.Errorf("etcd members: %v", got)
 	}
