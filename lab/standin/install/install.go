@@ -215,26 +215,12 @@ func (l Layout) find(name string) (Part, bool) {
 // ReadConfigPath reads config.yaml from the STATE partition of the block
 // device (or image file) at path.
 func ReadConfigPath(path string) ([]byte, error) {
-	bd, err := blkdev.NewFromPath(path)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
-	}
-	gd, err := gpt.DeviceFromBlockDevice(bd)
-	if err != nil {
-		bd.Close() //nolint:errcheck
-		return nil, fmt.Errorf("open %s: %w", path, err)
-	}
-	state, err := FindState(gd)
-	bd.Close() //nolint:errcheck
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return ReadConfig(f, state)
+	var b []byte
+	err := withState(path, os.O_RDONLY, func(f *os.File, state Part) (err error) {
+		b, err = ReadConfig(f, state)
+		return err
+	})
+	return b, err
 }
 
 // FindState is the byte range of dev's STATE partition.
@@ -307,6 +293,18 @@ func FindESPPath(path string) (ESP, error) {
 
 // ReadConfig reads config.yaml from the FAT filesystem of state on f.
 func ReadConfig(f *os.File, state Part) ([]byte, error) {
+	b, err := readStateFile(f, state, ConfigFile)
+	if errors.Is(err, errNoFile) {
+		return nil, fmt.Errorf("%s on %s: not found", ConfigFile, StateName)
+	}
+	return b, err
+}
+
+// errNoFile: STATE has no such file.
+var errNoFile = errors.New("no such file")
+
+// readStateFile reads name from the FAT filesystem of state on f.
+func readStateFile(f *os.File, state Part, name string) ([]byte, error) {
 	fsys, err := fat16.Read(file.New(f, true), state.Size, state.Start, 512)
 	if err != nil {
 		return nil, fmt.Errorf("read %s filesystem: %w", StateName, err)
@@ -319,27 +317,164 @@ func ReadConfig(f *os.File, state Part) ([]byte, error) {
 	}
 	size := int64(-1)
 	for _, e := range entries {
-		if strings.EqualFold(e.Name(), ConfigFile) {
+		if strings.EqualFold(e.Name(), name) {
 			info, err := e.Info()
 			if err != nil {
-				return nil, fmt.Errorf("%s on %s: %w", ConfigFile, StateName, err)
+				return nil, fmt.Errorf("%s on %s: %w", name, StateName, err)
 			}
 			size = info.Size()
 		}
 	}
-	if size < 0 || size > 16<<20 {
-		return nil, fmt.Errorf("%s on %s: not found (or %d bytes)", ConfigFile, StateName, size)
+	if size < 0 {
+		return nil, errNoFile
 	}
-	cf, err := fsys.OpenFile("/"+ConfigFile, os.O_RDONLY)
+	if size > 16<<20 {
+		return nil, fmt.Errorf("%s on %s: %d bytes", name, StateName, size)
+	}
+	cf, err := fsys.OpenFile("/"+name, os.O_RDONLY)
 	if err != nil {
-		return nil, fmt.Errorf("open %s on %s: %w", ConfigFile, StateName, err)
+		return nil, fmt.Errorf("open %s on %s: %w", name, StateName, err)
 	}
 	defer cf.Close()
 	b, err := io.ReadAll(io.LimitReader(cf, size))
 	if err != nil {
-		return nil, fmt.Errorf("read %s on %s: %w", ConfigFile, StateName, err)
+		return nil, fmt.Errorf("read %s on %s: %w", name, StateName, err)
 	}
 	return b, nil
+}
+
+// UpgradedImageFile is the file on STATE that names the installer image
+// the last upgrade installed (Talos has its version in the booted image;
+// the stand-in's boot files are the same for every version, so the
+// installed system reads its version from here).
+const UpgradedImageFile = "upgraded-image"
+
+// ReadUpgradedImagePath is the installer image the last upgrade of the
+// disk (or image file) at path installed: "" when it was never upgraded.
+func ReadUpgradedImagePath(path string) (string, error) {
+	var image string
+	err := withState(path, os.O_RDONLY, func(f *os.File, state Part) error {
+		b, err := readStateFile(f, state, UpgradedImageFile)
+		if errors.Is(err, errNoFile) {
+			return nil
+		}
+		image = strings.TrimSpace(string(b))
+		return err
+	})
+	return image, err
+}
+
+// withState opens path with flag and calls fn with its STATE partition.
+func withState(path string, flag int, fn func(*os.File, Part) error) error {
+	gd, closeGD, err := openGPT(path)
+	if err != nil {
+		return err
+	}
+	state, err := FindState(gd)
+	closeGD()
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := fn(f, state); err != nil {
+		return err
+	}
+	if flag&(os.O_RDWR|os.O_WRONLY) != 0 {
+		return f.Sync()
+	}
+	return nil
+}
+
+// Upgrade is what an upgrade writes: the new boot files and the image
+// they came from.
+type Upgrade struct {
+	Loader    []byte // systemd-bootx64.efi
+	Kernel    string // path of the new kernel
+	Initramfs string // path of the new initramfs
+	Cmdline   string // the loader entry's options
+	Image     string // the installer image, recorded on STATE
+}
+
+// UpgradePath upgrades the installed disk (or image file) at path the way
+// Talos's installer does in upgrade mode: the boot partition gets the new
+// image's boot files, META and STATE stay (STATE keeps its config.yaml and
+// gains UpgradedImageFile). Talos keeps the previous UKI beside the new
+// one (A/B); the stand-in's ESP holds one kernel and initramfs, which are
+// replaced. The new files must fit the ESP the install made (its size
+// leaves 5% plus 4 MiB free).
+func UpgradePath(ctx context.Context, path string, u Upgrade) error {
+	esp, err := FindESPPath(path)
+	if err != nil {
+		return err
+	}
+	sector, err := sectorSize(path)
+	if err != nil {
+		return err
+	}
+	espPart := Part{Name: ESPName, Start: int64(esp.StartLBA) * sector, Size: int64(esp.SizeLBAs) * sector}
+	files := ESPFiles(Payload{Loader: u.Loader, Kernel: u.Kernel, Initramfs: u.Initramfs, Cmdline: u.Cmdline})
+	need, err := imager.FATVolumeSize(files)
+	if err != nil {
+		return fmt.Errorf("ESP size: %w", err)
+	}
+	if need > espPart.Size {
+		return fmt.Errorf("the new boot files need an EFI partition of %d MiB, the installed one has %d MiB: reinstall the machine (rackboot machine reset, then netboot)", need>>20, espPart.Size>>20)
+	}
+	return withState(path, os.O_RDWR, func(f *os.File, state Part) error {
+		cfg, err := ReadConfig(f, state)
+		if err != nil {
+			return err
+		}
+		if err := writeVolume(ctx, f, espPart, files); err != nil {
+			return err
+		}
+		return writeVolume(ctx, f, state, []imager.FATVolumeFile{
+			{Path: "/" + ConfigFile, Data: cfg},
+			{Path: "/" + UpgradedImageFile, Data: []byte(u.Image + "\n")},
+		})
+	})
+}
+
+// sectorSize is the logical sector size of the disk (or image file) at
+// path.
+func sectorSize(path string) (int64, error) {
+	gd, closeGD, err := openGPT(path)
+	if err != nil {
+		return 0, err
+	}
+	defer closeGD()
+	return int64(gd.GetSectorSize()), nil
+}
+
+// openGPT opens the block device or image file at path read-only for
+// its partition table.
+func openGPT(path string) (gpt.Device, func(), error) {
+	if st, err := os.Stat(path); err == nil && st.Mode().IsRegular() {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, nil, err
+		}
+		gd, err := gpt.DeviceFromFile(f)
+		if err != nil {
+			f.Close()
+			return nil, nil, fmt.Errorf("open %s: %w", path, err)
+		}
+		return gd, func() { f.Close() }, nil
+	}
+	bd, err := blkdev.NewFromPath(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	gd, err := gpt.DeviceFromBlockDevice(bd)
+	if err != nil {
+		bd.Close() //nolint:errcheck
+		return nil, nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	return gd, func() { bd.Close() }, nil //nolint:errcheck
 }
 
 type zeros struct{}

@@ -101,3 +101,126 @@ func TestInstallRoundTrip(t *testing.T) {
 		t.Errorf("loader entry: %v\n%s", err, out)
 	}
 }
+
+// TestUpgrade installs on a disk image, then upgrades it: the ESP holds
+// the new kernel and initramfs (read back by mtools), STATE keeps the
+// config and names the new image, META stays; boot files too large for
+// the ESP are refused and leave the disk as it was.
+func TestUpgrade(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, b byte, size int) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, bytes.Repeat([]byte{b}, size), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	img := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 128<<20); err != nil {
+		t.Fatal(err)
+	}
+	cfg := []byte("version: v1alpha1\n")
+	p := Payload{Loader: []byte("MZ fake loader"), Kernel: write("k1", 'k', 3<<20), Initramfs: write("i1", 'i', 5<<20), Cmdline: "console=ttyS0", Config: cfg}
+	l := installImage(t, img, p)
+	if got, err := ReadUpgradedImagePath(img); err != nil || got != "" {
+		t.Fatalf("a fresh install names an upgraded image: %q, %v", got, err)
+	}
+
+	const image = "factory.talos.dev/installer/abc:v1.13.1"
+	u := Upgrade{Loader: p.Loader, Kernel: write("k2", 'K', 3<<20+1), Initramfs: write("i2", 'I', 5<<20+7), Cmdline: "console=ttyS0 quiet", Image: image}
+	if err := UpgradePath(context.Background(), img, u); err != nil {
+		t.Fatal(err)
+	}
+	esp := espImage(t, img, l[0])
+	for path, want := range map[string]string{"::/vmlinuz": u.Kernel, "::/initrd.img": u.Initramfs} {
+		got, err := exec.Command("mtype", "-i", esp, path).Output()
+		if err != nil {
+			t.Fatalf("mtype %s: %v", path, err)
+		}
+		w, _ := os.ReadFile(want)
+		if !bytes.Equal(got, w) {
+			t.Errorf("%s on the ESP: %d bytes, want the upgrade's %d", path, len(got), len(w))
+		}
+	}
+	if out, err := exec.Command("mtype", "-i", esp, "::/loader/entries/talos.conf").Output(); err != nil || !strings.Contains(string(out), "options console=ttyS0 quiet\n") {
+		t.Errorf("loader entry: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("fsck.fat", "-n", esp).CombinedOutput(); err != nil {
+		t.Errorf("fsck.fat -n ESP: %v\n%s", err, out)
+	}
+	if got, err := ReadConfigPath(img); err != nil || !bytes.Equal(got, cfg) {
+		t.Errorf("config after the upgrade: %q, %v", got, err)
+	}
+	if got, err := ReadUpgradedImagePath(img); err != nil || got != image {
+		t.Errorf("upgraded image %q, %v; want %q", got, err, image)
+	}
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	dev, err := gpt.DeviceFromFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := marker.Has(dev); err != nil || !ok {
+		t.Errorf("META after the upgrade: %v %v", ok, err)
+	}
+
+	before, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := Upgrade{Loader: p.Loader, Kernel: u.Kernel, Initramfs: write("i3", 'X', int(l[0].Size)), Image: "factory.talos.dev/installer/abc:v1.13.2"}
+	err = UpgradePath(context.Background(), img, big)
+	if err == nil || !strings.Contains(err.Error(), "reinstall the machine") {
+		t.Errorf("too large for the ESP: %v", err)
+	}
+	if after, _ := os.ReadFile(img); !bytes.Equal(before, after) {
+		t.Error("a refused upgrade changed the disk")
+	}
+}
+
+// espImage copies the ESP out of the disk image (for mtools).
+func espImage(t *testing.T, img string, esp Part) string {
+	t.Helper()
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, esp.Size)
+	if _, err := f.ReadAt(b, esp.Start); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "esp.img")
+	if err := os.WriteFile(out, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// installImage installs p on the disk image at img.
+func installImage(t *testing.T, img string, p Payload) Layout {
+	t.Helper()
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	dev, err := gpt.DeviceFromFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := Partition(dev, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Fill(context.Background(), f, l, p); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
