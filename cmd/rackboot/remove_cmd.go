@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/dotfile/rackboot/inventory"
 	"github.com/dotfile/rackboot/profiles"
 	"github.com/dotfile/rackboot/rackedit"
 	"github.com/dotfile/rackboot/upgrade"
@@ -293,7 +294,20 @@ func runRemove(cmd *cobra.Command, a *app, f *removeFlags, name string) error {
 		step(4, "Node: deleted %s", name)
 	}
 
-	// 5. The rack file.
+	// 5. The rack file, and rackboot's "installed" mark: a machine put in
+	// again under this name (a replacement, or --keep-rack) must install,
+	// not be sent to its disk.
+	if p.machine != nil {
+		err := changeMachine(ctx, a.StateDir(), "/machines/"+name+"/reinstall",
+			func(st *inventory.Store) error { return st.Reset(name) })
+		switch {
+		case err == nil:
+			fmt.Fprintf(out, "  rackboot forgot that %s is installed: a machine netbooting under this name installs Talos\n", name)
+		case errors.Is(err, inventory.ErrUnknownMachine):
+		default:
+			return &exitError{code: 1, err: fmt.Errorf("clear %s's installed mark: %w", name, err)}
+		}
+	}
 	switch {
 	case p.machine == nil:
 		step(5, "rack file: %s is not in %s any more: nothing to do", name, path)

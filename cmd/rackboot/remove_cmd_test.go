@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/dotfile/rackboot/internal/kubetest"
+	"github.com/dotfile/rackboot/inventory"
 	"github.com/dotfile/rackboot/lab/standin/apid"
 	"github.com/dotfile/rackboot/profiles"
 	"github.com/dotfile/rackboot/rackedit"
@@ -190,6 +191,14 @@ func (l *removeLab) rackText() string {
 	return string(b)
 }
 
+func installedMark(t *testing.T, state, name string) bool {
+	t.Helper()
+	st, err := inventory.Open(state)
+	must(t, err)
+	defer st.Close()
+	return st.Installed(name)
+}
+
 func wantOutput(t *testing.T, out string, want ...string) {
 	t.Helper()
 	for _, w := range want {
@@ -212,6 +221,15 @@ func TestRemoveWorker(t *testing.T) {
 	before := l.rackText()
 	want, err := rackedit.RemoveMachine([]byte(before), "lailah")
 	must(t, err)
+	// rackboot installed lailah (its inventory in the state dir).
+	st, err := inventory.Open(l.state)
+	must(t, err)
+	st.Declare("lailah")
+	must(t, st.MarkStage("lailah", "installed", "talos installed"))
+	must(t, st.Close())
+	if !installedMark(t, l.state, "lailah") {
+		t.Fatal("the test's installed mark did not stick")
+	}
 
 	// Not confirmed: nothing changes.
 	_, err = l.run("verus\n", "lailah", "--node", "lailah="+lailah.addr)
@@ -227,7 +245,7 @@ func TestRemoveWorker(t *testing.T) {
 		t.Fatalf("remove lailah: %v", err)
 	}
 	wantOutput(t, out, "Type the machine's name", "[1/5] cordon and drain lailah", "evicted default/web-1", "[2/5] reset:",
-		"[3/5] etcd: lailah is not a control plane", "[4/5] Node: deleted lailah", "[5/5] rack file: dropped lailah",
+		"[3/5] etcd: lailah is not a control plane", "[4/5] Node: deleted lailah", "forgot that lailah is installed", "[5/5] rack file: dropped lailah",
 		"no rackboot serve is running")
 	if p := l.podsOn("lailah"); len(p) != 0 {
 		t.Errorf("pods left on lailah: %v", p)
@@ -242,6 +260,9 @@ func TestRemoveWorker(t *testing.T) {
 	if r := rs[0]; !r.Graceful || r.Reboot || r.Mode != machine.ResetRequest_SYSTEM_DISK || len(r.UserDisks) != 0 ||
 		!slices.Equal(r.SystemPartitions, []string{"STATE", "EPHEMERAL"}) {
 		t.Errorf("reset = %+v, want graceful, no reboot, SYSTEM_DISK, STATE and EPHEMERAL only", r)
+	}
+	if installedMark(t, l.state, "lailah") {
+		t.Error("lailah is still marked installed: a replacement named lailah would be sent to its disk")
 	}
 	if l.nodeExists("lailah") || !l.nodeExists("verus") {
 		t.Error("lailah's Node is still there, or verus's is gone")
