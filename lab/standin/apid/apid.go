@@ -26,6 +26,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dotfile/rackboot/lab/standin/imagepull"
 	"github.com/google/uuid"
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/api/storage"
@@ -53,7 +54,15 @@ type Upgrade struct {
 	// Reboot: MachineService.Upgrade reboots into the new version;
 	// LifecycleService.Upgrade only installs it (the client reboots).
 	Reboot bool
+	// Progress sends a progress message to the LifecycleService client
+	// (nil for MachineService.Upgrade, which answers before it acts).
+	Progress func(msg string)
 }
+
+// ErrNotPulled is what OnUpgrade wraps when a LifecycleService upgrade
+// names an image ImageService.Pull has not pulled: Talos runs the
+// installer from containerd's store and fails the call (gRPC Internal).
+var ErrNotPulled = errors.New("not found in containerd store")
 
 // Reset is one reset request (machine.ResetRequest's options).
 type Reset struct {
@@ -99,8 +108,11 @@ type Config struct {
 	// should return quickly (act in the background), as Talos replies
 	// before it acts.
 	OnUpgrade func(ctx context.Context, u Upgrade) error
-	OnReset   func(ctx context.Context, r Reset) error
-	OnReboot  func(ctx context.Context) error
+	// OnPull pulls an image (ImageService.Pull) and returns the reference
+	// pinned to its digest; nil leaves ImageService unimplemented.
+	OnPull   func(ctx context.Context, ref string) (pinned string, err error)
+	OnReset  func(ctx context.Context, r Reset) error
+	OnReboot func(ctx context.Context) error
 }
 
 // Server is the stand-in's apid.
@@ -205,6 +217,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	)
 	machine.RegisterMachineServiceServer(srv, s)
 	machine.RegisterLifecycleServiceServer(srv, lifecycle{s: s})
+	if s.cfg.OnPull != nil {
+		machine.RegisterImageServiceServer(srv, images{s: s})
+	}
 	storage.RegisterStorageServiceServer(srv, storageService{s: s})
 	registerState(srv, s.state)
 	s.log.Info("API listening", "addr", ln.Addr().String(), "maintenance", s.Maintenance())
@@ -357,12 +372,25 @@ func (s *Server) lifecycleUpgrade(req *machine.LifecycleServiceUpgradeRequest, s
 	}
 	code := int32(0)
 	if s.cfg.OnUpgrade != nil {
-		if err := s.cfg.OnUpgrade(ss.Context(), Upgrade{Image: image}); err != nil {
+		progress := func(m string) {
+			s.log.Info("upgrade progress", "message", m)
+			_ = msg(m) // a client gone: the installer runs on, as Talos's
+		}
+		err := s.cfg.OnUpgrade(ss.Context(), Upgrade{Image: image, Progress: progress})
+		if errors.Is(err, ErrNotPulled) {
+			return status.Error(codes.Internal, fmt.Sprintf("upgrade failed: %v", err))
+		}
+		if err != nil {
 			code = 1
 			if err := msg(err.Error()); err != nil {
 				return err
 			}
 		}
+	}
+	if code == 0 {
+		s.log.Info("upgrade completed successfully", "exit_code", code)
+	} else {
+		s.log.Error("upgrade failed", "exit_code", code)
 	}
 	return send(&machine.LifecycleServiceInstallProgress{Response: &machine.LifecycleServiceInstallProgress_ExitCode{ExitCode: code}})
 }
@@ -485,4 +513,30 @@ type lifecycle struct {
 
 func (l lifecycle) Upgrade(req *machine.LifecycleServiceUpgradeRequest, ss grpc.ServerStreamingServer[machine.LifecycleServiceUpgradeResponse]) error {
 	return l.s.lifecycleUpgrade(req, ss)
+}
+
+// images serves ImageService.Pull (internal/app/images Service.Pull):
+// the image pulled through the machine's registry mirrors, its reference
+// answered pinned to its digest. Talos also streams layer progress; the
+// stand-in sends the name only (talosctl shows progress when there is
+// some).
+type images struct {
+	machine.UnimplementedImageServiceServer
+	s *Server
+}
+
+func (i images) Pull(req *machine.ImageServicePullRequest, ss grpc.ServerStreamingServer[machine.ImageServicePullResponse]) error {
+	ref := req.GetImageRef()
+	if ref == "" {
+		return status.Error(codes.InvalidArgument, "image reference is required")
+	}
+	i.s.log.Info("image pull request", "image", ref)
+	pinned, err := i.s.cfg.OnPull(ss.Context(), ref)
+	if errors.Is(err, imagepull.ErrNotFound) {
+		return status.Errorf(codes.NotFound, "error pulling image: %s", err)
+	}
+	if err != nil {
+		return fmt.Errorf("error pulling image: %w", err)
+	}
+	return ss.Send(&machine.ImageServicePullResponse{Response: &machine.ImageServicePullResponse_Name{Name: pinned}})
 }

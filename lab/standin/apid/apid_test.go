@@ -6,6 +6,8 @@ import (
 	stdx509 "crypto/x509"
 	"encoding/base64"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"slices"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/dotfile/rackboot/lab/standin/apid"
+	"github.com/dotfile/rackboot/lab/standin/imagepull"
 	"github.com/siderolabs/crypto/x509"
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/client"
@@ -31,6 +34,7 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/resources/block"
 	"github.com/siderolabs/talos/pkg/machinery/resources/hardware"
 	"github.com/siderolabs/talos/pkg/machinery/resources/network"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -79,7 +83,7 @@ func newPKI(t *testing.T, installDisk string) pki {
 type recorder struct {
 	mu       sync.Mutex
 	applied  [][]byte
-	upgrades []apid.Upgrade
+	upgrades []upgradeRec
 	resets   []apid.Reset
 	reboots  int
 }
@@ -94,7 +98,10 @@ func (r *recorder) config(cfg *apid.Config) {
 	cfg.OnUpgrade = func(_ context.Context, u apid.Upgrade) error {
 		r.mu.Lock()
 		defer r.mu.Unlock()
-		r.upgrades = append(r.upgrades, u)
+		if u.Progress != nil {
+			u.Progress("installing " + u.Image)
+		}
+		r.upgrades = append(r.upgrades, upgradeRec{Image: u.Image, Stage: u.Stage, Force: u.Force, Reboot: u.Reboot, Progress: u.Progress != nil})
 		return nil
 	}
 	cfg.OnReset = func(_ context.Context, rs apid.Reset) error {
@@ -109,6 +116,12 @@ func (r *recorder) config(cfg *apid.Config) {
 		r.reboots++
 		return nil
 	}
+}
+
+// upgradeRec is an apid.Upgrade as the recorder saw it.
+type upgradeRec struct {
+	Image                          string
+	Stage, Force, Reboot, Progress bool
 }
 
 // start serves the stand-in API for the testdata machine on loopback.
@@ -387,7 +400,7 @@ func TestConfiguredRoles(t *testing.T) {
 	if err != nil {
 		t.Fatalf("admin reset: %v", err)
 	}
-	wantU := []apid.Upgrade{{Image: image, Reboot: true}}
+	wantU := []upgradeRec{{Image: image, Reboot: true}}
 	wantR := apid.Reset{Reboot: true, Mode: machine.ResetRequest_SYSTEM_DISK, SystemPartitions: []string{"STATE", "EPHEMERAL"}}
 	if !slices.Equal(rec.upgrades, wantU) || len(rec.resets) != 1 || !resetEqual(rec.resets[0], wantR) {
 		t.Errorf("handed over: %+v %+v", rec.upgrades, rec.resets)
@@ -403,18 +416,12 @@ func TestConfiguredRoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exit := int32(-1)
-	for {
-		m, err := stream.Recv()
-		if err != nil {
-			break
-		}
-		if e, ok := m.GetProgress().GetResponse().(*machine.LifecycleServiceInstallProgress_ExitCode); ok {
-			exit = e.ExitCode
-		}
+	msgs, exit, err := drainUpgrade(stream)
+	if err != nil || exit != 0 || len(rec.upgrades) != 2 || rec.upgrades[1] != (upgradeRec{Image: image, Progress: true}) {
+		t.Errorf("lifecycle upgrade: exit %d, %v, handed over %+v", exit, err, rec.upgrades)
 	}
-	if exit != 0 || len(rec.upgrades) != 2 || rec.upgrades[1] != (apid.Upgrade{Image: image}) {
-		t.Errorf("lifecycle upgrade: exit %d, handed over %+v", exit, rec.upgrades)
+	if want := []string{"starting upgrade: installer_image=" + image + ", disk=/dev/nvme0n1", "installing " + image}; !slices.Equal(msgs, want) {
+		t.Errorf("lifecycle upgrade progress %q, want %q", msgs, want)
 	}
 	rs, err := reader.LifecycleClient.Upgrade(ctx(t), &machine.LifecycleServiceUpgradeRequest{Source: &machine.InstallArtifactsSource{ImageName: image}})
 	if err == nil {
@@ -514,4 +521,110 @@ func loadConfig(b []byte) (config.Provider, error) { return configloader.NewFrom
 func resetEqual(a, b apid.Reset) bool {
 	return a.Graceful == b.Graceful && a.Reboot == b.Reboot && a.Mode == b.Mode &&
 		slices.Equal(a.UserDisks, b.UserDisks) && slices.Equal(a.SystemPartitions, b.SystemPartitions)
+}
+
+// drainUpgrade reads a LifecycleService upgrade stream to its end.
+func drainUpgrade(stream grpc.ServerStreamingClient[machine.LifecycleServiceUpgradeResponse]) (msgs []string, exit int32, err error) {
+	exit = -1
+	for {
+		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return msgs, exit, nil
+		}
+		if err != nil {
+			return msgs, exit, err
+		}
+		switch r := m.GetProgress().GetResponse().(type) {
+		case *machine.LifecycleServiceInstallProgress_Message:
+			msgs = append(msgs, r.Message)
+		case *machine.LifecycleServiceInstallProgress_ExitCode:
+			exit = r.ExitCode
+		}
+	}
+}
+
+// TestUpgradeFlow is talosctl v1.13's upgrade against the stand-in's API:
+// ImageService.Pull (operators may, readers may not; a missing image is
+// NotFound; the answer is the reference pinned to its digest), then
+// LifecycleService.Upgrade of an image not pulled (Internal, as Talos's
+// "not found in containerd store"), an installer failure (exit code 1
+// and its message) and a success (exit code 0).
+func TestUpgradeFlow(t *testing.T) {
+	p := newPKI(t, "/dev/nvme0n1")
+	const image = "factory.talos.dev/installer/abc:v1.13.1"
+	const digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	var mu sync.Mutex
+	pulled := map[string]bool{}
+	_, addr, _ := configured(t, p, func(c *apid.Config) {
+		c.OnPull = func(_ context.Context, ref string) (string, error) {
+			if ref != image {
+				return "", fmt.Errorf("%s: %w", ref, imagepull.ErrNotFound)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			pulled[ref] = true
+			return "factory.talos.dev/installer/abc@" + digest, nil
+		}
+		c.OnUpgrade = func(_ context.Context, u apid.Upgrade) error {
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case !pulled[u.Image]:
+				return fmt.Errorf("installer image %q %w", u.Image, apid.ErrNotPulled)
+			case u.Image == image+"-broken":
+				return errors.New("the installer image lacks usr/install/amd64/vmlinuz")
+			}
+			u.Progress("boot files written")
+			return nil
+		}
+	})
+	admin := withConfig(t, p.admin, addr)
+	reader := withConfig(t, withRole(t, p, "os:reader"), addr)
+	operator := withConfig(t, withRole(t, p, "os:operator"), addr)
+
+	pull := func(c *client.Client, ref string) (string, error) {
+		s, err := c.ImageClient.Pull(ctx(t), &machine.ImageServicePullRequest{ImageRef: ref})
+		if err != nil {
+			return "", err
+		}
+		name := ""
+		for {
+			m, err := s.Recv()
+			if errors.Is(err, io.EOF) {
+				return name, nil
+			}
+			if err != nil {
+				return name, err
+			}
+			name = m.GetName()
+		}
+	}
+	if _, err := pull(reader, image); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("reader pulls: %v, want PermissionDenied", err)
+	}
+	if _, err := pull(operator, "factory.talos.dev/installer/abc:v9.9.9"); status.Code(err) != codes.NotFound {
+		t.Errorf("pull of a missing image: %v, want NotFound", err)
+	}
+	upgrade := func(ref string) ([]string, int32, error) {
+		s, err := admin.LifecycleClient.Upgrade(ctx(t), &machine.LifecycleServiceUpgradeRequest{Source: &machine.InstallArtifactsSource{ImageName: ref}})
+		if err != nil {
+			return nil, -1, err
+		}
+		return drainUpgrade(s)
+	}
+	if _, _, err := upgrade(image); status.Code(err) != codes.Internal || !strings.Contains(err.Error(), "upgrade failed: installer image") {
+		t.Errorf("upgrade before the pull: %v, want Internal", err)
+	}
+	if name, err := pull(operator, image); err != nil || name != "factory.talos.dev/installer/abc@"+digest {
+		t.Errorf("pull: %q, %v", name, err)
+	}
+	mu.Lock()
+	pulled[image+"-broken"] = true
+	mu.Unlock()
+	if msgs, exit, err := upgrade(image + "-broken"); err != nil || exit != 1 || len(msgs) == 0 || !strings.Contains(msgs[len(msgs)-1], "lacks usr/install") {
+		t.Errorf("failing installer: exit %d, %v, messages %q", exit, err, msgs)
+	}
+	if msgs, exit, err := upgrade(image); err != nil || exit != 0 || msgs[len(msgs)-1] != "boot files written" {
+		t.Errorf("upgrade: exit %d, %v, messages %q", exit, err, msgs)
+	}
 }

@@ -27,6 +27,7 @@ var rules = map[string]role.Set{
 	"/machine.MachineService/Upgrade":              role.MakeSet(role.Admin),
 	"/machine.MachineService/Version":              role.MakeSet(role.Admin, role.Operator, role.Reader),
 	"/machine.LifecycleService/Upgrade":            role.MakeSet(role.Admin),
+	"/machine.ImageService/Pull":                   role.MakeSet(role.Admin, role.Operator),
 	"/cosi.resource.State/Create":                  role.MakeSet(role.Admin),
 	"/cosi.resource.State/Destroy":                 role.MakeSet(role.Admin),
 	"/cosi.resource.State/Get":                     role.MakeSet(role.Admin, role.Operator, role.Reader),
