@@ -478,7 +478,7 @@ func resetMachine(ctx context.Context, tc *clientconfig.Config, addr string, tim
 	if !nodeExists && answerless(err) {
 		return true, nil
 	}
-	return false, fmt.Errorf("Talos API at %s: %w", addr, err)
+	return false, fmt.Errorf("the Talos API at %s: %w", addr, err)
 }
 
 // answerless: the machine's Talos API is not there (off, or back in

@@ -339,14 +339,12 @@ func TestRemoveControlPlane(t *testing.T) {
 	ms := members("formula", "urban", "pooka")
 	formula := l.talos("formula", ms, nil)
 	urban := l.talos("urban", ms, nil)
-	var pk *talosNode
-	pk = l.talos("pooka", ms, func(apid.Reset) {
+	pk := l.talos("pooka", ms, func(apid.Reset) {
 		// Talos's LeaveEtcd: the member leaves through the cluster.
 		go func() {
 			_, _ = urban.srv.EtcdRemoveMemberByID(context.Background(), &machine.EtcdRemoveMemberByIDRequest{MemberId: 0xa2})
 		}()
 	})
-	_ = pk
 	for _, n := range []string{"formula", "urban", "pooka"} {
 		l.node(n)
 	}
