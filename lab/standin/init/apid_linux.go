@@ -7,13 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io/fs"
 	"net"
 	"net/netip"
 	"strings"
 	"time"
 
+	"github.com/dotfile/rackboot/imager/bootloaders"
 	"github.com/dotfile/rackboot/lab/standin/apid"
 	"github.com/dotfile/rackboot/lab/standin/imagepull"
+	"github.com/dotfile/rackboot/lab/standin/install"
 	blkdev "github.com/siderolabs/go-blockdevice/v2/block"
 	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/config"
@@ -49,13 +52,35 @@ func (m *machine) startAPI(ctx context.Context, installDisk string, cfg config.P
 				return errors.New("a machine config is already being applied")
 			}
 		},
-		OnUpgrade: func(_ context.Context, u apid.Upgrade) error {
-			// The real upgrade (pull the image, install its boot files,
-			// boot them) is later work: record and reboot.
+		OnPull: func(ctx context.Context, ref string) (string, error) {
+			return m.pull(ctx, cfg, ref)
+		},
+		OnUpgrade: func(ctx context.Context, u apid.Upgrade) error {
 			m.log.Info("upgrade requested", "image", u.Image, "reboot", u.Reboot)
-			if u.Reboot {
-				go powerAfter(unix.LINUX_REBOOT_CMD_RESTART)
+			if !u.Reboot {
+				// LifecycleService: the image ImageService.Pull fetched,
+				// installed while the client waits; the client reboots.
+				a := m.pulledImage(u.Image)
+				if a == nil {
+					return fmt.Errorf("installer image %q %w", u.Image, apid.ErrNotPulled)
+				}
+				return m.upgrade(ctx, installDisk, u.Image, a, u.Progress)
 			}
+			// MachineService: Talos pulls and validates the image before
+			// it answers, then upgrades and reboots in the background.
+			a, res, err := m.pullImage(ctx, cfg, u.Image)
+			if err != nil {
+				return err
+			}
+			m.log.Info("installer image validated", "image", u.Image, "digest", res.Digest)
+			go func() {
+				defer a.remove()
+				if err := m.upgrade(context.Background(), installDisk, u.Image, a, nil); err != nil {
+					m.log.Error("upgrade failed: the machine stays on its version", "image", u.Image, "err", err)
+					return
+				}
+				powerAfter(unix.LINUX_REBOOT_CMD_RESTART)
+			}()
 			return nil
 		},
 		OnReboot: func(context.Context) error {
@@ -71,6 +96,15 @@ func (m *machine) startAPI(ctx context.Context, installDisk string, cfg config.P
 	if cfg != nil {
 		if v := imageTag(cfg.Machine().Install().Image()); v != "" {
 			c.Version = v
+		}
+		// An upgrade since the install names its image on STATE.
+		if installDisk == "" {
+			// Not installed: nothing was upgraded.
+		} else if up, err := install.ReadUpgradedImagePath(installDisk); err != nil {
+			m.log.Warn("read the upgraded image from STATE", "disk", installDisk, "err", err)
+		} else if v := imageTag(up); v != "" {
+			c.Version = v
+			m.log.Info("running an upgraded installation", "image", up, "version", v)
 		}
 		if cfg.Machine().Type().IsControlPlane() && len(addrs) > 0 {
 			c.EtcdMembers = []*machineapi.EtcdMember{selfMember(m.rep.Name, addrs[0])}
@@ -199,4 +233,80 @@ func selfMember(name string, ip netip.Addr) *machineapi.EtcdMember {
 		Id: h.Sum64(), Hostname: name,
 		PeerUrls: []string{"https://" + host}, ClientUrls: []string{"https://" + client},
 	}
+}
+
+// pull is ImageService.Pull: the image through the config's registry
+// mirrors, kept (in /run) for a LifecycleService upgrade; an image pulled
+// before is not pulled again (Talos: WithSkipIfAlreadyPulled). It answers
+// the reference pinned to its digest.
+func (m *machine) pull(ctx context.Context, cfg config.Provider, image string) (string, error) {
+	if cfg == nil {
+		return "", errors.New("the machine has no config: no registry mirrors to pull through")
+	}
+	ref, err := imagepull.ParseRef(image)
+	if err != nil {
+		return "", fmt.Errorf("failed to parse image reference: %w", err)
+	}
+	if a := m.pulledImage(image); a != nil && a.pinned != "" {
+		return a.pinned, nil
+	}
+	a, res, err := m.pullImage(ctx, cfg, image)
+	if err != nil {
+		return "", err
+	}
+	pinned := ref.Host + "/" + ref.Repo + "@" + res.Digest
+	a.pinned = pinned
+	m.pulledMu.Lock()
+	defer m.pulledMu.Unlock()
+	if m.pulled == nil {
+		m.pulled = map[string]*installerAssets{}
+	}
+	if old := m.pulled[image]; old != nil {
+		old.remove()
+	}
+	m.pulled[image], m.pulled[pinned] = a, a
+	m.log.Info("image pulled", "image", image, "pinned", pinned, "bytes", res.Bytes, "endpoint", res.Endpoint)
+	return pinned, nil
+}
+
+func (m *machine) pulledImage(image string) *installerAssets {
+	m.pulledMu.Lock()
+	defer m.pulledMu.Unlock()
+	return m.pulled[image]
+}
+
+// upgrade is Talos's installer in upgrade mode on the system disk: the
+// image's kernel and initramfs replace the boot files on the ESP, STATE
+// names the image (the next boot reports its version), META stays.
+// progress, when not nil, gets the installer's messages.
+func (m *machine) upgrade(ctx context.Context, disk, image string, a *installerAssets, progress func(string)) error {
+	say := func(msg string) {
+		m.log.Info("upgrade: " + msg)
+		if progress != nil {
+			progress(msg)
+		}
+	}
+	if disk == "" {
+		return errors.New("system disk not found")
+	}
+	loaders, err := bootloaders.FS()
+	if err != nil {
+		return err
+	}
+	loader, err := fs.ReadFile(loaders, bootloaders.SystemdBoot)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	say(fmt.Sprintf("writing the kernel and initramfs of %s to the EFI partition of %s", image, disk))
+	u := install.Upgrade{Loader: loader, Kernel: a.kernel, Initramfs: a.initramfs, Cmdline: m.cmd.Installed(), Image: image}
+	if err := install.UpgradePath(ctx, disk, u); err != nil {
+		return fmt.Errorf("upgrade %s: %w", disk, err)
+	}
+	v := imageTag(image)
+	if v == "" {
+		v = "the image's version"
+	}
+	say(fmt.Sprintf("upgrade of %s done in %s: reboot to run %s", disk, time.Since(start).Round(time.Millisecond), v))
+	return nil
 }

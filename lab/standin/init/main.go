@@ -35,6 +35,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dotfile/rackboot/imager/bootloaders"
@@ -139,6 +140,10 @@ type machine struct {
 	stayUp bool
 	// efiVars: efivarfs, on a UEFI boot.
 	efiVars *efiboot.Vars
+	// pulled are the installer images ImageService.Pull fetched, by the
+	// reference asked for and by the pinned one.
+	pulledMu sync.Mutex
+	pulled   map[string]*installerAssets
 }
 
 func (m *machine) run(ctx context.Context) report.Report {
@@ -435,6 +440,8 @@ func kmsgDestinations(cmd *cmdline.Cmdline, cfg config.Provider) []string {
 // installerAssets are the boot files unpacked from the installer image.
 type installerAssets struct {
 	dir, kernel, initramfs string
+	// pinned is the reference pinned to the pulled digest.
+	pinned string
 }
 
 func (a *installerAssets) remove() {
@@ -456,6 +463,18 @@ func (m *machine) pullInstaller(ctx context.Context, cfg config.Provider) (*inst
 		image = defaultInstallerImage
 	}
 	m.rep.InstallerImage = image
+	a, res, err := m.pullImage(ctx, cfg, image)
+	if err != nil {
+		return nil, err
+	}
+	m.rep.InstallerDigest, m.rep.InstallerEndpoint = res.Digest, res.Endpoint
+	m.rep.InstallerBytes, m.rep.InstallerAttempts = res.Bytes, res.Attempts
+	return a, nil
+}
+
+// pullImage pulls an installer image through the config's registry
+// mirrors and finds its kernel and initramfs (see pullInstaller).
+func (m *machine) pullImage(ctx context.Context, cfg config.Provider, image string) (*installerAssets, *imagepull.Result, error) {
 	mirrors := imagepull.FromConfig(cfg.RegistryMirrorConfigs())
 	if ref, err := imagepull.ParseRef(image); err == nil {
 		eps := imagepull.Endpoints(mirrors, ref.Host)
@@ -471,10 +490,8 @@ func (m *machine) pullInstaller(ctx context.Context, cfg config.Provider) (*inst
 	})
 	res, err := c.Pull(ctx, image, mirrors, "/run")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	m.rep.InstallerDigest, m.rep.InstallerEndpoint = res.Digest, res.Endpoint
-	m.rep.InstallerBytes, m.rep.InstallerAttempts = res.Bytes, res.Attempts
 	a := &installerAssets{
 		dir:       res.Dir,
 		kernel:    filepath.Join(res.Dir, strings.TrimPrefix(fmt.Sprintf(constants.KernelAssetPath, runtime.GOARCH), "/")),
@@ -483,10 +500,10 @@ func (m *machine) pullInstaller(ctx context.Context, cfg config.Provider) (*inst
 	for _, p := range []string{a.kernel, a.initramfs} {
 		if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
 			a.remove()
-			return nil, fmt.Errorf("installer image %s (%s) lacks /%s", image, res.Digest, strings.TrimPrefix(p, res.Dir+"/"))
+			return nil, nil, fmt.Errorf("installer image %s (%s) lacks /%s", image, res.Digest, strings.TrimPrefix(p, res.Dir+"/"))
 		}
 	}
-	return a, nil
+	return a, res, nil
 }
 
 // install writes the installed system on dev like Talos's installer for
