@@ -9,7 +9,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"slices"
@@ -503,5 +505,51 @@ func TestEtcdWarnings(t *testing.T) {
 				t.Errorf("%d members, dead %v: warning %d = %q, want %q", tc.n, tc.dead, i, got[i], w)
 			}
 		}
+	}
+}
+
+// TestRemoveWithServe: with a serve running (its control socket, its
+// inventory and its live rack, wired as serve wires them), the installed
+// mark is cleared through it and it reloads the rack without the machine.
+func TestRemoveWithServe(t *testing.T) {
+	l := newRemoveLab(t)
+	mastema := l.talos("mastema", nil, nil)
+	l.node("mastema")
+	st, err := inventory.Open(l.state)
+	must(t, err)
+	t.Cleanup(func() { st.Close() })
+	st.Declare("mastema")
+	must(t, st.MarkStage("mastema", "installed", "talos installed"))
+	r, err := profiles.LoadFile(l.rack)
+	must(t, err)
+	live := newLiveRack(r, slog.New(slog.DiscardHandler))
+	live.start(func(*profiles.Rack) *profiles.Booter { return nil })
+	ln, err := listenControl(l.state)
+	must(t, err)
+	h := controlHandler(http.NotFoundHandler(), controlActions{
+		reinstall: st.Reset,
+		forget:    st.Forget,
+		reload:    func() (string, error) { return live.reload(l.rack, st) },
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serveControl(ctx, ln, h, slog.New(slog.DiscardHandler)) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("control socket: %v", err)
+		}
+	})
+
+	out, err := l.run("", "mastema", "--yes", "--node", "mastema="+mastema.addr)
+	if err != nil {
+		t.Fatalf("remove: %v", err)
+	}
+	wantOutput(t, out, "forgot that mastema is installed", "the running rackboot serve reloaded the rack")
+	if st.Installed("mastema") {
+		t.Error("serve's inventory still marks mastema installed")
+	}
+	if live.Rack().Machine("mastema") != nil || live.Rack().Machine("verus") == nil {
+		t.Error("serve's rack after the reload: mastema still there, or verus gone")
 	}
 }
