@@ -27,6 +27,7 @@ import (
 	eventsapi "github.com/siderolabs/siderolink/api/events"
 	sinkpkg "github.com/siderolabs/siderolink/pkg/events"
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
+	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 	"github.com/siderolabs/talos/pkg/machinery/config"
 	docconfig "github.com/siderolabs/talos/pkg/machinery/config/config"
 	"github.com/siderolabs/talos/pkg/machinery/config/container"
@@ -124,7 +125,7 @@ func TestBootInQEMU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pushInstaller := startMirror(t, ns)
+	push := startMirror(t, ns)
 
 	// Disks: garbage everywhere, so that what changes is visible.
 	disks := map[string]string{}
@@ -164,7 +165,7 @@ func TestBootInQEMU(t *testing.T) {
 		t.Error("boot 0: the NVMe disk was written although the installer image could not be pulled")
 	}
 	srv.reset()
-	pushInstaller(inst)
+	push(installerRef, inst)
 
 	// Boot 1: install.
 	rep, took = bootVM(t, ns, img, disks, srv, work, "boot1")
@@ -442,9 +443,9 @@ func startServers(t *testing.T, ns *netns.NS, cfg []byte) *servers {
 
 // startMirror runs Debian's docker-registry on mirrorAddr in the namespace
 // (the config mirrors factory.talos.dev to it, skipFallback: nothing else
-// is reachable); push puts an image there as installerRef's repository
-// and tag.
-func startMirror(t *testing.T, ns *netns.NS) (push func(v1.Image)) {
+// is reachable); push puts an image there as ref (a factory.talos.dev
+// reference).
+func startMirror(t *testing.T, ns *netns.NS) (push func(ref string, img v1.Image)) {
 	t.Helper()
 	if _, err := os.Stat(registrytest.Binary); err != nil {
 		t.Fatalf("%s not found: apt-get install docker-registry", registrytest.Binary)
@@ -480,9 +481,9 @@ func startMirror(t *testing.T, ns *netns.NS) (push func(v1.Image)) {
 			t.Fatalf("docker-registry on %s not ready: %v\n%s", mirrorAddr, err, p.Output())
 		}
 	}
-	return func(img v1.Image) {
+	return func(image string, img v1.Image) {
 		t.Helper()
-		ref, err := name.ParseReference(strings.Replace(installerRef, "factory.talos.dev", mirrorAddr, 1), name.Insecure)
+		ref, err := name.ParseReference(strings.Replace(image, "factory.talos.dev", mirrorAddr, 1), name.Insecure)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -525,6 +526,14 @@ func dhcpReply(m *dhcpv4.DHCPv4, mac net.HardwareAddr) (*dhcpv4.DHCPv4, bool) {
 // standin-1, installing to the first NVMe disk.
 func machineConfig(t *testing.T) []byte {
 	t.Helper()
+	cfg, _ := machineConfigAndTalosconfig(t)
+	return cfg
+}
+
+// machineConfigAndTalosconfig is machineConfig with its admin
+// talosconfig (the same secrets); certSANs go into machine.certSANs.
+func machineConfigAndTalosconfig(t *testing.T, certSANs ...string) ([]byte, *clientconfig.Config) {
+	t.Helper()
 	bundle, err := secrets.NewBundle(secrets.NewFixedClock(time.Now()), config.TalosVersion1_13)
 	if err != nil {
 		t.Fatal(err)
@@ -545,6 +554,7 @@ func machineConfig(t *testing.T) []byte {
 		case *v1alpha1.Config:
 			d.MachineConfig.MachineInstall.InstallDisk = ""
 			d.MachineConfig.MachineInstall.InstallDiskSelector = &v1alpha1.InstallDiskSelector{Type: "nvme"}
+			d.MachineConfig.MachineCertSANs = certSANs
 		case *network.HostnameConfigV1Alpha1:
 			d.ConfigAuto = new(nethelpers.AutoHostnameKindOff)
 			d.ConfigHostname = vmName
@@ -564,7 +574,11 @@ func machineConfig(t *testing.T) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return out
+	tc, err := in.Talosconfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, tc
 }
 
 func hasMeta(t *testing.T, p string) bool {

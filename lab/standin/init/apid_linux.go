@@ -64,7 +64,9 @@ func (m *machine) startAPI(ctx context.Context, installDisk string, cfg config.P
 				if a == nil {
 					return fmt.Errorf("installer image %q %w", u.Image, apid.ErrNotPulled)
 				}
-				return m.upgrade(ctx, installDisk, u.Image, a, u.Progress)
+				// Detached: a client that goes away must not stop the write
+				// half way through the ESP.
+				return m.upgrade(context.WithoutCancel(ctx), installDisk, u.Image, a, u.Progress)
 			}
 			// MachineService: Talos pulls and validates the image before
 			// it answers, then upgrades and reboots in the background.
