@@ -258,5 +258,5 @@ func (d *doc) setClusterScalar(key, value string) ([]byte, error) {
 		from := d.offset(v.Line, v.Column)
 		return splice(d.src, from, scalarEnd(d.src, from, flow), st.scalar(&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: value}, key, flow)), nil
 	}
-	return nil, fmt.Errorf("no cluster.%s in the rack file: add `%s: %s` under cluster:", key, key, value)
+	return nil, fmt.Errorf("no cluster.%s in the rack file: add `%s: %s` under the cluster section", key, key, value)
 }
