@@ -199,39 +199,9 @@ func cephGate(name string) Gate {
 	}
 }
 
-const cephSet = `
-apiVersion: v1
-kind: Namespace
-metadata: {name: rook-ceph}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: cephclusters.ceph.rook.io}
-spec:
-  group: ceph.rook.io
-  scope: Namespaced
-  names: {plural: cephclusters, singular: cephcluster, kind: CephCluster, listKind: CephClusterList}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    subresources: {status: {}}
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
-          status: {type: object, x-kubernetes-preserve-unknown-fields: true}
----
-apiVersion: ceph.rook.io/v1
-kind: CephCluster
-metadata: {name: rook-ceph, namespace: rook-ceph}
-spec: {dataDirHostPath: /var/lib/rook}
-`
-
 func testGates(t *testing.T, cfg *rest.Config) {
 	ctx := t.Context()
-	if _, err := Apply(ctx, cfg, objects(t, cephSet), WithPollInterval(50*time.Millisecond)); err != nil {
+	if _, err := Apply(ctx, cfg, objects(t, kubetest.CephClusterYAML), WithPollInterval(50*time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
 	clusters := dynamic.NewForConfigOrDie(cfg).Resource(cephGate("").GVR).Namespace("rook-ceph")

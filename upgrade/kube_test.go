@@ -170,41 +170,11 @@ func (k *kube) unschedulable(node string) bool {
 	return n.Spec.Unschedulable
 }
 
-const cephYAML = `
-apiVersion: v1
-kind: Namespace
-metadata: {name: rook-ceph}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: cephclusters.ceph.rook.io}
-spec:
-  group: ceph.rook.io
-  scope: Namespaced
-  names: {plural: cephclusters, singular: cephcluster, kind: CephCluster, listKind: CephClusterList}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    subresources: {status: {}}
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
-          status: {type: object, x-kubernetes-preserve-unknown-fields: true}
----
-apiVersion: ceph.rook.io/v1
-kind: CephCluster
-metadata: {name: rook-ceph, namespace: rook-ceph}
-spec: {dataDirHostPath: /var/lib/rook}
-`
-
 // ceph installs the CephCluster CRD and object, as Rook's bundle would.
 func (k *kube) ceph(cfgApply func([]*unstructured.Unstructured)) {
 	k.t.Helper()
 	var objs []*unstructured.Unstructured
-	for _, doc := range strings.Split(cephYAML, "\n---\n") {
+	for _, doc := range strings.Split(kubetest.CephClusterYAML, "\n---\n") {
 		var m map[string]any
 		if err := yaml.Unmarshal([]byte(doc), &m); err != nil {
 			k.t.Fatal(err)
