@@ -526,13 +526,14 @@ func dhcpReply(m *dhcpv4.DHCPv4, mac net.HardwareAddr) (*dhcpv4.DHCPv4, bool) {
 // standin-1, installing to the first NVMe disk.
 func machineConfig(t *testing.T) []byte {
 	t.Helper()
-	cfg, _ := machineConfigAndTalosconfig(t)
+	cfg, _ := machineConfigAndTalosconfig(t, mtype.TypeWorker)
 	return cfg
 }
 
-// machineConfigAndTalosconfig is machineConfig with its admin
-// talosconfig (the same secrets); certSANs go into machine.certSANs.
-func machineConfigAndTalosconfig(t *testing.T, certSANs ...string) ([]byte, *clientconfig.Config) {
+// machineConfigAndTalosconfig is machineConfig for a machine of typ with
+// its admin talosconfig (the same secrets); certSANs go into
+// machine.certSANs.
+func machineConfigAndTalosconfig(t *testing.T, typ mtype.Type, certSANs ...string) ([]byte, *clientconfig.Config) {
 	t.Helper()
 	bundle, err := secrets.NewBundle(secrets.NewFixedClock(time.Now()), config.TalosVersion1_13)
 	if err != nil {
@@ -543,7 +544,7 @@ func machineConfigAndTalosconfig(t *testing.T, certSANs ...string) ([]byte, *cli
 	if err != nil {
 		t.Fatal(err)
 	}
-	gen, err := in.Config(mtype.TypeWorker)
+	gen, err := in.Config(typ)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/dotfile/rackboot/lab/standin/installer"
 	"github.com/dotfile/rackboot/lab/standin/report"
 	"github.com/dotfile/rackboot/upgrade"
+	mtype "github.com/siderolabs/talos/pkg/machinery/config/machine"
 )
 
 const (
@@ -102,7 +103,9 @@ func TestUpgradeInQEMU(t *testing.T) {
 		t.Fatalf("the upgrade image has the install image's digest %s", d1)
 	}
 
-	cfg, tc := machineConfigAndTalosconfig(t, "127.0.0.1")
+	// A control plane: a worker's API certificate comes from trustd, which
+	// the stand-in does not run.
+	cfg, tc := machineConfigAndTalosconfig(t, mtype.TypeControlPlane, "127.0.0.1")
 	ns := netns.New(t, "standinup")
 	ns.AddBridge("br0", netip.MustParsePrefix(serverIP+"/24"))
 	for _, args := range [][]string{
