@@ -5,8 +5,8 @@
 // reads of disks, links and system information and ApplyConfiguration; in
 // configured mode (mutual TLS from the machine config's CA, roles from the
 // client certificate) Version, Upgrade (MachineService and
-// LifecycleService), Reboot, Reset, EtcdMemberList, EtcdRemoveMemberByID
-// and the same reads; in both, the disks' DiscoveredVolumes and
+// LifecycleService), ImageService.Pull (when Config.OnPull is set), Reboot,
+// Reset, EtcdMemberList, EtcdRemoveMemberByID and the same reads; in both, the disks' DiscoveredVolumes and
 // StorageService.BlockDeviceWipe. What the machine does with an applied config, an
 // upgrade or a reset is the init's: the server hands them over through the
 // callbacks in Config.
