@@ -29,6 +29,7 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/resources/block"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -347,33 +348,7 @@ func TestDisksWipeRookOSD(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: rookNamespace}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	osd := func(id, node, dev string) {
-		one := int32(1)
-		labels := map[string]string{"app": "rook-ceph-osd", "ceph-osd-id": id}
-		d := &appsv1.Deployment{
-			ObjectMeta: metav1.ObjectMeta{Name: "rook-ceph-osd-" + id, Labels: labels},
-			Spec: appsv1.DeploymentSpec{
-				Replicas: &one,
-				Selector: &metav1.LabelSelector{MatchLabels: labels},
-				Template: corev1.PodTemplateSpec{
-					ObjectMeta: metav1.ObjectMeta{Labels: labels},
-					Spec: corev1.PodSpec{
-						NodeSelector: map[string]string{"kubernetes.io/hostname": node},
-						Containers: []corev1.Container{{Name: "osd", Image: "quay.io/ceph/ceph:v19.2.3",
-							Env: []corev1.EnvVar{{Name: "ROOK_BLOCK_PATH", Value: dev}}}},
-					},
-				},
-			},
-		}
-		if _, err := cs.AppsV1().Deployments(rookNamespace).Create(ctx, d, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	osd("1", "urban", "/dev/sda")
+	makeRookOSD(t, cs, "1", "urban", "/dev/sda")
 	wipe := func(serial string) []string {
 		return []string{"disks", "wipe", "formula", "--node", "formula=" + l.addr, "--serial", serial, "--yes", "--kubeconfig", env.Kubeconfig}
 	}
@@ -382,7 +357,7 @@ func TestDisksWipeRookOSD(t *testing.T) {
 	if err != nil {
 		t.Fatalf("wipe with another node's OSD: %v\n%s", err, out)
 	}
-	osd("3", "formula", "/dev/sda")
+	makeRookOSD(t, cs, "3", "formula", "/dev/sda")
 	out, err = l.run(t, "", wipe("WD-OLD-1")...)
 	if err == nil || !strings.Contains(err.Error(), "sda on formula is Rook's: OSD 3 (rook-ceph-osd-3) uses /dev/sda") {
 		t.Errorf("wipe of an OSD's disk: %v\n%s", err, out)
@@ -457,5 +432,40 @@ func TestDiskRows(t *testing.T) {
 	rows = diskRows("lailah", ds, vols, "sdc", regexp.MustCompile(`^sd[a-z]+$`))
 	if r := rows[3]; !r.Install || r.Ceph || r.Verdict != "" {
 		t.Errorf("install sdc: %+v", r)
+	}
+}
+
+// makeRookOSD creates Rook's OSD deployment rook-ceph-osd-<id> on node
+// (ROOK_BLOCK_PATH dev when not empty), and the rook-ceph namespace with
+// the first one, as Rook's operator would.
+func makeRookOSD(t *testing.T, cs kubernetes.Interface, id, node, dev string) {
+	t.Helper()
+	ctx := context.Background()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: rookNamespace}}
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	one := int32(1)
+	labels := map[string]string{"app": "rook-ceph-osd", "ceph-osd-id": id}
+	c := corev1.Container{Name: "osd", Image: "quay.io/ceph/ceph:v19.2.3"}
+	if dev != "" {
+		c.Env = []corev1.EnvVar{{Name: "ROOK_BLOCK_PATH", Value: dev}}
+	}
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "rook-ceph-osd-" + id, Labels: labels},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &one,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					NodeSelector: map[string]string{"kubernetes.io/hostname": node},
+					Containers:   []corev1.Container{c},
+				},
+			},
+		},
+	}
+	if _, err := cs.AppsV1().Deployments(rookNamespace).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 }

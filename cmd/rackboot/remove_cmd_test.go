@@ -23,7 +23,6 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
 	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -443,24 +442,10 @@ func TestRemoveRefusesRookOSD(t *testing.T) {
 	mastema := l.talos("mastema", nil, nil)
 	l.node("mastema", "web-1")
 	ctx := t.Context()
-	_, err := l.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: rookNamespace}}, metav1.CreateOptions{})
-	must(t, err)
-	osd := func(id, node string) {
-		one := int32(1)
-		labels := map[string]string{"app": "rook-ceph-osd", "ceph-osd-id": id}
-		_, err := l.cs.AppsV1().Deployments(rookNamespace).Create(ctx, &appsv1.Deployment{
-			ObjectMeta: metav1.ObjectMeta{Name: "rook-ceph-osd-" + id, Labels: labels},
-			Spec: appsv1.DeploymentSpec{Replicas: &one, Selector: &metav1.LabelSelector{MatchLabels: labels},
-				Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: corev1.PodSpec{
-					NodeSelector: map[string]string{"kubernetes.io/hostname": node},
-					Containers:   []corev1.Container{{Name: "osd", Image: "quay.io/ceph/ceph:v19.2.3"}}}}},
-		}, metav1.CreateOptions{})
-		must(t, err)
-	}
-	osd("0", "lailah")
-	osd("4", "mastema")
+	makeRookOSD(t, l.cs, "0", "lailah", "")
+	makeRookOSD(t, l.cs, "4", "mastema", "")
 	before := l.rackText()
-	_, err = l.run("", "mastema", "--yes", "--node", "mastema="+mastema.addr)
+	_, err := l.run("", "mastema", "--yes", "--node", "mastema="+mastema.addr)
 	if err == nil {
 		t.Fatal("remove of a node with an OSD went through")
 	}

@@ -18,8 +18,6 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/kubernetes"
 
@@ -156,37 +154,11 @@ func TestUpDiskCheckRookOSD(t *testing.T) {
 	}
 	l := newDisksLab(t)
 	eps := map[string]string{"formula": l.addr}
-	ctx := context.Background()
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: rookNamespace}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	osd := func(id, node, dev string) {
-		one := int32(1)
-		labels := map[string]string{"app": "rook-ceph-osd", "ceph-osd-id": id}
-		d := &appsv1.Deployment{
-			ObjectMeta: metav1.ObjectMeta{Name: "rook-ceph-osd-" + id, Labels: labels},
-			Spec: appsv1.DeploymentSpec{
-				Replicas: &one,
-				Selector: &metav1.LabelSelector{MatchLabels: labels},
-				Template: corev1.PodTemplateSpec{
-					ObjectMeta: metav1.ObjectMeta{Labels: labels},
-					Spec: corev1.PodSpec{
-						NodeSelector: map[string]string{"kubernetes.io/hostname": node},
-						Containers: []corev1.Container{{Name: "osd", Image: "quay.io/ceph/ceph:v19.2.3",
-							Env: []corev1.EnvVar{{Name: "ROOK_BLOCK_PATH", Value: dev}}}},
-					},
-				},
-			},
-		}
-		if _, err := cs.AppsV1().Deployments(rookNamespace).Create(ctx, d, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	osd("1", "urban", "/dev/sda")
+	makeRookOSD(t, cs, "1", "urban", "/dev/sda")
 	if _, _, err := upDiskRun(t, l, eps, []string{"formula"}, rookOSDs(cs)); err == nil || !strings.Contains(err.Error(), "wipe formula --serial WD-OLD-1") {
 		t.Fatalf("another node's OSD: err = %v, want the stop on sda", err)
 	}
-	osd("3", "formula", "/dev/sda")
+	makeRookOSD(t, cs, "3", "formula", "/dev/sda")
 	c, out, err := upDiskRun(t, l, eps, []string{"formula"}, rookOSDs(cs))
 	if err != nil {
 		t.Fatal(err)
