@@ -15,16 +15,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
 	"github.com/siderolabs/talos/pkg/machinery/resources/block"
 	appsv1 "k8s.io/api/apps/v1"
@@ -33,7 +30,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/dotfile/rackboot/disks"
+	"github.com/dotfile/rackboot/disks/diskstest"
 	"github.com/dotfile/rackboot/internal/kubetest"
 	"github.com/dotfile/rackboot/lab/standin/apid"
 	"github.com/dotfile/rackboot/profiles"
@@ -44,52 +41,6 @@ const cephDiskSize = 2 << 30
 type disksLab struct {
 	rack, state, root, addr string
 	sda, vdb                string
-}
-
-func needTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Fatalf("%s not found: install the Debian package %s (apt-get install %s)", name, pkg, pkg)
-	}
-	return p
-}
-
-// diskImage writes a sparse image; gpt adds a GPT with an ext4 partition
-// (1 MiB, 64 MiB, label olddata); labels are bluestore label offsets.
-func diskImage(t *testing.T, p string, size int64, gpt bool, labels ...int64) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	if gpt {
-		for _, c := range [][]string{
-			{needTool(t, "sgdisk", "gdisk"), "--new=1:2048:+64M", "--change-name=1:old-data", p},
-			{needTool(t, "mkfs.ext4", "e2fsprogs"), "-q", "-F", "-L", "olddata", "-E", "offset=" + strconv.Itoa(1<<20), p, strconv.Itoa(64<<10) + "k"},
-		} {
-			if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
-				t.Fatalf("%v: %v\n%s", c, err, out)
-			}
-		}
-	}
-	label, err := disks.EncodeLabel(disks.Label{OSDUUID: uuid.MustParse("7c1b8a0e-3d52-4b8e-9a51-2f4c6d8e0b13"), Size: uint64(size), Description: "main",
-		Meta: map[string]string{"multi": "yes", "whoami": "3"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, off := range labels {
-		if _, err := f.WriteAt(label, off); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
 
 func newDisksLab(t *testing.T) disksLab {
@@ -114,10 +65,10 @@ func newDisksLab(t *testing.T) disksLab {
 	}
 	l.sda = filepath.Join(l.root, "dev/sda")
 	l.vdb = filepath.Join(l.root, "dev/vdb")
-	diskImage(t, filepath.Join(l.root, "dev/nvme0n1"), 128<<20, true)
-	diskImage(t, l.sda, cephDiskSize, true, 0, 1<<30)
-	diskImage(t, filepath.Join(l.root, "dev/sdb"), 64<<20, false)
-	diskImage(t, l.vdb, 128<<20, true)
+	diskstest.Seed(t, filepath.Join(l.root, "dev/nvme0n1"), 128<<20, true)
+	diskstest.Seed(t, l.sda, cephDiskSize, true, 0, 1<<30)
+	diskstest.Seed(t, filepath.Join(l.root, "dev/sdb"), 64<<20, false)
+	diskstest.Seed(t, l.vdb, 128<<20, true)
 	disk := func(name, serial, transport string, size uint64) block.DiskSpec {
 		d := block.DiskSpec{DevPath: "/dev/" + name, Serial: serial, Transport: transport, SectorSize: 512, IOSize: 512, Model: "test " + transport}
 		d.SetSize(size)
@@ -278,30 +229,12 @@ func TestDisksWipeRefuses(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "not confirmed") || !strings.Contains(out, "Type the machine's name") {
 		t.Errorf("wrong name typed: %v\n%s", err, out)
 	}
-	if len(inspectImage(t, l.sda).Labels()) != 2 {
+	if len(diskstest.Inspect(t, l.sda).Labels()) != 2 {
 		t.Error("a refused wipe touched sda")
 	}
-	if rep := inspectImage(t, l.vdb); len(rep.Partitions) != 1 {
+	if rep := diskstest.Inspect(t, l.vdb); len(rep.Partitions) != 1 {
 		t.Errorf("a refused wipe touched vdb: %s", rep.Summary())
 	}
-}
-
-func inspectImage(t *testing.T, p string) disks.Report {
-	t.Helper()
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rep, err := disks.Inspect(f, fi.Size())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rep
 }
 
 // TestDisksWipe: the fast wipe, confirmed by typing the name, leaves
@@ -320,7 +253,7 @@ func TestDisksWipe(t *testing.T) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
-	rep := inspectImage(t, l.sda)
+	rep := diskstest.Inspect(t, l.sda)
 	if ls := rep.Labels(); len(ls) != 1 || ls[0].Offset != 1<<30 {
 		t.Errorf("after the fast wipe the image holds %s; want the label copy at 1 GiB only (Talos's real behaviour)", rep.Summary())
 	}
@@ -334,7 +267,7 @@ func TestDisksWipe(t *testing.T) {
 	if err != nil {
 		t.Fatalf("wipe zeroes: %v", err)
 	}
-	if rep := inspectImage(t, l.sda); !rep.Clean() {
+	if rep := diskstest.Inspect(t, l.sda); !rep.Clean() {
 		t.Errorf("after zeroes: %s", rep.Summary())
 	}
 }
@@ -362,7 +295,7 @@ func TestDisksWipeRookOSD(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "sda on formula is Rook's: OSD 3 (rook-ceph-osd-3) uses /dev/sda") {
 		t.Errorf("wipe of an OSD's disk: %v\n%s", err, out)
 	}
-	if len(inspectImage(t, l.sda).Labels()) != 2 {
+	if len(diskstest.Inspect(t, l.sda).Labels()) != 2 {
 		t.Error("the refused wipe touched sda")
 	}
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/dotfile/rackboot/bringup"
 	"github.com/dotfile/rackboot/bundles"
+	"github.com/dotfile/rackboot/disks/diskstest"
 	"github.com/dotfile/rackboot/internal/kubetest"
 	"github.com/dotfile/rackboot/profiles"
 )
@@ -138,7 +139,7 @@ func TestUpDiskCheckStandin(t *testing.T) {
 		t.Errorf("second run output lacks the verdicts or the blind-spot note")
 	}
 	// What the check cannot see: the fast wipe left the copy at 1 GiB.
-	if ls := inspectImage(t, l.sda).Labels(); len(ls) != 1 || ls[0].Offset != 1<<30 {
+	if ls := diskstest.Inspect(t, l.sda).Labels(); len(ls) != 1 || ls[0].Offset != 1<<30 {
 		t.Errorf("sda labels after the fast wipe: %+v; want the copy at 1 GiB (Talos's blind spot)", ls)
 	}
 }

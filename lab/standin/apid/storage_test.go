@@ -7,19 +7,16 @@ package apid_test
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/dotfile/rackboot/disks"
+	"github.com/dotfile/rackboot/disks/diskstest"
 	"github.com/dotfile/rackboot/lab/standin/apid"
-	"github.com/google/uuid"
 	"github.com/siderolabs/talos/pkg/machinery/api/storage"
 	"github.com/siderolabs/talos/pkg/machinery/client"
 	"github.com/siderolabs/talos/pkg/machinery/resources/block"
@@ -27,82 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-func tool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Fatalf("%s not found: install the Debian package %s (apt-get install %s)", name, pkg, pkg)
-	}
-	return p
-}
-
-func run(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-}
-
-const (
-	cephImageSize = 2 << 30 // labels at 0 and 1 GiB fit
-	partStart     = 1 << 20 // partition 1: 1 MiB, 64 MiB, ext4
-	partLen       = 64 << 20
-)
-
-var osdUUID = uuid.MustParse("7c1b8a0e-3d52-4b8e-9a51-2f4c6d8e0b13")
-
-// image makes a sparse disk image of size at dev/name under root with a
-// GPT (partition 1, ext4 "olddata") and bluestore labels at labelsAt.
-func image(t *testing.T, root, name string, size int64, labelsAt ...int64) string {
-	t.Helper()
-	sgdisk := tool(t, "sgdisk", "gdisk")
-	mkfs := tool(t, "mkfs.ext4", "e2fsprogs")
-	p := filepath.Join(root, "dev", name)
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	run(t, sgdisk, "--new=1:2048:+64M", "--typecode=1:8300", "--change-name=1:old-data", p)
-	run(t, mkfs, "-q", "-F", "-L", "olddata", "-E", "offset="+strconv.Itoa(partStart), p, strconv.Itoa(partLen>>10)+"k")
-	label, err := disks.EncodeLabel(disks.Label{
-		OSDUUID: osdUUID, Size: uint64(size), Birth: time.Unix(1735689600, 0), Description: "main",
-		Meta: map[string]string{"multi": "yes", "epoch": "1", "whoami": "3"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, off := range labelsAt {
-		if _, err := f.WriteAt(label, off); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return p
-}
-
-func inspect(t *testing.T, p string) disks.Report {
-	t.Helper()
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rep, err := disks.Inspect(f, fi.Size())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rep
-}
+const cephImageSize = 2 << 30 // labels at 0 and 1 GiB fit
 
 // rack is a configured stand-in whose sda is a stale Ceph disk (GPT,
 // ext4, bluestore labels at 0 and 1 GiB: the label at 0 zeroed the
@@ -166,11 +88,11 @@ func TestDiscoveredVolumes(t *testing.T) {
 	}
 	p := got["nvme0n1p1"]
 	if p.Type != "partition" || p.Name != "ext4" || p.Label != "olddata" || p.PartitionLabel != "old-data" ||
-		p.Parent != "nvme0n1" || p.ParentDevPath != "/dev/nvme0n1" || p.Offset != partStart || p.Size != partLen || p.PartitionIndex != 1 {
+		p.Parent != "nvme0n1" || p.ParentDevPath != "/dev/nvme0n1" || p.Offset != diskstest.PartStart || p.Size != diskstest.PartLen || p.PartitionIndex != 1 {
 		t.Errorf("nvme0n1p1 = %+v, want ext4 olddata in partition old-data at 1 MiB, 64 MiB", p)
 	}
 	// What Inspect sees on the same image, beyond blkid.
-	rep := inspect(t, r.sda)
+	rep := diskstest.Inspect(t, r.sda)
 	if offs := labelOffsets(rep); !slices.Equal(offs, []int64{0, 1 << 30}) {
 		t.Errorf("Inspect finds labels at %v, want 0 and 1 GiB", offs)
 	}
@@ -214,10 +136,10 @@ func TestWipeRefusals(t *testing.T) {
 		}
 	}
 	// Nothing was touched.
-	if offs := labelOffsets(inspect(t, r.sda)); len(offs) != 2 {
+	if offs := labelOffsets(diskstest.Inspect(t, r.sda)); len(offs) != 2 {
 		t.Errorf("labels after refused wipes: %v", offs)
 	}
-	if rep := inspect(t, r.nvme); len(rep.Partitions) != 1 {
+	if rep := diskstest.Inspect(t, r.nvme); len(rep.Partitions) != 1 {
 		t.Errorf("system disk after refused wipes: %s", rep.Summary())
 	}
 }
@@ -235,7 +157,7 @@ func TestWipeFastLeavesLabelCopy(t *testing.T) {
 	if s := volumes(t, c)["sda"]; s.Name != "" {
 		t.Errorf("sda after FAST: Talos sees %q, want nothing", s.Name)
 	}
-	rep := inspect(t, r.sda)
+	rep := diskstest.Inspect(t, r.sda)
 	if offs := labelOffsets(rep); !slices.Equal(offs, []int64{1 << 30}) {
 		t.Errorf("after FAST, labels at %v, want only the copy at 1 GiB (%s)", offs, rep.Summary())
 	}
@@ -255,7 +177,7 @@ func TestWipeZeroesLeavesNothing(t *testing.T) {
 	if err := wipe(c, t, "sda", storage.BlockDeviceWipeDescriptor_ZEROES); err != nil {
 		t.Fatal(err)
 	}
-	if rep := inspect(t, r.sda); !rep.Clean() {
+	if rep := diskstest.Inspect(t, r.sda); !rep.Clean() {
 		t.Errorf("after ZEROES: %s", rep.Summary())
 	}
 	if fi, err := os.Stat(r.sda); err != nil || fi.Size() != cephImageSize {
@@ -273,4 +195,13 @@ func allocatedBytes(t *testing.T, p string) int64 {
 		t.Fatal(err)
 	}
 	return fi.Sys().(*syscall.Stat_t).Blocks * 512
+}
+
+// image seeds a sparse disk image of size at <root>/dev/<name> with
+// partition 1 (ext4) and bluestore labels at labelsAt.
+func image(t *testing.T, root, name string, size int64, labelsAt ...int64) string {
+	t.Helper()
+	p := filepath.Join(root, "dev", name)
+	diskstest.Seed(t, p, size, true, labelsAt...)
+	return p
 }
