@@ -81,25 +81,9 @@ func TestBootInQEMU(t *testing.T) {
 			t.Fatalf("%s not found: apt-get install %s", tool.bin, tool.pkg)
 		}
 	}
-	root, err := standin.FindModuleRoot(".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	kernelDir := filepath.Join(root, "lab", "standin", "build", "kernel")
-	if why := standin.KernelStale(kernelDir); why != nil {
-		t.Logf("materializing the kernel: %v", why)
-		if err := standin.EnsureKernel(context.Background(), root, kernelDir, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
 	work := t.TempDir()
 	ctx := context.Background()
-	buildStart := time.Now()
-	img, err := standin.Build(ctx, standin.BuildOptions{KernelDir: kernelDir, OutDir: filepath.Join(work, "image"), ModuleRoot: root})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("image built in %s: initramfs %d bytes (init %d bytes), %d modules", time.Since(buildStart).Round(time.Millisecond), img.InitramfsSize, img.InitSize, len(img.Modules))
+	img := buildImage(t, filepath.Join(work, "image"))
 
 	cfg := machineConfig(t)
 	cfgSum := sha256.Sum256(cfg)
@@ -643,4 +627,28 @@ func shellQuote(args []string) string {
 		out[i] = a
 	}
 	return strings.Join(out, " ")
+}
+
+// buildImage builds the stand-in boot image from this checkout into dir
+// (materializing the pinned kernel first when it is missing or stale).
+func buildImage(t *testing.T, dir string) *standin.Result {
+	t.Helper()
+	root, err := standin.FindModuleRoot(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kernelDir := filepath.Join(root, "lab", "standin", "build", "kernel")
+	if why := standin.KernelStale(kernelDir); why != nil {
+		t.Logf("materializing the kernel: %v", why)
+		if err := standin.EnsureKernel(context.Background(), root, kernelDir, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	img, err := standin.Build(context.Background(), standin.BuildOptions{KernelDir: kernelDir, OutDir: dir, ModuleRoot: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("image built in %s: initramfs %d bytes (init %d bytes), %d modules", time.Since(start).Round(time.Millisecond), img.InitramfsSize, img.InitSize, len(img.Modules))
+	return img
 }

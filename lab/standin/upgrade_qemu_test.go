@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/dotfile/rackboot/internal/netns"
-	"github.com/dotfile/rackboot/lab/standin"
 	"github.com/dotfile/rackboot/lab/standin/install"
 	"github.com/dotfile/rackboot/lab/standin/installer"
 	"github.com/dotfile/rackboot/lab/standin/report"
@@ -59,24 +58,10 @@ func TestUpgradeInQEMU(t *testing.T) {
 			t.Fatalf("no OVMF firmware: apt-get install ovmf (%v)", err)
 		}
 	}
-	root, err := standin.FindModuleRoot(".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	kernelDir := filepath.Join(root, "lab", "standin", "build", "kernel")
-	if why := standin.KernelStale(kernelDir); why != nil {
-		t.Logf("materializing the kernel: %v", why)
-		if err := standin.EnsureKernel(context.Background(), root, kernelDir, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
 	work := t.TempDir()
 	ctx := context.Background()
 	imgDir := filepath.Join(work, "image")
-	img, err := standin.Build(ctx, standin.BuildOptions{KernelDir: kernelDir, OutDir: imgDir, ModuleRoot: root})
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := buildImage(t, imgDir)
 	inst, err := installer.Image(imgDir, "amd64")
 	if err != nil {
 		t.Fatal(err)
