@@ -38,16 +38,17 @@ func overrideNotes(ov bmc.BootOverride) []string {
 	if said != "" {
 		ns = append(ns, "warning: the BMC holds something else than what was asked: "+said)
 	}
-	// The advice, without repeating what the differences already say.
+	// The advice; when the BMC's differences were printed they already
+	// say what it holds, so the advice does not repeat it.
 	if !ov.Netboots() {
-		if strings.Contains(said, "Disabled") {
+		if said != "" {
 			ns = append(ns, "so the machine may boot its disk: if it does, set a network boot in its BMC or boot menu")
 		} else {
 			ns = append(ns, "the BMC reports the override disabled, so the machine may boot its disk: if it does, set a network boot in its BMC or boot menu")
 		}
 	}
 	if ov.Enabled == bmc.EnabledContinuous {
-		if !strings.Contains(said, "Continuous") {
+		if said == "" {
 			ns = append(ns, "the machine will netboot at every boot until the override is cleared in its BMC")
 		}
 		ns = append(ns, "that is harmless: rackboot answers an installed machine's network boot with a local boot")
