@@ -778,11 +778,14 @@ func (c *child) stop(grace time.Duration) error {
 	}
 }
 
-// waitFile polls a file until re matches one of its (cleaned) lines.
+// waitFile polls a file until re matches one of its (cleaned) complete
+// lines.
 func waitFile(ctx context.Context, path string, re *regexp.Regexp) (string, error) {
 	for {
 		b, _ := os.ReadFile(path)
-		for _, line := range strings.Split(lab.CleanSerial(b), "\n") {
+		// Only whole lines: QEMU may be writing the last one right now.
+		whole := b[:bytes.LastIndexByte(b, '\n')+1]
+		for _, line := range strings.Split(lab.CleanSerial(whole), "\n") {
 			if re.MatchString(line) {
 				return line, nil
 			}
