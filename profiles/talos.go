@@ -493,13 +493,15 @@ func NormalizeRegistryHost(host string) (string, error) {
 		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 			return "", fmt.Errorf("registry host %q: port %q is not a port number (1-65535)", host, port)
 		}
-		if strings.HasPrefix(h, "[") || strings.Contains(h, ":") {
-			if _, err := netip.ParseAddr(strings.Trim(h, "[]")); err != nil {
+		// SplitHostPort drops the brackets: "[0]:1" gives "0", which must
+		// still be an IPv6 address because it was written in brackets.
+		if strings.HasPrefix(host, "[") || strings.Contains(h, ":") {
+			if a, err := netip.ParseAddr(h); err != nil || !a.Is6() {
 				return "", fmt.Errorf("registry host %q: %q is not an IPv6 address", host, h)
 			}
 		}
 	} else if strings.HasPrefix(host, "[") {
-		if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err != nil {
+		if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err != nil || !a.Is6() {
 			return "", fmt.Errorf("registry host %q: not an IPv6 address", host)
 		}
 	}
