@@ -111,6 +111,11 @@ type powerAgent struct {
 	// agent: Pdeathsig fires when the thread that forked the child exits,
 	// not the process, so no QEMU may be forked from a thread Go could end.
 	fork chan func()
+
+	// qmu guards stopping: once it is set, the VMs' job channels are
+	// closed and nothing may be queued (enqueue refuses instead).
+	qmu      sync.RWMutex
+	stopping bool
 }
 
 type agentVM struct {
@@ -252,13 +257,18 @@ func (a *powerAgent) serve(ctx context.Context, listen string) error {
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
-	// Stop every VM before leaving.
+	// Stop every VM before leaving, then close the workers' queues.
 	for _, n := range a.ord {
 		if err := a.run(a.vms[n], ActOff); err != nil {
 			a.log.Warn("stop at exit", "vm", n, "err", err)
 		}
+	}
+	a.qmu.Lock()
+	a.stopping = true
+	for _, n := range a.ord {
 		close(a.vms[n].jobs)
 	}
+	a.qmu.Unlock()
 	wg.Wait()
 	a.log.Info("power agent stopped")
 	return nil
@@ -276,10 +286,28 @@ func (a *powerAgent) worker(vm *agentVM) {
 	}
 }
 
+// errAgentStopping is run's answer once the agent is shutting down.
+var errAgentStopping = errors.New("the lab's power agent is stopping")
+
+// enqueue queues a job on the VM's worker; false once the agent is
+// stopping. The read lock is held while sending, so the queues cannot
+// close under a sender (the workers drain them without taking it).
+func (a *powerAgent) enqueue(vm *agentVM, j powerJob) bool {
+	a.qmu.RLock()
+	defer a.qmu.RUnlock()
+	if a.stopping {
+		return false
+	}
+	vm.jobs <- j
+	return true
+}
+
 // run queues an action on the VM's worker and waits for it.
 func (a *powerAgent) run(vm *agentVM, act PowerAction) error {
 	done := make(chan error, 1)
-	vm.jobs <- powerJob{act: act, done: done}
+	if !a.enqueue(vm, powerJob{act: act, done: done}) {
+		return errAgentStopping
+	}
 	return <-done
 }
 
@@ -461,10 +489,7 @@ func (a *powerAgent) exitDone(vm *agentVM, werr error, done chan struct{}) {
 		go a.tellSushyOff(vm)
 	}
 	if restart {
-		go func() {
-			defer func() { _ = recover() }() // the jobs channel closes at shutdown
-			vm.jobs <- powerJob{act: actGuestReboot}
-		}()
+		go a.enqueue(vm, powerJob{act: actGuestReboot})
 	}
 }
 
@@ -629,8 +654,9 @@ func (a *powerAgent) handleSushy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.log.Info("sushy notification", "vm", vm.name, "target", d.Target, "action", d.Action, "network_boot", d.NetworkBoot)
-	if d.Action != ActNone {
-		vm.jobs <- powerJob{act: d.Action}
+	if d.Action != ActNone && !a.enqueue(vm, powerJob{act: d.Action}) {
+		http.Error(w, errAgentStopping.Error()+"\n", http.StatusServiceUnavailable)
+		return
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
