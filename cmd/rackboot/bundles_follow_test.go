@@ -3,9 +3,11 @@ package main
 import (
 	"os"
 	"slices"
+	"strings"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
 
 	"github.com/dotfile/rackboot/bundles/rook"
 	"github.com/dotfile/rackboot/rackedit"
@@ -81,5 +83,45 @@ func TestBundlesFollowAdoptRemove(t *testing.T) {
 	again, sizeAgain := cephNodes(t, rack)
 	if !slices.Equal(again, before) || sizeAgain != sizeBefore {
 		t.Errorf("after removal: nodes %v size %d, want %v size %d", again, sizeAgain, before, sizeBefore)
+	}
+}
+
+// TestAdoptedControlPlaneSharesSecrets: a control plane `machine adopt`
+// writes gets a config from the rack's one secrets bundle (the same
+// cluster, etcd and machine CAs, token and encryption secret as the first
+// control plane), which is all Talos needs to join etcd as a learner (see
+// DESIGN.md "Discovering machines").
+func TestAdoptedControlPlaneSharesSecrets(t *testing.T) {
+	rack, state := writeExampleRack(t)
+	cfgOf := func(name string) map[string]any {
+		t.Helper()
+		out, errOut, err := runCmd(t, "-f", rack, "config", name)
+		if err != nil {
+			t.Fatalf("config %s: %v\n%s", name, err, errOut)
+		}
+		var m map[string]any
+		must(t, yaml.Unmarshal([]byte(strings.SplitN(out, "\n---\n", 2)[0]), &m))
+		return m
+	}
+	first := cfgOf("formula")
+	out, errOut, err := runRoot(t, "-f", rack, "--state", state, "machine", "adopt", "52-54-00-00-00-79",
+		"--name", "urban-3", "--role", "controlplane", "--address", "192.168.1.19/24", "--no-apply")
+	if err != nil {
+		t.Fatalf("adopt: %v\n%s%s", err, out, errOut)
+	}
+	adopted := cfgOf("urban-3")
+	if adopted["machine"].(map[string]any)["type"] != "controlplane" {
+		t.Fatalf("urban-3 is %v", adopted["machine"].(map[string]any)["type"])
+	}
+	for _, path := range [][]string{
+		{"cluster", "ca", "crt"}, {"cluster", "ca", "key"}, {"cluster", "etcd", "ca", "crt"}, {"cluster", "etcd", "ca", "key"},
+		{"cluster", "token"}, {"cluster", "secretboxEncryptionSecret"}, {"machine", "ca", "crt"}, {"machine", "token"},
+		{"cluster", "controlPlane", "endpoint"},
+	} {
+		a, _, _ := unstructured.NestedFieldNoCopy(first, path...)
+		b, _, _ := unstructured.NestedFieldNoCopy(adopted, path...)
+		if a == nil || a != b {
+			t.Errorf("%s differs between formula and the adopted urban-3 (or is missing)", strings.Join(path, "."))
+		}
 	}
 }
