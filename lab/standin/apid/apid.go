@@ -7,7 +7,9 @@
 // client certificate) Version, Upgrade (MachineService and
 // LifecycleService), ImageService.Pull (when Config.OnPull is set), Reboot,
 // Reset, EtcdMemberList, EtcdRemoveMemberByID and the same reads; in both, the disks' DiscoveredVolumes and
-// StorageService.BlockDeviceWipe. What the machine does with an applied config, an
+// StorageService.BlockDeviceWipe. A control plane signs its own
+// certificate and serves trustd (port 50001, Trustd) for the workers; a
+// worker gets its certificate from trustd (ConfigureWorker). What the machine does with an applied config, an
 // upgrade or a reset is the init's: the server hands them over through the
 // callbacks in Config.
 package apid
@@ -100,6 +102,10 @@ type Config struct {
 	SystemDisk string
 	// EtcdMembers is the member list a control plane answers.
 	EtcdMembers []*machine.EtcdMember
+	// TrustdEndpoints are where a worker asks trustd for its certificate
+	// (host or host:port, TrustdPort by default); nil: TrustdEndpoints of
+	// the worker's config (its cluster endpoint's host).
+	TrustdEndpoints []string
 
 	// OnApply gets a validated config applied in maintenance mode; an
 	// error fails the call.
@@ -160,7 +166,7 @@ func New(cfg Config) (*Server, error) {
 // connections keep the TLS they were made with, but their roles follow
 // the mode.
 func (s *Server) Configure(cfg config.Provider) error {
-	tc, err := configuredTLS(s.now(), cfg, s.cfg.Addresses)
+	tc, err := configuredTLS(s.now(), cfg, s.cfg.Addresses, s.cfg.Hostname)
 	if err != nil {
 		return err
 	}

@@ -469,23 +469,6 @@ func TestConfiguredRoles(t *testing.T) {
 	}
 }
 
-func TestConfigureWorker(t *testing.T) {
-	p := newPKI(t, "/dev/nvme0n1")
-	rec := &recorder{}
-	s, _ := start(t, rec, nil)
-	cfg, err := loadConfig(p.worker)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A worker's config has no CA key: no certificate without trustd.
-	if err := s.Configure(cfg); !errors.Is(err, apid.ErrNoIssuingCA) {
-		t.Errorf("configure a worker: %v, want ErrNoIssuingCA", err)
-	}
-	if !s.Maintenance() {
-		t.Error("a failed Configure left maintenance mode")
-	}
-}
-
 // withSelector is cfg with machine.install.diskSelector.model instead of
 // machine.install.disk.
 func withSelector(t *testing.T, cfg []byte, model string) []byte {

@@ -1,7 +1,6 @@
 package apid
 
 import (
-	"bytes"
 	stdtls "crypto/tls"
 	stdx509 "crypto/x509"
 	"errors"
@@ -17,10 +16,10 @@ import (
 )
 
 // ErrNoIssuingCA: the machine config has the OS CA's certificate without
-// its key (a worker's config), so the stand-in cannot sign its own apid
+// its key (a worker's config), so the machine cannot sign its own apid
 // certificate. Talos's worker asks trustd on a control plane for one
-// (secrets.APIController generateWorker); the stand-in has no trustd.
-var ErrNoIssuingCA = errors.New("the machine config's machine.ca has no key (a worker): the stand-in cannot sign its API certificate without trustd")
+// (secrets.APIController generateWorker): Server.ConfigureWorker.
+var ErrNoIssuingCA = errors.New("the machine config's machine.ca has no key (a worker's config): a worker gets its API certificate from trustd on a control plane (Server.ConfigureWorker), not from Configure")
 
 // sans are the server certificate's names, as Talos's APICertSANsController
 // makes them: the config's machine.certSANs, the node's addresses, the
@@ -75,7 +74,7 @@ func maintenanceTLS(now time.Time, addrs []netip.Addr, hostname string) (*stdtls
 // client certificates required and verified against the accepted CAs
 // (the issuing CA and machine.acceptedCAs), each client certificate with
 // the client-auth extended key usage only (service.go verifyExtKeyUsage).
-func configuredTLS(now time.Time, cfg config.Provider, addrs []netip.Addr) (*stdtls.Config, error) {
+func configuredTLS(now time.Time, cfg config.Provider, addrs []netip.Addr, hostname string) (*stdtls.Config, error) {
 	sec := cfg.Machine().Security()
 	issuing := sec.IssuingCA()
 	if issuing == nil || len(issuing.Crt) == 0 {
@@ -88,24 +87,35 @@ func configuredTLS(now time.Time, cfg config.Provider, addrs []netip.Addr) (*std
 	if err != nil {
 		return nil, fmt.Errorf("machine CA: %w", err)
 	}
-	hostname := ""
-	if h := cfg.NetworkHostnameConfig(); h != nil {
-		hostname = h.Hostname()
-	}
-	ips, dns := sans(sec.CertSANs(), addrs, hostname)
+	ips, dns, cn := names(cfg, addrs, hostname)
 	kp, err := x509.NewKeyPair(ca,
-		x509.IPAddresses(ips), x509.DNSNames(dns), x509.CommonName(hostname),
+		x509.IPAddresses(ips), x509.DNSNames(dns), x509.CommonName(cn),
 		x509.NotBefore(now.Add(-time.Minute)), x509.NotAfter(now.Add(x509.DefaultCertificateValidityDuration)),
 		x509.KeyUsage(stdx509.KeyUsageDigitalSignature),
 		x509.ExtKeyUsage([]stdx509.ExtKeyUsage{stdx509.ExtKeyUsageServerAuth}))
 	if err != nil {
 		return nil, fmt.Errorf("API server certificate: %w", err)
 	}
-	cas := [][]byte{issuing.Crt}
-	for _, a := range sec.AcceptedCAs() {
-		cas = append(cas, a.Crt)
+	return mutualTLS(*kp.Certificate, acceptedCAs(cfg))
+}
+
+// names are the API certificate's names for a configured machine
+// (APICertSANsController): IP and DNS SANs and the common name, the
+// hostname (the config's, else the machine's: Talos's HostnameStatus).
+func names(cfg config.Provider, addrs []netip.Addr, hostname string) (ips []net.IP, dns []string, cn string) {
+	cn = hostname
+	if h := cfg.NetworkHostnameConfig(); h != nil && h.Hostname() != "" {
+		cn = h.Hostname()
 	}
-	tc, err := tls.New(tls.WithClientAuthType(tls.Mutual), tls.WithCACertPEM(bytes.Join(cas, nil)), tls.WithKeypair(*kp.Certificate))
+	ips, dns = sans(cfg.Machine().Security().CertSANs(), addrs, cn)
+	return ips, dns, cn
+}
+
+// mutualTLS is apid's configured-mode server TLS for a certificate:
+// client certificates required, verified against cas (PEM), with the
+// client-auth extended key usage only.
+func mutualTLS(cert stdtls.Certificate, cas []byte) (*stdtls.Config, error) {
+	tc, err := tls.New(tls.WithClientAuthType(tls.Mutual), tls.WithCACertPEM(cas), tls.WithKeypair(cert))
 	if err != nil {
 		return nil, err
 	}
