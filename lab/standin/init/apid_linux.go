@@ -31,9 +31,10 @@ const standinVersion = "v1.13.0"
 // (Talos acts in the background after answering, too).
 const actDelay = time.Second
 
-// startAPI serves Talos's API on :50000 (maintenance mode until
-// Configure) for the rest of the boot. installDisk is "" before an
-// install.
+// startAPI serves Talos's API on :50000 (maintenance mode without cfg)
+// for the rest of the boot; a control plane also serves trustd on :50001,
+// a worker serves its API once trustd signed its certificate. installDisk
+// is "" before an install.
 func (m *machine) startAPI(ctx context.Context, installDisk string, cfg config.Provider) (*apid.Server, <-chan []byte, error) {
 	inv, err := apid.ReadInventory("/")
 	if err != nil {
@@ -116,21 +117,84 @@ func (m *machine) startAPI(ctx context.Context, installDisk string, cfg config.P
 	if err != nil {
 		return nil, nil, err
 	}
-	if cfg != nil {
+	switch {
+	case cfg == nil:
+	case cfg.Machine().Type().IsControlPlane():
 		if err := srv.Configure(cfg); err != nil {
 			return nil, nil, err
 		}
+		if err := m.startTrustd(ctx, cfg, addrs); err != nil {
+			m.log.Error("trustd not served: the workers get no API certificate from this control plane", "err", err)
+		}
+	default:
+		// A worker: apid starts once trustd signed its certificate.
+		go m.workerAPI(ctx, srv, cfg)
+		return srv, applied, nil
 	}
+	if err := m.serveAPI(ctx, srv); err != nil {
+		return nil, nil, err
+	}
+	return srv, applied, nil
+}
+
+// serveAPI listens on the Talos API port and serves srv until ctx ends.
+func (m *machine) serveAPI(ctx context.Context, srv *apid.Server) error {
 	ln, err := net.Listen("tcp", fmt.Sprintf(":%d", apid.Port))
 	if err != nil {
-		return nil, nil, fmt.Errorf("listen on the Talos API port: %w", err)
+		return fmt.Errorf("listen on the Talos API port: %w", err)
 	}
 	go func() {
 		if err := srv.Serve(ctx, ln); err != nil {
 			m.log.Error("Talos API", "err", err)
 		}
 	}()
-	return srv, applied, nil
+	return nil
+}
+
+// startTrustd serves trustd on a control plane (port 50001), which signs
+// the workers' API certificates.
+func (m *machine) startTrustd(ctx context.Context, cfg config.Provider, addrs []netip.Addr) error {
+	td, err := apid.NewTrustd(apid.TrustdConfig{Log: m.log.With("service", "trustd"), Machine: cfg, Addresses: addrs, Hostname: m.rep.Name})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", fmt.Sprintf(":%d", apid.TrustdPort))
+	if err != nil {
+		return fmt.Errorf("listen on trustd's port: %w", err)
+	}
+	go func() {
+		if err := td.Serve(ctx, ln); err != nil {
+			m.log.Error("trustd", "err", err)
+		}
+	}()
+	return nil
+}
+
+// workerAPI is a worker's apid: its certificate from trustd at the
+// config's control plane endpoint (asked until a control plane signs it),
+// then the API, and a new certificate every apid.WorkerRenewal, as Talos's
+// APIController does.
+func (m *machine) workerAPI(ctx context.Context, srv *apid.Server, cfg config.Provider) {
+	if err := srv.ConfigureWorker(ctx, cfg); err != nil {
+		m.log.Error("Talos API not served: no certificate from trustd", "err", err)
+		return
+	}
+	if err := m.serveAPI(ctx, srv); err != nil {
+		m.log.Error("Talos API not served", "err", err)
+		return
+	}
+	t := time.NewTicker(apid.WorkerRenewal)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := srv.ConfigureWorker(ctx, cfg); err != nil {
+			m.log.Warn("renew the API certificate from trustd", "err", err)
+		}
+	}
 }
 
 // maintenance waits, like Talos without a config, for a machine config
