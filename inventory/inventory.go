@@ -127,6 +127,9 @@ type Machine struct {
 	// Pulled is what the machine pulled from rackboot's registry mirror
 	// since serve started; never persisted (nil: nothing yet).
 	Pulled *Pulled `json:"pulled,omitempty"`
+	// Revision counts the changes saved to a shared record (OpenBackend);
+	// 0 in machines.json.
+	Revision uint64 `json:"revision,omitempty"`
 }
 
 // Pulled counts what one machine fetched from the registry mirror.
@@ -229,6 +232,9 @@ type Store struct {
 	logLines    uint64
 
 	writeMu sync.Mutex // serialises file writes
+
+	backend Backend             // nil: machines.json at path
+	ops     map[string][]change // named machines' changes not yet in backend
 }
 
 // fileFormat is the content of machines.json.
@@ -241,26 +247,9 @@ type fileFormat struct {
 // and returns the store. A file that cannot be read or parsed is an error:
 // it is never reset silently.
 func Open(stateDir string, opts ...Option) (*Store, error) {
-	s := &Store{
-		path:        filepath.Join(stateDir, FileName),
-		now:         time.Now,
-		log:         slog.New(slog.DiscardHandler),
-		delay:       time.Second,
-		maxTimeline: DefaultTimelineLen,
-		maxLogs:     DefaultLogLines,
-		maxUnknown:  DefaultMaxUnknown,
-		write:       atomicfile.Write,
-		machines:    map[string]*Machine{},
-		idx:         newIndex(),
-		unconfirmed: map[string]struct{}{},
-		subs:        map[int]chan struct{}{},
-		events:      map[string]uint64{},
-	}
-	for _, o := range opts {
-		o(s)
-	}
-	if s.maxTimeline < 1 || s.maxLogs < 0 || s.maxUnknown < 1 {
-		return nil, fmt.Errorf("open inventory: limits must be positive (timeline %d, log lines %d, unknown machines %d)", s.maxTimeline, s.maxLogs, s.maxUnknown)
+	s, err := newStore(filepath.Join(stateDir, FileName), opts...)
+	if err != nil {
+		return nil, err
 	}
 	data, err := os.ReadFile(s.path)
 	switch {
@@ -273,6 +262,39 @@ func Open(stateDir string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open inventory: parse %s: %w (fix or move the file away; it is not reset automatically)", s.path, err)
 	}
+	s.loadLocked(ms)
+	return s, nil
+}
+
+// newStore is an empty store saving to path.
+func newStore(path string, opts ...Option) (*Store, error) {
+	s := &Store{
+		path:        path,
+		now:         time.Now,
+		log:         slog.New(slog.DiscardHandler),
+		delay:       time.Second,
+		maxTimeline: DefaultTimelineLen,
+		maxLogs:     DefaultLogLines,
+		maxUnknown:  DefaultMaxUnknown,
+		write:       atomicfile.Write,
+		machines:    map[string]*Machine{},
+		idx:         newIndex(),
+		unconfirmed: map[string]struct{}{},
+		subs:        map[int]chan struct{}{},
+		events:      map[string]uint64{},
+		ops:         map[string][]change{},
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.maxTimeline < 1 || s.maxLogs < 0 || s.maxUnknown < 1 {
+		return nil, fmt.Errorf("open inventory: limits must be positive (timeline %d, log lines %d, unknown machines %d)", s.maxTimeline, s.maxLogs, s.maxUnknown)
+	}
+	return s, nil
+}
+
+// loadLocked adds the machines read at open.
+func (s *Store) loadLocked(ms []Machine) {
 	// Unknown machines enter the recency list oldest first.
 	slices.SortStableFunc(ms, func(a, b Machine) int { return a.LastSeen.Compare(b.LastSeen) })
 	for i := range ms {
@@ -282,7 +304,6 @@ func Open(stateDir string, opts ...Option) (*Store, error) {
 		s.addLocked(&m)
 	}
 	s.evictLocked()
-	return s, nil
 }
 
 // decode parses and checks a machines.json document.
@@ -348,8 +369,10 @@ func (s *Store) Record(e pxe.Event) {
 	if m == nil && e.Name != "" && mac != "" {
 		// A machine first seen as unknown, now known by name: adopt its history.
 		if old := s.machines[mac]; old != nil && old.Name == "" {
+			seen := old.clone()
 			s.adoptLocked(old, e.Name)
 			m = old
+			s.queueLocked(m.Key, func(r *Machine) bool { r.adoptHistory(seen); return true })
 		}
 	}
 	if m == nil {
@@ -364,6 +387,20 @@ func (s *Store) Record(e pxe.Event) {
 		s.setAddrLocked(m, e.Addr.Unmap())
 	}
 	s.applyLocked(m, t, e.Stage, e.Detail)
+	if m.Name != "" {
+		name, addr, stage, detail, maxTL := m.Name, e.Addr.Unmap(), e.Stage, clean(e.Detail, maxDetailLen), s.maxTimeline
+		s.queueLocked(m.Key, func(r *Machine) bool {
+			r.ensure(name, t)
+			if mac != "" && !slices.Contains(r.MACs, mac) {
+				r.MACs = append(r.MACs, mac)
+			}
+			if addr.IsValid() {
+				r.Addr = addr
+			}
+			r.applyStage(t, "", stage, detail, maxTL)
+			return true
+		})
+	}
 	writeNow := s.changedLocked(m)
 	s.evictLocked()
 	s.mu.Unlock()
@@ -404,6 +441,17 @@ func (s *Store) recordDenied(key, name string, t time.Time, detail string) {
 		s.addLocked(m)
 	}
 	s.appendLocked(m, Entry{Time: t, Stage: StageDenied, Detail: detail})
+	if m.Name != "" {
+		named, maxTL := m.Name, s.maxTimeline
+		s.queueLocked(m.Key, func(r *Machine) bool {
+			r.ensure(named, time.Time{})
+			if r.Stage == "" {
+				r.Stage, r.Detail = StageDenied, detail
+			}
+			r.appendEntry(Entry{Time: t, Stage: StageDenied, Detail: detail}, maxTL)
+			return true
+		})
+	}
 	writeNow := s.changedLocked(m)
 	s.evictLocked()
 	s.mu.Unlock()
@@ -423,7 +471,16 @@ func (s *Store) MarkStage(who, stage, detail string) error {
 		s.mu.Unlock()
 		return fmt.Errorf("mark stage %s of %s: %w", stage, who, ErrUnknownMachine)
 	}
-	s.applyLocked(m, s.now(), stage, detail)
+	t := s.now()
+	s.applyLocked(m, t, stage, detail)
+	if m.Name != "" {
+		name, d, maxTL := m.Name, clean(detail, maxDetailLen), s.maxTimeline
+		s.queueLocked(m.Key, func(r *Machine) bool {
+			r.ensure(name, t)
+			r.applyStage(t, "", stage, d, maxTL)
+			return true
+		})
+	}
 	writeNow := s.changedLocked(m)
 	s.mu.Unlock()
 	s.saveNow(writeNow)
@@ -447,6 +504,10 @@ func (s *Store) MarkEvent(who, id, stage, detail string) (applied bool, err erro
 	if m == nil {
 		s.mu.Unlock()
 		return false, fmt.Errorf("mark event %s (%s) of %s: %w", id, stage, who, ErrUnknownMachine)
+	}
+	if s.backend != nil && m.Name != "" {
+		s.mu.Unlock()
+		return s.markEventShared(m.Key, who, id, stage, detail)
 	}
 	pending := m.Key + "\x00" + id
 	_, retry := s.unconfirmed[pending]
@@ -478,6 +539,34 @@ func (s *Store) MarkEvent(who, id, stage, detail string) (applied bool, err erro
 	_, mine := s.unconfirmed[pending] // a concurrent retry may have confirmed it
 	delete(s.unconfirmed, pending)
 	return mine, nil
+}
+
+// markEventShared is MarkEvent for a machine whose record is in the
+// backend: the event is added to the record as stored unless another
+// process added it already, and is saved before it returns.
+func (s *Store) markEventShared(key, who, id, stage, detail string) (bool, error) {
+	t := s.now()
+	d, maxTL := clean(detail, maxDetailLen), s.maxTimeline
+	var added bool
+	err := s.saveKey(key, func(r *Machine) bool {
+		added = false
+		if id != "" && hasID(r.Timeline, id) {
+			return false
+		}
+		r.ensure(key, t)
+		r.applyStage(t, id, stage, d, maxTL)
+		added = true
+		return true
+	})
+	if err != nil {
+		return false, fmt.Errorf("mark event %s (%s) of %s: %w", id, stage, who, err)
+	}
+	if added {
+		s.mu.Lock()
+		s.events[stage]++
+		s.mu.Unlock()
+	}
+	return added, nil
 }
 
 func hasID(tl []Entry, id string) bool {
@@ -580,6 +669,20 @@ func (s *Store) Reset(name string) error {
 		s.mu.Unlock()
 		return fmt.Errorf("reset %s: %w", name, ErrUnknownMachine)
 	}
+	if s.backend != nil {
+		s.mu.Unlock()
+		t, maxTL := s.now(), s.maxTimeline
+		err := s.saveKey(name, func(r *Machine) bool {
+			r.ensure(name, t)
+			r.Installed = false
+			r.appendEntry(Entry{Time: t, Stage: r.Stage, Detail: "reset: will install again"}, maxTL)
+			return true
+		})
+		if err != nil {
+			return fmt.Errorf("reset %s: %w", name, err)
+		}
+		return nil
+	}
 	m.Installed = false
 	s.appendLocked(m, Entry{Time: s.now(), Stage: m.Stage, Detail: "reset: will install again"})
 	s.changedLocked(m)
@@ -615,6 +718,9 @@ func (s *Store) Forget(who string) error {
 	s.dirty = true
 	s.notifyLocked()
 	s.mu.Unlock()
+	if s.backend != nil {
+		return s.deleteShared(m.Key)
+	}
 	if err := s.Flush(); err != nil {
 		return fmt.Errorf("forget %s: %w", who, err)
 	}
@@ -673,6 +779,9 @@ func (s *Store) Subscribe() (<-chan struct{}, func()) {
 
 // Flush writes machines.json now if anything changed since the last write.
 func (s *Store) Flush() error {
+	if s.backend != nil {
+		return s.flushBackend()
+	}
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	s.mu.Lock()
@@ -709,13 +818,19 @@ func (s *Store) Close() error {
 }
 
 func (s *Store) encodeLocked() ([]byte, error) {
-	f := fileFormat{Version: 1, Machines: make([]Machine, 0, len(s.machines))}
+	ms := make([]Machine, 0, len(s.machines))
 	for _, m := range s.machines {
 		c := m.clone()
 		c.Logs = nil
-		f.Machines = append(f.Machines, c)
+		ms = append(ms, c)
 	}
-	slices.SortFunc(f.Machines, func(a, b Machine) int { return strings.Compare(a.Key, b.Key) })
+	slices.SortFunc(ms, func(a, b Machine) int { return strings.Compare(a.Key, b.Key) })
+	return encodeMachines(ms)
+}
+
+// encodeMachines is machines.json for ms, in the order given.
+func encodeMachines(ms []Machine) ([]byte, error) {
+	f := fileFormat{Version: 1, Machines: ms}
 	data, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encode machines: %w", err)
@@ -766,35 +881,12 @@ func (s *Store) applyLocked(m *Machine, t time.Time, stage, detail string) {
 }
 
 func (s *Store) applyIDLocked(m *Machine, t time.Time, id, stage, detail string) {
-	detail = clean(detail, maxDetailLen)
 	s.events[stage]++
-	if t.After(m.LastSeen) {
-		m.LastSeen = t
-	}
-	if m.FirstSeen.IsZero() {
-		m.FirstSeen = t
-	}
-	if marksInstalled(stage) {
-		m.Installed = true
-	}
-	m.Stage, m.Detail = stage, detail
-	s.appendLocked(m, Entry{Time: t, Stage: stage, Detail: detail, ID: id})
+	m.applyStage(t, id, stage, clean(detail, maxDetailLen), s.maxTimeline)
 }
 
-// appendLocked adds e to the timeline, collapsing a repeat of the last entry
-// (a client retrying) and dropping the oldest entries beyond the limit.
-func (s *Store) appendLocked(m *Machine, e Entry) {
-	if n := len(m.Timeline); n > 0 && m.Timeline[n-1].Stage == e.Stage && m.Timeline[n-1].Detail == e.Detail {
-		if m.Timeline[n-1].ID == "" {
-			m.Timeline[n-1].ID = e.ID
-		}
-		return
-	}
-	if len(m.Timeline) >= s.maxTimeline {
-		m.Timeline = slices.Delete(m.Timeline, 0, len(m.Timeline)-s.maxTimeline+1)
-	}
-	m.Timeline = append(m.Timeline, e)
-}
+// appendLocked adds e to the timeline (Machine.appendEntry).
+func (s *Store) appendLocked(m *Machine, e Entry) { m.appendEntry(e, s.maxTimeline) }
 
 // changedLocked notes that m changed and notifies subscribers. A change to
 // a machine known by name is saved: it schedules a write, or reports that

@@ -73,6 +73,20 @@ func LoadBMCPasswords(stateDir string, getenv func(string) string) (*BMCPassword
 	return p, nil
 }
 
+// NewBMCPasswords returns the BMC passwords held in data (the file's
+// content, read from somewhere other than the state directory: rackboot
+// serve --kube reads a Secret). getenv is os.Getenv when nil.
+func NewBMCPasswords(data []byte, getenv func(string) string) (*BMCPasswords, error) {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	byName, err := ParseBMCPasswords(data)
+	if err != nil {
+		return nil, fmt.Errorf("BMC passwords: %w", err)
+	}
+	return &BMCPasswords{byName: byName, getenv: getenv}, nil
+}
+
 // ParseBMCPasswords decodes the file: a mapping of machine name to
 // password, both strings. Errors never quote a value.
 func ParseBMCPasswords(data []byte) (map[string]string, error) {

@@ -166,6 +166,18 @@ func LoadSecrets(path string) (*secrets.Bundle, error) {
 	return b, nil
 }
 
+// ParseSecrets decodes and validates a secrets bundle read from somewhere
+// other than the state directory (rackboot serve --kube: a Secret); now is
+// the clock for the client certificates signed from it.
+func ParseSecrets(data []byte, now func() time.Time) (*secrets.Bundle, error) {
+	b, err := parseSecrets(data)
+	if err != nil {
+		return nil, fmt.Errorf("not a usable secrets bundle: %w", err)
+	}
+	b.Clock = clockFunc(now)
+	return b, nil
+}
+
 // parseSecrets decodes and validates a bundle held in memory.
 func parseSecrets(data []byte) (*secrets.Bundle, error) {
 	if len(bytes.TrimSpace(data)) == 0 {

@@ -72,6 +72,9 @@ type DHCPConfig struct {
 	// LeasesFile is where leases are kept (JSON, atomic writes); "" keeps
 	// them in memory only. cmd uses <state dir>/dhcp-leases.json.
 	LeasesFile string
+	// LeaseStore, when set, keeps the leases instead of LeasesFile (shared
+	// by several servers, one answering at a time: OpenLeaseStore).
+	LeaseStore LeaseStore
 	// Reservations returns a machine's static address (from the rack
 	// file); that MAC always gets it, in or out of the range.
 	Reservations func(mac net.HardwareAddr) (netip.Addr, bool)
@@ -271,7 +274,12 @@ func NewDHCP(cfg DHCPConfig, opts ...DHCPOption) (*DHCPServer, error) {
 		return s, nil
 	}
 	if cfg.Mode == DHCPFull {
-		if s.leases, err = OpenLeases(cfg.LeasesFile, s.now); err != nil {
+		if cfg.LeaseStore != nil {
+			s.leases, err = OpenLeaseStore(cfg.LeaseStore, s.now)
+		} else {
+			s.leases, err = OpenLeases(cfg.LeasesFile, s.now)
+		}
+		if err != nil {
 			s.closeConns()
 			return nil, err
 		}

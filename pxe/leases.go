@@ -74,8 +74,9 @@ type hold struct {
 // while waiting for a commit if the same locks guard lookups they want to
 // keep fast (the DHCP server waits outside its lock).
 type Leases struct {
-	path string // "" = memory only
-	now  func() time.Time
+	path  string     // "" = memory only (unless store is set)
+	store LeaseStore // nil: the file at path
+	now   func() time.Time
 	// writeFile puts the encoded table on disk (atomicfile.Write); tests
 	// replace it to hold a write in flight or make it fail.
 	writeFile func(path string, data []byte) error
@@ -97,6 +98,26 @@ type Leases struct {
 	written *sync.Cond // on mu: a write ended
 }
 
+// LeaseStore keeps the encoded lease table (the content of the leases
+// file, EncodeLeases) somewhere other than a local file, shared by every
+// rackboot that may answer DHCP: kubestate keeps it in Kubernetes. Only one
+// of them answers DHCP at a time (the leader), but a leader may lose its
+// place while a write is in flight, so a store refuses a write over a table
+// it has not seen.
+type LeaseStore interface {
+	// Load returns the stored table, nil when there is none yet.
+	Load() ([]byte, error)
+	// Save replaces the stored table. When someone else changed it since
+	// this process last loaded or saved it, Save changes nothing and
+	// returns an error wrapping ErrLeasesChanged; Leases then loads the
+	// table again (the change that was being saved fails).
+	Save(data []byte) error
+}
+
+// ErrLeasesChanged is returned (wrapped) by a LeaseStore's Save when another
+// server wrote the lease table since this one last read it.
+var ErrLeasesChanged = errors.New("the DHCP lease table was changed by another rackboot")
+
 // batch is the set of changes one write puts on disk. Guarded by Leases.mu.
 type batch struct {
 	done bool
@@ -107,6 +128,92 @@ type batch struct {
 // table; "" keeps leases in memory only). A file that cannot be read or
 // parsed is an error naming it: leases are never silently reset.
 func OpenLeases(path string, now func() time.Time) (*Leases, error) {
+	l := newLeases(path, now)
+	if path == "" {
+		return l, nil
+	}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return l, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read DHCP leases: %w", err)
+	}
+	if err := l.loadLocked(data, path); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// OpenLeaseStore loads the lease table from store and keeps it there: every
+// change is saved with store.Save before it counts (as with a file).
+func OpenLeaseStore(store LeaseStore, now func() time.Time) (*Leases, error) {
+	if store == nil {
+		return nil, errors.New("open DHCP leases: no lease store")
+	}
+	l := newLeases("", now)
+	l.store = store
+	if err := l.Reload(); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// Reload replaces the table in memory with the stored one (a server that
+// becomes the DHCP leader calls it: the previous leader may have bound
+// leases since). Offers and declines in memory are kept. It does nothing
+// for a table kept in memory only.
+func (l *Leases) Reload() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for l.writing {
+		l.written.Wait()
+	}
+	return l.reloadLocked()
+}
+
+// reloadLocked reads the table from its store or file.
+func (l *Leases) reloadLocked() error {
+	var data []byte
+	var err error
+	where := l.path
+	switch {
+	case l.store != nil:
+		where = "the lease store"
+		data, err = l.store.Load()
+	case l.path != "":
+		data, err = os.ReadFile(l.path)
+		if errors.Is(err, fs.ErrNotExist) {
+			data, err = nil, nil
+		}
+	default:
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read DHCP leases: %w", err)
+	}
+	if data == nil {
+		l.restoreLocked(nil)
+		l.durable = nil
+		return nil
+	}
+	return l.loadLocked(data, where)
+}
+
+// loadLocked makes the table the parsed data, naming where it came from
+// in an error.
+func (l *Leases) loadLocked(data []byte, where string) error {
+	leases, err := parseLeases(data)
+	if err != nil {
+		return fmt.Errorf("DHCP leases in %s are corrupt (fix or move them away; they are not reset automatically): %w", where, err)
+	}
+	l.restoreLocked(leases)
+	l.durable = leases
+	return nil
+}
+
+// newLeases is an empty table.
+func newLeases(path string, now func() time.Time) *Leases {
 	if now == nil {
 		now = time.Now
 	}
@@ -121,24 +228,16 @@ func OpenLeases(path string, now func() time.Time) (*Leases, error) {
 		declined:  map[netip.Addr]time.Time{},
 	}
 	l.written = sync.NewCond(&l.mu)
-	if path == "" {
-		return l, nil
-	}
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return l, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read DHCP leases: %w", err)
-	}
-	leases, err := parseLeases(data)
-	if err != nil {
-		return nil, fmt.Errorf("DHCP leases file %s is corrupt (fix or move it away; it is not reset automatically): %w", path, err)
-	}
-	l.restoreLocked(leases)
-	l.durable = leases
-	return l, nil
+	return l
 }
+
+// ParseLeases decodes and checks an encoded lease table (the leases file's
+// content), as OpenLeases does.
+func ParseLeases(data []byte) ([]Lease, error) { return parseLeases(data) }
+
+// EncodeLeases is the leases file's content for leases (sorted by address
+// in place).
+func EncodeLeases(leases []Lease) ([]byte, error) { return encodeLeases(leases) }
 
 // parseLeases decodes and checks a lease file: known fields only, version
 // 1, Ethernet MACs, IPv4 addresses, no MAC or address twice. MACs come
@@ -209,7 +308,7 @@ func encodeLeases(leases []Lease) ([]byte, error) {
 // changedLocked returns the batch a change just made belongs to, nil when
 // nothing is persisted.
 func (l *Leases) changedLocked() *batch {
-	if l.path == "" {
+	if l.path == "" && l.store == nil {
 		return nil
 	}
 	if l.pending == nil {
@@ -250,10 +349,17 @@ func (l *Leases) writeLocked() {
 	l.writing = true
 	l.mu.Unlock()
 	data, err := encodeLeases(snap)
-	if err != nil {
+	switch {
+	case err != nil:
 		err = fmt.Errorf("encode DHCP leases: %w", err)
-	} else if err = l.writeFile(l.path, data); err != nil {
-		err = fmt.Errorf("save DHCP leases: %w", err)
+	case l.store != nil:
+		if err = l.store.Save(data); err != nil {
+			err = fmt.Errorf("save DHCP leases: %w", err)
+		}
+	default:
+		if err = l.writeFile(l.path, data); err != nil {
+			err = fmt.Errorf("save DHCP leases: %w", err)
+		}
 	}
 	l.mu.Lock()
 	l.writing = false
@@ -263,6 +369,12 @@ func (l *Leases) writeLocked() {
 		// Back to what the file holds. Changes made while this write was
 		// in flight were built on the lost ones and are undone with them.
 		l.restoreLocked(l.durable)
+		if errors.Is(err, ErrLeasesChanged) {
+			// Another server wrote the table: take its version.
+			if rerr := l.reloadLocked(); rerr != nil {
+				err = fmt.Errorf("%w; then: %w", err, rerr)
+			}
+		}
 		if l.pending != nil {
 			l.pending.done, l.pending.err = true, err
 			l.pending = nil

@@ -42,6 +42,9 @@ type Config struct {
 	// survive a restart. "" keeps the key in memory only: a restart then
 	// makes machines mid-boot fail their config fetch until they reboot.
 	StateDir string
+	// Tokens, when set, is used instead of the state dir's key (for
+	// several servers sharing one key and spent tokens: NewSharedTokens).
+	Tokens *Tokens
 	// IPXE holds the iPXE binaries; nil means the embedded ones (ipxe.FS).
 	IPXE     fs.FS
 	TokenTTL time.Duration // default DefaultTokenTTL
@@ -152,9 +155,12 @@ func New(cfg Config, booter Booter, assets Assets, opts ...Option) (_ *Server, e
 		}
 	}
 	tc := TokenConfig{TTL: cfg.TokenTTL, Now: cfg.Now, Rand: cfg.Rand}
-	if cfg.StateDir != "" {
+	switch {
+	case cfg.Tokens != nil:
+		s.tokens = cfg.Tokens
+	case cfg.StateDir != "":
 		s.tokens, err = OpenTokens(cfg.StateDir, tc)
-	} else {
+	default:
 		s.log.Warn("no state dir: config tokens will not survive a restart")
 		key := make([]byte, tokenKeyLen)
 		r := cfg.Rand

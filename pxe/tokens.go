@@ -116,13 +116,39 @@ type spentFile struct {
 	Consumed map[string]time.Time `json:"consumed,omitempty"`
 }
 
+// SpentStore keeps spent config tokens where every rackboot that shares the
+// token key sees them (kubestate keeps them in Kubernetes), so a token is
+// spent exactly once across all of them. Tokens keeps what it learns from
+// it in memory too: a pin never changes once recorded.
+type SpentStore interface {
+	// Spend records p as the first use of the token p.ID. When the token
+	// was spent already (by this process or another), it changes nothing
+	// and returns the pin recorded then with first false.
+	Spend(p Pin) (recorded Pin, first bool, err error)
+	// Consume records that every token minted for name at or before at is
+	// spent (a later time than the one recorded wins).
+	Consume(name string, at time.Time) error
+	// Consumed returns the time recorded by Consume for name.
+	Consumed(name string) (at time.Time, ok bool, err error)
+	// Pins returns every spent token on record, to find a machine by the
+	// address or MAC that fetched its config (Pinned, PinnedMAC).
+	Pins() ([]Pin, error)
+}
+
+// pinsRefresh bounds how often Pinned and PinnedMAC ask a SpentStore for
+// pins recorded by other servers, when they know no pin for an address.
+const pinsRefresh = 5 * time.Second
+
 // Tokens mints and checks config tokens.
 type Tokens struct {
-	key  []byte
-	ttl  time.Duration
-	now  func() time.Time
-	rand io.Reader
-	path string // spent file; "" keeps spent tokens in memory
+	key    []byte
+	ttl    time.Duration
+	now    func() time.Time
+	rand   io.Reader
+	path   string     // spent file; "" keeps spent tokens in memory
+	shared SpentStore // nil: spent tokens are this process's only
+	// refreshed is when the pins were last read from shared.
+	refreshed time.Time
 
 	mu       sync.Mutex
 	consumed map[string]time.Time // name → tokens minted at or before this are spent
@@ -185,6 +211,33 @@ func OpenTokens(stateDir string, cfg TokenConfig) (*Tokens, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// NewSharedTokens returns Tokens keyed by key (shared by every server that
+// mints or checks them) that keep spent tokens in store, for several
+// rackboot servers at once (rackboot serve --kube).
+func NewSharedTokens(key []byte, store SpentStore, cfg TokenConfig) (*Tokens, error) {
+	if store == nil {
+		return nil, errors.New("config tokens: no spent-token store")
+	}
+	t, err := NewTokens(key, cfg)
+	if err != nil {
+		return nil, err
+	}
+	t.shared = store
+	return t, nil
+}
+
+// TokenKeyLen is the size of a config token key (NewTokens, OpenTokens).
+const TokenKeyLen = tokenKeyLen
+
+// ParseTokenKey checks a config token key's content read from somewhere
+// other than the state directory.
+func ParseTokenKey(key []byte) ([]byte, error) {
+	if len(key) != tokenKeyLen {
+		return nil, fmt.Errorf("config token key is %d bytes, want %d", len(key), tokenKeyLen)
+	}
+	return key, nil
 }
 
 func readTokenKey(path string) ([]byte, error) {
@@ -361,10 +414,33 @@ func (t *Tokens) Verify(token string, mac net.HardwareAddr, uuid string) (string
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if spent, ok := t.consumed[c.name]; ok && !c.iat.After(spent) {
+	spent, ok, err := t.consumedLocked(c.name)
+	if err != nil {
+		return c.name, err
+	}
+	if ok && !c.iat.After(spent) {
 		return c.name, ErrTokenConsumed
 	}
 	return c.name, nil
+}
+
+// consumedLocked is when name's tokens were last consumed, asking the
+// shared store when there is one (another server may have seen the
+// machine installed).
+func (t *Tokens) consumedLocked(name string) (time.Time, bool, error) {
+	at, ok := t.consumed[name]
+	if t.shared == nil {
+		return at, ok, nil
+	}
+	sat, sok, err := t.shared.Consumed(name)
+	if err != nil {
+		return at, ok, fmt.Errorf("read used-up config tokens of %s: %w", name, err)
+	}
+	if sok && (!ok || sat.After(at)) {
+		t.consumed[name] = sat
+		return sat, true, nil
+	}
+	return at, ok, nil
 }
 
 // Spend verifies token and spends it for addr: the first use pins addr (and
@@ -381,7 +457,11 @@ func (t *Tokens) Spend(token string, mac net.HardwareAddr, uuid string, addr net
 	addr = addr.Unmap()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if spent, ok := t.consumed[c.name]; ok && !c.iat.After(spent) {
+	spent, ok, err := t.consumedLocked(c.name)
+	if err != nil {
+		return c.name, false, err
+	}
+	if ok && !c.iat.After(spent) {
 		return c.name, false, ErrTokenConsumed
 	}
 	if p, ok := t.spent[c.id]; ok {
@@ -393,6 +473,9 @@ func (t *Tokens) Spend(token string, mac net.HardwareAddr, uuid string, addr net
 	p := Pin{ID: c.id, Name: c.name, Addr: addr, Exp: c.exp, At: t.now(), hw: hw}
 	if len(hw) > 0 {
 		p.MAC = hw.String()
+	}
+	if t.shared != nil {
+		return t.spendSharedLocked(p)
 	}
 	t.addPinLocked(p)
 	if err := t.saveLocked(); err != nil {
@@ -410,6 +493,9 @@ func (t *Tokens) Pinned(addr netip.Addr) (name string, hw net.HardwareAddr, ok b
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	p, ok := t.spent[t.byAddr[addr.Unmap()]]
+	if !ok && t.refreshPinsLocked() {
+		p, ok = t.spent[t.byAddr[addr.Unmap()]]
+	}
 	if !ok || t.now().Sub(p.At) > PinRetention {
 		return "", nil, false
 	}
@@ -425,6 +511,9 @@ func (t *Tokens) PinnedMAC(hw net.HardwareAddr) (name string, ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	p, ok := t.spent[t.byMAC[hw.String()]]
+	if !ok && t.refreshPinsLocked() {
+		p, ok = t.spent[t.byMAC[hw.String()]]
+	}
 	if !ok || t.now().Sub(p.At) > PinRetention {
 		return "", false
 	}
@@ -441,6 +530,11 @@ func (t *Tokens) Consume(name string) error {
 	prev, ok := t.consumed[name]
 	if ok && !now.After(prev) {
 		return nil
+	}
+	if t.shared != nil {
+		if err := t.shared.Consume(name, now); err != nil {
+			return fmt.Errorf("record used-up config tokens of %s: %w", name, err)
+		}
 	}
 	t.consumed[name] = now
 	if err := t.saveLocked(); err != nil {
@@ -486,10 +580,63 @@ func (t *Tokens) saveLocked() error {
 	return nil
 }
 
+// spendSharedLocked records p in the shared store: the first server to
+// record a token's use wins, and the others are held to its pin.
+func (t *Tokens) spendSharedLocked(p Pin) (name string, retry bool, err error) {
+	rec, first, err := t.shared.Spend(p)
+	if err != nil {
+		return p.Name, false, fmt.Errorf("record spent config token: %w", err)
+	}
+	rec.Addr = rec.Addr.Unmap()
+	if rec.MAC != "" {
+		rec.hw, _ = net.ParseMAC(rec.MAC)
+	}
+	t.addPinLocked(rec)
+	if first {
+		return p.Name, false, nil
+	}
+	if rec.Addr != p.Addr {
+		return p.Name, false, ErrTokenSpent
+	}
+	return p.Name, true, nil
+}
+
+// refreshPinsLocked reads the pins other servers recorded, at most once per
+// pinsRefresh; it reports whether it read any.
+func (t *Tokens) refreshPinsLocked() bool {
+	now := t.now()
+	if t.shared == nil || (!t.refreshed.IsZero() && now.Sub(t.refreshed) < pinsRefresh) {
+		return false
+	}
+	t.refreshed = now
+	pins, err := t.shared.Pins()
+	if err != nil {
+		return false // a lookup only: the next miss asks again
+	}
+	for _, p := range pins {
+		if p.MAC != "" {
+			p.hw, _ = net.ParseMAC(p.MAC)
+		}
+		t.addPinLocked(p)
+	}
+	return len(pins) > 0
+}
+
 func (t *Tokens) reindexLocked() {
 	clear(t.byAddr)
 	clear(t.byMAC)
 	for _, p := range t.spent {
 		t.indexLocked(p)
 	}
+}
+
+// ParseSpentFile decodes and checks the content of the spent tokens file
+// (pxe-tokens.json), as OpenTokens does: the pins and, by machine name,
+// when its tokens were used up (Consume).
+func ParseSpentFile(data []byte) ([]Pin, map[string]time.Time, error) {
+	f, err := parseSpent(data)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f.Spent, f.Consumed, nil
 }
