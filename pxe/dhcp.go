@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -224,6 +225,15 @@ func WithDHCPRecorder(r Recorder) DHCPOption {
 	return func(s *DHCPServer) { s.rec = r }
 }
 
+// WithDHCPActive makes the server answer only while active returns true;
+// it is asked for every packet, before anything is decided or recorded. A
+// packet that arrives while it is false is dropped unanswered and counted
+// (Inactive). Replicas of rackboot pass their leader election here, so only
+// the leader answers DHCP; nil (the default) answers always.
+func WithDHCPActive(active func() bool) DHCPOption {
+	return func(s *DHCPServer) { s.active = active }
+}
+
 // DHCPServer is rackboot's proxy or full DHCP server.
 type DHCPServer struct {
 	cfg      DHCPConfig
@@ -232,6 +242,8 @@ type DHCPServer struct {
 	log      *slog.Logger
 	now      func() time.Time
 	rec      Recorder
+	active   func() bool
+	inactive atomic.Uint64 // packets dropped while active() was false
 
 	mu      sync.Mutex // guards leases, ignored and seen
 	leases  *Leases    // full mode
@@ -451,10 +463,19 @@ func boolInt(b bool) int {
 	return 0
 }
 
+// Inactive is how many packets were dropped because the server was not
+// active (see WithDHCPActive).
+func (s *DHCPServer) Inactive() uint64 { return s.inactive.Load() }
+
 // packetHandler answers one request read by server4 (which parsed it and
 // turned an unset source address into broadcast).
 func (s *DHCPServer) packetHandler(bootServer bool) server4.Handler {
 	return func(conn net.PacketConn, peer net.Addr, req *dhcpv4.DHCPv4) {
+		if s.active != nil && !s.active() {
+			s.inactive.Add(1)
+			s.log.Debug("DHCP packet not answered: another replica leads", "mac", req.ClientHWAddr.String(), "type", req.MessageType().String())
+			return
+		}
 		reply := s.handle(req, bootServer)
 		if reply == nil {
 			return
