@@ -39,6 +39,8 @@ type Rack struct {
 	Cluster  Cluster   `yaml:"cluster"`
 	Machines []Machine `yaml:"machines"`
 	Lab      Lab       `yaml:"lab,omitempty"`
+	// Database is the engine serving the apps and their databases.
+	Database Database `yaml:"database,omitempty"`
 
 	// Path is the file the rack was read from (for messages and the state dir).
 	Path string `yaml:"-"`

@@ -26,6 +26,7 @@ func (r *Rack) Validate() Problems {
 	c.cluster()
 	c.machines()
 	c.lab()
+	c.database()
 	ps := c.ps
 	// Talos's verdict on the whole config of a machine that has errors
 	// above only repeats them (an invalid label, taint or disk type fails

@@ -91,6 +91,11 @@ func TestBadRacks(t *testing.T) {
 		{"bmc-address", "22:16", false, `BMC address "10.0.1.12:99999" of w1 has port "99999", which is not a port number`},
 		{"bmc-shared", "22:20", true, "cp1 and w1 have the same BMC address 10.0.1.12, so they would power the same server"},
 		{"bmc-url-ipmi", "22:16", false, "is a URL, but IPMI takes HOST[:PORT]: write 10.0.1.12, or protocol: redfish"},
+		{"database-engine", "22:11", false, `database engine "mysql" is not known: write cockroachdb or postgres`},
+		{"database-app-name", "23:13", false, `database app name "Billing_App" is not a DNS label`},
+		{"database-app-twice", "25:13", false, "database app billing is given twice (also database.apps[0])"},
+		{"database-no-namespace", "23:7", false, "database app billing has no namespace: write namespace:"},
+		{"database-reserved", "24:13", false, `database app name "postgres" is kept by the database engine for itself`},
 	}
 
 	files, err := filepath.Glob("testdata/bad/*.yaml")
