@@ -92,3 +92,22 @@ func FuzzInspect(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseRange(f *testing.F) {
+	for _, s := range []string{"0:4096", "1073741824:4096", "9223372036854775807:1", "-1:2", "1:", ":", "01:2"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		r, err := ParseRange(s)
+		if err != nil {
+			return
+		}
+		if r.Offset < 0 || r.Length <= 0 || r.End() < r.Offset {
+			t.Fatalf("ParseRange(%q) = %+v", s, r)
+		}
+		back, err := ParseRange(FormatRange(r))
+		if err != nil || back != r {
+			t.Fatalf("round trip of %q: %+v %v", s, back, err)
+		}
+	})
+}
