@@ -48,6 +48,9 @@ type labUpFlags struct {
 	// only; otherwise they are powered on through it, netboot once).
 	poweredOff bool
 	timeout    time.Duration
+	// standinVersions: serve's --standin-version (for `rackboot upgrade`
+	// in the lab).
+	standinVersions []string
 }
 
 func (f *labUpFlags) register(cmd *cobra.Command, machines int) {
@@ -57,6 +60,7 @@ func (f *labUpFlags) register(cmd *cobra.Command, machines int) {
 	fl.StringVar(&f.firmware, "firmware", "", "bios or uefi for every VM (default: the rack's lab.firmware, else bios)")
 	fl.BoolVar(&f.example, "example", false, "use the embedded example rack (six servers, lab.machines: 3) instead of the rack file")
 	fl.StringVar(&f.standin, "standin", "", "stand-in boot image directory for machines with no Talos in the asset cache (default "+defaultStandinDir+" when it exists)")
+	fl.StringArrayVar(&f.standinVersions, "standin-version", nil, "also put the stand-in's installer image in serve's registry mirror at this Talos version (repeatable), so `rackboot upgrade --talos VERSION` can run in the lab")
 	fl.BoolVar(&f.noServe, "no-serve", false, "do not start rackboot serve in the lab (the VMs then find no boot server)")
 	fl.DurationVar(&f.timeout, "timeout", 20*time.Minute, "how long to wait for every machine to be installed")
 }
@@ -166,6 +170,9 @@ func labUp(ctx context.Context, a *app, cmd *cobra.Command, lf *labFlags, f *lab
 		}
 		if spec.Serve, err = labServeSpec(a, l, r, plan, example, f.standin); err != nil {
 			return nil, nil, err
+		}
+		for _, v := range f.standinVersions {
+			spec.Serve.Args = append(spec.Serve.Args, "--standin-version", v)
 		}
 		if err := addBMCPasswords(spec.Serve, plan, spec.BMCPasswords); err != nil {
 			return nil, nil, err

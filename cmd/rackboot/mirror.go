@@ -195,24 +195,46 @@ func newMirror(a *app, st *registry.Store, addr string, attr *attribution, inv *
 // Talos pulls its installer. The image is built every time (well under a
 // second) and replaces a stored one with another digest: a boot image
 // rebuilt since (make standin) is what a reused state dir installs.
-func seedStandinInstallers(a *app, st *registry.Store, r *profiles.Rack, standinDir string, fromStandin func(version, schematic, arch string) bool) error {
-	archs := map[string][]string{} // installer reference → architectures
+//
+// upgrades are more Talos versions to tag it with (serve's
+// --standin-version), for `rackboot upgrade --talos` in the lab: each is
+// installer.VersionImage, the same system with the version in its
+// initramfs's gzip header, so every version has its own digest and an
+// upgrade writes other bytes to the ESP. A version whose machines would
+// boot real Talos from the asset cache gets no stand-in image.
+func seedStandinInstallers(a *app, st *registry.Store, r *profiles.Rack, standinDir string, upgrades []string, fromStandin func(version, schematic, arch string) bool) error {
+	type seed struct {
+		version string // "" for the rack's talosVersion: the plain image
+		archs   []string
+	}
+	seeds := map[string]*seed{} // installer reference → what to put there
+	add := func(ref, version, arch string) {
+		if seeds[ref] == nil {
+			seeds[ref] = &seed{version: version}
+		}
+		if !slices.Contains(seeds[ref].archs, arch) {
+			seeds[ref].archs = append(seeds[ref].archs, arch)
+		}
+	}
 	for i := range r.Machines {
 		m := &r.Machines[i]
 		id, err := profiles.SchematicID(r.Schematic(m))
 		if err != nil {
 			return fmt.Errorf("schematic of %s: %w", m.Name, err)
 		}
-		if !fromStandin(r.Cluster.TalosVersion, id, m.ArchOrDefault()) {
+		arch := m.ArchOrDefault()
+		if !fromStandin(r.Cluster.TalosVersion, id, arch) {
 			continue
 		}
-		ref := profiles.InstallerImage(id, r.Cluster.TalosVersion)
-		if !slices.Contains(archs[ref], m.ArchOrDefault()) {
-			archs[ref] = append(archs[ref], m.ArchOrDefault())
+		add(profiles.InstallerImage(id, r.Cluster.TalosVersion), "", arch)
+		for _, v := range upgrades {
+			if v != r.Cluster.TalosVersion && fromStandin(v, id, arch) {
+				add(profiles.InstallerImage(id, v), v, arch)
+			}
 		}
 	}
-	for ref, as := range archs {
-		img, digest, err := standinInstaller(standinDir, as)
+	for ref, sd := range seeds {
+		img, digest, err := standinInstaller(standinDir, sd.version, sd.archs)
 		if err != nil {
 			return err
 		}
@@ -222,7 +244,7 @@ func seedStandinInstallers(a *app, st *registry.Store, r *profiles.Rack, standin
 		if err := st.Put(ref, img); err != nil {
 			return fmt.Errorf("put the lab's installer image in the image store: %w", err)
 		}
-		a.log.Info("the lab's installer image is in the registry mirror", "image", ref, "arch", strings.Join(as, ","), "digest", digest.String())
+		a.log.Info("the lab's installer image is in the registry mirror", "image", ref, "arch", strings.Join(sd.archs, ","), "digest", digest.String())
 	}
 	return nil
 }
@@ -238,11 +260,18 @@ func held(st *registry.Store, ref string, digest v1.Hash) bool {
 }
 
 // standinInstaller is the lab's installer image for the architectures: an
-// image for one, an index for several.
-func standinInstaller(standinDir string, archs []string) (any, v1.Hash, error) {
+// image for one, an index for several; version "" is the plain image,
+// another the image marked with that version (installer.VersionImage).
+func standinInstaller(standinDir, version string, archs []string) (any, v1.Hash, error) {
 	slices.Sort(archs)
+	build := func(arch string) (v1.Image, error) {
+		if version == "" {
+			return installer.Image(standinArchDir(standinDir, arch), arch)
+		}
+		return installer.VersionImage(standinArchDir(standinDir, arch), arch, version)
+	}
 	if len(archs) == 1 {
-		i, err := installer.Image(standinArchDir(standinDir, archs[0]), archs[0])
+		i, err := build(archs[0])
 		if err != nil {
 			return nil, v1.Hash{}, err
 		}
@@ -251,7 +280,7 @@ func standinInstaller(standinDir string, archs []string) (any, v1.Hash, error) {
 	}
 	idx := v1.ImageIndex(empty.Index)
 	for _, arch := range archs {
-		i, err := installer.Image(standinArchDir(standinDir, arch), arch)
+		i, err := build(arch)
 		if err != nil {
 			return nil, v1.Hash{}, err
 		}

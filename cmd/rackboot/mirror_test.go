@@ -41,7 +41,7 @@ func TestSeedStandinInstallers(t *testing.T) {
 	a := &app{log: slog.New(slog.DiscardHandler)}
 	all := func(string, string, string) bool { return true }
 
-	must(t, seedStandinInstallers(a, st, r, standinDir, all))
+	must(t, seedStandinInstallers(a, st, r, standinDir, nil, all))
 	es, err := st.List()
 	must(t, err)
 	if len(es) != 2 { // the vanilla schematic and the GPU node's
@@ -56,13 +56,13 @@ func TestSeedStandinInstallers(t *testing.T) {
 	before, err := os.Stat(index)
 	must(t, err)
 
-	must(t, seedStandinInstallers(a, st, r, standinDir, all))
+	must(t, seedStandinInstallers(a, st, r, standinDir, nil, all))
 	if after, _ := os.Stat(index); !after.ModTime().Equal(before.ModTime()) {
 		t.Error("an unchanged boot image was written again")
 	}
 
 	writeStandin(t, standinDir, "kernel two")
-	must(t, seedStandinInstallers(a, st, r, standinDir, all))
+	must(t, seedStandinInstallers(a, st, r, standinDir, nil, all))
 	es, err = st.List()
 	must(t, err)
 	if len(es) != 2 || es[0].Digest == first {
@@ -72,8 +72,44 @@ func TestSeedStandinInstallers(t *testing.T) {
 	// Machines that boot real Talos from the cache get no stand-in installer.
 	st2, err := registry.Open(filepath.Join(dir, "images2"))
 	must(t, err)
-	must(t, seedStandinInstallers(a, st2, r, standinDir, func(string, string, string) bool { return false }))
+	must(t, seedStandinInstallers(a, st2, r, standinDir, nil, func(string, string, string) bool { return false }))
 	if es, _ := st2.List(); len(es) != 0 {
 		t.Errorf("installer images put for machines with real Talos: %+v", es)
+	}
+}
+
+// TestSeedStandinUpgradeVersions: serve --standin-version v1.13.1 also
+// tags the lab's installer at that version, as another image (its own
+// digest) under each stand-in schematic's installer name; a version whose
+// machines boot real Talos from the cache gets none.
+func TestSeedStandinUpgradeVersions(t *testing.T) {
+	r, err := profiles.Load("rack.yaml", profiles.ExampleRack)
+	must(t, err)
+	dir := t.TempDir()
+	standinDir := filepath.Join(dir, "standin")
+	writeStandin(t, standinDir, "kernel one")
+	st, err := registry.Open(filepath.Join(dir, "images"))
+	must(t, err)
+	a := &app{log: slog.New(slog.DiscardHandler)}
+	notV2 := func(version, _, _ string) bool { return version != "v2.0.0" }
+	must(t, seedStandinInstallers(a, st, r, standinDir, []string{"v1.13.1", r.Cluster.TalosVersion, "v2.0.0"}, notV2))
+	es, err := st.List()
+	must(t, err)
+	if len(es) != 4 { // two schematics at two versions
+		t.Fatalf("store holds %d images, want 2 schematics × (talosVersion, v1.13.1): %+v", len(es), es)
+	}
+	now, err := registry.ParseRef(profiles.InstallerImage(profiles.VanillaSchematicID, r.Cluster.TalosVersion))
+	must(t, err)
+	next, err := registry.ParseRef(profiles.InstallerImage(profiles.VanillaSchematicID, "v1.13.1"))
+	must(t, err)
+	d1, err := st.Resolve(now.Repository(), now.Tag)
+	must(t, err)
+	d2, err := st.Resolve(next.Repository(), next.Tag)
+	must(t, err)
+	if d1.Digest == d2.Digest {
+		t.Errorf("v1.13.1's installer has the %s installer's digest %s", r.Cluster.TalosVersion, d1.Digest)
+	}
+	if err := st.Has(profiles.InstallerImage(profiles.VanillaSchematicID, "v2.0.0")); err == nil {
+		t.Error("a stand-in installer put at a version the cache has real Talos for")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
 	"github.com/spf13/cobra"
 
 	"github.com/dotfile/rackboot/imager"
@@ -20,6 +21,7 @@ import (
 	"github.com/dotfile/rackboot/registry"
 	"github.com/dotfile/rackboot/status"
 	"github.com/dotfile/rackboot/talosevents"
+	"github.com/dotfile/rackboot/upgrade"
 )
 
 // serveFlags are `rackboot serve`'s flags (`rackboot up` and the lab reuse them).
@@ -37,10 +39,15 @@ type serveFlags struct {
 	standin    string
 	extraArgs  []string
 	listenAll  bool
+	// kube is `serve --kube` (serve only).
+	kube kubeFlags
 	// discover boots unknown machines without a config (or discover: true).
 	discover bool
 	// registryPort is the registry mirror's port (0: off).
 	registryPort int
+	// standinVersions are more versions the lab's installer image is
+	// tagged with (for `rackboot upgrade` in the lab).
+	standinVersions []string
 }
 
 func (f *serveFlags) register(cmd *cobra.Command) {
@@ -56,6 +63,7 @@ func (f *serveFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.logPort, "log-port", 4003, "UDP port of the Talos kernel log receiver; 0 turns it off")
 	fl.StringVar(&f.ipxeDir, "ipxe-dir", "", "serve the iPXE binaries from this directory instead of the embedded ones")
 	fl.StringVar(&f.standin, "standin", "", "directory with a stand-in vmlinuz + initramfs, booted when the asset cache has no Talos for a machine (the lab)")
+	fl.StringArrayVar(&f.standinVersions, "standin-version", nil, "with --standin: also put the lab's installer image in the registry mirror at this Talos version (repeatable), for `rackboot upgrade --talos` in the lab")
 	fl.StringArrayVar(&f.extraArgs, "kernel-arg", nil, "extra kernel argument for every machine, one per flag (repeatable; commas stay), e.g. console=ttyS0,115200n8")
 	fl.IntVar(&f.registryPort, "registry-port", profiles.RegistryPort, "TCP port of the registry mirror (the rack's images from the asset cache; the machine configs name port "+strconv.Itoa(profiles.RegistryPort)+"); 0 turns it off")
 	fl.BoolVar(&f.discover, "discover", false, "boot machines that are not in the rack file into Talos without a config (maintenance mode), to adopt them (rackboot machines; machine adopt); as discover: true in the rack file")
@@ -77,21 +85,28 @@ Open http://<server>:8080/ for the status page, or run ` + "`rackboot status`.",
 			},
 		}
 		f.register(cmd)
+		f.kube.register(cmd)
 		return cmd
 	})
 }
 
 // runServe runs the netboot appliance until ctx ends.
 func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) error {
-	r, err := a.loadRack(cmd)
+	if err := f.kube.check(cmd); err != nil {
+		return err
+	}
+	var ks *kubeServe // --kube: state from the cluster, DHCP on the leader only
+	if f.kube.enabled {
+		var err error
+		if ks, err = openKube(ctx, a, &f.kube); err != nil {
+			return err
+		}
+	}
+	r, bundle, err := serveRack(a, cmd, ks)
 	if err != nil {
 		return err
 	}
 	state := a.StateDir()
-	bundle, err := a.clusterSecrets()
-	if err != nil {
-		return err
-	}
 	subnet, err := netip.ParsePrefix(r.Cluster.Network.Subnet)
 	if err != nil {
 		return fmt.Errorf("rack subnet: %w", err)
@@ -105,8 +120,14 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 
 	// The rack as `machine adopt` changes it (control socket: /rack/reload).
 	live := newLiveRack(r, a.log)
-	store, err := inventory.Open(state, inventory.WithLogger(a.log.With("service", "inventory")),
-		inventory.WithNames(live.known), inventory.WithMACNames(live.macName))
+	invOpts := []inventory.Option{inventory.WithLogger(a.log.With("service", "inventory")),
+		inventory.WithNames(live.known), inventory.WithMACNames(live.macName)}
+	var store *inventory.Store
+	if ks != nil {
+		store, err = ks.inventory(ctx, invOpts...)
+	} else {
+		store, err = inventory.Open(state, invOpts...)
+	}
 	if err != nil {
 		return err
 	}
@@ -153,7 +174,14 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 		return err
 	}
 	dcfg.IPXEBuild = func(c pxe.Client) pxe.IPXEBuild { return live.Rack().IPXEBuildFor(c) }
-	dhcp, err := pxe.NewDHCP(dcfg, pxe.WithDHCPLogger(a.log.With("service", "dhcp")), pxe.WithDHCPRecorder(store))
+	dopts := []pxe.DHCPOption{pxe.WithDHCPLogger(a.log.With("service", "dhcp")), pxe.WithDHCPRecorder(store)}
+	if ks != nil {
+		dopts = append(dopts, pxe.WithDHCPActive(ks.elector.Leading))
+		if mode == pxe.DHCPFull {
+			dcfg.LeaseStore = ks.state.Leases()
+		}
+	}
+	dhcp, err := pxe.NewDHCP(dcfg, dopts...)
 	if err != nil {
 		return err
 	}
@@ -208,6 +236,7 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 	if err != nil {
 		return err
 	}
+	var opts []pxe.Option
 	cfg := pxe.Config{
 		ServerIP:     ip,
 		HTTPAddr:     net.JoinHostPort(host, strconv.Itoa(f.httpPort)),
@@ -222,6 +251,13 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 	}
 	if mode == pxe.DHCPFull {
 		cfg.LeaseOf = dhcp.LeaseOf
+	}
+	if ks != nil {
+		cfg.Tokens = ks.tokens
+		if err := ks.metrics(mirrorMetrics, dhcp); err != nil {
+			return err
+		}
+		opts = append(opts, ks.options(store)...)
 	}
 	if f.discover || r.Cluster.Discover {
 		cfg.Discovery = live
@@ -241,14 +277,14 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 	}
 
 	var srv *pxe.Server
-	opts := []pxe.Option{
+	opts = append(opts,
 		pxe.WithHandler("GET /{$}", statusHandler),
 		pxe.WithHandler("GET /app.js", statusHandler),
 		pxe.WithHandler("GET /style.css", statusHandler),
 		pxe.WithHandler("GET /api/", statusHandler),
 		pxe.WithHandler("GET /metrics", statusHandler),
 		pxe.WithService("dhcp", dhcp.Serve),
-	}
+	)
 	if mirror != nil {
 		opts = append(opts, pxe.WithService("registry", mirror.Serve))
 	}
@@ -292,7 +328,12 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 				return store.Reset(name)
 			},
 			forget: store.Forget,
-			reload: func() (string, error) { return live.reload(a.rackPath, store) },
+			reload: func() (string, error) {
+				if ks != nil {
+					return ks.reload()
+				}
+				return live.reload(a.rackPath, store)
+			},
 		}), a.log.With("service", "control"))
 	}))
 	srv, err = pxe.New(cfg, live, assets, opts...)
@@ -303,7 +344,27 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 	attr.tokens = srv.Tokens
 	fmt.Fprintf(cmd.ErrOrStderr(), "rackboot: serving %d machines on %s (%s); status: http://%s/\n",
 		len(r.Machines), iface, ip, net.JoinHostPort(ip.String(), strconv.Itoa(f.httpPort)))
+	if ks != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "rackboot: one replica of %s: DHCP only while it holds the Lease (identity %s)\n", ks.where, ks.elector.Identity())
+	}
 	return srv.Serve(ctx)
+}
+
+// serveRack is the rack and the cluster's secrets: from the cluster with
+// --kube (read by openKube), else the rack file and the state directory.
+func serveRack(a *app, cmd *cobra.Command, ks *kubeServe) (*profiles.Rack, *secrets.Bundle, error) {
+	if ks != nil {
+		return ks.rack, ks.bundle, nil
+	}
+	r, err := a.loadRack(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	bundle, err := a.clusterSecrets()
+	if err != nil {
+		return nil, nil, err
+	}
+	return r, bundle, nil
 }
 
 // serveMirror opens the image store and the registry mirror on host
@@ -317,9 +378,17 @@ func serveMirror(a *app, r *profiles.Rack, f *serveFlags, host string, cache *im
 	if err != nil {
 		return nil, err
 	}
+	if len(f.standinVersions) > 0 && f.standin == "" {
+		return nil, errors.New("--standin-version tags the lab's installer image: it needs --standin DIR")
+	}
+	for _, v := range f.standinVersions {
+		if _, err := upgrade.ParseVersion(v); err != nil {
+			return nil, fmt.Errorf("--standin-version: %w", err)
+		}
+	}
 	if f.standin != "" {
 		fromStandin := func(version, schematic, arch string) bool { return cache.Has(version, schematic, arch) != nil }
-		if err := seedStandinInstallers(a, images, r, f.standin, fromStandin); err != nil {
+		if err := seedStandinInstallers(a, images, r, f.standin, f.standinVersions, fromStandin); err != nil {
 			a.log.Warn("the lab's installer image is not in the registry mirror: lab machines will fail to install", "err", err)
 		}
 	}

@@ -61,6 +61,24 @@ func InitramfsPath(arch string) string {
 // reproducible here (fixed mtimes and owners, no creation time), so the
 // same files give the same digest.
 func Image(dir, arch string) (v1.Image, error) {
+	return image(dir, arch, "")
+}
+
+// VersionImage is Image with the installed initramfs's gzip header
+// naming version (an FNAME field, "rackboot-standin-<version>"): other
+// bytes and so another digest, the same system once unpacked (Linux's
+// gunzip skips the name). The lab tags it with an upgrade's version, so
+// that an upgrade really writes other boot files to the ESP.
+func VersionImage(dir, arch, version string) (v1.Image, error) {
+	if version == "" || strings.ContainsRune(version, 0) {
+		return nil, fmt.Errorf("installer image: version %q", version)
+	}
+	return image(dir, arch, "rackboot-standin-"+version)
+}
+
+// image builds the installer image; a non-empty mark goes into the
+// initramfs's gzip header as its file name.
+func image(dir, arch, mark string) (v1.Image, error) {
 	if arch != "amd64" && arch != "arm64" {
 		return nil, fmt.Errorf("installer image: architecture %q (want amd64 or arm64)", arch)
 	}
@@ -75,10 +93,13 @@ func Image(dir, arch string) (v1.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("installer image: %s: %w", initrd, err)
 	}
-	entries := []layerFile{
-		{name: KernelPath(arch), src: kernel, size: -1},
-		{name: InitramfsPath(arch), src: initrd, size: baseLen},
+	initramfs := layerFile{name: InitramfsPath(arch), src: initrd, size: baseLen}
+	if mark != "" {
+		if initramfs.head, err = markedHeader(initrd, mark); err != nil {
+			return nil, fmt.Errorf("installer image: %s: %w", initrd, err)
+		}
 	}
+	entries := []layerFile{{name: KernelPath(arch), src: kernel, size: -1}, initramfs}
 	// Sorted by name, as Talos's filemap.Layer.
 	slices.SortFunc(entries, func(a, b layerFile) int { return strings.Compare(a.name, b.name) })
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
@@ -106,11 +127,39 @@ func Image(dir, arch string) (v1.Image, error) {
 }
 
 // layerFile is one file of the layer: the first size bytes of src (all of
-// it when size < 0).
+// it when size < 0), with head, when set, in place of src's first
+// gzipHeaderLen bytes.
 type layerFile struct {
 	name string
 	src  string
 	size int64
+	head []byte
+}
+
+// gzipHeaderLen is a gzip member's fixed header (RFC 1952 2.3): ID1 ID2
+// CM FLG MTIME(4) XFL OS.
+const gzipHeaderLen = 10
+
+// markedHeader is the fixed header of path's first gzip member with the
+// FNAME flag set, followed by name and its NUL: the header of a member
+// that unpacks to the same bytes. The member must have no optional
+// fields yet (flags 0: how `make standin` writes it).
+func markedHeader(path, name string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	h := make([]byte, gzipHeaderLen, gzipHeaderLen+len(name)+1)
+	if _, err := io.ReadFull(f, h); err != nil {
+		return nil, fmt.Errorf("gzip header: %w", err)
+	}
+	if h[0] != 0x1f || h[1] != 0x8b || h[3] != 0 {
+		return nil, fmt.Errorf("gzip header % x: want a member without optional fields (flags 0)", h)
+	}
+	h[3] = 0x08 // FNAME
+	h = append(h, name...)
+	return append(h, 0), nil
 }
 
 // tarLayer streams the tar of files (in the order given: sorted by name),
@@ -134,9 +183,19 @@ func tarLayer(files []layerFile) io.ReadCloser {
 					}
 					size = st.Size()
 				}
+				body := size
+				if f.head != nil {
+					body -= gzipHeaderLen
+					size = body + int64(len(f.head))
+				}
 				err = tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: size, Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0), Format: tar.FormatPAX})
+				if err == nil && f.head != nil {
+					if _, err = tw.Write(f.head); err == nil {
+						_, err = in.Seek(gzipHeaderLen, io.SeekStart)
+					}
+				}
 				if err == nil {
-					_, err = io.CopyN(tw, in, size)
+					_, err = io.CopyN(tw, in, body)
 				}
 				in.Close()
 				if err != nil {

@@ -106,3 +106,81 @@ func TestInstallerImage(t *testing.T) {
 		t.Error("an empty dir: no error")
 	}
 }
+
+// An upgrade's installer image: the same kernel, the installed initramfs
+// with the version as its gzip file name: it unpacks to the same bytes,
+// and each version has its own digest (the install image's too).
+func TestVersionImage(t *testing.T) {
+	dir, kernel, installed := fakeBuild(t)
+	base, err := Image(dir, "amd64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	digests := map[string]string{}
+	d, _ := base.Digest()
+	digests[d.String()] = "the install image"
+	for _, v := range []string{"v1.13.1", "v1.14.0", "v1.13.1"} {
+		img, err := VersionImage(dir, "amd64", v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, _ := img.Digest()
+		if prev, ok := digests[d.String()]; ok && prev != v {
+			t.Errorf("%s has the digest of %s", v, prev)
+		}
+		digests[d.String()] = v
+		layers, err := img.Layers()
+		if err != nil || len(layers) != 1 {
+			t.Fatalf("%s: %d layers, %v", v, len(layers), err)
+		}
+		rc, err := layers[0].Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := tar.NewReader(rc)
+		files := map[string][]byte{}
+		for {
+			h, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(tr)
+			files[h.Name] = b
+		}
+		rc.Close()
+		if !bytes.Equal(files["usr/install/amd64/vmlinuz"], kernel) {
+			t.Errorf("%s: the kernel differs", v)
+		}
+		got := files["usr/install/amd64/initramfs.xz"]
+		zr, err := gzip.NewReader(bytes.NewReader(got))
+		if err != nil {
+			t.Fatalf("%s: %v", v, err)
+		}
+		unpacked, err := io.ReadAll(zr)
+		if err != nil {
+			t.Fatalf("%s: %v", v, err)
+		}
+		want, _ := io.ReadAll(mustGunzip(t, installed))
+		if zr.Name != "rackboot-standin-"+v || !bytes.Equal(unpacked, want) || bytes.Equal(got, installed) {
+			t.Errorf("%s: initramfs named %q, unpacks to the same bytes %v, bytes differ %v", v, zr.Name, bytes.Equal(unpacked, want), !bytes.Equal(got, installed))
+		}
+	}
+	if len(digests) != 3 {
+		t.Errorf("digests %v, want 3 different", digests)
+	}
+	if _, err := VersionImage(dir, "amd64", ""); err == nil {
+		t.Error("no version: no error")
+	}
+}
+
+func mustGunzip(t *testing.T, b []byte) io.Reader {
+	t.Helper()
+	zr, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return zr
+}
