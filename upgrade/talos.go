@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/siderolabs/talos/pkg/machinery/api/common"
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
@@ -45,31 +46,75 @@ type EtcdStatus struct {
 }
 
 // TalosAPI implements Talos with machinery's client over the rack's admin
-// talosconfig.
+// talosconfig. By default each node is asked at its own address (its own
+// apid, as `talosctl -e NODE -n NODE`; rackboot's disks and machine
+// remove do the same): no call depends on a control plane's apid proxying
+// it, and the lab's stand-in, which does not proxy, answers for itself.
+// Given endpoints (a tunnel), every call goes through them with the node
+// in the call's metadata (apid routes it).
 type TalosAPI struct {
-	c *client.Client
+	ctx    context.Context
+	cfg    *clientconfig.Config
+	shared *client.Client // the given endpoints; nil: one client per node
+
+	mu    sync.Mutex
+	nodes map[string]*client.Client
 }
 
-// NewTalosAPI connects to the talosconfig's endpoints (or the given ones).
-// The connection is lazy: errors show on the first call.
+// NewTalosAPI makes the client (the given endpoints, else each node's own
+// address). Connections are lazy: errors show on the first call.
 func NewTalosAPI(ctx context.Context, cfg *clientconfig.Config, endpoints ...string) (*TalosAPI, error) {
-	opts := []client.OptionFunc{client.WithConfig(cfg)}
+	t := &TalosAPI{ctx: ctx, cfg: cfg, nodes: map[string]*client.Client{}}
 	if len(endpoints) > 0 {
-		opts = append(opts, client.WithEndpoints(endpoints...))
+		c, err := client.New(ctx, client.WithConfig(cfg), client.WithEndpoints(endpoints...))
+		if err != nil {
+			return nil, fmt.Errorf("Talos API client: %w", err)
+		}
+		t.shared = c
 	}
-	c, err := client.New(ctx, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("Talos API client: %w", err)
-	}
-	return &TalosAPI{c: c}, nil
+	return t, nil
 }
 
-// Close closes the connection.
-func (t *TalosAPI) Close() error { return t.c.Close() }
+// client is the client that reaches node and the context to call it with.
+func (t *TalosAPI) client(ctx context.Context, node string) (*client.Client, context.Context, error) {
+	if t.shared != nil {
+		return t.shared, client.WithNode(ctx, node), nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if c := t.nodes[node]; c != nil {
+		return c, ctx, nil
+	}
+	c, err := client.New(t.ctx, client.WithConfig(t.cfg), client.WithEndpoints(node))
+	if err != nil {
+		return nil, nil, fmt.Errorf("Talos API client for %s: %w", node, err)
+	}
+	t.nodes[node] = c
+	return c, ctx, nil
+}
+
+// Close closes the connections.
+func (t *TalosAPI) Close() error {
+	var errs []error
+	if t.shared != nil {
+		errs = append(errs, t.shared.Close())
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for node, c := range t.nodes {
+		errs = append(errs, c.Close())
+		delete(t.nodes, node)
+	}
+	return errors.Join(errs...)
+}
 
 // Version implements Talos.
 func (t *TalosAPI) Version(ctx context.Context, node string) (string, error) {
-	resp, err := t.c.Version(client.WithNode(ctx, node))
+	c, ctx, err := t.client(ctx, node)
+	if err != nil {
+		return "", err
+	}
+	resp, err := c.Version(ctx)
 	if err != nil {
 		return "", fmt.Errorf("Talos version of %s: %w", node, err)
 	}
@@ -83,7 +128,11 @@ func (t *TalosAPI) Version(ctx context.Context, node string) (string, error) {
 
 // EtcdMembers implements Talos.
 func (t *TalosAPI) EtcdMembers(ctx context.Context, node string) ([]EtcdMember, error) {
-	resp, err := t.c.EtcdMemberList(client.WithNode(ctx, node), &machine.EtcdMemberListRequest{})
+	c, ctx, err := t.client(ctx, node)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.EtcdMemberList(ctx, &machine.EtcdMemberListRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("etcd members from %s: %w", node, err)
 	}
@@ -98,7 +147,11 @@ func (t *TalosAPI) EtcdMembers(ctx context.Context, node string) ([]EtcdMember, 
 
 // EtcdStatus implements Talos.
 func (t *TalosAPI) EtcdStatus(ctx context.Context, node string) (EtcdStatus, error) {
-	resp, err := t.c.EtcdStatus(client.WithNode(ctx, node))
+	c, ctx, err := t.client(ctx, node)
+	if err != nil {
+		return EtcdStatus{}, err
+	}
+	resp, err := c.EtcdStatus(ctx)
 	if err != nil {
 		return EtcdStatus{}, fmt.Errorf("etcd status of %s: %w", node, err)
 	}
@@ -121,11 +174,14 @@ var systemContainerd = &common.ContainerdInstance{Driver: common.ContainerDriver
 // apid answers Unimplemented (Talos before v1.13) gets the legacy
 // MachineService.Upgrade, which reboots by itself.
 func (t *TalosAPI) Upgrade(ctx context.Context, node, image string) error {
-	nctx := client.WithNode(ctx, node)
-	err := t.lifecycleUpgrade(nctx, image)
+	c, nctx, err := t.client(ctx, node)
+	if err != nil {
+		return err
+	}
+	err = lifecycleUpgrade(nctx, c, image)
 	if status.Code(err) == codes.Unimplemented { // status.Code looks through %w
 		//lint:ignore SA1019 the legacy API is what Talos < v1.13 serves
-		_, lerr := t.c.UpgradeWithOptions(nctx, client.WithUpgradeImage(image), client.WithUpgradeRebootMode(machine.UpgradeRequest_DEFAULT))
+		_, lerr := c.UpgradeWithOptions(nctx, client.WithUpgradeImage(image), client.WithUpgradeRebootMode(machine.UpgradeRequest_DEFAULT))
 		if lerr != nil {
 			return fmt.Errorf("upgrade %s to %s (legacy API, the node is older than Talos v1.13): %w", node, image, lerr)
 		}
@@ -134,21 +190,21 @@ func (t *TalosAPI) Upgrade(ctx context.Context, node, image string) error {
 	if err != nil {
 		return fmt.Errorf("upgrade %s to %s: %w", node, image, err)
 	}
-	if err := t.c.Reboot(nctx); err != nil {
+	if err := c.Reboot(nctx); err != nil {
 		return fmt.Errorf("upgrade %s: installed %s, but the reboot was refused: %w", node, image, err)
 	}
 	return nil
 }
 
-func (t *TalosAPI) lifecycleUpgrade(ctx context.Context, image string) error {
-	pull, err := t.c.ImageClient.Pull(ctx, &machine.ImageServicePullRequest{Containerd: systemContainerd, ImageRef: image})
+func lifecycleUpgrade(ctx context.Context, c *client.Client, image string) error {
+	pull, err := c.ImageClient.Pull(ctx, &machine.ImageServicePullRequest{Containerd: systemContainerd, ImageRef: image})
 	if err != nil {
 		return fmt.Errorf("pull: %w", err)
 	}
 	if err := drainStream(pull.Recv); err != nil {
 		return fmt.Errorf("pull %s: %w", image, err)
 	}
-	up, err := t.c.LifecycleClient.Upgrade(ctx, &machine.LifecycleServiceUpgradeRequest{
+	up, err := c.LifecycleClient.Upgrade(ctx, &machine.LifecycleServiceUpgradeRequest{
 		Containerd: systemContainerd,
 		Source:     &machine.InstallArtifactsSource{ImageName: image},
 	})
