@@ -22,6 +22,7 @@ var rules = map[string]role.Set{
 	"/machine.MachineService/ApplyConfiguration":   role.MakeSet(role.Admin, role.Reader),
 	"/machine.MachineService/EtcdMemberList":       role.MakeSet(role.Admin, role.Operator, role.Reader, role.EtcdBackup),
 	"/machine.MachineService/EtcdRemoveMemberByID": role.MakeSet(role.Admin),
+	"/machine.MachineService/EtcdStatus":           role.MakeSet(role.Admin, role.Operator, role.Reader, role.EtcdBackup),
 	"/machine.MachineService/Reboot":               role.MakeSet(role.Admin, role.Operator),
 	"/machine.MachineService/Reset":                role.MakeSet(role.Admin),
 	"/machine.MachineService/Upgrade":              role.MakeSet(role.Admin),
