@@ -28,8 +28,12 @@ type Backend interface {
 	Delete(ctx context.Context, key string) error
 }
 
-// backendTimeout bounds one call into the Backend.
-const backendTimeout = 30 * time.Second
+// backendTimeout bounds one call into the Backend; backendRetry is when
+// changes that failed to save are tried again without waiting for another.
+const (
+	backendTimeout = 30 * time.Second
+	backendRetry   = 5 * time.Second
+)
 
 // change is a change to one machine's record, applied to the copy in
 // memory at once and to the stored record when it is saved. It must change
@@ -207,6 +211,11 @@ func (s *Store) flushBackend() error {
 		}
 	}
 	if len(errs) > 0 {
+		s.mu.Lock()
+		if !s.closed && s.timer == nil { // the backend may be back soon: try again
+			s.timer = time.AfterFunc(backendRetry, func() { s.saveNow(true) })
+		}
+		s.mu.Unlock()
 		return fmt.Errorf("save inventory: %w", errors.Join(errs...))
 	}
 	return nil

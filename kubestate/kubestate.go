@@ -21,6 +21,19 @@
 // are objects created once: Create's AlreadyExists means another replica
 // spent the token first. The lease table is written by the DHCP leader only,
 // and a write over a table it has not seen is refused (LeaseStore).
+//
+// Wiring (rackboot serve --kube):
+//
+//	st, err := kubestate.New(clientset, namespace, kubestate.WithLogger(log))
+//	rack, err := st.Rack(ctx)                 // profiles.Rack from the ConfigMap
+//	bundle, err := st.Secrets(ctx)            // never made here: handoff copies it
+//	bmc, err := st.BMCPasswords(ctx, nil)
+//	tokens, err := st.Tokens(ctx, pxe.TokenConfig{}) // pxe.Config.Tokens
+//	inv, err := st.Inventory(ctx, inventory.WithNames(...), ...)
+//	go st.Machines().Watch(ctx, inv.Observe)  // other replicas' changes
+//	dhcpCfg.LeaseStore = st.Leases()          // one per DHCP server; the leader's
+//
+// The Role a replica needs is Rules().
 package kubestate
 
 import (
@@ -31,6 +44,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -170,4 +184,16 @@ func checkSize(what string, n int) error {
 		return fmt.Errorf("%s is %d bytes: a Kubernetes object holds at most about 1 MiB (%d bytes for rackboot's content)", what, n, MaxObjectBytes)
 	}
 	return nil
+}
+
+// Rules are what a replica (rackboot serve --kube) does in its namespace,
+// for its Role: ConfigMaps for machine records, leases and spent tokens
+// (delete: old pins and forgotten unknown machines), Secrets read and the
+// token key created on first start. Import (rackboot handoff) also updates
+// Secrets and runs with the cluster admin's rights.
+func Rules() []rbacv1.PolicyRule {
+	return []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list", "watch", "create", "update", "delete"}},
+		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "create"}},
+	}
 }

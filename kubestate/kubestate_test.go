@@ -36,6 +36,7 @@ func TestAPIServer(t *testing.T) {
 	t.Run("TokenRace", func(t *testing.T) { testTokenRace(t, env.Config) })
 	t.Run("Leases", func(t *testing.T) { testLeases(t, env.Config) })
 	t.Run("ImportExport", func(t *testing.T) { testImportExport(t, env.Config) })
+	t.Run("RBAC", func(t *testing.T) { testRBAC(t, env.Config) })
 }
 
 // replicas makes a namespace and n Stores on it, each with its own client.
