@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,6 +32,7 @@ func TestAPIServer(t *testing.T) {
 	t.Logf("measured: apiserver ready in %v", env.ReadyIn.Round(time.Millisecond))
 	t.Run("MachineRace", func(t *testing.T) { testMachineRace(t, env.Config) })
 	t.Run("InventoryRace", func(t *testing.T) { testInventoryRace(t, env.Config) })
+	t.Run("InventoryRecord", func(t *testing.T) { testInventoryRecord(t, env.Config) })
 	t.Run("InventoryWatch", func(t *testing.T) { testInventoryWatch(t, env.Config) })
 	t.Run("Tokens", func(t *testing.T) { testTokens(t, env.Config) })
 	t.Run("TokenRace", func(t *testing.T) { testTokenRace(t, env.Config) })
@@ -437,4 +439,73 @@ func TestMachineObjectName(t *testing.T) {
 	if MachineObjectName("52:54:00:12:34:56") == MachineObjectName("52:54:00:12:34:57") {
 		t.Error("two MACs share an object name")
 	}
+}
+
+// testInventoryRecord: netboot events (saved within the flush delay, not
+// at once) from two replicas at once all reach the record; a machine first
+// seen unknown and then by name brings its history along.
+func testInventoryRecord(t *testing.T, cfg *rest.Config) {
+	ctx := ctxFor(t)
+	rs := replicas(t, cfg, 2)
+	byMAC := func(mac string) (string, bool) { return "formula", mac == mac1.String() }
+	var invs []*inventory.Store
+	for _, s := range rs {
+		inv, err := s.Inventory(ctx, inventory.WithMACNames(byMAC), inventory.WithFlushDelay(20*time.Millisecond), inventory.WithLimits(1000, 10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		invs = append(invs, inv)
+	}
+	// Replica 1 sees an unknown machine, then learns its name.
+	invs[0].Record(pxe.Event{MAC: mac2, Stage: pxe.StageDiscovered, Detail: "unknown first"})
+	invs[0].Record(pxe.Event{Name: "urban", MAC: mac2, Stage: pxe.StageDHCP})
+	const n = 25
+	var wg sync.WaitGroup
+	for r, inv := range invs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range n {
+				inv.Record(pxe.Event{MAC: mac1, Addr: ip1, Stage: pxe.StageKernel, Detail: fmt.Sprintf("rec-%d-%02d", r, i)})
+				time.Sleep(time.Millisecond)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, inv := range invs {
+		if err := inv.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms, err := rs[1].Machines().Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]inventory.Machine{}
+	for _, m := range ms {
+		got[m.Key] = m
+	}
+	f := got["formula"]
+	details := map[string]int{}
+	for _, e := range f.Timeline {
+		details[e.Detail]++
+	}
+	for r := range 2 {
+		for i := range n {
+			if d := fmt.Sprintf("rec-%d-%02d", r, i); details[d] != 1 {
+				t.Errorf("entry %s seen %d times, want 1", d, details[d])
+			}
+		}
+	}
+	if f.Addr != ip1 || !slices.Equal(f.MACs, []string{mac1.String()}) {
+		t.Errorf("formula: addr %v, MACs %v", f.Addr, f.MACs)
+	}
+	u := got["urban"]
+	if len(u.Timeline) != 2 || u.Timeline[0].Detail != "unknown first" || !slices.Equal(u.MACs, []string{mac2.String()}) {
+		t.Errorf("urban adopted from its unknown history: %+v", u)
+	}
+	if _, ok := got[mac2.String()]; ok {
+		t.Error("the unknown machine got a record of its own")
+	}
+	t.Logf("measured: %d netboot events from 2 replicas saved in %d revisions", 2*n, f.Revision)
 }
