@@ -40,6 +40,38 @@ type removeLab struct {
 	rack, state, kube string
 	cs                kubernetes.Interface
 	secrets           *secrets.Bundle
+	trustdAt          string // trustd on loopback, once a worker asked
+}
+
+// trustd starts, once, trustd from formula's (a control plane's) config
+// on loopback, where workers' stand-ins get their API certificates.
+func (l *removeLab) trustd() string {
+	t := l.t
+	t.Helper()
+	if l.trustdAt != "" {
+		return l.trustdAt
+	}
+	r, err := profiles.LoadFile(l.rack)
+	must(t, err)
+	raw, err := profiles.GenerateConfig(r, "formula", l.secrets)
+	must(t, err)
+	cfg, err := configloader.NewFromBytes(raw)
+	must(t, err)
+	td, err := apid.NewTrustd(apid.TrustdConfig{Machine: cfg, Addresses: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Hostname: "formula"})
+	must(t, err)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- td.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("trustd: %v", err)
+		}
+	})
+	l.trustdAt = ln.Addr().String()
+	return l.trustdAt
 }
 
 // talosNode is one stand-in apid.
@@ -84,20 +116,18 @@ func (l *removeLab) talos(name string, members []*machine.EtcdMember, onReset fu
 	t.Helper()
 	r, err := profiles.LoadFile(l.rack)
 	must(t, err)
-	// The stand-in cannot be a worker's apid: a worker's config has the
-	// OS CA without its key and the stand-in has no trustd to sign its
-	// certificate (apid.ErrNoIssuingCA). A worker's stand-in gets a control
-	// plane's config: only who signs its certificate changes (and Reset
-	// does not look at the machine type; EtcdMemberList is never asked of
-	// a worker here).
-	of := name
-	if m := r.Machine(name); m != nil && m.Role != profiles.RoleControlPlane {
-		of = "formula"
-	}
-	raw, err := profiles.GenerateConfig(r, of, l.secrets)
+	// A worker's config has the OS CA without its key: as on Talos, its
+	// API certificate comes from trustd, here one started from formula's
+	// config on loopback (apid.ConfigureWorker).
+	raw, err := profiles.GenerateConfig(r, name, l.secrets)
 	must(t, err)
 	cfg, err := configloader.NewFromBytes(raw)
 	must(t, err)
+	var trustdAt []string
+	worker := !cfg.Machine().Type().IsControlPlane()
+	if worker {
+		trustdAt = []string{l.trustd()}
+	}
 	n := &talosNode{}
 	n.srv, err = apid.New(apid.Config{
 		Version:     "v1.13.0",
@@ -105,7 +135,8 @@ func (l *removeLab) talos(name string, members []*machine.EtcdMember, onReset fu
 		Hostname:    name,
 		Installed:   true,
 		SystemDisk:  "/dev/nvme0n1",
-		EtcdMembers: members,
+		EtcdMembers:     members,
+		TrustdEndpoints: trustdAt,
 		OnReset: func(_ context.Context, r apid.Reset) error {
 			n.mu.Lock()
 			n.resets = append(n.resets, r)
@@ -117,7 +148,13 @@ func (l *removeLab) talos(name string, members []*machine.EtcdMember, onReset fu
 		},
 	})
 	must(t, err)
-	must(t, n.srv.Configure(cfg))
+	if worker {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		must(t, n.srv.ConfigureWorker(ctx, cfg))
+		cancel()
+	} else {
+		must(t, n.srv.Configure(cfg))
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	must(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
