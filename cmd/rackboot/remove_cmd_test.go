@@ -130,11 +130,11 @@ func (l *removeLab) talos(name string, members []*machine.EtcdMember, onReset fu
 	}
 	n := &talosNode{}
 	n.srv, err = apid.New(apid.Config{
-		Version:     "v1.13.0",
-		Addresses:   []netip.Addr{netip.MustParseAddr("127.0.0.1")},
-		Hostname:    name,
-		Installed:   true,
-		SystemDisk:  "/dev/nvme0n1",
+		Version:         "v1.13.0",
+		Addresses:       []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+		Hostname:        name,
+		Installed:       true,
+		SystemDisk:      "/dev/nvme0n1",
 		EtcdMembers:     members,
 		TrustdEndpoints: trustdAt,
 		OnReset: func(_ context.Context, r apid.Reset) error {
