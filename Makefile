@@ -21,12 +21,13 @@ STATICCHECK_VERSION := v0.7.0
 
 IPXE_DIR    := pxe/ipxe/bin
 ROOK_DIR    := bundles/rook/upstream
+CNPG_DIR    := bundles/cnpg/upstream
 LOADERS_DIR := imager/bootloaders/bin
 STANDIN_DIR := lab/standin/build
 
 # What the binary embeds, materialized at build time from pinned sources
-# (Debian packages, the Rook Go module), never committed.
-EMBEDDED := $(IPXE_DIR)/SOURCE $(ROOK_DIR)/SOURCE $(LOADERS_DIR)/SOURCE
+# (Debian packages, the Rook and CloudNativePG Go modules), never committed.
+EMBEDDED := $(IPXE_DIR)/SOURCE $(ROOK_DIR)/SOURCE $(CNPG_DIR)/SOURCE $(LOADERS_DIR)/SOURCE
 
 .PHONY: all deps build ipxe bundles bootloaders standin standin-arm64 kubetest test test-arm64 unit fuzz lint release demo bench clean
 
@@ -43,10 +44,13 @@ $(IPXE_DIR)/SOURCE: scripts/materialize-ipxe.sh
 	scripts/materialize-ipxe.sh $(IPXE_DIR)
 	@touch $@ # newer than the script even when it had nothing to do
 
-## bundles: Rook's operator manifests from the pinned Go module github.com/rook/rook v1.18.8.
-bundles: $(ROOK_DIR)/SOURCE
+## bundles: Rook's operator manifests from the pinned Go module github.com/rook/rook v1.18.8,
+## and CloudNativePG's release manifest from github.com/cloudnative-pg/cloudnative-pg v1.30.0.
+bundles: $(ROOK_DIR)/SOURCE $(CNPG_DIR)/SOURCE
 $(ROOK_DIR)/SOURCE: scripts/materialize-rook.sh
 	scripts/materialize-rook.sh $(ROOK_DIR)
+$(CNPG_DIR)/SOURCE: scripts/materialize-cnpg.sh
+	scripts/materialize-cnpg.sh $(CNPG_DIR)
 
 ## bootloaders: isolinux and systemd-boot from Debian packages, for ISO/USB images.
 bootloaders: $(LOADERS_DIR)/SOURCE
@@ -129,4 +133,4 @@ bench: deps build standin
 	scripts/bench.sh
 
 clean:
-	rm -rf bin dist $(IPXE_DIR) $(ROOK_DIR) $(LOADERS_DIR) $(STANDIN_DIR)
+	rm -rf bin dist $(IPXE_DIR) $(ROOK_DIR) $(CNPG_DIR) $(LOADERS_DIR) $(STANDIN_DIR)

@@ -72,6 +72,13 @@ func Images(objs []*unstructured.Unstructured) ([]string, error) {
 				return nil, err
 			}
 		}
+		if o.GetKind() == "Cluster" && strings.HasPrefix(o.GetAPIVersion(), "postgresql.cnpg.io/") {
+			if img, ok, _ := unstructured.NestedString(o.Object, "spec", "imageName"); ok && img != "" {
+				if err := add(o, "spec.imageName", img); err != nil {
+					return nil, err
+				}
+			}
+		}
 		for _, path := range podSpecPaths {
 			for _, list := range containerLists {
 				field := append(slices.Clone(path), list)

@@ -11,6 +11,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/yaml"
 
+	"github.com/dotfile/rackboot/bundles/appdb"
+	"github.com/dotfile/rackboot/bundles/cnpg"
 	"github.com/dotfile/rackboot/bundles/cockroach"
 	"github.com/dotfile/rackboot/bundles/rook"
 )
@@ -38,21 +40,51 @@ type Params struct {
 	RookManifests fs.FS
 	// Now is the clock of certificate issuance; nil means time.Now.
 	Now func() time.Time
+
+	// Engine is the apps' database: profiles.EngineCockroachDB ("" too)
+	// or profiles.EnginePostgres (CloudNativePG).
+	Engine string
+	// Apps get a database, a user and a Secret <app>-database.
+	Apps []App
+	// Postgres is the CloudNativePG Cluster's inputs (engine postgres).
+	Postgres PostgresParams
+	// PostgresCertsDir keeps the PostgreSQL server's CA and certificate;
+	// PasswordsDir the apps' passwords (both created on first use, never
+	// regenerated).
+	PostgresCertsDir string
+	PasswordsDir     string
+	// CNPGManifests is the folder of CloudNativePG's materialized release
+	// manifest; nil means the one embedded in the binary.
+	CNPGManifests fs.FS
 }
+
+// App is one app of the rack's database section.
+type App = appdb.App
+
+// PostgresParams are the CloudNativePG Cluster's inputs.
+type PostgresParams = cnpg.Params
+
+// Engines of Params.Engine (the rack file's database.engine).
+const (
+	EngineCockroachDB = "cockroachdb"
+	EnginePostgres    = "postgres"
+)
 
 // Names of the bundles, in apply order.
 const (
 	RookBundle      = "rook-ceph"
 	CockroachBundle = "cockroachdb"
+	CNPGBundle      = "cloudnative-pg"
+	PostgresBundle  = "postgres"
 )
 
 // Render returns the platform's bundles in apply order: Rook-Ceph (the
-// upstream operator part, then the generated cluster part) and CockroachDB.
+// upstream operator part, then the generated cluster part), then the apps'
+// database: CockroachDB (with the apps' SQL Job), or, with engine postgres,
+// CloudNativePG's operator and the PostgreSQL Cluster with the apps'
+// databases.
 // The output is deterministic for the same inputs and certificates.
 func Render(p Params) ([]Bundle, error) {
-	if p.CertsDir == "" {
-		return nil, errors.New("render bundles: no certificates directory")
-	}
 	now := p.Now
 	if now == nil {
 		now = time.Now
@@ -75,67 +107,192 @@ func Render(p Params) ([]Bundle, error) {
 	// The generated namespace (with its pod-security labels) comes first.
 	rookObjs := append(append(cluster[:1:1], upstream...), cluster[1:]...)
 
-	cp := p.Cockroach.WithDefaults()
-	if cp.Replicas < 1 {
-		return nil, errors.New("render CockroachDB bundle: no schedulable nodes")
-	}
-	certs, err := cockroach.LoadOrCreateCerts(p.CertsDir, cp.Replicas, cp.Namespace, now)
-	if err != nil {
-		return nil, fmt.Errorf("render CockroachDB bundle: %w", err)
-	}
-	crdbObjs, err := cockroach.Objects(cp, certs)
-	if err != nil {
-		return nil, fmt.Errorf("render CockroachDB bundle: %w", err)
-	}
-
-	out := []Bundle{
-		{
-			Name:    RookBundle,
-			Objects: rookObjs,
-			Gates: []Gate{
-				{
-					Name:      fmt.Sprintf("CephCluster %s/%s is HEALTH_OK", rook.Namespace, rook.ClusterName),
-					GVR:       schema.GroupVersionResource{Group: "ceph.rook.io", Version: "v1", Resource: "cephclusters"},
-					Namespace: rook.Namespace, Object: rook.ClusterName,
-					Ready: rook.ClusterHealthy,
-				},
-				{
-					Name:      fmt.Sprintf("CephCluster %s/%s is Ready", rook.Namespace, rook.ClusterName),
-					GVR:       schema.GroupVersionResource{Group: "ceph.rook.io", Version: "v1", Resource: "cephclusters"},
-					Namespace: rook.Namespace, Object: rook.ClusterName,
-					Ready: rook.PhaseReady,
-				},
-				{
-					Name:      fmt.Sprintf("CephBlockPool %s/%s is Ready", rook.Namespace, rook.PoolName),
-					GVR:       schema.GroupVersionResource{Group: "ceph.rook.io", Version: "v1", Resource: "cephblockpools"},
-					Namespace: rook.Namespace, Object: rook.PoolName,
-					Ready: rook.PhaseReady,
-				},
+	rookBundle := Bundle{
+		Name:    RookBundle,
+		Objects: rookObjs,
+		Gates: []Gate{
+			{
+				Name:      fmt.Sprintf("CephCluster %s/%s is HEALTH_OK", rook.Namespace, rook.ClusterName),
+				GVR:       schema.GroupVersionResource{Group: "ceph.rook.io", Version: "v1", Resource: "cephclusters"},
+				Namespace: rook.Namespace, Object: rook.ClusterName,
+				Ready: rook.ClusterHealthy,
 			},
-		},
-		{
-			Name:    CockroachBundle,
-			Objects: crdbObjs,
-			Gates: []Gate{
-				{
-					Name:      fmt.Sprintf("StatefulSet %s/%s has %d ready replicas", cp.Namespace, cockroach.StatefulSet, cp.Replicas),
-					GVR:       schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "statefulsets"},
-					Namespace: cp.Namespace, Object: cockroach.StatefulSet,
-					Ready: cockroach.StatefulSetReady,
-				},
-				{
-					Name:      fmt.Sprintf("Job %s/%s succeeded", cp.Namespace, cockroach.InitJob),
-					GVR:       schema.GroupVersionResource{Group: "batch", Version: "v1", Resource: "jobs"},
-					Namespace: cp.Namespace, Object: cockroach.InitJob,
-					Ready: cockroach.JobSucceeded,
-				},
+			{
+				Name:      fmt.Sprintf("CephCluster %s/%s is Ready", rook.Namespace, rook.ClusterName),
+				GVR:       schema.GroupVersionResource{Group: "ceph.rook.io", Version: "v1", Resource: "cephclusters"},
+				Namespace: rook.Namespace, Object: rook.ClusterName,
+				Ready: rook.PhaseReady,
+			},
+			{
+				Name:      fmt.Sprintf("CephBlockPool %s/%s is Ready", rook.Namespace, rook.PoolName),
+				GVR:       schema.GroupVersionResource{Group: "ceph.rook.io", Version: "v1", Resource: "cephblockpools"},
+				Namespace: rook.Namespace, Object: rook.PoolName,
+				Ready: rook.PhaseReady,
 			},
 		},
 	}
+	var db []Bundle
+	switch p.Engine {
+	case EngineCockroachDB, "":
+		b, err := renderCockroach(p, now)
+		if err != nil {
+			return nil, err
+		}
+		db = []Bundle{b}
+	case EnginePostgres:
+		if db, err = renderPostgres(p, now); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("render bundles: database engine %q is not known: write %s or %s", p.Engine, EngineCockroachDB, EnginePostgres)
+	}
+	out := append([]Bundle{rookBundle}, db...)
 	if err := checkObjects(out); err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// passwords loads or makes the apps' passwords.
+func passwords(p Params) (map[string]string, error) {
+	if len(p.Apps) == 0 {
+		return map[string]string{}, nil
+	}
+	if p.PasswordsDir == "" {
+		return nil, errors.New("render bundles: apps but no passwords directory")
+	}
+	names := make([]string, len(p.Apps))
+	for i, a := range p.Apps {
+		names[i] = a.Name
+	}
+	return appdb.LoadOrCreatePasswords(p.PasswordsDir, names)
+}
+
+// renderCockroach is the CockroachDB bundle, with the apps' SQL Job.
+func renderCockroach(p Params, now func() time.Time) (Bundle, error) {
+	cp := p.Cockroach.WithDefaults()
+	if cp.Replicas < 1 {
+		return Bundle{}, errors.New("render CockroachDB bundle: no schedulable nodes")
+	}
+	if p.CertsDir == "" {
+		return Bundle{}, errors.New("render CockroachDB bundle: no certificates directory")
+	}
+	certs, err := cockroach.LoadOrCreateCerts(p.CertsDir, cp.Replicas, cp.Namespace, now)
+	if err != nil {
+		return Bundle{}, fmt.Errorf("render CockroachDB bundle: %w", err)
+	}
+	crdbObjs, err := cockroach.Objects(cp, certs)
+	if err != nil {
+		return Bundle{}, fmt.Errorf("render CockroachDB bundle: %w", err)
+	}
+	gates := []Gate{
+		{
+			Name:      fmt.Sprintf("StatefulSet %s/%s has %d ready replicas", cp.Namespace, cockroach.StatefulSet, cp.Replicas),
+			GVR:       schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "statefulsets"},
+			Namespace: cp.Namespace, Object: cockroach.StatefulSet,
+			Ready: cockroach.StatefulSetReady,
+		},
+		{
+			Name:      fmt.Sprintf("Job %s/%s succeeded", cp.Namespace, cockroach.InitJob),
+			GVR:       schema.GroupVersionResource{Group: "batch", Version: "v1", Resource: "jobs"},
+			Namespace: cp.Namespace, Object: cockroach.InitJob,
+			Ready: cockroach.JobSucceeded,
+		},
+	}
+	pw, err := passwords(p)
+	if err != nil {
+		return Bundle{}, fmt.Errorf("render CockroachDB bundle: %w", err)
+	}
+	apps, err := appdb.CockroachObjects(p.Apps, pw, cp, certs.CACert)
+	if err != nil {
+		return Bundle{}, fmt.Errorf("render CockroachDB bundle: %w", err)
+	}
+	if len(apps) > 0 {
+		job := appdb.CockroachJobName(p.Apps)
+		gates = append(gates, Gate{
+			Name:      fmt.Sprintf("Job %s/%s (the apps' databases and users) succeeded", cp.Namespace, job),
+			GVR:       schema.GroupVersionResource{Group: "batch", Version: "v1", Resource: "jobs"},
+			Namespace: cp.Namespace, Object: job,
+			Ready: cockroach.JobSucceeded,
+		})
+	}
+	return Bundle{Name: CockroachBundle, Objects: append(crdbObjs, apps...), Gates: gates}, nil
+}
+
+// renderPostgres is CloudNativePG's operator bundle (gated on the operator
+// being available: its webhooks must answer before a Cluster is applied)
+// and the PostgreSQL bundle: the Cluster, its TLS Secrets, the apps' roles,
+// databases and Secrets.
+func renderPostgres(p Params, now func() time.Time) ([]Bundle, error) {
+	manifests := p.CNPGManifests
+	if manifests == nil {
+		var err error
+		if manifests, err = cnpg.Embedded(); err != nil {
+			return nil, fmt.Errorf("render CloudNativePG bundle: %w", err)
+		}
+	}
+	operator, err := cnpg.Upstream(manifests)
+	if err != nil {
+		return nil, fmt.Errorf("render CloudNativePG bundle: %w", err)
+	}
+	pp := p.Postgres.WithDefaults()
+	if pp.Instances() < 1 {
+		return nil, errors.New("render PostgreSQL bundle: no schedulable nodes")
+	}
+	if p.PostgresCertsDir == "" {
+		return nil, errors.New("render PostgreSQL bundle: no certificates directory")
+	}
+	certs, err := cnpg.LoadOrCreateCerts(p.PostgresCertsDir, cnpg.DNSNames(pp.Namespace), now)
+	if err != nil {
+		return nil, fmt.Errorf("render PostgreSQL bundle: %w", err)
+	}
+	pw, err := passwords(p)
+	if err != nil {
+		return nil, fmt.Errorf("render PostgreSQL bundle: %w", err)
+	}
+	apps, err := appdb.PostgresObjects(p.Apps, pw, pp.Namespace, certs.CACert)
+	if err != nil {
+		return nil, fmt.Errorf("render PostgreSQL bundle: %w", err)
+	}
+	pp.Roles, pp.HBA = apps.Roles, apps.HBA
+	cluster, err := cnpg.Objects(pp, certs)
+	if err != nil {
+		return nil, fmt.Errorf("render PostgreSQL bundle: %w", err)
+	}
+	clusterGVR := schema.GroupVersionResource{Group: "postgresql.cnpg.io", Version: "v1", Resource: "clusters"}
+	gates := []Gate{
+		{
+			Name: fmt.Sprintf("Cluster %s/%s has all %d instances ready", pp.Namespace, cnpg.ClusterName, pp.Instances()),
+			GVR:  clusterGVR, Namespace: pp.Namespace, Object: cnpg.ClusterName,
+			Ready: cnpg.InstancesReady,
+		},
+		{
+			Name: fmt.Sprintf("Cluster %s/%s has a healthy primary", pp.Namespace, cnpg.ClusterName),
+			GVR:  clusterGVR, Namespace: pp.Namespace, Object: cnpg.ClusterName,
+			Ready: cnpg.HasPrimary,
+		},
+	}
+	for _, a := range p.Apps {
+		gates = append(gates, Gate{
+			Name:      fmt.Sprintf("Database %s/%s (app %s) is created", pp.Namespace, appdb.DatabaseObject(a.Name), a.Name),
+			GVR:       schema.GroupVersionResource{Group: "postgresql.cnpg.io", Version: "v1", Resource: "databases"},
+			Namespace: pp.Namespace, Object: appdb.DatabaseObject(a.Name),
+			Ready: cnpg.DatabaseApplied,
+		})
+	}
+	return []Bundle{
+		{
+			Name:    CNPGBundle,
+			Objects: operator,
+			Gates: []Gate{{
+				Name:      fmt.Sprintf("Deployment %s/%s is available", cnpg.OperatorNamespace, cnpg.OperatorDeployment),
+				GVR:       schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "deployments"},
+				Namespace: cnpg.OperatorNamespace, Object: cnpg.OperatorDeployment,
+				Ready: cnpg.DeploymentAvailable,
+			}},
+		},
+		{Name: PostgresBundle, Objects: append(cluster, apps.Objects...), Gates: gates},
+	}, nil
 }
 
 // checkObjects reports an object without apiVersion, kind or name, or one
