@@ -20,6 +20,8 @@ pkgs=(
   openipmi ipmitool python3-flask python3-tenacity python3-bcrypt python3-webob python3-pbr python3-requests
   # disk inspection and wipes: Ceph's own bluestore label reader (ceph-bluestore-tool), hexdump
   ceph-osd bsdextrautils
+  # app databases: a real PostgreSQL runs the per-app SQL and pg_hba rules (bundles/appdb)
+  postgresql
 )
 
 missing=()
