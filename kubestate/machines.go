@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -165,58 +164,84 @@ func (b *Machines) Delete(ctx context.Context, key string) error {
 }
 
 // watchRetry is how long Watch waits before listing again after its watch
-// ended with an error.
-const watchRetry = 2 * time.Second
+// failed; watchResume before resuming a watch the server closed.
+const (
+	watchRetry  = 2 * time.Second
+	watchResume = 100 * time.Millisecond
+)
 
 // Watch calls seen with every machine record, then with each record as
-// other replicas (or this one) store it, until ctx ends; it lists again
-// whenever the watch breaks. inventory.Store.Observe is the usual seen.
-// It returns ctx's error.
+// other replicas (or this one) store it, until ctx ends. A watch the server
+// closes is resumed from the last version seen; one that fails (the
+// version is too old, the server is away) lists again. inventory.Store's
+// Observe is the usual seen. It returns ctx's error.
 func (b *Machines) Watch(ctx context.Context, seen func(inventory.Machine)) error {
+	rv := ""
 	for {
-		err := b.watchOnce(ctx, seen)
+		var err error
+		if rv == "" {
+			rv, err = b.list(ctx, seen)
+		}
+		if err == nil {
+			rv, err = b.watchFrom(ctx, rv, seen)
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		wait := watchResume // closed by the server: resume
 		if err != nil {
+			rv, wait = "", watchRetry
 			b.s.log.Warn("watch machine records: listing again", "err", err)
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(watchRetry):
+		case <-time.After(wait):
 		}
 	}
 }
 
-// watchOnce lists, then watches from the list's version until the watch
-// ends.
-func (b *Machines) watchOnce(ctx context.Context, seen func(inventory.Machine)) error {
-	cms := b.s.cs.CoreV1().ConfigMaps(b.s.ns)
-	list, err := cms.List(ctx, metav1.ListOptions{LabelSelector: selector(ComponentMachine)})
+// list calls seen with every record and returns the list's version.
+func (b *Machines) list(ctx context.Context, seen func(inventory.Machine)) (string, error) {
+	list, err := b.s.cs.CoreV1().ConfigMaps(b.s.ns).List(ctx, metav1.ListOptions{LabelSelector: selector(ComponentMachine)})
 	if err != nil {
-		return fmt.Errorf("list machine records: %w", err)
+		return "", fmt.Errorf("list machine records: %w", err)
 	}
 	for i := range list.Items {
 		b.observe(&list.Items[i], seen)
 	}
-	w, err := cms.Watch(ctx, metav1.ListOptions{LabelSelector: selector(ComponentMachine),
-		ResourceVersion: list.ResourceVersion, AllowWatchBookmarks: true})
+	return list.ResourceVersion, nil
+}
+
+// watchFrom watches from version rv until the watch ends, and returns the
+// last version seen; an error when the watch failed.
+func (b *Machines) watchFrom(ctx context.Context, rv string, seen func(inventory.Machine)) (string, error) {
+	w, err := b.s.cs.CoreV1().ConfigMaps(b.s.ns).Watch(ctx, metav1.ListOptions{LabelSelector: selector(ComponentMachine),
+		ResourceVersion: rv, AllowWatchBookmarks: true})
 	if err != nil {
-		return fmt.Errorf("watch machine records: %w", err)
+		return rv, fmt.Errorf("watch machine records: %w", err)
 	}
 	defer w.Stop()
 	for ev := range w.ResultChan() {
 		switch ev.Type {
-		case watch.Added, watch.Modified:
-			if cm, ok := ev.Object.(*corev1.ConfigMap); ok {
+		case watch.Added, watch.Modified, watch.Bookmark:
+			cm, ok := ev.Object.(*corev1.ConfigMap)
+			if !ok {
+				continue
+			}
+			rv = cm.ResourceVersion
+			if ev.Type != watch.Bookmark {
 				b.observe(cm, seen)
 			}
+		case watch.Deleted:
+			if cm, ok := ev.Object.(*corev1.ConfigMap); ok {
+				rv = cm.ResourceVersion
+			}
 		case watch.Error:
-			return fmt.Errorf("watch machine records: %w", apierrors.FromObject(ev.Object))
+			return rv, fmt.Errorf("watch machine records: %w", apierrors.FromObject(ev.Object))
 		}
 	}
-	return errors.New("watch of machine records ended")
+	return rv, nil
 }
 
 func (b *Machines) observe(cm *corev1.ConfigMap, seen func(inventory.Machine)) {
