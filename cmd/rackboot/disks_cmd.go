@@ -48,6 +48,8 @@ type disksFlags struct {
 	forceOther bool
 	noCluster  bool
 	kubeconfig string
+	image      string
+	jobTimeout time.Duration
 }
 
 func disksCmd(a *app) *cobra.Command {
@@ -81,8 +83,11 @@ func disksCmd(a *app) *cobra.Command {
 			"OSD deployments in rook-ceph on that node; without a cluster say --no-cluster).\n" +
 			"--method fast (the default) is Talos's fast wipe: the signatures blkid finds and the first\n" +
 			"and last MiB. It leaves the copies of a bluestore label that Ceph ≥ 19.2.1 keeps at 1, 10,\n" +
-			"100 and 1000 GiB, and Rook (ceph-volume) still refuses such a disk. --method zeroes writes\n" +
-			"the whole disk (hours on a large HDD) and leaves nothing.",
+			"100 and 1000 GiB, which Rook (ceph-volume) still finds; so, with a cluster, rackboot then runs\n" +
+			"a one-shot privileged Job on the machine (namespace rackboot-system, rackboot's own image\n" +
+			"through the rack's mirror) that checks the disk's serial and zeroes 4 KiB at each copy and\n" +
+			"both ends' MiB again. --method zeroes writes the whole disk (hours on a large HDD) and\n" +
+			"leaves nothing.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runDisksWipe(cmd, a, &f, args[0])
@@ -95,6 +100,8 @@ func disksCmd(a *app) *cobra.Command {
 	wfl.BoolVar(&f.forceOther, "force-non-ceph", false, "also wipe disks that cephDisks does not match")
 	wfl.BoolVar(&f.noCluster, "no-cluster", false, "no Kubernetes cluster runs on this rack yet: do not ask it whether a Rook OSD uses the disks")
 	wfl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: kubeconfig in the state directory, else $KUBECONFIG)")
+	wfl.StringVar(&f.image, "image", "", "image the zeroing Job runs (default "+zeroImage("")+", served by the rack's mirror)")
+	wfl.DurationVar(&f.jobTimeout, "job-timeout", 10*time.Minute, "how long to wait for the zeroing Job")
 	cmd.AddCommand(wipe)
 	return cmd
 }
@@ -584,7 +591,8 @@ func runDisksWipe(cmd *cobra.Command, a *app, f *disksFlags, name string) error 
 	if err != nil {
 		return &exitError{code: 1, err: err}
 	}
-	if err := checkRook(ctx, a, f, name, picked, md.Disks, out); err != nil {
+	cs, err := checkRook(ctx, a, f, name, picked, md.Disks, out)
+	if err != nil {
 		return &exitError{code: 1, err: err}
 	}
 	for _, d := range picked {
@@ -615,6 +623,13 @@ func runDisksWipe(cmd *cobra.Command, a *app, f *disksFlags, name string) error 
 	if err := c.BlockDeviceWipe(wctx, req); err != nil {
 		return &exitError{code: 1, err: fmt.Errorf("the wipe on %s was refused or failed in Talos: %w", name, err)}
 	}
+	jobRan := false
+	if method == storage.BlockDeviceWipeDescriptor_FAST && cs != nil {
+		if err := zeroLabelCopies(ctx, cs, name, zeroImage(f.image), picked, f.jobTimeout, out); err != nil {
+			return &exitError{code: 1, err: fmt.Errorf("Talos's fast wipe is done; the label copies are not zeroed: %w", err)}
+		}
+		jobRan = true
+	}
 	after := readMachineDisks(ctx, r, m, tc, eps[name], f.timeout)
 	if after.Error != "" {
 		return &exitError{code: 1, err: fmt.Errorf("wiped; reading %s's disks back failed: %s", name, after.Error)}
@@ -633,11 +648,11 @@ func runDisksWipe(cmd *cobra.Command, a *app, f *disksFlags, name string) error 
 		} else {
 			fmt.Fprintf(out, "%s: %s wiped (%s): Talos sees nothing on it now\n", name, d.Name, f.method)
 		}
-		if len(d.CephLabels) > 0 && method == storage.BlockDeviceWipeDescriptor_FAST {
+		if len(d.CephLabels) > 0 && method == storage.BlockDeviceWipeDescriptor_FAST && !jobRan {
 			fmt.Fprintf(out, "  %s had a Ceph bluestore label. Talos's fast wipe clears the one at offset 0 only: Ceph ≥ 19.2.1 keeps copies at %s,\n"+
-				"  which Talos cannot see and Rook's ceph-volume still finds, so Rook may refuse the disk. Clear them with\n"+
-				"  `rackboot disks wipe %s --serial %s --method zeroes` (writes all %s: hours on a large HDD); the\n"+
-				"  quick way, a one-shot privileged pod zeroing 4 KiB at each copy (disks.WipePlan), is not built yet.\n",
+				"  which Talos cannot see and Rook's ceph-volume still finds, so Rook may refuse the disk. With --no-cluster\n"+
+				"  rackboot cannot run the Job that zeroes them: once Kubernetes runs, wipe again without --no-cluster, or now\n"+
+				"  `rackboot disks wipe %s --serial %s --method zeroes` (writes all %s: hours on a large HDD).\n",
 				d.Name, copiesText(d.Size), name, d.Serial, humanBytes(d.Size))
 		}
 	}
@@ -663,27 +678,28 @@ func copiesText(size uint64) string {
 }
 
 // checkRook refuses disks a Rook OSD uses, asking the cluster for the OSD
-// deployments in rook-ceph. With --no-cluster it does not ask.
-func checkRook(ctx context.Context, a *app, f *disksFlags, node string, picked, all []diskRow, out io.Writer) error {
+// deployments in rook-ceph, and returns the client (the zeroing Job uses
+// it). With --no-cluster it does not ask and returns nil.
+func checkRook(ctx context.Context, a *app, f *disksFlags, node string, picked, all []diskRow, out io.Writer) (kubernetes.Interface, error) {
 	if f.noCluster {
-		fmt.Fprintln(out, "--no-cluster: not asking Kubernetes whether a Rook OSD uses these disks")
-		return nil
+		fmt.Fprintln(out, "--no-cluster: not asking Kubernetes whether a Rook OSD uses these disks (and not zeroing the label copies)")
+		return nil, nil
 	}
 	cantAsk := func(err error) error {
 		return fmt.Errorf("cannot ask the cluster whether a Rook OSD uses these disks (%w); if no cluster runs on this rack yet, add --no-cluster", err)
 	}
 	cfg, _, err := a.restConfig(f.kubeconfig)
 	if err != nil {
-		return cantAsk(err)
+		return nil, cantAsk(err)
 	}
 	cfg.Timeout = f.timeout
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return cantAsk(err)
+		return nil, cantAsk(err)
 	}
 	deps, err := cs.AppsV1().Deployments(rookNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=rook-ceph-osd"})
 	if err != nil && !apierrors.IsNotFound(err) {
-		return cantAsk(err)
+		return nil, cantAsk(err)
 	}
 	var items []appsv1.Deployment
 	if deps != nil {
@@ -695,10 +711,10 @@ func checkRook(ctx context.Context, a *app, f *disksFlags, node string, picked, 
 	}
 	for _, d := range picked {
 		if why := osdUsing(items, node, d, names); why != "" {
-			return fmt.Errorf("%s on %s is Rook's: %s; take the OSD out and remove it first (Rook's OSD removal guide), then wipe", d.Name, node, why)
+			return nil, fmt.Errorf("%s on %s is Rook's: %s; take the OSD out and remove it first (Rook's OSD removal guide), then wipe", d.Name, node, why)
 		}
 	}
-	return nil
+	return cs, nil
 }
 
 // rookNamespace is where the rook bundle runs the Ceph cluster.

@@ -282,13 +282,20 @@ func TestDisksWipeRookOSD(t *testing.T) {
 		t.Fatal(err)
 	}
 	makeRookOSD(t, cs, "1", "urban", "/dev/sda")
+	// An allowed fast wipe with a cluster runs the zeroing Job: the FAKE
+	// KUBELET of zero_job_test.go runs it (see there).
+	kl := &fakeKubelet{t: t, cs: cs, node: "formula", images: map[string]string{"sdb": filepath.Join(l.root, "dev/sdb")}}
+	kl.start()
 	wipe := func(serial string) []string {
-		return []string{"disks", "wipe", "formula", "--node", "formula=" + l.addr, "--serial", serial, "--yes", "--kubeconfig", env.Kubeconfig}
+		return []string{"disks", "wipe", "formula", "--node", "formula=" + l.addr, "--serial", serial, "--yes", "--kubeconfig", env.Kubeconfig, "--job-timeout", "2m"}
 	}
 	// Only another node's OSD: formula's disks may go.
 	out, err := l.run(t, "", wipe("WD-NEW-2")...)
 	if err != nil {
 		t.Fatalf("wipe with another node's OSD: %v\n%s", err, out)
+	}
+	if n := len(kl.jobs()); n != 1 {
+		t.Errorf("%d zeroing Jobs for the allowed wipe, want 1", n)
 	}
 	makeRookOSD(t, cs, "3", "formula", "/dev/sda")
 	out, err = l.run(t, "", wipe("WD-OLD-1")...)
@@ -297,6 +304,9 @@ func TestDisksWipeRookOSD(t *testing.T) {
 	}
 	if len(diskstest.Inspect(t, l.sda).Labels()) != 2 {
 		t.Error("the refused wipe touched sda")
+	}
+	if n := len(kl.jobs()); n != 1 {
+		t.Errorf("%d zeroing Jobs after the refused wipe, want still 1", n)
 	}
 }
 
