@@ -467,6 +467,19 @@ func boolInt(b bool) int {
 // active (see WithDHCPActive).
 func (s *DHCPServer) Inactive() uint64 { return s.inactive.Load() }
 
+// ReloadLeases reads the lease table again from its store or file (full
+// mode; nothing in other modes). A replica that becomes the DHCP leader
+// calls it before it answers: the previous leader may have bound leases.
+func (s *DHCPServer) ReloadLeases() error {
+	if s.leases == nil {
+		return nil
+	}
+	if err := s.leases.Reload(); err != nil {
+		return fmt.Errorf("reload DHCP leases: %w", err)
+	}
+	return nil
+}
+
 // packetHandler answers one request read by server4 (which parsed it and
 // turned an unset source address into broadcast).
 func (s *DHCPServer) packetHandler(bootServer bool) server4.Handler {

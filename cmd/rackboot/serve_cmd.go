@@ -176,7 +176,7 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 	dcfg.IPXEBuild = func(c pxe.Client) pxe.IPXEBuild { return live.Rack().IPXEBuildFor(c) }
 	dopts := []pxe.DHCPOption{pxe.WithDHCPLogger(a.log.With("service", "dhcp")), pxe.WithDHCPRecorder(store)}
 	if ks != nil {
-		dopts = append(dopts, pxe.WithDHCPActive(ks.elector.Leading))
+		dopts = append(dopts, pxe.WithDHCPActive(ks.Active))
 		if mode == pxe.DHCPFull {
 			dcfg.LeaseStore = ks.state.Leases()
 		}
@@ -184,6 +184,9 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 	dhcp, err := pxe.NewDHCP(dcfg, dopts...)
 	if err != nil {
 		return err
+	}
+	if ks != nil {
+		ks.gateDHCP(dhcp)
 	}
 
 	// Only the NIC that owns a machine's MAC gets its boot script, and

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -91,6 +93,13 @@ type kubeServe struct {
 	bundle  *secrets.Bundle
 	tokens  *pxe.Tokens
 	where   string // namespace/lease, for messages
+	log     *slog.Logger
+	retry   time.Duration
+
+	// dhcp is the DHCP server the election gates (set by gateDHCP);
+	// ready is the term whose lease table has been read (see Active).
+	dhcp  atomic.Pointer[pxe.DHCPServer]
+	ready atomic.Int64
 }
 
 // kubeStartTimeout bounds reading the state at start: an API server that
@@ -114,13 +123,14 @@ func openKube(ctx context.Context, a *app, k *kubeFlags) (*kubeServe, error) {
 	if err != nil {
 		return nil, err
 	}
-	el, err := leader.New(leader.Config{Client: cs, Namespace: ns, Name: k.leaseName,
+	ks := &kubeServe{state: st, where: ns + "/" + k.leaseName, log: a.log.With("service", "leader"), retry: k.retryPeriod}
+	ks.elector, err = leader.New(leader.Config{Client: cs, Namespace: ns, Name: k.leaseName,
 		LeaseDuration: k.leaseDuration, RenewDeadline: k.renewDeadline, RetryPeriod: k.retryPeriod,
-		Log: a.log.With("service", "leader")})
+		OnStart: ks.termStarted, Log: ks.log})
 	if err != nil {
 		return nil, fmt.Errorf("--kube: %w", err)
 	}
-	ks := &kubeServe{state: st, elector: el, where: ns + "/" + k.leaseName}
+	el := ks.elector
 	sctx, cancel := context.WithTimeout(ctx, kubeStartTimeout)
 	defer cancel()
 	if ks.rack, err = st.Rack(sctx); err != nil {
@@ -137,6 +147,41 @@ func openKube(ctx context.Context, a *app, k *kubeFlags) (*kubeServe, error) {
 	}
 	a.log.Info("state from Kubernetes", "namespace", ns, "lease", k.leaseName, "identity", el.Identity())
 	return ks, nil
+}
+
+// gateDHCP makes dhcp answer only on the leader (pxe.WithDHCPActive with
+// Active).
+func (ks *kubeServe) gateDHCP(dhcp *pxe.DHCPServer) { ks.dhcp.Store(dhcp) }
+
+// Active is the DHCP server's switch: this replica leads (the elector's
+// fence) and, in this term, has read the lease table its predecessor left.
+func (ks *kubeServe) Active() bool {
+	return ks.elector.Leading() && ks.ready.Load() == int64(ks.elector.Terms())
+}
+
+// termStarted reads the lease table for the new term (full DHCP: the
+// previous leader may have bound leases since this replica last read it),
+// then opens the switch; it tries again every retry period while this
+// replica leads.
+func (ks *kubeServe) termStarted() {
+	term := int64(ks.elector.Terms())
+	go func() {
+		for {
+			var err error
+			if dhcp := ks.dhcp.Load(); dhcp != nil {
+				err = dhcp.ReloadLeases()
+			}
+			if err == nil {
+				ks.ready.Store(term)
+				return
+			}
+			ks.log.Warn("leading, but the DHCP lease table could not be read: not answering DHCP yet", "err", err)
+			time.Sleep(ks.retry)
+			if !ks.elector.Leading() || int64(ks.elector.Terms()) != term {
+				return
+			}
+		}
+	}()
 }
 
 // inventory opens the machine states kept in the cluster.
