@@ -23,17 +23,20 @@ const cockroachCertsDir = "cockroach"
 // bundleFlags are the flags render and apply share.
 type bundleFlags struct {
 	rookDir string
+	// migrate applies a database engine other than the one holding data.
+	migrate bool
 }
 
 func (f *bundleFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.rookDir, "rook-manifests", "", "folder of Rook's upstream manifests (default: the ones embedded by make bundles)")
+	cmd.Flags().BoolVar(&f.migrate, "migrate", false, "apply the rack file's database engine even though the other engine holds data (after you moved it: see docs/DESIGN.md, Databases for apps)")
 }
 
 func init() {
 	subcommands = append(subcommands, func(a *app) *cobra.Command {
 		cmd := &cobra.Command{
 			Use:   "bundles",
-			Short: "Render or apply the platform bundles (Rook-Ceph, CockroachDB)",
+			Short: "Render or apply the platform bundles (Rook-Ceph, then CockroachDB or PostgreSQL)",
 		}
 		cmd.AddCommand(newBundlesRenderCmd(a), newBundlesApplyCmd(a))
 		return cmd
@@ -91,12 +94,18 @@ directory (written by rackboot kubeconfig), else $KUBECONFIG.`,
 				return err
 			}
 			a.log.Info("applying bundles", "kubeconfig", path, "server", cfg.Host)
-			if err := applyBundles(cmd, a, cfg, bs, wait, timeout); err != nil {
+			if err := applyBundles(cmd, a, cfg, bs, wait, timeout, f.migrate); err != nil {
 				return err
 			}
-			certs := filepath.Join(a.StateDir(), cockroachCertsDir)
-			fmt.Fprintf(cmd.OutOrStdout(), "CockroachDB (client certificates in %s):\n  %s\n", certs, cockroach.ConnectionString("", certs))
-			return nil
+			r, err := a.loadRack(cmd)
+			if err != nil {
+				return err
+			}
+			if r.Database.EngineOrDefault() == profiles.EngineCockroachDB {
+				certs := filepath.Join(a.StateDir(), cockroachCertsDir)
+				fmt.Fprintf(cmd.OutOrStdout(), "CockroachDB (client certificates in %s):\n  %s\n", certs, cockroach.ConnectionString("", certs))
+			}
+			return writeDBList(cmd.OutOrStdout(), r, a.StateDir())
 		},
 	}
 	f.add(cmd)
@@ -136,6 +145,14 @@ func rackParams(r *profiles.Rack, stateDir string) bundles.Params {
 		p.Cockroach.Nodes = append(p.Cockroach.Nodes, cps...)
 	}
 	p.CertsDir = filepath.Join(stateDir, cockroachCertsDir)
+	// The apps' database: the same nodes as CockroachDB's.
+	p.Engine = r.Database.EngineOrDefault()
+	for _, app := range r.Database.Apps {
+		p.Apps = append(p.Apps, bundles.App{Name: app.Name, Namespace: app.Namespace})
+	}
+	p.Postgres.Nodes = p.Cockroach.Nodes
+	p.PostgresCertsDir = filepath.Join(stateDir, postgresCertsDir)
+	p.PasswordsDir = filepath.Join(stateDir, databasePasswordsDir)
 	return p
 }
 
@@ -169,8 +186,11 @@ func (a *app) restConfig(flag string) (*rest.Config, string, error) {
 
 // applyBundles applies each bundle, then (with wait) waits on its gates
 // before the next: CockroachDB's volumes need Ceph healthy.
-func applyBundles(cmd *cobra.Command, a *app, cfg *rest.Config, bs []bundles.Bundle, wait bool, timeout time.Duration) error {
+func applyBundles(cmd *cobra.Command, a *app, cfg *rest.Config, bs []bundles.Bundle, wait bool, timeout time.Duration, migrate bool) error {
 	out := cmd.OutOrStdout()
+	if err := checkEngineSwitch(cmd.Context(), cfg, bs, migrate); err != nil {
+		return err
+	}
 	for _, b := range bs {
 		fmt.Fprintf(out, "bundle %s: applying %d objects\n", b.Name, len(b.Objects))
 		res, err := bundles.Apply(cmd.Context(), cfg, b.Objects,

@@ -24,6 +24,7 @@ import (
 
 	"github.com/dotfile/rackboot/bringup"
 	"github.com/dotfile/rackboot/bundles"
+	"github.com/dotfile/rackboot/bundles/cnpg"
 	"github.com/dotfile/rackboot/bundles/cockroach"
 	"github.com/dotfile/rackboot/internal/atomicfile"
 	"github.com/dotfile/rackboot/inventory"
@@ -160,6 +161,11 @@ func runUp(ctx context.Context, a *app, cmd *cobra.Command, f *upFlags) error {
 		}
 		certs := filepath.Join(state, cockroachCertsDir)
 		plan.SQL = &bringup.SQL{ConnectionString: cockroach.ConnectionString("", certs), CertsDir: certs}
+		if r.Database.EngineOrDefault() == profiles.EnginePostgres {
+			host, port, ca := dbServer(profiles.EnginePostgres)
+			plan.SQL = &bringup.SQL{ConnectionString: fmt.Sprintf("PostgreSQL at %s:%d, CA in Secret %s; the apps' Secrets: rackboot db list", host, port, ca),
+				CertsDir: filepath.Join(state, postgresCertsDir)}
+		}
 	}
 	plan.StepTimeout = f.timeout
 	plan.SkipDiskCheck = f.skipDiskCheck
@@ -183,7 +189,7 @@ func runUp(ctx context.Context, a *app, cmd *cobra.Command, f *upFlags) error {
 	}
 	deps := bringup.Deps{
 		Bootstrap: boot,
-		Cluster:   &kubeCluster{cfg: restCfg, cs: cs, timeout: f.timeout, log: a.log.With("step", "cluster"), out: out},
+		Cluster:   &kubeCluster{cfg: restCfg, cs: cs, timeout: f.timeout, log: a.log.With("step", "cluster"), out: out, migrate: f.bundle.migrate},
 		Disks:     &talosCephDisks{rack: r, tc: talosconfig, endpoints: eps, timeout: upDiskTimeout, osds: rookOSDs(cs)},
 		Out:       out,
 		Log:       a.log,
@@ -281,11 +287,15 @@ func upBundles(cmd *cobra.Command, r *profiles.Rack, state string, f bundleFlags
 		p.RookManifests = os.DirFS(f.rookDir)
 	}
 	_, statErr := os.Stat(filepath.Join(p.CertsDir, cockroach.CACertFile))
+	_, pgErr := os.Stat(filepath.Join(p.PostgresCertsDir, cnpg.CACertFile))
 	bs, err := bundles.Render(p)
 	if err != nil {
 		return nil, err
 	}
-	if errors.Is(statErr, os.ErrNotExist) {
+	switch {
+	case p.Engine == profiles.EnginePostgres && errors.Is(pgErr, os.ErrNotExist):
+		fmt.Fprintf(cmd.ErrOrStderr(), "created the PostgreSQL server CA and certificate in %s (keep them: they are never regenerated)\n", p.PostgresCertsDir)
+	case p.Engine != profiles.EnginePostgres && errors.Is(statErr, os.ErrNotExist):
 		fmt.Fprintf(cmd.ErrOrStderr(), "created the CockroachDB CA, node and root certificates in %s (keep them: they are never regenerated)\n", p.CertsDir)
 	}
 	return bs, nil
@@ -298,6 +308,8 @@ type kubeCluster struct {
 	timeout time.Duration
 	log     *slog.Logger
 	out     io.Writer
+	// migrate: apply a database engine over the other one's data.
+	migrate bool
 }
 
 func (k *kubeCluster) WaitAPIServer(ctx context.Context) error {
@@ -309,6 +321,9 @@ func (k *kubeCluster) WaitNodesReady(ctx context.Context, names []string) error 
 }
 
 func (k *kubeCluster) Apply(ctx context.Context, b bundles.Bundle) error {
+	if err := checkEngineSwitch(ctx, k.cfg, []bundles.Bundle{b}, k.migrate); err != nil {
+		return err
+	}
 	res, err := bundles.Apply(ctx, k.cfg, b.Objects,
 		bundles.WithLogger(k.log),
 		bundles.WithProgress(func(r bundles.ObjectResult) { k.log.Debug("applied", "object", r.Ref.String(), "action", r.Action) }))
