@@ -33,6 +33,52 @@ func TestAPIServer(t *testing.T) {
 	t.Run("ApplyTwice", func(t *testing.T) { testApplyTwice(t, env.Config) })
 	t.Run("ServiceAccountRights", func(t *testing.T) { testServiceAccountRights(t, env.Config) })
 	t.Run("WaitAnswer", func(t *testing.T) { testWaitAnswer(t, env.Config) })
+	t.Run("PodSecurity", func(t *testing.T) { testPodSecurity(t, env.Config) })
+}
+
+// testPodSecurity: the Deployment's pod, sent as a server-side dry run,
+// is refused by Pod Security admission in a namespace at Talos's default
+// level (enforce=baseline: host network and host ports are not baseline)
+// and admitted in rackboot's namespace (enforce=privileged).
+func testPodSecurity(t *testing.T, cfg *rest.Config) {
+	ctx := ctxFor(t)
+	cs := kubernetes.NewForConfigOrDie(cfg)
+	o, err := Build(Params{Image: testImage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bundles.Apply(ctx, cfg, mustRender(t, Params{Image: testImage})); err != nil {
+		t.Fatal(err)
+	}
+	const baseline = "talos-default"
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: baseline,
+		Labels: map[string]string{"pod-security.kubernetes.io/enforce": "baseline"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := func(ns string) error {
+		spec := o.Deployment.Spec.Template.Spec
+		spec.ServiceAccountName = "" // the SA exists in rackboot's namespace only
+		_, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "rackboot-x", Labels: podLabels()}, Spec: spec},
+			metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		return err
+	}
+	err = pod(baseline)
+	if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "hostNetwork") {
+		t.Errorf("the pod at enforce=baseline: %v; want forbidden for hostNetwork", err)
+	}
+	if err := pod(Namespace); err != nil {
+		t.Errorf("the pod in %s (enforce=privileged): %v", Namespace, err)
+	}
+	t.Logf("measured: at baseline the apiserver says: %v", err)
+}
+
+func mustRender(t *testing.T, p Params) []*unstructured.Unstructured {
+	t.Helper()
+	objs, err := Render(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs
 }
 
 func ctxFor(t *testing.T) context.Context {
