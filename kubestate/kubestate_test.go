@@ -39,6 +39,7 @@ func TestAPIServer(t *testing.T) {
 	t.Run("Leases", func(t *testing.T) { testLeases(t, env.Config) })
 	t.Run("ImportExport", func(t *testing.T) { testImportExport(t, env.Config) })
 	t.Run("RBAC", func(t *testing.T) { testRBAC(t, env.Config) })
+	t.Run("Documents", func(t *testing.T) { testDocuments(t, env.Config) })
 }
 
 // replicas makes a namespace and n Stores on it, each with its own client.
