@@ -49,6 +49,18 @@ func (d Database) EngineOrDefault() string {
 // root, admin, defaultdb, system).
 var reservedAppNames = []string{"admin", "app", "defaultdb", "postgres", "public", "root", "streaming-replica", "system", "template0", "template1"}
 
+// hasReservedPrefix: pg_ (PostgreSQL's roles), cnpg_ (CloudNativePG's
+// operator roles: pkg/postgres/roles.go, IsRoleReserved), crdb_ (CockroachDB's
+// crdb_internal), written with '-' as the rack does.
+func hasReservedPrefix(name string) bool {
+	for _, p := range []string{"pg-", "cnpg-", "crdb-"} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
+
 // database checks the database section: a known engine, app names and
 // namespaces that are DNS labels, no app given twice.
 func (c *checker) database() {
@@ -65,7 +77,9 @@ func (c *checker) database() {
 			c.errf(p, "database app %d has no name: write name: <app>, a DNS label such as billing", i+1)
 		case len(validation.IsDNS1123Label(a.Name)) > 0:
 			c.errf(p+".name", "database app name %q is not a DNS label (lower-case letters, digits and '-', at most 63, starting and ending with a letter or digit): write e.g. %q", a.Name, suggestLabel(a.Name))
-		case slices.Contains(reservedAppNames, a.Name) || strings.HasPrefix(a.Name, "pg-") || strings.HasPrefix(a.Name, "crdb-"):
+		case a.Name[0] >= '0' && a.Name[0] <= '9':
+			c.errf(p+".name", "database app name %q starts with a digit, which a SQL user name cannot (CockroachDB and PostgreSQL): write e.g. %q", a.Name, "app-"+a.Name)
+		case slices.Contains(reservedAppNames, a.Name) || hasReservedPrefix(a.Name):
 			c.errf(p+".name", "database app name %q is kept by the database engine for itself: write another name, e.g. %q", a.Name, a.Name+"-app")
 		}
 		switch {
