@@ -24,8 +24,9 @@ const (
 
 // Config is what Run needs.
 type Config struct {
-	// StateDir holds upgrade.json.
+	// StateDir holds upgrade.json, unless State keeps it elsewhere.
 	StateDir string
+	State    StateStore
 	Plan     Plan
 	Talos    Talos
 	Kube     kubernetes.Interface
@@ -102,8 +103,11 @@ func Run(ctx context.Context, cfg Config) (*State, error) {
 }
 
 func run(ctx context.Context, cfg Config, afterWrite func(*State)) (*State, error) {
-	if cfg.StateDir == "" || cfg.Talos == nil || cfg.Kube == nil {
+	if (cfg.StateDir == "" && cfg.State == nil) || cfg.Talos == nil || cfg.Kube == nil {
 		return nil, errors.New("upgrade: the config needs a state directory, a Talos API and a Kubernetes client")
+	}
+	if cfg.State == nil {
+		cfg.State = DirStore(cfg.StateDir)
 	}
 	r := &runner{cfg: cfg, log: cfg.Log, out: cfg.Out, clk: cfg.Clock, afterWrite: afterWrite}
 	if r.log == nil {
@@ -156,24 +160,24 @@ func run(ctx context.Context, cfg Config, afterWrite func(*State)) (*State, erro
 // load reads upgrade.json and reconciles it with the plan.
 func (r *runner) load() (*State, error) {
 	target := r.cfg.Plan.Target.String()
-	old, err := ReadState(r.cfg.StateDir)
+	old, err := LoadState(r.cfg.State)
 	if err != nil {
 		return nil, err
 	}
 	unfinished := old != nil && !old.Finished()
 	switch {
 	case r.cfg.Resume && old == nil:
-		return nil, fmt.Errorf("%w: %s/%s does not exist; start one with `rackboot upgrade --talos %s`", ErrNothingToResume, r.cfg.StateDir, StateFile, target)
+		return nil, fmt.Errorf("%w: %s does not exist; start one with `rackboot upgrade --talos %s`", ErrNothingToResume, r.cfg.State.Where(), target)
 	case unfinished && old.Target != target:
-		return nil, fmt.Errorf("%w: the upgrade to %s is not finished (%s); finish it first with `rackboot upgrade --talos %s --resume`, or remove %s/%s to give it up",
-			ErrUnfinished, old.Target, where(old), old.Target, r.cfg.StateDir, StateFile)
+		return nil, fmt.Errorf("%w: the upgrade to %s is not finished (%s); finish it first with `rackboot upgrade --talos %s --resume`, or remove %s to give it up",
+			ErrUnfinished, old.Target, where(old), old.Target, r.cfg.State.Where())
 	case unfinished && !r.cfg.Resume:
 		return nil, fmt.Errorf("%w: the upgrade to %s is not finished (%s); go on with `rackboot upgrade --talos %s --resume`",
 			ErrUnfinished, old.Target, where(old), old.Target)
 	case unfinished:
 		for _, ns := range old.Nodes {
 			if _, ok := r.cfg.Plan.node(ns.Name); !ok {
-				return nil, fmt.Errorf("%w: %s/%s names node %s, which is no longer in the rack; remove the file to plan again", ErrUnfinished, r.cfg.StateDir, StateFile, ns.Name)
+				return nil, fmt.Errorf("%w: %s names node %s, which is no longer in the rack; remove it to plan again", ErrUnfinished, r.cfg.State.Where(), ns.Name)
 			}
 		}
 		for _, n := range r.cfg.Plan.Nodes {
@@ -236,7 +240,7 @@ func (p Plan) node(name string) (Node, bool) {
 
 func (r *runner) write() error {
 	r.st.Updated = r.clk.Now().UTC()
-	if err := writeState(r.cfg.StateDir, r.st); err != nil {
+	if err := saveState(r.cfg.State, r.st); err != nil {
 		return err
 	}
 	if r.afterWrite != nil {

@@ -5,12 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"time"
-
-	"github.com/dotfile/rackboot/internal/atomicfile"
 )
 
 // StateFile is the name, in the state directory, of the upgrade's record.
@@ -122,33 +117,18 @@ func ParseState(data []byte) (*State, error) {
 }
 
 // ReadState reads <stateDir>/upgrade.json; a missing file is (nil, nil).
-func ReadState(stateDir string) (*State, error) {
-	path := filepath.Join(stateDir, StateFile)
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read upgrade state: %w", err)
-	}
-	s, err := ParseState(data)
-	if err != nil {
-		return nil, fmt.Errorf("upgrade state %s is unreadable (left untouched; fix or remove it): %w", path, err)
-	}
-	return s, nil
-}
+func ReadState(stateDir string) (*State, error) { return LoadState(DirStore(stateDir)) }
 
 // writeState replaces <stateDir>/upgrade.json atomically.
-func writeState(stateDir string, s *State) error {
+func writeState(stateDir string, s *State) error { return saveState(DirStore(stateDir), s) }
+
+// saveState encodes s into st.
+func saveState(st StateStore, s *State) error {
 	data, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode upgrade state: %w", err)
 	}
-	data = append(data, '\n')
-	if err := atomicfile.Write(filepath.Join(stateDir, StateFile), data, 0o600); err != nil {
-		return fmt.Errorf("write upgrade state: %w", err)
-	}
-	return nil
+	return st.WriteState(append(data, '\n'))
 }
 
 // Finished reports whether every node is done.
