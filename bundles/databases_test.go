@@ -106,6 +106,27 @@ func TestRenderPostgres(t *testing.T) {
 			t.Errorf("Cluster %s = %v, want %v", k, c[0], c[1])
 		}
 	}
+	// Gates point at objects of their bundle and do not pass on them fresh.
+	for _, b := range bs[1:] {
+		for _, g := range b.Gates {
+			found := false
+			for _, o := range b.Objects {
+				gv := o.GroupVersionKind()
+				if o.GetName() == g.Object && o.GetNamespace() == g.Namespace && gv.Group == g.GVR.Group && strings.EqualFold(gv.Kind+"s", g.GVR.Resource) {
+					found = true
+					if ok, why := g.Ready(o); ok || why == "" {
+						t.Errorf("gate %q passes on the fresh object", g.Name)
+					}
+				}
+			}
+			if !found {
+				t.Errorf("gate %q names no object of bundle %s", g.Name, b.Name)
+			}
+		}
+	}
+	if n := len(bs[2].Gates); n != 4 {
+		t.Errorf("postgres bundle has %d gates, want instances, primary and one per app", n)
+	}
 	if !strings.Contains(cnpg.Image, "@sha256:") {
 		t.Errorf("PostgreSQL image %s is not pinned by digest", cnpg.Image)
 	}
@@ -346,4 +367,24 @@ func established(crd *unstructured.Unstructured) bool {
 		}
 	}
 	return false
+}
+
+// TestRenderCockroachApps: the apps' Job is in the CockroachDB bundle, with
+// a gate; without apps there is neither (the bundle is as before).
+func TestRenderCockroachApps(t *testing.T) {
+	bs := render(t, appsParams(t, EngineCockroachDB, twoApps...))
+	job := appdb.CockroachJobName(twoApps)
+	last := bs[len(bs)-1].Gates[len(bs[len(bs)-1].Gates)-1]
+	if bs[1].Name != CockroachBundle || last.Object != job || !strings.Contains(last.Name, "apps' databases") {
+		t.Errorf("last gate %q on %s", last.Name, last.Object)
+	}
+	plain := render(t, appsParams(t, EngineCockroachDB))
+	if len(plain[1].Gates) != 2 {
+		t.Errorf("no apps: %d gates", len(plain[1].Gates))
+	}
+	for _, o := range plain[1].Objects {
+		if strings.HasPrefix(o.GetName(), "cockroachdb-apps") {
+			t.Errorf("no apps, but %s %s", o.GetKind(), o.GetName())
+		}
+	}
 }
