@@ -77,6 +77,17 @@ func K8sPath(from, to string) (*kupgrade.Path, error) {
 	return p, nil
 }
 
+// ParseK8sVersion checks a Kubernetes version (1.36.1 or v1.36.1) and
+// returns it as the rack file writes it (1.36.1); what names it in the
+// error ("target").
+func ParseK8sVersion(what, s string) (string, error) {
+	v, err := parseK8sVersion(what, s)
+	if err != nil {
+		return "", err
+	}
+	return v.String(), nil
+}
+
 func parseK8sVersion(what, s string) (semver.Version, error) {
 	v, err := semver.Parse(strings.TrimPrefix(strings.TrimSpace(s), "v"))
 	if err != nil {

@@ -30,6 +30,9 @@ type upgradeFlags struct {
 	dryRun         bool
 	allowDowngrade bool
 	kubernetes     string
+	k8sFrom        string
+	prePull        bool
+	upgradeKubelet bool
 	kubeconfig     string
 	endpoint       string
 	gateTimeout    time.Duration
@@ -41,8 +44,8 @@ func init() {
 	subcommands = append(subcommands, func(a *app) *cobra.Command {
 		f := &upgradeFlags{}
 		cmd := &cobra.Command{
-			Use:   "upgrade --talos vX.Y.Z",
-			Short: "Upgrade Talos node by node, control planes first, behind etcd, Ceph and CockroachDB health",
+			Use:   "upgrade --talos vX.Y.Z | --kubernetes X.Y.Z",
+			Short: "Upgrade Talos node by node (behind etcd, Ceph and CockroachDB health), or Kubernetes with Talos's own upgrade",
 			Long: `Rolls a Talos upgrade through the rack one node at a time, control planes
 first (rack file order), then workers. Nodes already at the version are
 skipped. Before each node: etcd healthy with every member, Ceph HEALTH_OK,
@@ -53,7 +56,15 @@ wait for the new version and Ready, uncordon, and Ceph HEALTH_OK again.
 
 Progress is kept in upgrade.json in the state directory. A failed gate stops
 the upgrade and says where; fix it and run again with --resume.
---dry-run prints the plan and the gates' current state and changes nothing.`,
+--dry-run prints the plan and the gates' current state and changes nothing.
+
+--kubernetes X.Y.Z upgrades Kubernetes instead, with Talos's own code (what
+talosctl upgrade-k8s runs): after etcd is healthy and every node Ready, the
+control plane's static pods (kube-apiserver, kube-controller-manager,
+kube-scheduler) node by node, kube-proxy, then each node's kubelet, through
+each node's machine config, and the bootstrap manifests. One minor version
+at a time, never back. The rack file's kubernetesVersion is set at the end.
+With --dry-run Talos reports what it would change.`,
 			Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
 				return runUpgrade(cmd.Context(), a, cmd, f)
@@ -64,7 +75,10 @@ the upgrade and says where; fix it and run again with --resume.
 		fl.BoolVar(&f.resume, "resume", false, "go on with the upgrade recorded in the state directory (after a failed gate or an interruption)")
 		fl.BoolVar(&f.dryRun, "dry-run", false, "print the plan and the gates' current state; change nothing")
 		fl.BoolVar(&f.allowDowngrade, "allow-downgrade", false, "allow a version older than what nodes run")
-		fl.StringVar(&f.kubernetes, "kubernetes", "", "Kubernetes upgrade: not supported yet")
+		fl.StringVar(&f.kubernetes, "kubernetes", "", "upgrade Kubernetes to this version instead of Talos, e.g. 1.36.1")
+		fl.StringVar(&f.k8sFrom, "kubernetes-from", "", "the Kubernetes version the cluster runs (default: found from the control plane pods)")
+		fl.BoolVar(&f.prePull, "pre-pull-images", true, "with --kubernetes: pull the new images on the nodes before changing anything")
+		fl.BoolVar(&f.upgradeKubelet, "upgrade-kubelet", true, "with --kubernetes: upgrade every node's kubelet too")
 		fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: kubeconfig in the state directory, else $KUBECONFIG)")
 		fl.StringVar(&f.endpoint, "talos-endpoint", "", "dial the Talos API at host:port instead of the talosconfig's endpoints (a tunnel; tests)")
 		_ = fl.MarkHidden("talos-endpoint")
@@ -78,7 +92,7 @@ the upgrade and says where; fix it and run again with --resume.
 func runUpgrade(ctx context.Context, a *app, cmd *cobra.Command, f *upgradeFlags) error {
 	out := cmd.OutOrStdout()
 	if f.kubernetes != "" {
-		return &exitError{code: 2, err: errors.New("--kubernetes is not supported yet: upgrade Kubernetes with `talosctl upgrade-k8s` for now")}
+		return runUpgradeKubernetes(ctx, a, cmd, f)
 	}
 	if f.talos == "" {
 		return &exitError{code: 2, err: errors.New("say which Talos version to upgrade to: --talos v1.13.1")}

@@ -20,7 +20,7 @@ func TestUpgradeRefuses(t *testing.T) {
 		{[]string{"upgrade"}, "--talos v1.13.1"},
 		{[]string{"upgrade", "--talos", "1.13.1"}, "must start with v"},
 		{[]string{"upgrade", "--talos", "v1.13"}, "three numbers"},
-		{[]string{"upgrade", "--talos", "v1.13.1", "--kubernetes", "v1.35.0"}, "--kubernetes is not supported yet"},
+		{[]string{"upgrade", "--talos", "v1.13.1", "--kubernetes", "v1.35.0"}, "--talos and --kubernetes do not go together"},
 		{[]string{"upgrade", "--talos", "v1.13.1", "--dry-run", "--resume"}, "do not go together"},
 		{[]string{"upgrade", "--talos", "v1.13.1"}, "no cluster secrets"},
 		{[]string{"upgrade", "--talos", "v1.13.1", "--dry-run"}, "no cluster secrets"},
