@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -36,11 +37,12 @@ func init() {
 }
 
 type handoffFlags struct {
-	kubeconfig, namespace, image, dhcp, dhcpRange string
-	replicas, httpPort                            int
-	dryRun, back                                  bool
-	timeout                                       time.Duration
-	poll                                          time.Duration // tests
+	kubeconfig, namespace, image, imageLayout string
+	dhcp, dhcpRange                           string
+	replicas, httpPort                        int
+	dryRun, back                              bool
+	timeout                                   time.Duration
+	poll                                      time.Duration // tests
 }
 
 func newHandoffCmd(a *app) *cobra.Command {
@@ -56,9 +58,11 @@ ServiceAccount, Role, RoleBinding, a host-network Deployment of
 only the holder of the Lease answers DHCP) and a PodDisruptionBudget, and wait
 until a replica answers on its node's address. Then stop the laptop's serve.
 
-The cluster pulls rackboot's image (--image, default ` + ociimage.Repository + `:<version>)
-through the laptop's registry mirror, so keep the laptop's serve running until
-this command is done.
+The nodes pull rackboot's image through the laptop's registry mirror: handoff
+puts it into the mirror's store as ` + ociimage.Repository + `:<version> (from
+--image-layout, make release's dist/oci, else built from this binary) and names
+it by digest; keep the laptop's serve running until this command is done.
+--image names an image the nodes can pull elsewhere instead.
 
 --back copies the state from the cluster into the state directory and scales
 the Deployment to 0 first, so two DHCP servers never run: the cluster's
@@ -75,7 +79,8 @@ differs from the one here is never replaced, on either side.`,
 	fl := cmd.Flags()
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "admin kubeconfig of the cluster (default: the state directory's, written by rackboot kubeconfig; else $KUBECONFIG)")
 	fl.StringVar(&f.namespace, "namespace", handoff.Namespace, "the namespace rackboot runs in")
-	fl.StringVar(&f.image, "image", "", "rackboot's image, best as name@sha256:digest (default "+ociimage.Repository+":<this version>)")
+	fl.StringVar(&f.image, "image", "", "rackboot's image as the nodes pull it, best name@sha256:digest (default: put into the laptop's registry mirror as "+ociimage.Repository+":<this version>, from --image-layout or this binary, and pulled by digest)")
+	fl.StringVar(&f.imageLayout, "image-layout", "", "the OCI layout make release writes (dist/oci): put into the laptop's registry mirror instead of an image built from this binary (needed when the control planes are of another architecture)")
 	fl.IntVar(&f.replicas, "replicas", 0, "replicas, one per control-plane node at most (default 2, or 1 with one control plane)")
 	fl.StringVar(&f.dhcp, "dhcp", "proxy", "DHCP mode of the replicas: proxy, full (with --range) or off; the leader answers")
 	fl.StringVar(&f.dhcpRange, "range", "", "address range for --dhcp full, e.g. 192.168.1.100-192.168.1.199")
@@ -114,7 +119,14 @@ func runHandoff(cmd *cobra.Command, a *app, f *handoffFlags) error {
 		return fmt.Errorf("no secrets bundle at %s: nothing to hand off (rackboot up makes it; --state names another state directory): %w",
 			filepath.Join(state, profiles.SecretsFile), err)
 	}
-	objs, err := handoff.Render(handoffParams(r, f))
+	params := handoffParams(r, f)
+	if f.image == "" && !f.dryRun {
+		if params.Image, err = putHandoffImage(a, f.imageLayout); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "handoff: rackboot's image %s is in the laptop's registry mirror (keep serve running until this command is done)\n", params.Image)
+	}
+	objs, err := handoff.Render(params)
 	if err != nil {
 		return err
 	}
@@ -160,6 +172,29 @@ handoff: rackboot now runs in the cluster. Next:
   3. to serve from a laptop again: rackboot handoff --back (it stops the cluster's replicas first)
 `, ans.Pod, ans.Node, ans.URL, f.namespace, ans.URL)
 	return nil
+}
+
+// putHandoffImage puts rackboot's image into the laptop's image store,
+// where the running serve's registry mirror serves it to the nodes (ghcr.io
+// is mirrored), and returns its name by digest.
+func putHandoffImage(a *app, layout string) (string, error) {
+	store, err := openImageStore(a)
+	if err != nil {
+		return "", err
+	}
+	var d v1.Hash
+	if layout != "" {
+		d, err = ociimage.PutLayout(store, layout, version)
+	} else {
+		var created time.Time
+		if created, err = ociimage.Epoch(os.Getenv); err == nil {
+			d, err = ociimage.PutSelf(store, version, "", created)
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("put rackboot's image into the registry mirror (or name one with --image): %w", err)
+	}
+	return ociimage.ImageName(version) + "@" + d.String(), nil
 }
 
 func handoffApply(ctx context.Context, out io.Writer, a *app, cfg *rest.Config, objs []*unstructured.Unstructured) error {
@@ -236,7 +271,7 @@ func handoffDryRun(ctx context.Context, out io.Writer, cfg *rest.Config, objs []
 
 func runHandoffBack(cmd *cobra.Command, a *app, f *handoffFlags) error {
 	ctx, out := cmd.Context(), cmd.OutOrStdout()
-	for _, name := range []string{"dry-run", "image", "replicas", "dhcp", "range", "http-port"} {
+	for _, name := range []string{"dry-run", "image", "image-layout", "replicas", "dhcp", "range", "http-port"} {
 		if cmd.Flags().Changed(name) {
 			return fmt.Errorf("--%s is for handing off to the cluster, not for --back: leave it out", name)
 		}

@@ -23,8 +23,10 @@ import (
 	"github.com/dotfile/rackboot/internal/kubetest"
 	"github.com/dotfile/rackboot/inventory"
 	"github.com/dotfile/rackboot/kubestate"
+	"github.com/dotfile/rackboot/ociimage"
 	"github.com/dotfile/rackboot/profiles"
 	"github.com/dotfile/rackboot/pxe"
+	"github.com/dotfile/rackboot/registry"
 )
 
 // handoffStateFiles are the files handoff carries that the test fills.
@@ -141,7 +143,20 @@ func TestHandoffAPIServer(t *testing.T) {
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 	go fakeRollout(ctx, t, cs)
 
-	args := []string{"-f", rack, "handoff", "--kubeconfig", env.Kubeconfig, "--http-port", port, "--timeout", "60s"}
+	// make release's image, small: a layout put into the laptop's mirror.
+	bin := filepath.Join(t.TempDir(), "rackboot")
+	if err := os.WriteFile(bin, []byte("#!/bin/true\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	idx, err := ociimage.Build(ociimage.Config{Binaries: []ociimage.Binary{{OS: "linux", Arch: "amd64", Path: bin}}, Version: version})
+	if err != nil {
+		t.Fatal(err)
+	}
+	layout := filepath.Join(t.TempDir(), "oci")
+	if err := ociimage.WriteLayout(layout, idx, ociimage.Tag(version)); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-f", rack, "handoff", "--kubeconfig", env.Kubeconfig, "--http-port", port, "--timeout", "60s", "--image-layout", layout}
 	t0 := time.Now()
 	out, errOut, err := runCmd(t, args...)
 	if err != nil {
@@ -152,6 +167,26 @@ func TestHandoffAPIServer(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("handoff output lacks %q:\n%s", want, out)
 		}
+	}
+	// The image is the one put into the laptop's mirror, by digest.
+	dep, err := cs.AppsV1().Deployments(handoff.Namespace).Get(ctx, handoff.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := dep.Spec.Template.Spec.Containers[0].Image
+	name, digest, ok := strings.Cut(img, "@")
+	if !ok || name != ociimage.ImageName(version) || !strings.HasPrefix(digest, "sha256:") || !strings.Contains(out, img) {
+		t.Errorf("deployment image %q: want %s@sha256:... as put into the mirror", img, ociimage.ImageName(version))
+	}
+	store, err := registry.Open(filepath.Join(state, "assets", "images"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !store.HasRepository(ociimage.Repository) {
+		t.Errorf("the laptop's image store has no %s", ociimage.Repository)
+	}
+	if d, _ := idx.Digest(); digest != d.String() {
+		t.Errorf("deployment image digest %s, the layout's index is %s", digest, d)
 	}
 	for _, f := range []struct{ file, name, key string }{
 		{profiles.SecretsFile, kubestate.SecretsName, kubestate.SecretsKey},
