@@ -388,3 +388,27 @@ func TestRenderCockroachApps(t *testing.T) {
 		}
 	}
 }
+
+// TestImagesPostgres: the mirror and offline racks carry CloudNativePG's
+// operator and the pinned PostgreSQL image.
+func TestImagesPostgres(t *testing.T) {
+	var objs []*unstructured.Unstructured
+	for _, b := range render(t, appsParams(t, EnginePostgres, twoApps...)) {
+		objs = append(objs, b.Objects...)
+	}
+	imgs, err := Images(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{cnpg.Image, cnpg.OperatorImage} {
+		found := false
+		for _, i := range imgs {
+			if strings.HasSuffix(i, strings.TrimPrefix(want, "ghcr.io/")) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("images lack %s: %v", want, imgs)
+		}
+	}
+}
