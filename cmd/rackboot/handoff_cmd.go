@@ -120,6 +120,13 @@ func runHandoff(cmd *cobra.Command, a *app, f *handoffFlags) error {
 			filepath.Join(state, profiles.SecretsFile), err)
 	}
 	params := handoffParams(r, f)
+	if _, err := handoff.Render(params); err != nil { // flags checked before anything is written
+		return err
+	}
+	cfg, where, err := a.restConfig(f.kubeconfig)
+	if err != nil {
+		return err
+	}
 	if f.image == "" && !f.dryRun {
 		if params.Image, err = putHandoffImage(a, f.imageLayout); err != nil {
 			return err
@@ -127,10 +134,6 @@ func runHandoff(cmd *cobra.Command, a *app, f *handoffFlags) error {
 		fmt.Fprintf(out, "handoff: rackboot's image %s is in the laptop's registry mirror (keep serve running until this command is done)\n", params.Image)
 	}
 	objs, err := handoff.Render(params)
-	if err != nil {
-		return err
-	}
-	cfg, where, err := a.restConfig(f.kubeconfig)
 	if err != nil {
 		return err
 	}

@@ -141,7 +141,9 @@ func TestHandoffAPIServer(t *testing.T) {
 	srv.Start()
 	defer srv.Close()
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-	go fakeRollout(ctx, t, cs)
+	done := make(chan struct{})
+	go func() { defer close(done); fakeRollout(ctx, t, cs) }()
+	defer func() { cancel(); <-done }() // no t.Logf after the test
 
 	// make release's image, small: a layout put into the laptop's mirror.
 	bin := filepath.Join(t.TempDir(), "rackboot")
@@ -352,4 +354,29 @@ func namespaceVersions(t *testing.T, ctx context.Context, cs kubernetes.Interfac
 		out[kind+"/"+o.GetName()] = o.GetResourceVersion()
 	}
 	return out
+}
+
+// TestHandoffFlags: wrong flags are refused before anything is read from
+// the cluster or written (no image store appears).
+func TestHandoffFlags(t *testing.T) {
+	rack, state := writeExampleRack(t)
+	fillHandoffState(t, state)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--dhcp", "full"}, "needs --range"},
+		{[]string{"--dhcp", "relay"}, "write proxy, full or off"},
+		{[]string{"--replicas", "-1"}, "write 1 or more"},
+		{[]string{"--back", "--image", "x"}, "--image is for handing off"},
+		{[]string{"--back", "--dry-run"}, "--dry-run is for handing off"},
+	} {
+		args := append([]string{"-f", rack, "handoff", "--kubeconfig", filepath.Join(t.TempDir(), "none")}, tc.args...)
+		if _, _, err := runCmd(t, args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("handoff %v: %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(state, "assets")); err == nil {
+		t.Error("a refused handoff wrote the image store")
+	}
 }
