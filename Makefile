@@ -127,7 +127,8 @@ release: $(EMBEDDED)
 
 ## demo: three QEMU machines netboot from rackboot on a private network, reach "installed", then everything is removed.
 demo: deps build standin
-	bin/rackboot lab demo
+	@scripts/sushy.sh
+	PATH="$$PATH:$(CURDIR)/.cache/sushy/bin" bin/rackboot lab demo
 
 bench: deps build standin
 	scripts/bench.sh
