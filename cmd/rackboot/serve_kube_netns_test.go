@@ -82,6 +82,7 @@ const probeWindow = 700 * time.Millisecond
 type kubeSegment struct {
 	env      *kubetest.Env
 	el       election
+	dhcp     []string // serve's DHCP flags
 	ns       string // Kubernetes namespace
 	bin      string
 	dir      string
@@ -110,7 +111,7 @@ func newKubeSegment(t *testing.T, env *kubetest.Env, ns string, n int, el electi
 			t.Fatalf("%s is missing: run `make deps` (Debian packages curl, iproute2)", tool)
 		}
 	}
-	k := &kubeSegment{env: env, el: el, ns: ns, dir: t.TempDir()}
+	k := &kubeSegment{env: env, el: el, ns: ns, dir: t.TempDir(), dhcp: []string{"--dhcp", "proxy"}}
 	k.bin = buildRackboot(t, k.dir)
 	k.rack = filepath.Join(k.dir, "rack.yaml")
 	k.standin = filepath.Join(k.dir, "standin")
@@ -182,10 +183,11 @@ func newKubeSegment(t *testing.T, env *kubetest.Env, ns string, n int, el electi
 func (k *kubeSegment) start(t *testing.T) {
 	t.Helper()
 	for _, r := range k.replicas {
-		r.proc = r.ns.Start(k.bin, "-f", k.rack, "--state", r.state, "serve",
+		args := []string{"-f", k.rack, "--state", r.state, "serve",
 			"--kube", "--kubeconfig", k.env.Kubeconfig, "--namespace", k.ns,
 			"--lease-duration", k.el.lease.String(), "--renew-deadline", k.el.renew.String(), "--retry-period", k.el.retry.String(),
-			"-i", "eth0", "--server-ip", r.ip, "--dhcp", "proxy", "--standin", k.standin)
+			"-i", "eth0", "--server-ip", r.ip, "--standin", k.standin}
+		r.proc = r.ns.Start(k.bin, append(args, k.dhcp...)...)
 	}
 	for _, r := range k.replicas {
 		deadline := time.Now().Add(60 * time.Second)
@@ -455,4 +457,69 @@ func (k *kubeSegment) cutOff(t *testing.T, lead *replica) *replica {
 		t.Errorf("the cut-off took %v", time.Since(t0))
 	}
 	return next
+}
+
+// client is a DHCP client on formula's NIC that speaks for mac (its own
+// raw socket: nclient4 takes only replies for its hardware address).
+func (k *kubeSegment) client(t *testing.T, mac net.HardwareAddr) *nclient4.Client {
+	t.Helper()
+	var c *nclient4.Client
+	must(t, k.cli.Run(func() (err error) {
+		c, err = nclient4.New("eth0", nclient4.WithHWAddr(mac), nclient4.WithTimeout(time.Second), nclient4.WithRetry(5))
+		return err
+	}))
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// offer sends a plain DHCPDISCOVER (no PXE) for mac and returns the offer.
+func (k *kubeSegment) offer(t *testing.T, mac net.HardwareAddr) *dhcpv4.DHCPv4 {
+	t.Helper()
+	o, err := k.client(t, mac).DiscoverOffer(context.Background())
+	if err != nil {
+		t.Fatalf("no offer for %s: %v", mac, err)
+	}
+	return o
+}
+
+// bind takes mac through DISCOVER, OFFER, REQUEST, ACK and returns its address.
+func (k *kubeSegment) bind(t *testing.T, mac net.HardwareAddr) net.IP {
+	t.Helper()
+	lease, err := k.client(t, mac).Request(context.Background())
+	if err != nil {
+		t.Fatalf("DHCP for %s: %v", mac, err)
+	}
+	return lease.ACK.YourIPAddr
+}
+
+// TestServeKubeFullDHCP: with --dhcp full the lease table is in the
+// cluster; a lease the leader bound is known to the replica that takes
+// over after kill -9 (it reads the table again when its term starts): the
+// bound machine is offered its address again, another machine a different
+// one.
+func TestServeKubeFullDHCP(t *testing.T) {
+	if err := netns.Requirements(); err != nil {
+		t.Fatal(err)
+	}
+	env := kubetest.Start(t)
+	k := newKubeSegment(t, env, "rackboot-full", 2, shortElection)
+	k.dhcp = []string{"--dhcp", "full", "--range", "10.80.0.100-10.80.0.150", "--router", "none"}
+	k.start(t)
+	lead, _ := k.leader(t, k.el.takeover(), nil)
+	m1, _ := net.ParseMAC("52:54:00:c0:00:01")
+	m2, _ := net.ParseMAC("52:54:00:c0:00:02")
+	addr := k.bind(t, m1)
+	t.Logf("%s bound %s to %s", lead, addr, m1)
+
+	kill9(t, lead)
+	next, took := k.leader(t, k.el.takeover(), lead)
+	t.Logf("kill -9 of %s: %s answers %v later", lead, next, took.Round(time.Millisecond))
+	// The other machine first: a table read before the bind would offer
+	// it the first free address, which is m1's.
+	if o := k.offer(t, m2); o.YourIPAddr.Equal(addr) || o.ServerIdentifier().String() != next.ip {
+		t.Errorf("another machine was offered %s by %s; %s holds %s", o.YourIPAddr, o.ServerIdentifier(), m1, addr)
+	}
+	if o := k.offer(t, m1); !o.YourIPAddr.Equal(addr) {
+		t.Errorf("%s after the switch-over: offered %s, want its lease %s", m1, o.YourIPAddr, addr)
+	}
 }
