@@ -83,7 +83,7 @@ type kubeSegment struct {
 	env      *kubetest.Env
 	el       election
 	dhcp     []string // serve's DHCP flags
-	ns       string // Kubernetes namespace
+	ns       string   // Kubernetes namespace
 	bin      string
 	dir      string
 	standin  string
