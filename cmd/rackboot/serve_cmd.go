@@ -116,7 +116,11 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 		return err
 	}
 	checkRackbootAddress(a, r, ip, f)
-	a.log.Info("serving the rack", "rack", a.rackPath, "interface", iface, "address", ip, "dhcp", f.dhcpMode, "machines", len(r.Machines))
+	rackFrom := a.rackPath
+	if ks != nil {
+		rackFrom = ks.rackSource()
+	}
+	a.log.Info("serving the rack", "rack", rackFrom, "interface", iface, "address", ip, "dhcp", f.dhcpMode, "machines", len(r.Machines))
 
 	// The rack as `machine adopt` changes it (control socket: /rack/reload).
 	live := newLiveRack(r, a.log)

@@ -210,6 +210,11 @@ func (ks *kubeServe) options(store *inventory.Store) []pxe.Option {
 	}
 }
 
+// rackSource names where the rack came from, for the log.
+func (ks *kubeServe) rackSource() string {
+	return "configmap " + ks.state.Namespace() + "/" + kubestate.RackName
+}
+
 // reload answers the control socket's rack reload: the rack is the
 // ConfigMap's, read at start.
 func (ks *kubeServe) reload() (string, error) {
