@@ -6,17 +6,18 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/dotfile/rackboot/bundles/cnpg"
 	"github.com/dotfile/rackboot/bundles/cockroach"
 	"github.com/dotfile/rackboot/bundles/rook"
 	"github.com/dotfile/rackboot/profiles"
@@ -82,6 +83,7 @@ With --dry-run Talos reports what it would change.`,
 		fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: kubeconfig in the state directory, else $KUBECONFIG)")
 		fl.StringVar(&f.endpoint, "talos-endpoint", "", "dial the Talos API at host:port instead of the talosconfig's endpoints (a tunnel; tests)")
 		_ = fl.MarkHidden("talos-endpoint")
+		registerKube(cmd)
 		fl.DurationVar(&f.gateTimeout, "gate-timeout", upgrade.DefaultGateTimeout, "how long the health gates may take to hold before (and after) a node")
 		fl.DurationVar(&f.drainTimeout, "drain-timeout", upgrade.DefaultDrainTimeout, "how long a node's pods may take to leave (budgets that refuse are retried until then)")
 		fl.DurationVar(&f.rebootTimeout, "reboot-timeout", upgrade.DefaultRebootTimeout, "how long a node may take to come back with the new version")
@@ -108,6 +110,10 @@ func runUpgrade(ctx context.Context, a *app, cmd *cobra.Command, f *upgradeFlags
 	if err != nil {
 		return err
 	}
+	store, err := a.upgradeState()
+	if err != nil {
+		return err
+	}
 	machines, err := upgradeMachines(r, target)
 	if err != nil {
 		return &exitError{code: 1, err: err}
@@ -118,11 +124,7 @@ func runUpgrade(ctx context.Context, a *app, cmd *cobra.Command, f *upgradeFlags
 
 	// Only read: the secrets must exist (an upgrade never creates them), and
 	// the client configs stay in memory.
-	secretsPath := filepath.Join(a.StateDir(), profiles.SecretsFile)
-	if _, err := os.Stat(secretsPath); err != nil {
-		return &exitError{code: 1, err: fmt.Errorf("no cluster secrets at %s: the upgrade talks to the running cluster with them; is --state right?", secretsPath)}
-	}
-	secrets, err := profiles.LoadSecrets(secretsPath)
+	secrets, err := a.upgradeSecrets(ctx)
 	if err != nil {
 		return err
 	}
@@ -195,8 +197,8 @@ func runUpgrade(ctx context.Context, a *app, cmd *cobra.Command, f *upgradeFlags
 		if err := plan.Check(f.allowDowngrade); err != nil {
 			fmt.Fprintln(out, "refused:", err)
 		}
-		if st, err := upgrade.ReadState(a.StateDir()); err == nil && st != nil && !st.Finished() {
-			fmt.Fprintf(out, "an unfinished upgrade to %s is recorded in %s: go on with --resume\n", st.Target, filepath.Join(a.StateDir(), upgrade.StateFile))
+		if st, err := upgrade.LoadState(store); err == nil && st != nil && !st.Finished() {
+			fmt.Fprintf(out, "an unfinished upgrade to %s is recorded in %s: go on with --resume\n", st.Target, store.Where())
 		}
 		return nil
 	}
@@ -207,7 +209,7 @@ func runUpgrade(ctx context.Context, a *app, cmd *cobra.Command, f *upgradeFlags
 		fmt.Fprintln(out, n)
 	}
 	_, err = upgrade.Run(ctx, upgrade.Config{
-		StateDir:      a.StateDir(),
+		State:         store,
 		Plan:          plan,
 		Talos:         talos,
 		Kube:          cs,
@@ -223,16 +225,17 @@ func runUpgrade(ctx context.Context, a *app, cmd *cobra.Command, f *upgradeFlags
 	if err != nil {
 		var se *upgrade.StepError
 		if errors.As(err, &se) {
-			return &exitError{code: 1, err: fmt.Errorf("%w\nfix it, then run `rackboot upgrade --talos %s --resume` (progress is in %s)", err, target, filepath.Join(a.StateDir(), upgrade.StateFile))}
+			return &exitError{code: 1, err: fmt.Errorf("%w\nfix it, then run `rackboot upgrade --talos %s --resume` (progress is in %s)", err, target, store.Where())}
 		}
 		return &exitError{code: 1, err: err}
 	}
 	if r.Cluster.TalosVersion != target.String() {
-		if err := setRackTalosVersion(a.rackPath, target.String()); err != nil {
+		where, err := a.writeTalosVersion(ctx, target.String())
+		if err != nil {
 			fmt.Fprintf(out, "the rack file still says talosVersion: %s (%v): set it to %s so that new and reinstalled machines get %s\n", r.Cluster.TalosVersion, err, target, target)
 			return nil
 		}
-		fmt.Fprintf(out, "%s: talosVersion %s → %s (comments and layout kept), so new and reinstalled machines get %s\n", a.rackPath, r.Cluster.TalosVersion, target, target)
+		fmt.Fprintf(out, "%s: talosVersion %s → %s (comments and layout kept), so new and reinstalled machines get %s\n", where, r.Cluster.TalosVersion, target, target)
 	}
 	return nil
 }
@@ -335,6 +338,13 @@ func upgradeGates(ctx context.Context, cs kubernetes.Interface, dyn dynamic.Inte
 	} else {
 		before = append(before, upgrade.CockroachGate(cs, cockroach.DefaultNamespace,
 			upgrade.PodProxyVars{REST: cs.CoreV1().RESTClient(), Namespace: cockroach.DefaultNamespace}))
+	}
+	if _, err := dyn.Resource(upgrade.PostgresClusterGVR).Namespace(cnpg.DefaultNamespace).Get(ctx, cnpg.ClusterName, metav1.GetOptions{}); err != nil && (apierrors.IsNotFound(err) || meta.IsNoMatchError(err)) {
+		notes = append(notes, fmt.Sprintf("no PostgreSQL gate: no CloudNativePG Cluster %s/%s", cnpg.DefaultNamespace, cnpg.ClusterName))
+	} else {
+		pg := upgrade.PostgresGate(dyn, cnpg.DefaultNamespace, cnpg.ClusterName)
+		before = append(before, pg)
+		after = append(after, pg)
 	}
 	before = append(before, upgrade.NodesReadyGate(cs))
 	return before, after, notes

@@ -57,7 +57,7 @@ func TestUpgradeDryRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	first := r.ControlPlanes()[0].Name
-	for _, want := range []string{"upgrade to Talos v1.13.1:", "1. " + first, "version unknown", "gates now:", "NOT OK   etcd is healthy", "no CockroachDB gate", "no Ceph gate"} {
+	for _, want := range []string{"upgrade to Talos v1.13.1:", "1. " + first, "version unknown", "gates now:", "NOT OK   etcd is healthy", "no CockroachDB gate", "no Ceph gate", "no PostgreSQL gate"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
 		}
