@@ -70,7 +70,7 @@ var (
 // jittered retry (client-go: RetryPeriod × (1 + JitterFactor 1.2)), one
 // DHCP probe, and slack for a loaded 2-core machine.
 func (e election) takeover() time.Duration {
-	return e.lease + e.retry*22/10 + probeWindow + 3*time.Second
+	return e.lease + e.retry*22/10 + probeWindow + 5*time.Second
 }
 
 // probeWindow is how long one DISCOVER waits for offers.
