@@ -214,10 +214,11 @@ func upgradeWithResume(ctx context.Context, t *testing.T, s *scenario, k *upgrad
 	args := []string{"rackboot", "upgrade", "--talos", upgradeTo, "--kubeconfig", k.env.Kubeconfig,
 		"--gate-timeout", "40s", "--reboot-timeout", "6m", "--drain-timeout", "1m"}
 	warned := make(chan struct{})
+	wctx, stopWatch := context.WithCancel(ctx)
 	go func() {
 		defer close(warned)
 		// Ceph degrades while w1 upgrades: from its cordon on.
-		if err := k.waitCordoned(ctx, "w1"); err != nil {
+		if err := k.waitCordoned(wctx, "w1"); err != nil {
 			t.Errorf("w1 was never cordoned: %v", err)
 			return
 		}
@@ -226,6 +227,7 @@ func upgradeWithResume(ctx context.Context, t *testing.T, s *scenario, k *upgrad
 	start := time.Now()
 	out, err := labExec(args...)
 	logTiming(t, "upgrade → stopped on the Ceph gate", time.Since(start))
+	stopWatch() // an upgrade that ended before w1's cordon
 	<-warned
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 {

@@ -21,8 +21,8 @@ import (
 )
 
 // Talosconfig is the admin talosconfig for the rack's cluster (talosctl's
-// client config), with a client certificate signed by the bundle's Talos CA
-// at the bundle's clock.
+// client config), with a client certificate signed by the bundle's Talos CA,
+// valid from kubeconfigBackdate before the bundle's clock.
 //
 // Endpoints and nodes are the control planes' own addresses, not the VIP:
 // the VIP is held by whichever control plane wins an election through etcd,
@@ -34,7 +34,17 @@ func Talosconfig(r *Rack, b *secrets.Bundle) ([]byte, error) {
 	if len(cps) == 0 {
 		return nil, errors.New("talosconfig: no control plane has a static address: give at least one control plane an address such as 192.168.1.11/24")
 	}
-	in, err := r.newInput(b)
+	// A new client certificate for every command: valid from a little
+	// before now, as the kubeconfig's, so a node whose clock is behind
+	// this laptop's (one without NTP yet; a lab VM) does not refuse it as
+	// not yet valid ("tls: expired certificate").
+	bc := *b
+	clk := b.Clock
+	if clk == nil {
+		clk = secrets.NewClock()
+	}
+	bc.Clock = backdated{clk, kubeconfigBackdate}
+	in, err := r.newInput(&bc)
 	if err != nil {
 		return nil, fmt.Errorf("talosconfig: %w", err)
 	}
@@ -53,6 +63,14 @@ func Talosconfig(r *Rack, b *secrets.Bundle) ([]byte, error) {
 	}
 	return out, nil
 }
+
+// backdated is a clock behind another by a fixed duration.
+type backdated struct {
+	clock secrets.Clock
+	by    time.Duration
+}
+
+func (c backdated) Now() time.Time { return c.clock.Now().Add(-c.by) }
 
 // kubeconfigBackdate covers a little clock skew between this laptop and the
 // API server.

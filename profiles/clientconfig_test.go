@@ -65,6 +65,13 @@ func TestTalosconfig(t *testing.T) {
 	if crt.NotBefore.After(fixedNow()) {
 		t.Fatalf("client cert NotBefore %v is after the injected clock %v", crt.NotBefore, fixedNow())
 	}
+	// A node whose clock is a little behind (no NTP yet, a lab VM) takes it.
+	if !crt.NotBefore.Equal(fixedNow().Add(-kubeconfigBackdate)) {
+		t.Errorf("client cert NotBefore %v, want %v (backdated as the kubeconfig)", crt.NotBefore, fixedNow().Add(-kubeconfigBackdate))
+	}
+	if b.Clock.Now() != fixedNow() {
+		t.Error("Talosconfig changed the bundle's clock")
+	}
 	if slices.Contains(ctx.Endpoints, r.Cluster.VIP) {
 		t.Fatal("the VIP is a talosconfig endpoint")
 	}
