@@ -626,7 +626,7 @@ func runDisksWipe(cmd *cobra.Command, a *app, f *disksFlags, name string) error 
 	jobRan := false
 	if method == storage.BlockDeviceWipeDescriptor_FAST && cs != nil {
 		if err := zeroLabelCopies(ctx, cs, name, zeroImage(f.image), picked, f.jobTimeout, out); err != nil {
-			return &exitError{code: 1, err: fmt.Errorf("Talos's fast wipe is done; the label copies are not zeroed: %w", err)}
+			return &exitError{code: 1, err: fmt.Errorf("the fast wipe through Talos is done, the label copies are not zeroed: %w", err)}
 		}
 		jobRan = true
 	}

@@ -89,7 +89,7 @@ func (z zeroJobRun) removeOld(ctx context.Context, name string) error {
 		return fmt.Errorf("look for an earlier Job %s/%s: %w", disks.ZeroNamespace, name, err)
 	}
 	if done, _ := jobFinished(old); !done {
-		return fmt.Errorf("Job %s/%s from an earlier wipe of this disk is still running: wait for it, or delete it (kubectl -n %s delete job %s)", disks.ZeroNamespace, name, disks.ZeroNamespace, name)
+		return fmt.Errorf("the Job %s/%s from an earlier wipe of this disk is still running: wait for it, or delete it (kubectl -n %s delete job %s)", disks.ZeroNamespace, name, disks.ZeroNamespace, name)
 	}
 	bg := metav1.DeletePropagationBackground
 	if err := jobs.Delete(ctx, name, metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil && !apierrors.IsNotFound(err) {
