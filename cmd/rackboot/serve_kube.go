@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/dotfile/rackboot/handoff"
 	"github.com/dotfile/rackboot/inventory"
 	"github.com/dotfile/rackboot/kubestate"
 	"github.com/dotfile/rackboot/leader"
@@ -38,7 +39,7 @@ func (k *kubeFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.BoolVar(&k.enabled, "kube", false, "run as one replica of rackboot in Kubernetes: state (rack, secrets, config-token key, machine states, DHCP leases) from the namespace's objects, and DHCP only while this replica holds the Lease; TFTP, HTTP, the registry mirror and the events sink on every replica")
 	fl.StringVar(&k.kubeconfig, "kubeconfig", "", "with --kube: the kubeconfig to reach the API server (default: the pod's in-cluster config, else $KUBECONFIG or ~/.kube/config)")
-	fl.StringVar(&k.namespace, "namespace", "", "with --kube: the namespace holding rackboot's state and Lease (default $POD_NAMESPACE, else rackboot)")
+	fl.StringVar(&k.namespace, "namespace", "", "with --kube: the namespace holding rackboot's state and Lease (default $POD_NAMESPACE, else "+handoff.Namespace+")")
 	fl.StringVar(&k.leaseName, "lease-name", "rackboot-dhcp", "with --kube: the Lease whose holder answers DHCP (one per network segment)")
 	fl.DurationVar(&k.leaseDuration, "lease-duration", leader.DefaultLeaseDuration, "with --kube: how long the other replicas wait after the leader's last renewal before one takes over (whole seconds)")
 	fl.DurationVar(&k.renewDeadline, "renew-deadline", leader.DefaultRenewDeadline, "with --kube: the leader stops answering DHCP when it could not renew the Lease for this long (shorter than --lease-duration)")
@@ -58,7 +59,8 @@ func (k *kubeFlags) check(cmd *cobra.Command) error {
 	return nil
 }
 
-// ns is the namespace: --namespace, else the pod's, else rackboot.
+// ns is the namespace: --namespace, else the pod's, else handoff.Namespace
+// (rackboot-system, where `rackboot handoff` puts the appliance).
 func (k *kubeFlags) ns() string {
 	if k.namespace != "" {
 		return k.namespace
@@ -66,7 +68,7 @@ func (k *kubeFlags) ns() string {
 	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
 		return ns
 	}
-	return "rackboot"
+	return handoff.Namespace
 }
 
 // restConfig is --kubeconfig, else the in-cluster config, else the usual

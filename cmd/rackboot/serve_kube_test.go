@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/spf13/cobra"
+
+	"github.com/dotfile/rackboot/handoff"
 )
 
 func kubeCmd(t *testing.T, args ...string) (*cobra.Command, *kubeFlags) {
@@ -44,8 +46,8 @@ func TestKubeFlagsCheck(t *testing.T) {
 func TestKubeNamespace(t *testing.T) {
 	t.Setenv("POD_NAMESPACE", "")
 	_, k := kubeCmd(t, "--kube")
-	if got := k.ns(); got != "rackboot" {
-		t.Errorf("default namespace %q, want rackboot", got)
+	if got := k.ns(); got != handoff.Namespace {
+		t.Errorf("default namespace %q, want %s", got, handoff.Namespace)
 	}
 	t.Setenv("POD_NAMESPACE", "rack-a")
 	if got := k.ns(); got != "rack-a" {
