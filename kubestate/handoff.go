@@ -84,8 +84,11 @@ func (s *Store) importSecrets(ctx context.Context, stateDir string) error {
 	for _, f := range secretFiles {
 		path := filepath.Join(stateDir, f.file)
 		data, ok, err := readState(stateDir, f.file)
-		if err != nil || !ok {
+		if err != nil {
 			return err
+		}
+		if !ok { // not there: the next file may be
+			continue
 		}
 		switch f.file { // check what the cluster will read
 		case profiles.SecretsFile:

@@ -23,7 +23,8 @@ func init() {
 			Short: "Install Talos again on a machine at its next network boot",
 			Long: "Clears the machine's \"installed\" mark, so its next network boot gets Talos and its\n" +
 				"config again (with a new config token) instead of being sent to its disk. Goes through\n" +
-				"the running rackboot serve when there is one.",
+				"the running rackboot serve when there is one; with --kube, changes the machine's record\n" +
+				"in the cluster, where every replica of the rackboot in Kubernetes sees it.",
 			Args: cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				r, err := a.loadRack(cmd)
@@ -33,13 +34,12 @@ func init() {
 				name := args[0]
 				m := r.Machine(name)
 				if m == nil {
-					return fmt.Errorf("no machine named %q in %s", name, a.rackPath)
+					return fmt.Errorf("no machine named %q in %s", name, a.rackWhere())
 				}
 				if err := rp.preflight(cmd.Context(), a, m); err != nil {
 					return err
 				}
-				err = changeMachine(cmd.Context(), a.StateDir(), "/machines/"+name+"/reinstall",
-					func(st *inventory.Store) error { return st.Reset(name) })
+				err = a.reinstallMachine(cmd.Context(), name)
 				switch {
 				case errors.Is(err, inventory.ErrUnknownMachine):
 					fmt.Fprintf(cmd.OutOrStdout(), "%s has not booted from rackboot yet: its next network boot installs it\n", name)
@@ -57,6 +57,7 @@ func init() {
 			},
 		}
 		rp.register(reinstall)
+		registerKube(reinstall)
 		cmd.AddCommand(reinstall)
 		cmd.AddCommand(newAdoptCmd(a))
 		cmd.AddCommand(newRemoveCmd(a))

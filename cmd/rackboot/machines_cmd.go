@@ -39,7 +39,8 @@ func init() {
 				"file) those boot Talos without a config and wait in its maintenance mode; adopt one with\n" +
 				"`rackboot machine adopt MAC --name NAME --role ROLE`.\n" +
 				"Asks the rackboot serve running for this state dir; without one, reads what it last saved\n" +
-				"(machines.json) and changes nothing.",
+				"(machines.json) and changes nothing. With --kube, the machine records of the rackboot\n" +
+				"running in Kubernetes (rackboot handoff).",
 			Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
 				r, err := a.loadRack(cmd)
@@ -52,7 +53,7 @@ func init() {
 				}
 				ctx, cancel := context.WithTimeout(parent, timeout)
 				defer cancel()
-				ms, now, from, err := inventorySnapshot(ctx, a.StateDir())
+				ms, now, from, err := a.machinesSnapshot(ctx)
 				if err != nil {
 					return err
 				}
@@ -71,6 +72,7 @@ func init() {
 		}
 		cmd.Flags().BoolVar(&asJSON, "json", false, "print the machines as JSON")
 		cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the running serve")
+		registerKube(cmd)
 		return cmd
 	})
 }
@@ -79,6 +81,7 @@ func init() {
 const (
 	fromServe = "serve"      // the running serve, through its control socket
 	fromState = "state file" // machines.json, no serve running
+	fromKube  = "kubernetes" // the records of the rackboot in Kubernetes (--kube)
 )
 
 // inventorySnapshot asks the running serve for its machines, or reads the
@@ -101,7 +104,8 @@ func inventorySnapshot(ctx context.Context, stateDir string) ([]inventory.Machin
 // machinesReport is `rackboot machines --json`.
 type machinesReport struct {
 	Time time.Time `json:"time"`
-	// From is "serve" (the running serve) or "state file" (what serve last
+	// From is "serve" (the running serve), "kubernetes" (--kube: the
+	// records in the cluster; no discovered machines) or "state file" (what serve last
 	// saved; discovered machines reach it only along with other changes).
 	From       string              `json:"from"`
 	Known      []knownMachine      `json:"known"`
@@ -480,6 +484,9 @@ func writeMachinesTable(w io.Writer, rep machinesReport, rackPath string) error 
 	}
 	if rep.From == fromState {
 		fmt.Fprintln(w, "(no rackboot serve is running: this is what it last saved)")
+	}
+	if rep.From == fromKube {
+		fmt.Fprintln(w, "(the machine states of the rackboot in Kubernetes; machines outside the rack file are known to its replicas only, on their status pages)")
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dotfile/rackboot/kubestate"
 	"github.com/dotfile/rackboot/profiles"
 )
 
@@ -39,6 +40,8 @@ type app struct {
 	log        *slog.Logger
 	// stopProfile ends --cpuprofile; main calls it after the command.
 	stopProfile func()
+	// kube is the cluster's state under --kube (kube_cli.go), once opened.
+	kube *kubestate.Store
 }
 
 // StateDir is --state, or .rackboot/ beside the rack file.
@@ -49,9 +52,13 @@ func (a *app) StateDir() string {
 	return filepath.Join(filepath.Dir(a.rackPath), ".rackboot")
 }
 
-// loadRack reads and validates the rack file; problems are printed and make
+// loadRack reads and validates the rack file (under --kube the one in the
+// cluster: loadKubeRack); problems are printed and make
 // the command fail with exit code 1, warnings are printed and let it go on.
 func (a *app) loadRack(cmd *cobra.Command) (*profiles.Rack, error) {
+	if a.kube != nil {
+		return a.loadKubeRack(cmd)
+	}
 	r, err := profiles.LoadFile(a.rackPath)
 	if err != nil {
 		var ps profiles.Problems
@@ -90,6 +97,9 @@ func newRoot() (*cobra.Command, *app) {
 				level = slog.LevelDebug
 			}
 			a.log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			if err := a.openKube(cmd); err != nil {
+				return err
+			}
 			if a.cpuProfile != "" {
 				f, err := os.Create(a.cpuProfile)
 				if err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dotfile/rackboot/bmc"
+	"github.com/dotfile/rackboot/kubestate"
 	"github.com/dotfile/rackboot/profiles"
 )
 
@@ -72,6 +73,7 @@ func powerCmd(a *app, action string) *cobra.Command {
 	if action == "off" || action == "cycle" {
 		cmd.Flags().BoolVarP(&f.yes, "yes", "y", false, "do not ask for confirmation")
 	}
+	registerKube(cmd)
 	if action == "on" {
 		cmd.Flags().BoolVar(&f.netboot, "netboot", false, "set a network boot once first (read back and reported), then power on; a machine that is on is power-cycled")
 	}
@@ -93,7 +95,7 @@ func runPower(cmd *cobra.Command, a *app, action string, args []string, f *power
 	if err := confirmPower(cmd, action, machineNames(ms), f); err != nil {
 		return err
 	}
-	pw, err := profiles.LoadBMCPasswords(a.StateDir(), nil)
+	pw, err := a.bmcPasswords(cmd.Context())
 	if err != nil {
 		return err
 	}
@@ -274,7 +276,16 @@ func bmcConfig(a *app, m *profiles.Machine, pw *profiles.BMCPasswords) (bmc.Conf
 			return bmc.Config{}, "", fmt.Errorf("bmc caFile %s holds no PEM certificate", path)
 		}
 	}
-	return cfg, passwordSource(from, m.Name), nil
+	return cfg, a.passwordSource(from, m.Name), nil
+}
+
+// passwordSource says in words where a password came from (never what):
+// under --kube the file is the cluster's Secret.
+func (a *app) passwordSource(from, name string) string {
+	if from == profiles.BMCPasswordFromFile && a.kube != nil {
+		return "password from secret " + a.kube.Namespace() + "/" + kubestate.BMCPasswordsName
+	}
+	return passwordSource(from, name)
 }
 
 // passwordSource says in words where a password came from (never what).

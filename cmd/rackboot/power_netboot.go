@@ -126,7 +126,7 @@ func (rp *reinstallPower) preflight(ctx context.Context, a *app, m *profiles.Mac
 	if m.BMC == nil {
 		return fmt.Errorf("--power: %s has no bmc: in the rack file: add bmc: {address: <its BMC>, user: <login>} under it", m.Name)
 	}
-	pw, err := profiles.LoadBMCPasswords(a.StateDir(), nil)
+	pw, err := a.bmcPasswords(ctx)
 	if err != nil {
 		return err
 	}
@@ -145,7 +145,7 @@ func (rp *reinstallPower) preflight(ctx context.Context, a *app, m *profiles.Mac
 // run sets the network boot, powers the machine and (unless --no-wait)
 // watches it install through the running serve.
 func (rp *reinstallPower) run(ctx context.Context, a *app, out io.Writer, r *profiles.Rack, m *profiles.Machine) error {
-	pw, err := profiles.LoadBMCPasswords(a.StateDir(), nil)
+	pw, err := a.bmcPasswords(ctx)
 	if err != nil {
 		return err
 	}
@@ -192,6 +192,9 @@ func fetchServed(ctx context.Context, a *app, timeout time.Duration) (*status.Ma
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	if a.kube != nil {
+		return a.kubeServed(ctx)
+	}
 	return status.Fetch(ctx, controlClient(a.StateDir(), timeout), controlBase)
 }
 

@@ -26,12 +26,18 @@ func init() {
 			Short: "Print every machine's stage, address and last event",
 			Long: "Print the machine table of the rackboot serve running for this rack (through its control\n" +
 				"socket in the state directory), of another one with --server URL, or with --offline the one\n" +
-				"saved in the state directory (machines.json).",
+				"saved in the state directory (machines.json). With --kube, the machine records of the\n" +
+				"rackboot running in Kubernetes (what all its replicas share).",
 			Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
 				var ms []inventory.Machine
 				now := time.Now()
-				if offline {
+				if a.kube != nil {
+					var err error
+					if ms, err = a.kubeStatus(cmd.Context(), offline, server); err != nil {
+						return err
+					}
+				} else if offline {
 					// Open only reads; the store is never flushed here.
 					st, err := inventory.Open(a.StateDir(), inventory.WithLogger(a.log))
 					if err != nil {
@@ -77,6 +83,7 @@ func init() {
 		cmd.Flags().BoolVar(&offline, "offline", false, "read machines.json from the state directory instead of asking a server")
 		cmd.Flags().BoolVar(&asJSON, "json", false, "print the machines as JSON")
 		cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the server")
+		registerKube(cmd)
 		return cmd
 	})
 }
