@@ -4,7 +4,7 @@
 #   make test    every test: unit, fuzz (short), loopback/netns servers, QEMU boots
 #   make lint    go vet + staticcheck + gofmt
 #   make build   bin/rackboot
-#   make release static binaries for Linux and macOS (amd64, arm64) into dist/
+#   make release static binaries for Linux and macOS (amd64, arm64) and the OCI image into dist/
 #   make bench   side-by-side benchmarks into docs/BENCHMARKS.md (not part of test)
 #   make test-arm64  only the arm64 UEFI VM's netboot (AAVMF, TCG; also part of test)
 
@@ -124,6 +124,12 @@ release: $(EMBEDDED)
 	    -o dist/rackboot-$(VERSION)-$$os-$$arch ./cmd/rackboot; \
 	done
 	@cd dist && sha256sum rackboot-$(VERSION)-* > SHA256SUMS
+	@# rackboot's OCI image (linux/amd64 + linux/arm64, no base image), reproducible:
+	@# every timestamp is the commit's (SOURCE_DATE_EPOCH); the layout goes to dist/oci.
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) $(GO) run ./cmd/mkociimage \
+	  --binary linux/amd64=dist/rackboot-$(VERSION)-linux-amd64 \
+	  --binary linux/arm64=dist/rackboot-$(VERSION)-linux-arm64 \
+	  --version $(VERSION) --revision "$$(git rev-parse HEAD 2>/dev/null)" --out dist/oci
 
 ## demo: three QEMU machines netboot from rackboot on a private network, reach "installed", then everything is removed.
 demo: deps build standin

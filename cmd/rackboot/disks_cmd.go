@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/dotfile/rackboot/disks"
+	"github.com/dotfile/rackboot/ociimage"
 	"github.com/dotfile/rackboot/profiles"
 )
 
@@ -100,7 +101,7 @@ func disksCmd(a *app) *cobra.Command {
 	wfl.BoolVar(&f.forceOther, "force-non-ceph", false, "also wipe disks that cephDisks does not match")
 	wfl.BoolVar(&f.noCluster, "no-cluster", false, "no Kubernetes cluster runs on this rack yet: do not ask it whether a Rook OSD uses the disks")
 	wfl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: kubeconfig in the state directory, else $KUBECONFIG)")
-	wfl.StringVar(&f.image, "image", "", "image the zeroing Job runs (default "+zeroImage("")+", served by the rack's mirror)")
+	wfl.StringVar(&f.image, "image", "", "image the zeroing Job runs (default: rackboot's own, "+ociimage.ImageName(version)+", by digest from the laptop's registry mirror, put there from this binary if missing)")
 	wfl.DurationVar(&f.jobTimeout, "job-timeout", 10*time.Minute, "how long to wait for the zeroing Job")
 	cmd.AddCommand(wipe)
 	return cmd
@@ -625,7 +626,11 @@ func runDisksWipe(cmd *cobra.Command, a *app, f *disksFlags, name string) error 
 	}
 	jobRan := false
 	if method == storage.BlockDeviceWipeDescriptor_FAST && cs != nil {
-		if err := zeroLabelCopies(ctx, cs, name, zeroImage(f.image), picked, f.jobTimeout, out); err != nil {
+		image, err := zeroImage(a, f.image, out)
+		if err != nil {
+			return &exitError{code: 1, err: fmt.Errorf("the fast wipe through Talos is done; rackboot's image for the zeroing Job: %w (or name one with --image)", err)}
+		}
+		if err := zeroLabelCopies(ctx, cs, name, image, picked, f.jobTimeout, out); err != nil {
 			return &exitError{code: 1, err: fmt.Errorf("the fast wipe through Talos is done, the label copies are not zeroed: %w", err)}
 		}
 		jobRan = true

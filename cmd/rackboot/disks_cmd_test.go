@@ -286,6 +286,7 @@ func TestDisksWipeRookOSD(t *testing.T) {
 	// KUBELET of zero_job_test.go runs it (see there).
 	kl := &fakeKubelet{t: t, cs: cs, node: "formula", images: map[string]string{"sdb": filepath.Join(l.root, "dev/sdb")}}
 	kl.start()
+	seedZeroImage(t, l.state)
 	wipe := func(serial string) []string {
 		return []string{"disks", "wipe", "formula", "--node", "formula=" + l.addr, "--serial", serial, "--yes", "--kubeconfig", env.Kubeconfig, "--job-timeout", "2m"}
 	}

@@ -32,14 +32,24 @@ type zeroJobRun struct {
 	poll    time.Duration
 }
 
-// zeroImage is the image the Job runs: --image, else rackboot's own image
-// of this version, which the machines pull through the rack's mirror
-// (ghcr.io is mirrored; ociimage.PutLayout puts it in the store).
-func zeroImage(flag string) string {
+// zeroImage is the image the Job runs: --image; else rackboot's own image
+// of this version in the laptop's registry mirror (ghcr.io is mirrored, so
+// the node pulls it from there), named by digest so the node runs exactly
+// it. When the mirror does not have it yet it is put there from this
+// binary (ociimage.PutSelf, this architecture), as `handoff` does.
+func zeroImage(a *app, flag string, out io.Writer) (string, error) {
 	if flag != "" {
-		return flag
+		return flag, nil
 	}
-	return ociimage.ImageName(version)
+	store, err := openImageStore(a)
+	if err != nil {
+		return "", err
+	}
+	if d, err := store.Resolve(ociimage.Repository, ociimage.Tag(version)); err == nil {
+		return ociimage.ImageName(version) + "@" + d.Digest.String(), nil
+	}
+	fmt.Fprintf(out, "putting rackboot's image %s into the registry mirror, from this binary (once)\n", ociimage.ImageName(version))
+	return putHandoffImage(a, "")
 }
 
 // applyJSON is the body of a server-side apply of obj (a typed object

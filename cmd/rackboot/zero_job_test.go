@@ -34,6 +34,8 @@ import (
 	"github.com/dotfile/rackboot/disks"
 	"github.com/dotfile/rackboot/disks/diskstest"
 	"github.com/dotfile/rackboot/internal/kubetest"
+	"github.com/dotfile/rackboot/ociimage"
+	"github.com/dotfile/rackboot/registry"
 )
 
 // fakeKubelet runs the zeroing Jobs of one node. images maps a disk's
@@ -206,6 +208,31 @@ func loopDevice(t *testing.T, path string) string {
 	return dev
 }
 
+// seedZeroImage puts a small rackboot image (a one-line script, built by
+// ociimage like make release's) into the state dir's registry mirror under
+// this version's name, as an earlier handoff or wipe would have; the wipe
+// must then use it by digest instead of building one from the test binary.
+func seedZeroImage(t *testing.T, state string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "rackboot")
+	if err := os.WriteFile(bin, []byte("#!/bin/true\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	idx, err := ociimage.Build(ociimage.Config{Binaries: []ociimage.Binary{{OS: "linux", Arch: "amd64", Path: bin}}, Version: version})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := registry.Open(filepath.Join(state, "assets", "images"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := ociimage.Put(store, idx, version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ociimage.ImageName(version) + "@" + d.String()
+}
+
 // TestDisksWipeZeroJob: with a cluster, the fast wipe is followed by the
 // zeroing Job, which the API server accepts as rackboot builds it; run by
 // the FAKE KUBELET, it clears the label copy at 1 GiB that Talos's fast
@@ -221,6 +248,7 @@ func TestDisksWipeZeroJob(t *testing.T) {
 	}
 	kl := &fakeKubelet{t: t, cs: cs, node: "formula", images: map[string]string{"sda": l.sda, "sdb": filepath.Join(l.root, "dev/sdb")}}
 	kl.start()
+	image := seedZeroImage(t, l.state)
 	wipe := []string{"disks", "wipe", "formula", "--node", "formula=" + l.addr, "--serial", "WD-OLD-1", "--yes",
 		"--kubeconfig", env.Kubeconfig, "--job-timeout", "2m"}
 	start := time.Now()
@@ -230,7 +258,7 @@ func TestDisksWipeZeroJob(t *testing.T) {
 		t.Fatalf("wipe: %v", err)
 	}
 	for _, want := range []string{
-		"formula: sda: zeroing the Ceph label copies and both ends (4 ranges, 2060 KiB) with Job rackboot-system/rackboot-zero-formula-wd-old-1 (image ghcr.io/dotfile/rackboot:dev)",
+		"formula: sda: zeroing the Ceph label copies and both ends (4 ranges, 2060 KiB) with Job rackboot-system/rackboot-zero-formula-wd-old-1 (image " + image + ")",
 		"Job rackboot-zero-formula-wd-old-1: zeroed 4 range(s), 2109440 bytes",
 		"sda wiped (fast): Talos sees nothing on it now",
 	} {
@@ -251,7 +279,7 @@ func TestDisksWipeZeroJob(t *testing.T) {
 	spec := js[0].Spec.Template.Spec
 	c := spec.Containers[0]
 	if spec.NodeName != "formula" || c.SecurityContext == nil || c.SecurityContext.Privileged == nil || !*c.SecurityContext.Privileged ||
-		c.Image != "ghcr.io/dotfile/rackboot:dev" || !slices.Contains(c.Args, "WD-OLD-1") || !slices.Contains(c.Args, "/host/dev/sda") ||
+		c.Image != image || !slices.Contains(c.Args, "WD-OLD-1") || !slices.Contains(c.Args, "/host/dev/sda") ||
 		*js[0].Spec.BackoffLimit != 0 {
 		t.Errorf("the Job as the API server stored it: %+v", js[0].Spec)
 	}
