@@ -130,7 +130,7 @@ func bmcCheckCmd(a *app) *cobra.Command {
 			for _, name := range skipped {
 				fmt.Fprintf(cmd.ErrOrStderr(), "%s has no bmc: in the rack file: not checked\n", name)
 			}
-			pw, err := profiles.LoadBMCPasswords(a.StateDir(), nil)
+			pw, err := a.bmcPasswords(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -141,6 +141,7 @@ func bmcCheckCmd(a *app) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the results as JSON")
+	registerKube(cmd)
 	return cmd
 }
 

@@ -228,6 +228,9 @@ func (l *kubeLab) checkPower(t *testing.T) {
 			t.Errorf("power status --kube %s: %+v", r.Name, r)
 		}
 	}
+	if out := l.mustKube(t, "bmc", "check", "w1"); !strings.Contains(out, "password from secret "+handoff.Namespace+"/"+kubestate.BMCPasswordsName) {
+		t.Errorf("bmc check --kube does not say the password came from the Secret:\n%s", out)
+	}
 	t.Setenv(kubeEnv, "1")
 	out, err := l.kube(t, true, "power", "status", "w1", "--kubeconfig", l.env.Kubeconfig)
 	if err != nil || !strings.Contains(out, "ipmi") || !strings.Contains(out, "off") {
