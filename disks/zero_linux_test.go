@@ -20,27 +20,6 @@ import (
 	"github.com/dotfile/rackboot/disks/diskstest"
 )
 
-// LoopDevice attaches path to a free loop device and detaches it when the
-// test ends.
-func loopDevice(t *testing.T, path string) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("this test attaches a loop device: run it as root (make test does)")
-	}
-	losetup := diskstest.Tool(t, "losetup", "mount")
-	out, err := exec.Command(losetup, "--find", "--show", path).CombinedOutput()
-	if err != nil {
-		t.Fatalf("losetup --find --show %s: %v\n%s", path, err, out)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() {
-		if out, err := exec.Command(losetup, "-d", dev).CombinedOutput(); err != nil {
-			t.Errorf("losetup -d %s: %v\n%s", dev, err, out)
-		}
-	})
-	return dev
-}
-
 func TestZeroDeviceLoop(t *testing.T) {
 	const size = 12<<30 + 8<<20
 	img := filepath.Join(t.TempDir(), "old-osd.img")
@@ -58,7 +37,7 @@ func TestZeroDeviceLoop(t *testing.T) {
 		}
 	}
 	f.Close()
-	dev := loopDevice(t, img)
+	dev := diskstest.LoopDevice(t, img)
 	cbt := diskstest.Tool(t, "ceph-bluestore-tool", "ceph-osd")
 	wipefs := diskstest.Tool(t, "wipefs", "util-linux")
 	blkid := diskstest.Tool(t, "blkid", "util-linux")

@@ -18,7 +18,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -105,7 +104,7 @@ func (k *fakeKubelet) run(ctx context.Context, j *batchv1.Job) error {
 			if !ok {
 				return fmt.Errorf("the Job names %s, which the node does not have", args[i+1])
 			}
-			args[i+1] = loopDevice(k.t, img)
+			args[i+1] = diskstest.LoopDevice(k.t, img)
 			if !k.keepSerial {
 				for s := range args {
 					if args[s] == "--serial" {
@@ -186,26 +185,6 @@ func (k *fakeKubelet) finishJob(ctx context.Context, j *batchv1.Job, ok bool) er
 		return fmt.Errorf("set the Job's status: %w", err)
 	}
 	return nil
-}
-
-// loopDevice attaches path to a free loop device until the test ends.
-func loopDevice(t *testing.T, path string) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("this test attaches a loop device: run it as root (make test does)")
-	}
-	losetup := diskstest.Tool(t, "losetup", "mount")
-	out, err := exec.Command(losetup, "--find", "--show", path).CombinedOutput()
-	if err != nil {
-		t.Fatalf("losetup --find --show %s: %v\n%s", path, err, out)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() {
-		if out, err := exec.Command(losetup, "-d", dev).CombinedOutput(); err != nil {
-			t.Errorf("losetup -d %s: %v\n%s", dev, err, out)
-		}
-	})
-	return dev
 }
 
 // seedZeroImage puts a small rackboot image (a one-line script, built by

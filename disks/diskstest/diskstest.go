@@ -99,3 +99,25 @@ func run(t testing.TB, name string, args ...string) {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 }
+
+// LoopDevice attaches path to a free loop device (losetup) and detaches it
+// when the test ends. It needs root: a test run as another user fails
+// with that reason (make test and CI run as root).
+func LoopDevice(t testing.TB, path string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("this test attaches a loop device: run it as root (make test does)")
+	}
+	losetup := Tool(t, "losetup", "mount")
+	out, err := exec.Command(losetup, "--find", "--show", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup --find --show %s: %v\n%s", path, err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		if out, err := exec.Command(losetup, "-d", dev).CombinedOutput(); err != nil {
+			t.Errorf("losetup -d %s: %v\n%s", dev, err, out)
+		}
+	})
+	return dev
+}
