@@ -32,24 +32,9 @@ die() { echo "materialize-rook: $*" >&2; exit 1; }
 
 [[ $# -eq 1 ]] || die "usage: $0 OUTDIR"
 OUT=$1
-command -v "$GO" >/dev/null || die "no go command (install Go 1.26 at /usr/local/go)"
-command -v sha256sum >/dev/null || die "missing sha256sum (Debian: apt-get install coreutils)"
-[[ ${GONOSUMDB:-}${GONOSUMCHECK:-}${GOINSECURE:-} == "" && ${GOSUMDB:-} != off && ${GOFLAGS:-} != *insecure* ]] ||
-	die "checksum verification is turned off in the environment (GOSUMDB/GONOSUMDB/GOINSECURE/GOFLAGS): refusing"
-
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-# An empty module: `go mod download` needs no main module, and this keeps
-# rackboot's go.mod out of it.
-json=$(cd "$TMP" && GOWORK=off GOFLAGS=-mod=mod "$GO" mod download -json "$MODULE@$VERSION") ||
-	die "go mod download $MODULE@$VERSION failed: $json"
-field() { sed -n "s/^[[:space:]]*\"$1\": \"\(.*\)\",\{0,1\}$/\1/p" <<<"$json" | head -n1; }
-err=$(field Error)
-[[ -z $err ]] || die "go mod download $MODULE@$VERSION: $err"
-dir=$(field Dir)
-sum=$(field Sum)
-[[ -d $dir ]] || die "go mod download gave no module directory for $MODULE@$VERSION"
-[[ $sum == "$PIN_SUM" ]] || die "$MODULE@$VERSION has hash $sum, the pin says $PIN_SUM: refusing it"
+download_module "$MODULE" "$VERSION" "$PIN_SUM" "$TMP"
 
 mkdir -p "$TMP/out"
 for f in "${FILES[@]}"; do
