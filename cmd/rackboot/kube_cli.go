@@ -44,14 +44,16 @@ func registerKube(cmd *cobra.Command) {
 	def, _ := strconv.ParseBool(os.Getenv(kubeEnv))
 	fl.Bool("kube", def, "work on the rackboot running in Kubernetes (after rackboot handoff): the rack, secrets, BMC passwords and machine states in its namespace instead of the state directory (default $"+kubeEnv+")")
 	_ = fl.SetAnnotation("kube", kubeFlagMark, []string{"true"})
+	fl.String("namespace", "", "with --kube: the namespace rackboot runs in (default $POD_NAMESPACE, else "+handoff.Namespace+", where rackboot handoff puts it)")
+	_ = fl.SetAnnotation("namespace", kubeFlagMark, []string{"true"})
 	if fl.Lookup("kubeconfig") == nil {
 		fl.String("kubeconfig", "", "with --kube: the cluster's kubeconfig (default: kubeconfig in the state directory, else $KUBECONFIG or ~/.kube/config)")
+		_ = fl.SetAnnotation("kubeconfig", kubeFlagMark, []string{"true"})
 	}
-	fl.String("namespace", "", "with --kube: the namespace rackboot runs in (default $POD_NAMESPACE, else "+handoff.Namespace+", where rackboot handoff puts it)")
 }
 
 // kubeOn reports whether cmd runs with --kube (from the flag or
-// RACKBOOT_KUBE). --namespace without it, or a RACKBOOT_KUBE that is not
+// RACKBOOT_KUBE). --namespace or its --kubeconfig without it, or a RACKBOOT_KUBE that is not
 // a boolean, is an error that says what to write.
 func kubeOn(cmd *cobra.Command) (bool, error) {
 	f := cmd.Flags().Lookup("kube")
@@ -66,8 +68,12 @@ func kubeOn(cmd *cobra.Command) (bool, error) {
 		}
 	}
 	on := f.Value.String() == "true"
-	if !on && cmd.Flags().Changed("namespace") {
-		return false, errors.New("--namespace is for --kube only: add --kube, or leave it out")
+	if !on {
+		for _, name := range []string{"namespace", "kubeconfig"} {
+			if g := cmd.Flags().Lookup(name); g != nil && g.Changed && g.Annotations[kubeFlagMark] != nil {
+				return false, fmt.Errorf("--%s is for --kube only: add --kube, or leave it out", name)
+			}
+		}
 	}
 	return on, nil
 }

@@ -286,6 +286,15 @@ func (l *kubeLab) checkUpgradeState(t *testing.T) {
 		t.Errorf("Where: %q", w)
 	}
 
+	// The real command: a dry run reads the record another laptop left.
+	out := l.mustKube(t, "upgrade", "--talos", "v1.13.1", "--dry-run", "--talos-endpoint", "127.0.0.1:1")
+	for _, want := range []string{"upgrade to Talos v1.13.1:", "1. cp1", "gates now:",
+		"an unfinished upgrade to v1.13.1 is recorded in configmap " + handoff.Namespace + "/rackboot-upgrade (upgrade.json): go on with --resume"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("upgrade --kube --dry-run lacks %q", want)
+		}
+	}
+
 	before, err := l.state.RackFile(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -309,6 +318,9 @@ func (l *kubeLab) checkUpgradeState(t *testing.T) {
 func (l *kubeLab) checkFlags(t *testing.T) {
 	if _, err := l.kube(t, true, "status", "--namespace", "x"); err == nil || !strings.Contains(err.Error(), "--namespace is for --kube only") {
 		t.Errorf("--namespace without --kube: %v", err)
+	}
+	if _, err := l.kube(t, true, "machines", "--kubeconfig", l.env.Kubeconfig); err == nil || !strings.Contains(err.Error(), "--kubeconfig is for --kube only") {
+		t.Errorf("machines --kubeconfig without --kube: %v", err)
 	}
 	t.Setenv(kubeEnv, "maybe")
 	if _, err := l.kube(t, true, "status"); err == nil || !strings.Contains(err.Error(), kubeEnv+"=1") {
