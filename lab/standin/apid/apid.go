@@ -229,20 +229,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	storage.RegisterStorageServiceServer(srv, storageService{s: s})
 	registerState(srv, s.state)
 	s.log.Info("API listening", "addr", ln.Addr().String(), "maintenance", s.Maintenance())
-	done := make(chan struct{})
-	go func() {
-		select {
-		case <-ctx.Done():
-			srv.Stop()
-		case <-done:
-		}
-	}()
-	err := srv.Serve(ln)
-	close(done)
-	if ctx.Err() != nil || errors.Is(err, grpc.ErrServerStopped) || errors.Is(err, net.ErrClosed) {
-		return nil
-	}
-	return err
+	return serveGRPC(ctx, srv, ln)
 }
 
 // metalMode is Talos's metal runtime mode for validation; installed as
@@ -262,7 +249,7 @@ func (s *Server) ApplyConfiguration(ctx context.Context, in *machine.ApplyConfig
 		if !rolesFrom(ctx).Includes(role.Admin) {
 			return nil, ErrNotAuthorized
 		}
-		return nil, status.Error(codes.Unimplemented, "the stand-in applies a machine config in maintenance mode only")
+		return s.applyConfigured(ctx, in) // kubernetes.go
 	}
 	cfg, err := configloader.NewFromBytes(in.GetData())
 	if err != nil {
@@ -545,4 +532,24 @@ func (i images) Pull(req *machine.ImageServicePullRequest, ss grpc.ServerStreami
 		return fmt.Errorf("error pulling image: %w", err)
 	}
 	return ss.Send(&machine.ImageServicePullResponse{Response: &machine.ImageServicePullResponse_Name{Name: pinned}})
+}
+
+// serveGRPC serves srv on ln until ctx ends (then it stops at once, as
+// Talos's services do on shutdown); a stop or a closed listener is no
+// error.
+func serveGRPC(ctx context.Context, srv *grpc.Server, ln net.Listener) error {
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			srv.Stop()
+		case <-done:
+		}
+	}()
+	err := srv.Serve(ln)
+	close(done)
+	if ctx.Err() != nil || errors.Is(err, grpc.ErrServerStopped) || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
 }

@@ -134,20 +134,7 @@ func (t *Trustd) Serve(ctx context.Context, ln net.Listener) error {
 	)
 	securityapi.RegisterSecurityServiceServer(srv, t)
 	t.log.Info("trustd listening", "addr", ln.Addr().String())
-	done := make(chan struct{})
-	go func() {
-		select {
-		case <-ctx.Done():
-			srv.Stop()
-		case <-done:
-		}
-	}()
-	err := srv.Serve(ln)
-	close(done)
-	if ctx.Err() != nil || errors.Is(err, grpc.ErrServerStopped) || errors.Is(err, net.ErrClosed) {
-		return nil
-	}
-	return err
+	return serveGRPC(ctx, srv, ln)
 }
 
 func (t *Trustd) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
