@@ -146,14 +146,7 @@ func TestHandoffAPIServer(t *testing.T) {
 	defer func() { cancel(); <-done }() // no t.Logf after the test
 
 	// make release's image, small: a layout put into the laptop's mirror.
-	bin := filepath.Join(t.TempDir(), "rackboot")
-	if err := os.WriteFile(bin, []byte("#!/bin/true\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	idx, err := ociimage.Build(ociimage.Config{Binaries: []ociimage.Binary{{OS: "linux", Arch: "amd64", Path: bin}}, Version: version})
-	if err != nil {
-		t.Fatal(err)
-	}
+	idx := tinyRackbootImage(t)
 	layout := filepath.Join(t.TempDir(), "oci")
 	if err := ociimage.WriteLayout(layout, idx, ociimage.Tag(version)); err != nil {
 		t.Fatal(err)

@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -187,11 +188,10 @@ func (k *fakeKubelet) finishJob(ctx context.Context, j *batchv1.Job, ok bool) er
 	return nil
 }
 
-// seedZeroImage puts a small rackboot image (a one-line script, built by
-// ociimage like make release's) into the state dir's registry mirror under
-// this version's name, as an earlier handoff or wipe would have; the wipe
-// must then use it by digest instead of building one from the test binary.
-func seedZeroImage(t *testing.T, state string) string {
+// tinyRackbootImage is rackboot's image as ociimage builds it for make
+// release, for this version, holding a one-line script instead of the
+// binary (building one from the test binary takes half a minute).
+func tinyRackbootImage(t *testing.T) v1.ImageIndex {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "rackboot")
 	if err := os.WriteFile(bin, []byte("#!/bin/true\n"), 0o755); err != nil {
@@ -201,6 +201,16 @@ func seedZeroImage(t *testing.T, state string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return idx
+}
+
+// seedZeroImage puts a small rackboot image (a one-line script, built by
+// ociimage like make release's) into the state dir's registry mirror under
+// this version's name, as an earlier handoff or wipe would have; the wipe
+// must then use it by digest instead of building one from the test binary.
+func seedZeroImage(t *testing.T, state string) string {
+	t.Helper()
+	idx := tinyRackbootImage(t)
 	store, err := registry.Open(filepath.Join(state, "assets", "images"))
 	if err != nil {
 		t.Fatal(err)
