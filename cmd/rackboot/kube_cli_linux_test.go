@@ -231,9 +231,23 @@ func (l *kubeLab) checkPower(t *testing.T) {
 	if out := l.mustKube(t, "bmc", "check", "w1"); !strings.Contains(out, "password from secret "+handoff.Namespace+"/"+kubestate.BMCPasswordsName) {
 		t.Errorf("bmc check --kube does not say the password came from the Secret:\n%s", out)
 	}
+	// reinstall --power: the network boot once and power through the BMC
+	// with the Secret's password.
+	out := l.mustKube(t, "machine", "reinstall", "w1", "--power", "--no-wait")
+	for _, want := range []string{"w1 will install again", "read back: target Pxe", "w1: powered on", "not watching"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("reinstall w1 --power --kube lacks %q:\n%s", want, out)
+		}
+	}
+	if got := l.ipmi.ChassisFile(t, "boot"); got != "pxe" {
+		t.Errorf("ipmi_sim's chassis boot is %q after reinstall --power --kube, want pxe", got)
+	}
+	if out := l.ipmi.IPMITool(t, "chassis", "power", "status"); !strings.Contains(out, "Chassis Power is on") {
+		t.Errorf("ipmitool after reinstall --power --kube: %q", out)
+	}
 	t.Setenv(kubeEnv, "1")
 	out, err := l.kube(t, true, "power", "status", "w1", "--kubeconfig", l.env.Kubeconfig)
-	if err != nil || !strings.Contains(out, "ipmi") || !strings.Contains(out, "off") {
+	if err != nil || !strings.Contains(out, "ipmi") || !strings.Contains(out, "on") {
 		t.Errorf("power status with %s=1: %v\n%s", kubeEnv, err, out)
 	}
 	t.Setenv(kubeEnv, "")
