@@ -40,6 +40,7 @@ func TestAPIServer(t *testing.T) {
 	t.Run("ImportExport", func(t *testing.T) { testImportExport(t, env.Config) })
 	t.Run("RBAC", func(t *testing.T) { testRBAC(t, env.Config) })
 	t.Run("Documents", func(t *testing.T) { testDocuments(t, env.Config) })
+	t.Run("ImportPartial", func(t *testing.T) { testImportPartial(t, env.Config) })
 }
 
 // replicas makes a namespace and n Stores on it, each with its own client.
