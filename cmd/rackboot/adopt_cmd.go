@@ -60,6 +60,7 @@ func newAdoptCmd(a *app) *cobra.Command {
 	fl.BoolVar(&f.noApply, "no-apply", false, "only write the rack file: do not send the config to a machine waiting in maintenance mode (it installs at its next network boot)")
 	cmd.MarkFlagRequired("name")
 	cmd.MarkFlagRequired("role")
+	registerKube(cmd)
 	return cmd
 }
 
@@ -125,6 +126,9 @@ func writeRack(path string, src, out []byte) error {
 func runAdopt(ctx context.Context, a *app, stdout, stderr io.Writer, macArg string, f *adoptFlags) error {
 	if ctx == nil {
 		ctx = context.Background()
+	}
+	if a.kube != nil {
+		return a.adoptKube(ctx, stdout, stderr, macArg, f)
 	}
 	path := a.rackPath
 	src, err := os.ReadFile(path)

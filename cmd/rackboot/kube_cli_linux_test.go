@@ -160,6 +160,7 @@ func TestKubeCommands(t *testing.T) {
 	l.checkPower(t)
 	l.checkUpgradeState(t)
 	l.checkFlags(t)
+	l.checkAdopt(t)
 
 	if ents, err := os.ReadDir(l.away); err != nil || len(ents) != 0 {
 		t.Errorf("the laptop's directory holds %v (%v): --kube must create nothing locally", ents, err)
@@ -344,5 +345,34 @@ func (l *kubeLab) checkFlags(t *testing.T) {
 	_, err := l.kube(t, false, "machines", "--namespace", "empty")
 	if err == nil || !strings.Contains(err.Error(), "rackboot handoff") || !errors.Is(err, kubestate.ErrNotFound) {
 		t.Errorf("machines --kube in a namespace without rackboot: %v", err)
+	}
+}
+
+// checkAdopt: machine adopt --kube writes the machine into the rack's
+// ConfigMap with the rest of the file kept; an invalid adoption writes
+// nothing.
+func (l *kubeLab) checkAdopt(t *testing.T) {
+	ctx := ctxT(t)
+	before, err := l.state.RackFile(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := l.mustKube(t, "machine", "adopt", "52:54:00:00:00:09", "--name", "w3", "--role", "worker")
+	if !strings.Contains(out, "adopted w3 (52:54:00:00:00:09, worker) into configmap "+handoff.Namespace+"/rackboot-rack") {
+		t.Errorf("adopt --kube:\n%s", out)
+	}
+	after, err := l.state.RackFile(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := profiles.Load("rack.yaml", after)
+	if err != nil || r.Machine("w3") == nil || !strings.HasPrefix(string(after), string(before)) {
+		t.Fatalf("the rack after adopt --kube (%v):\n%s", err, after)
+	}
+	if _, err := l.kube(t, false, "machine", "adopt", "52:54:00:00:00:0a", "--name", "w3", "--role", "worker"); err == nil {
+		t.Error("adopting a second w3 went through")
+	}
+	if again, _ := l.state.RackFile(ctx); string(again) != string(after) {
+		t.Errorf("a refused adoption changed the rack:\n%s", again)
 	}
 }
