@@ -161,6 +161,10 @@ type K8sConfig struct {
 // ErrK8sGate is what RunKubernetes wraps when a gate does not hold.
 var ErrK8sGate = errors.New("a health gate does not hold")
 
+// ErrK8sUpgrade is what RunKubernetes wraps when Talos's upgrade itself
+// failed (it may have changed some nodes already).
+var ErrK8sUpgrade = errors.New("the Kubernetes upgrade (Talos's code) failed")
+
 // RunKubernetes waits for the gates (a dry run prints them), detects the
 // version to upgrade from when none is given, checks the path (K8sPath)
 // and runs Talos's kubernetes.Upgrade. It returns the path taken.
@@ -189,7 +193,7 @@ func RunKubernetes(ctx context.Context, cfg K8sConfig) (*kupgrade.Path, error) {
 		return nil, err
 	}
 	if err := k8s.Upgrade(ctx, cfg.Cluster, K8sOptions(req, path)); err != nil {
-		return path, fmt.Errorf("upgrade of Kubernetes %s → %s: %w", path.FromVersion(), path.ToVersion(), err)
+		return path, fmt.Errorf("%w: Kubernetes %s → %s: %w", ErrK8sUpgrade, path.FromVersion(), path.ToVersion(), err)
 	}
 	return path, nil
 }

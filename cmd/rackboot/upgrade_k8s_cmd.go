@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/dotfile/rackboot/handoff"
 	"github.com/dotfile/rackboot/profiles"
 	"github.com/dotfile/rackboot/rackedit"
 	"github.com/dotfile/rackboot/upgrade"
@@ -37,7 +37,7 @@ func runUpgradeKubernetes(ctx context.Context, a *app, cmd *cobra.Command, f *up
 	if err := checkOfflineK8sImages(a, r, target); err != nil {
 		return &exitError{code: 1, err: err}
 	}
-	tc, err := rackTalosconfig(a, r)
+	tc, err := rackTalosconfig(ctx, a, r)
 	if err != nil {
 		return err
 	}
@@ -81,7 +81,10 @@ func runUpgradeKubernetes(ctx context.Context, a *app, cmd *cobra.Command, f *up
 		Out:         out,
 	})
 	if err != nil {
-		return &exitError{code: 1, err: fmt.Errorf("%w\nwhat was done stays done; fix it and run the same command again (Talos skips what is already at %s)", err, target)}
+		if errors.Is(err, upgrade.ErrK8sUpgrade) && !f.dryRun {
+			err = fmt.Errorf("%w\nwhat was done stays done; fix it and run the same command again (Talos skips what is already at %s)", err, target)
+		}
+		return &exitError{code: 1, err: err}
 	}
 	if f.dryRun {
 		fmt.Fprintf(out, "dry run: Kubernetes %s → %s; nothing was changed\n", path.FromVersion(), path.ToVersion())
@@ -89,13 +92,27 @@ func runUpgradeKubernetes(ctx context.Context, a *app, cmd *cobra.Command, f *up
 	}
 	fmt.Fprintf(out, "Kubernetes is at %s\n", target)
 	if strings.TrimPrefix(r.Cluster.KubernetesVersion, "v") != target {
-		if err := setRackKubernetesVersion(a.rackPath, target); err != nil {
+		where, err := a.writeKubernetesVersion(ctx, target)
+		if err != nil {
 			fmt.Fprintf(out, "the rack file still says kubernetesVersion: %s (%v): set it to %s so that new and reinstalled machines get %s\n", r.Cluster.KubernetesVersion, err, target, target)
 			return nil
 		}
-		fmt.Fprintf(out, "%s: kubernetesVersion %s → %s (comments and layout kept), so new and reinstalled machines get %s\n", a.rackPath, r.Cluster.KubernetesVersion, target, target)
+		fmt.Fprintf(out, "%s: kubernetesVersion %s → %s (comments and layout kept), so new and reinstalled machines get %s\n", where, r.Cluster.KubernetesVersion, target, target)
 	}
 	return nil
+}
+
+// writeKubernetesVersion is writeTalosVersion for kubernetesVersion: the
+// rack file, or under --kube its ConfigMap.
+func (a *app) writeKubernetesVersion(ctx context.Context, version string) (string, error) {
+	if a.kube == nil {
+		return a.rackPath, setRackKubernetesVersion(a.rackPath, version)
+	}
+	ctx, cancel := kubeCtx(ctx)
+	defer cancel()
+	err := a.kube.UpdateRackFile(ctx, func(old []byte) ([]byte, error) { return rackedit.SetKubernetesVersion(old, version) })
+	return fmt.Sprintf("%s (the replicas read it when they start: kubectl -n %s rollout restart deployment/%s)",
+		a.rackWhere(), a.kube.Namespace(), handoff.Name), err
 }
 
 // checkK8sFlags refuses the Talos upgrade's flags with --kubernetes.
@@ -111,14 +128,11 @@ func checkK8sFlags(f *upgradeFlags) error {
 	return nil
 }
 
-// rackTalosconfig is the admin talosconfig, in memory only: the secrets
-// must exist (an upgrade never creates them).
-func rackTalosconfig(a *app, r *profiles.Rack) (*clientconfig.Config, error) {
-	secretsPath := filepath.Join(a.StateDir(), profiles.SecretsFile)
-	if _, err := os.Stat(secretsPath); err != nil {
-		return nil, &exitError{code: 1, err: fmt.Errorf("no cluster secrets at %s: the upgrade talks to the running cluster with them; is --state right?", secretsPath)}
-	}
-	secrets, err := profiles.LoadSecrets(secretsPath)
+// rackTalosconfig is the admin talosconfig, in memory only, from the
+// secrets (the state directory's, or under --kube the cluster's; an
+// upgrade never creates them).
+func rackTalosconfig(ctx context.Context, a *app, r *profiles.Rack) (*clientconfig.Config, error) {
+	secrets, err := a.upgradeSecrets(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/siderolabs/talos/pkg/machinery/constants"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/dotfile/rackboot/profiles"
 )
 
@@ -83,5 +87,68 @@ func TestK8sImagesOfTarget(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("Kubernetes 1.36.1's images %q, want %q", got, want)
+	}
+}
+
+// TestUpgradeKubernetesDryRunCLI: the command against a real API server and
+// formula's Talos API (the lab stand-in, through --talos-endpoint: it
+// answers every node's calls itself, so the cluster here is formula alone)
+// at Kubernetes 1.36.0: a dry run to 1.36.1 reports what Talos would change
+// and changes nothing (rack file, state directory, API server); a
+// downgrade and a skipped minor version are refused after the version is
+// found from the pods.
+func TestUpgradeKubernetesDryRunCLI(t *testing.T) {
+	l := newRemoveLab(t)
+	n := l.talos("formula", members("formula", "urban"), nil)
+	must(t, n.srv.PublishKubernetes(t.Context(), nil))
+	ctx := t.Context()
+	node, err := l.cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{
+		Name: "formula", Labels: map[string]string{constants.LabelNodeRoleControlPlane: ""},
+	}}, metav1.CreateOptions{})
+	must(t, err)
+	node.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
+	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.1.11"}}
+	_, err = l.cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+	must(t, err)
+	for _, app := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
+		_, err := l.cs.CoreV1().Pods("kube-system").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: app + "-formula", Namespace: "kube-system", Labels: map[string]string{"k8s-app": app}},
+			Spec:       corev1.PodSpec{NodeName: "formula", Containers: []corev1.Container{{Name: app, Image: "registry.k8s.io/" + app + ":v1.36.0"}}},
+		}, metav1.CreateOptions{})
+		must(t, err)
+	}
+	before, stateBefore := l.rackText(), dirNames(t, l.state)
+	run := func(args ...string) (string, error) {
+		out, errOut, err := runCmd(t, append([]string{"-f", l.rack, "--state", l.state, "upgrade", "--kubeconfig", l.kube, "--talos-endpoint", n.addr}, args...)...)
+		t.Logf("upgrade %v: %v\n%s%s", args, err, out, errOut)
+		return out, err
+	}
+	out, err := run("--kubernetes", "1.36.1", "--dry-run")
+	if err != nil {
+		t.Fatalf("dry run: %v", err)
+	}
+	wantOutput(t, out,
+		"gate ok: every node is Ready",
+		"the cluster runs Kubernetes 1.36.0",
+		`discovered controlplane nodes ["192.168.1.11"]`,
+		`Talos version 1.13.0 is compatible with Kubernetes version 1.36.1`,
+		" > update kube-apiserver: v1.36.0 -> 1.36.1",
+		" > update kubelet: 1.36.0 -> 1.36.1",
+		"updating manifests (dry run)",
+		"dry run: Kubernetes 1.36.0 → 1.36.1; nothing was changed",
+	)
+	for _, tc := range []struct{ to, want string }{
+		{"1.35.4", "target Kubernetes 1.35.4 is older than the cluster's 1.36.0"},
+		{"1.38.0", "skips 1 minor version(s)"},
+	} {
+		if _, err := run("--kubernetes", tc.to, "--dry-run"); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("--kubernetes %s: %v, want %q", tc.to, err, tc.want)
+		}
+	}
+	if l.rackText() != before {
+		t.Error("the dry run changed the rack file")
+	}
+	if after := dirNames(t, l.state); !slices.Equal(stateBefore, after) {
+		t.Errorf("the dry run changed the state directory: %v → %v", stateBefore, after)
 	}
 }
