@@ -6,7 +6,9 @@
 // configured mode (mutual TLS from the machine config's CA, roles from the
 // client certificate) Version, Upgrade (MachineService and
 // LifecycleService), ImageService.Pull (when Config.OnPull is set), Reboot,
-// Reset, EtcdMemberList, EtcdRemoveMemberByID and the same reads; in both, the disks' DiscoveredVolumes and
+// Reset, EtcdMemberList, EtcdRemoveMemberByID, ApplyConfiguration without
+// a reboot and the resources of Talos's Kubernetes upgrade
+// (PublishKubernetes) and the same reads; in both, the disks' DiscoveredVolumes and
 // StorageService.BlockDeviceWipe. A control plane signs its own
 // certificate and serves trustd (port 50001, Trustd) for the workers; a
 // worker gets its certificate from trustd (ConfigureWorker). What the machine does with an applied config, an
@@ -243,7 +245,9 @@ func (metalMode) InContainer() bool       { return false }
 // ApplyConfiguration mirrors v1alpha1_server.go Server.ApplyConfiguration
 // in maintenance mode: load, Validate and RuntimeValidate (against the
 // machine's disks) with machinery, InvalidArgument on any failure, REBOOT
-// turned into NO_REBOOT, the config handed over.
+// turned into NO_REBOOT, the config handed over. On a configured machine
+// it is applyConfigured's (kubernetes.go: what Talos's Kubernetes upgrade
+// needs).
 func (s *Server) ApplyConfiguration(ctx context.Context, in *machine.ApplyConfigurationRequest) (*machine.ApplyConfigurationResponse, error) {
 	if !s.Maintenance() {
 		if !rolesFrom(ctx).Includes(role.Admin) {
