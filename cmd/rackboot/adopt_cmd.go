@@ -310,7 +310,17 @@ func (l *liveRack) DiscoveryBoot(ctx context.Context, c pxe.Client) (*pxe.BootSp
 // discovered machine (its history then moves to the name at its next
 // boot).
 func (l *liveRack) reload(path string, store *inventory.Store) (string, error) {
-	nr, err := profiles.LoadFile(path)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("reload %s: %w", path, err)
+	}
+	return l.reloadData(path, data, store)
+}
+
+// reloadData is reload from the rack file's bytes (serve --kube: the
+// ConfigMap's); path names it in messages.
+func (l *liveRack) reloadData(path string, data []byte, store *inventory.Store) (string, error) {
+	nr, err := profiles.Load(path, data)
 	if err != nil {
 		return "", fmt.Errorf("reload %s: %w", path, err)
 	}

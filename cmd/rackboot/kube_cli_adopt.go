@@ -11,7 +11,8 @@ import (
 // adoptKube is machine adopt --kube: the machine goes into the rack file
 // in the ConfigMap rackboot-rack (rackedit: comments and layout kept;
 // checked as validate does, nothing written on errors; retried on the
-// newer file when someone else changed it meanwhile). Machines outside
+// newer file when someone else changed it meanwhile); the replicas take
+// it in through their watch (serve_kube_rack.go). Machines outside
 // the rack file are known to the replicas only, so the machine's arch and
 // address are not known here: it installs at its next network boot.
 func (a *app) adoptKube(ctx context.Context, stdout, stderr io.Writer, macArg string, f *adoptFlags) error {
@@ -38,9 +39,7 @@ func (a *app) adoptKube(ctx context.Context, stdout, stderr io.Writer, macArg st
 		return err
 	}
 	fmt.Fprintf(stdout, "adopted %s (%s, %s) into %s\n", m.Name, m.Select.MAC[0], m.Role, where)
-	fmt.Fprintf(stdout, "the replicas of the rackboot in Kubernetes read the rack when they start: restart them "+
-		"(kubectl -n %s rollout restart deployment/rackboot); then %s's next network boot installs Talos with its own config\n",
-		a.kube.Namespace(), m.Name)
+	fmt.Fprintf(stdout, "the replicas of the rackboot in Kubernetes take the new rack in through their watch: %s's next network boot installs Talos with its own config\n", m.Name)
 	if f.noApply {
 		return nil
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -357,6 +358,23 @@ func (l *kubeLab) checkAdopt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A replica's rack, as serve --kube keeps it, with its watch.
+	r, err := l.state.Rack(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := newLiveRack(r, slog.New(slog.DiscardHandler))
+	live.start(func(*profiles.Rack) *profiles.Booter { return nil })
+	inv, err := l.state.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	watched := make(chan error, 1)
+	ks := &kubeServe{state: l.state, log: slog.New(slog.DiscardHandler)}
+	go func() { watched <- ks.watchRack(wctx, live, inv) }()
+	defer func() { cancel(); <-watched }()
+
 	out := l.mustKube(t, "machine", "adopt", "52:54:00:00:00:09", "--name", "w3", "--role", "worker")
 	if !strings.Contains(out, "adopted w3 (52:54:00:00:00:09, worker) into configmap "+handoff.Namespace+"/rackboot-rack") {
 		t.Errorf("adopt --kube:\n%s", out)
@@ -365,9 +383,19 @@ func (l *kubeLab) checkAdopt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := profiles.Load("rack.yaml", after)
+	r, err = profiles.Load("rack.yaml", after)
 	if err != nil || r.Machine("w3") == nil || !strings.HasPrefix(string(after), string(before)) {
 		t.Fatalf("the rack after adopt --kube (%v):\n%s", err, after)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for live.Rack().Machine("w3") == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the replica's rack watch did not take w3 in within 10 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if name, ok := live.macName("52:54:00:00:00:09"); !ok || name != "w3" {
+		t.Errorf("the replica names 52:54:00:00:00:09 %q (%v), want w3", name, ok)
 	}
 	if _, err := l.kube(t, false, "machine", "adopt", "52:54:00:00:00:0a", "--name", "w3", "--role", "worker"); err == nil {
 		t.Error("adopting a second w3 went through")

@@ -265,6 +265,7 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 			return err
 		}
 		opts = append(opts, ks.options(store)...)
+		opts = append(opts, ks.rackWatch(live, store))
 	}
 	if f.discover || r.Cluster.Discover {
 		cfg.Discovery = live
