@@ -101,8 +101,9 @@ const upgradeW2 = `  - name: w2
 //     initramfs and STATE names its image; the rack file says v1.13.1.
 //   - `rackboot machine remove w2`: drained, reset through its Talos API
 //     (STATE and EPHEMERAL: the stand-in wipes its system disk's first and
-//     last MiB), the machine powers off, its Node is deleted and rack.yaml
-//     loses exactly w2's entry, every comment kept.
+//     last MiB), the machine powers off, its Node is deleted, rack.yaml
+//     loses exactly w2's entry (every comment kept; lab.machines 3 → 2)
+//     and the lab's serve reloads it.
 func TestUpgradeAndRemoveUEFI(t *testing.T) {
 	s := newScenario(t, "u")
 	rackText := upgradeRack()
@@ -335,7 +336,7 @@ func removeWorker(ctx context.Context, t *testing.T, s *scenario, k *upgradeKube
 	out := exec("rackboot", "machine", "remove", "w2", "--yes", "--kubeconfig", k.env.Kubeconfig)
 	logTiming(t, "machine remove w2", time.Since(start))
 	t.Logf("machine remove w2:\n%s", out)
-	for _, want := range []string{"reset", "w2"} {
+	for _, want := range []string{"reset", "w2", "the running rackboot serve reloaded the rack: it no longer serves w2"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("machine remove output lacks %q:\n%s", want, out)
 		}
@@ -348,7 +349,10 @@ func removeWorker(ctx context.Context, t *testing.T, s *scenario, k *upgradeKube
 			t.Errorf("Node %s after w2's removal: %v", name, err)
 		}
 	}
-	if after, want := string(readFile(t, s.rack)), strings.Replace(before, upgradeW2, "", 1); after != want {
+	// Its entry goes, and lab.machines follows the two machines left (else
+	// the rack would not validate and serve would refuse to reload it).
+	want := strings.Replace(strings.Replace(before, upgradeW2, "", 1), "  machines: 3\n", "  machines: 2\n", 1)
+	if after := string(readFile(t, s.rack)); after != want {
 		t.Errorf("rack.yaml after the removal:\n%s\nwant:\n%s", after, want)
 	}
 	// The reset powers the machine off (no reboot asked).

@@ -233,30 +233,37 @@ func (d *doc) setScalar(idx int, key, value string, after []string) ([]byte, err
 
 // setClusterScalar replaces the one-line value of cluster.<key> in place.
 func (d *doc) setClusterScalar(key, value string) ([]byte, error) {
-	var cluster *yaml.Node
+	return d.setSectionScalar("cluster", key, value, "!!str")
+}
+
+// setSectionScalar replaces the one-line value of <section>.<key> in
+// place, keeping its quoting; tag is the value's YAML type ("!!str",
+// "!!int").
+func (d *doc) setSectionScalar(section, key, value, tag string) ([]byte, error) {
+	var sec *yaml.Node
 	for i := 0; i+1 < len(d.root.Content); i += 2 {
-		if d.root.Content[i].Value == "cluster" {
-			cluster = d.root.Content[i+1]
+		if d.root.Content[i].Value == section {
+			sec = d.root.Content[i+1]
 		}
 	}
-	if cluster == nil || cluster.Kind != yaml.MappingNode {
-		return nil, errors.New("no cluster: mapping in the rack file: edit rack.yaml by hand")
+	if sec == nil || sec.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("no %s: mapping in the rack file: edit rack.yaml by hand", section)
 	}
-	flow := d.rootFlow() || cluster.Style&yaml.FlowStyle != 0
-	for i := 0; i+1 < len(cluster.Content); i += 2 {
-		k, v := cluster.Content[i], cluster.Content[i+1]
+	flow := d.rootFlow() || sec.Style&yaml.FlowStyle != 0
+	for i := 0; i+1 < len(sec.Content); i += 2 {
+		k, v := sec.Content[i], sec.Content[i+1]
 		if k.Value != key {
 			continue
 		}
 		if v.Kind != yaml.ScalarNode || v.Value == "" || v.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
-			return nil, fmt.Errorf("line %d: cluster.%s is not a one-line value: edit rack.yaml by hand", k.Line, key)
+			return nil, fmt.Errorf("line %d: %s.%s is not a one-line value: edit rack.yaml by hand", k.Line, section, key)
 		}
 		st := &style{quote: map[string]yaml.Style{}}
 		if q := v.Style & (yaml.DoubleQuotedStyle | yaml.SingleQuotedStyle); q != 0 {
 			st.quote[key] = q
 		}
 		from := d.offset(v.Line, v.Column)
-		return splice(d.src, from, scalarEnd(d.src, from, flow), st.scalar(&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: value}, key, flow)), nil
+		return splice(d.src, from, scalarEnd(d.src, from, flow), st.scalar(&yaml.Node{Kind: yaml.ScalarNode, Tag: tag, Value: value}, key, flow)), nil
 	}
-	return nil, fmt.Errorf("no cluster.%s in the rack file: add `%s: %s` under the cluster section", key, key, value)
+	return nil, fmt.Errorf("no %s.%s in the rack file: add `%s: %s` under the %s section", section, key, key, value, section)
 }

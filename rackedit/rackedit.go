@@ -35,6 +35,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -111,6 +112,19 @@ func RemoveMachine(src []byte, name string) ([]byte, error) {
 	}
 	want := *before
 	want.Machines = slices.Delete(slices.Clone(before.Machines), idx, idx+1)
+	// lab.machines (the first N machines make the lab) may not exceed the
+	// machines left, or a rack that validated no longer does: it is
+	// lowered (a rack that was already over is left as it was).
+	if left := len(want.Machines); left > 0 && want.Lab.Machines > left && before.Lab.Machines <= len(before.Machines) {
+		d, err := parse(out)
+		if err != nil {
+			return nil, err
+		}
+		if out, err = d.setSectionScalar("lab", "machines", strconv.Itoa(left), "!!int"); err != nil {
+			return nil, fmt.Errorf("lower lab.machines to %d: %w", left, err)
+		}
+		want.Lab.Machines = left
+	}
 	if err := verify(out, &want, "removing "+name); err != nil {
 		return nil, err
 	}
