@@ -57,8 +57,15 @@ func FuzzRemoveAdd(f *testing.F) {
 			t.Fatalf("cannot remove the machine just added: %v\n%q", err, out)
 		}
 		if !bytes.Equal(back, data) {
-			if _, err := profiles.Load("fuzz.yaml", back); err != nil {
+			got, err := profiles.Load("fuzz.yaml", back)
+			if err != nil {
 				t.Fatalf("add+remove gave a file that does not load: %v", err)
+			}
+			// A rack whose lab.machines was already above its machines
+			// becomes valid with the one added, and the removal then lowers
+			// lab.machines to what is left: the only difference allowed.
+			if r.Lab.Machines > len(r.Machines) && got.Lab.Machines == len(r.Machines) {
+				return
 			}
 			if !bytes.Contains(back, []byte("machines: []")) {
 				t.Fatalf("add then remove is not the original:\n%q\n%q", data, back)
