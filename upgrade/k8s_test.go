@@ -119,3 +119,25 @@ func TestK8sLogLines(t *testing.T) {
 		t.Fatalf("log %q, want %q", b.String(), want)
 	}
 }
+
+// FuzzK8sPath: any two strings: no panic; an accepted path is one Talos
+// supports, never backwards, with versions Talos can put after ":v".
+func FuzzK8sPath(f *testing.F) {
+	for _, s := range [][2]string{{"1.35.2", "1.36.0"}, {"v1.36.0", "1.36.1"}, {"1.36.1", "1.36.0"}, {"1.36", "x"}, {"1.36.0-rc.1", "1.36.0+b"}} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, from, to string) {
+		p, err := K8sPath(from, to)
+		if err != nil {
+			return
+		}
+		if !p.IsSupported() || strings.HasPrefix(p.ToVersion(), "v") || strings.HasPrefix(p.FromVersion(), "v") {
+			t.Fatalf("K8sPath(%q, %q) = %s (%q → %q)", from, to, p, p.FromVersion(), p.ToVersion())
+		}
+		fv, _ := parseK8sVersion("from", p.FromVersion())
+		tv, _ := parseK8sVersion("to", p.ToVersion())
+		if tv.LT(fv) {
+			t.Fatalf("K8sPath(%q, %q) goes back", from, to)
+		}
+	})
+}
