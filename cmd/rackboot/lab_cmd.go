@@ -60,7 +60,7 @@ func (f *labUpFlags) register(cmd *cobra.Command, machines int) {
 	fl.StringVar(&f.firmware, "firmware", "", "bios or uefi for every VM (default: the rack's lab.firmware, else bios)")
 	fl.BoolVar(&f.example, "example", false, "use the embedded example rack (six servers, lab.machines: 3) instead of the rack file")
 	fl.StringVar(&f.standin, "standin", "", "stand-in boot image directory for machines with no Talos in the asset cache (default "+defaultStandinDir+" when it exists)")
-	fl.StringArrayVar(&f.standinVersions, "standin-version", nil, "also put the stand-in's installer image in serve's registry mirror at this Talos version (repeatable), so `rackboot upgrade --talos VERSION` can run in the lab")
+	fl.StringArrayVar(&f.standinVersions, "standin-version", nil, "also put the lab's installer image in serve's registry mirror at this Talos version (repeatable), so rackboot upgrade --talos can run in the lab")
 	fl.BoolVar(&f.noServe, "no-serve", false, "do not start rackboot serve in the lab (the VMs then find no boot server)")
 	fl.DurationVar(&f.timeout, "timeout", 20*time.Minute, "how long to wait for every machine to be installed")
 }

@@ -63,7 +63,7 @@ func (f *serveFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.logPort, "log-port", 4003, "UDP port of the Talos kernel log receiver; 0 turns it off")
 	fl.StringVar(&f.ipxeDir, "ipxe-dir", "", "serve the iPXE binaries from this directory instead of the embedded ones")
 	fl.StringVar(&f.standin, "standin", "", "directory with a stand-in vmlinuz + initramfs, booted when the asset cache has no Talos for a machine (the lab)")
-	fl.StringArrayVar(&f.standinVersions, "standin-version", nil, "with --standin: also put the lab's installer image in the registry mirror at this Talos version (repeatable), for `rackboot upgrade --talos` in the lab")
+	fl.StringArrayVar(&f.standinVersions, "standin-version", nil, "with --standin: also put the lab's installer image in the registry mirror at this Talos version (repeatable), for rackboot upgrade --talos in the lab")
 	fl.StringArrayVar(&f.extraArgs, "kernel-arg", nil, "extra kernel argument for every machine, one per flag (repeatable; commas stay), e.g. console=ttyS0,115200n8")
 	fl.IntVar(&f.registryPort, "registry-port", profiles.RegistryPort, "TCP port of the registry mirror (the rack's images from the asset cache; the machine configs name port "+strconv.Itoa(profiles.RegistryPort)+"); 0 turns it off")
 	fl.BoolVar(&f.discover, "discover", false, "boot machines that are not in the rack file into Talos without a config (maintenance mode), to adopt them (rackboot machines; machine adopt); as discover: true in the rack file")
