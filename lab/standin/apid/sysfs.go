@@ -94,6 +94,9 @@ func ReadDisks(root string) ([]block.DiskSpec, error) {
 			s.SubSystem = "/sys/class/" + filepath.Base(sub)
 		}
 		s.Transport = transport(root, name, dir)
+		if s.Serial == "" {
+			s.Serial = udevHelperSerial(dir, s.Transport)
+		}
 		out = append(out, s)
 	}
 	slices.SortFunc(out, func(a, b block.DiskSpec) int { return strings.Compare(a.DevPath, b.DevPath) })
