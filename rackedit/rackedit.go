@@ -267,8 +267,15 @@ func canon(r *profiles.Rack) ([]byte, error) {
 // and its line comment (`rackboot upgrade` after the last node). The key
 // must be there already, as a one-line value.
 func SetTalosVersion(src []byte, version string) ([]byte, error) {
+	return setClusterVersion(src, "talosVersion", "Talos", "v1.13.1", version,
+		func(c *profiles.Cluster) { c.TalosVersion = version })
+}
+
+// setClusterVersion sets cluster.<key> to version in place and checks
+// that the file then means the rack with set applied, and nothing else.
+func setClusterVersion(src []byte, key, what, example, version string, set func(*profiles.Cluster)) ([]byte, error) {
 	if version == "" {
-		return nil, errors.New("empty Talos version: give one such as v1.13.1")
+		return nil, fmt.Errorf("empty %s version: give one such as %s", what, example)
 	}
 	before, err := load(src)
 	if err != nil {
@@ -278,13 +285,13 @@ func SetTalosVersion(src []byte, version string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, err := d.setClusterScalar("talosVersion", version)
+	out, err := d.setClusterScalar(key, version)
 	if err != nil {
 		return nil, err
 	}
 	want := *before
-	want.Cluster.TalosVersion = version
-	if err := verify(out, &want, "setting the Talos version"); err != nil {
+	set(&want.Cluster)
+	if err := verify(out, &want, "setting the "+what+" version"); err != nil {
 		return nil, err
 	}
 	return out, nil
