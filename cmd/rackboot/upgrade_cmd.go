@@ -243,11 +243,17 @@ func runUpgrade(ctx context.Context, a *app, cmd *cobra.Command, f *upgradeFlags
 // setRackTalosVersion writes the upgrade's version into the rack file
 // (rackedit: only that value changes), atomically.
 func setRackTalosVersion(path, version string) error {
+	return editRack(path, func(src []byte) ([]byte, error) { return rackedit.SetTalosVersion(src, version) })
+}
+
+// editRack rewrites the rack file with edit's result, atomically (and not
+// over a file changed meanwhile: writeRack).
+func editRack(path string, edit func(src []byte) ([]byte, error)) error {
 	src, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
-	out, err := rackedit.SetTalosVersion(src, version)
+	out, err := edit(src)
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
@@ -214,13 +213,5 @@ func k8sImageOf(im profiles.Image, target string) bool {
 // setRackKubernetesVersion writes the version into the rack file
 // (rackedit: only that value changes), atomically.
 func setRackKubernetesVersion(path, version string) error {
-	src, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	out, err := rackedit.SetKubernetesVersion(src, version)
-	if err != nil {
-		return err
-	}
-	return writeRack(path, src, out)
+	return editRack(path, func(src []byte) ([]byte, error) { return rackedit.SetKubernetesVersion(src, version) })
 }
