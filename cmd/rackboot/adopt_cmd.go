@@ -329,7 +329,7 @@ func (l *liveRack) reloadData(path string, data []byte, store *inventory.Store) 
 	}
 	old := l.Rack()
 	if same, err := sameCluster(old, nr); err != nil || !same {
-		return "", fmt.Errorf("reload %s: the cluster settings changed; serve reloads only machines: restart rackboot serve", path)
+		return "", fmt.Errorf("reload %s: the cluster settings changed; serve reloads only machines and the Talos and Kubernetes versions: restart rackboot serve", path)
 	}
 	b := l.newBooter(nr)
 	l.mu.Lock()
@@ -370,11 +370,17 @@ func (l *liveRack) reloadData(path string, data []byte, store *inventory.Store) 
 
 // sameCluster compares the cluster settings of two racks by meaning.
 func sameCluster(a, b *profiles.Rack) (bool, error) {
-	x, err := yaml.Marshal(a.Cluster)
+	// The versions may change (rackboot upgrade writes them at its end):
+	// the booter is rebuilt from the new rack, so new and reinstalled
+	// machines get configs for them. Everything else is set up at start.
+	ca, cb := a.Cluster, b.Cluster
+	ca.TalosVersion, cb.TalosVersion = "", ""
+	ca.KubernetesVersion, cb.KubernetesVersion = "", ""
+	x, err := yaml.Marshal(ca)
 	if err != nil {
 		return false, err
 	}
-	y, err := yaml.Marshal(b.Cluster)
+	y, err := yaml.Marshal(cb)
 	if err != nil {
 		return false, err
 	}

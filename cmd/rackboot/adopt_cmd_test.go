@@ -222,15 +222,30 @@ func TestLiveRackReload(t *testing.T) {
 	// Invalid rack and other cluster settings: refused, rack kept.
 	for _, tc := range []struct{ src, want string }{
 		{strings.Replace(string(two), "name: new2", "name: New_2", 1), "not valid"},
-		{strings.Replace(string(two), "talosVersion: v1.13.0", "talosVersion: v1.13.1", 1), "cluster settings changed"},
+		{strings.Replace(string(two), "vip: 192.168.1.10", "vip: 192.168.1.9", 1), "cluster settings changed"},
 	} {
 		must(t, os.WriteFile(rack, []byte(tc.src), 0o644))
 		if _, err := live.reload(rack, st); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("reload: %v, want %q", err, tc.want)
 		}
-		if live.Rack().Machine("new2") == nil || live.Rack().Cluster.TalosVersion != "v1.13.0" {
+		if live.Rack().Machine("new2") == nil || live.Rack().Cluster.VIP != "192.168.1.10" {
 			t.Error("a refused reload changed the rack")
 		}
+	}
+
+	// The versions rackboot upgrade writes at its end are taken: the next
+	// config is for the new Talos version.
+	upgraded := strings.Replace(strings.Replace(string(two), "talosVersion: v1.13.0", "talosVersion: v1.13.1", 1),
+		"kubernetesVersion: 1.36.0", "kubernetesVersion: 1.36.1", 1)
+	must(t, os.WriteFile(rack, []byte(upgraded), 0o644))
+	if _, err := live.reload(rack, st); err != nil {
+		t.Fatalf("reload after an upgrade's version change: %v", err)
+	}
+	if c := live.Rack().Cluster; c.TalosVersion != "v1.13.1" || c.KubernetesVersion != "1.36.1" {
+		t.Errorf("versions after reload: %s %s", c.TalosVersion, c.KubernetesVersion)
+	}
+	if cfg, err := live.Config(ctx, "new1"); err != nil || !bytes.Contains(cfg, []byte(":v1.13.1")) {
+		t.Errorf("config of new1 after the version reload (want the v1.13.1 installer): %v", err)
 	}
 }
 
