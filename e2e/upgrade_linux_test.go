@@ -269,6 +269,9 @@ func upgradeWithResume(ctx context.Context, t *testing.T, s *scenario, k *upgrad
 	if !strings.Contains(out, "talosVersion "+upgradeFrom+" → "+upgradeTo) {
 		t.Errorf("upgrade --resume did not say the rack file now says %s:\n%s", upgradeTo, out)
 	}
+	if !strings.Contains(out, "the running rackboot serve reloaded the rack") {
+		t.Errorf("the lab's serve did not take the rack with the new talosVersion:\n%s", out)
+	}
 	st, err = upgrade.ReadState(s.lab().Path("serve"))
 	if err != nil || st == nil || !st.Finished() || st.Failed != nil {
 		t.Errorf("upgrade.json after --resume: %+v, %v; want finished", st, err)
