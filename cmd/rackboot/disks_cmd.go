@@ -21,6 +21,7 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/api/storage"
 	"github.com/siderolabs/talos/pkg/machinery/client"
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
+	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
 	"github.com/siderolabs/talos/pkg/machinery/config/types/block/blockhelpers"
 	"github.com/siderolabs/talos/pkg/machinery/config/types/v1alpha1"
 	"github.com/siderolabs/talos/pkg/machinery/resources/block"
@@ -261,6 +262,12 @@ func adminTalosconfig(a *app, r *profiles.Rack) (*clientconfig.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	return talosconfigOf(r, b)
+}
+
+// talosconfigOf is the rack's admin talosconfig from its secrets, in
+// memory only.
+func talosconfigOf(r *profiles.Rack, b *secrets.Bundle) (*clientconfig.Config, error) {
 	data, err := profiles.Talosconfig(r, b)
 	if err != nil {
 		return nil, err

@@ -135,15 +135,7 @@ func rackTalosconfig(ctx context.Context, a *app, r *profiles.Rack) (*clientconf
 	if err != nil {
 		return nil, err
 	}
-	data, err := profiles.Talosconfig(r, secrets)
-	if err != nil {
-		return nil, err
-	}
-	tc, err := clientconfig.FromBytes(data)
-	if err != nil {
-		return nil, fmt.Errorf("read back the talosconfig: %w", err)
-	}
-	return tc, nil
+	return talosconfigOf(r, secrets)
 }
 
 // k8sGates: etcd healthy with every control plane of the rack, every node
