@@ -109,7 +109,7 @@ func TestParseRef(t *testing.T) {
 			t.Errorf("ParseRef(%q) = %+v, %v; want %+v", tt.in, got, err, tt.want)
 		}
 	}
-	for _, bad := range []string{"", "http://factory.talos.dev/x:1", "UPPER/x:1", "x@sha256:12", "x:"} {
+	for _, bad := range []string{"", "http://factory.talos.dev/x:1", "x@sha256:12", "x:", "docker.io/UPPER/x:1", "docker.io//..", "a/../b", "a/./b:1"} {
 		if got, err := ParseRef(bad); err == nil {
 			t.Errorf("ParseRef(%q) = %+v, want an error", bad, got)
 		}

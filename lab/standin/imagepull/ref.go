@@ -3,7 +3,7 @@ package imagepull
 import (
 	"fmt"
 
-	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/distribution/reference"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -18,32 +18,26 @@ type Ref struct {
 	Digest string // "sha256:<hex>" when the reference pins one
 }
 
-// dockerHub is containerd's namespace for Docker Hub; go-containerregistry
-// calls it index.docker.io.
+// dockerHub is containerd's namespace for Docker Hub.
 const dockerHub = "docker.io"
 
-// ParseRef parses an image reference (Talos normalizes with
-// reference.ParseDockerRef: a reference without a tag gets "latest").
+// ParseRef parses an image reference the way Talos does, with
+// reference.ParseDockerRef (distribution/reference, which containerd and
+// Talos's image pulls use): Docker Hub names get docker.io and library/, a
+// reference without a tag gets "latest", and one with both a tag and a
+// digest keeps the digest. Its grammar refuses what a registry path cannot
+// hold ("..", empty components, upper case).
 func ParseRef(s string) (Ref, error) {
-	r, err := name.ParseReference(s, name.StrictValidation)
+	named, err := reference.ParseDockerRef(s)
 	if err != nil {
-		// Strict validation wants a tag or a digest; accept a bare name
-		// as Talos does, with "latest".
-		r2, err2 := name.ParseReference(s)
-		if err2 != nil {
-			return Ref{}, fmt.Errorf("image %q: %w", s, err2)
-		}
-		r = r2
+		return Ref{}, fmt.Errorf("image %q: %w", s, err)
 	}
-	out := Ref{Host: r.Context().RegistryStr(), Repo: r.Context().RepositoryStr()}
-	if out.Host == name.DefaultRegistry {
-		out.Host = dockerHub
+	out := Ref{Host: reference.Domain(named), Repo: reference.Path(named)}
+	if t, ok := named.(reference.Tagged); ok {
+		out.Tag = t.Tag()
 	}
-	switch r := r.(type) {
-	case name.Tag:
-		out.Tag = r.TagStr()
-	case name.Digest:
-		out.Digest = r.DigestStr()
+	if d, ok := named.(reference.Digested); ok {
+		out.Digest = d.Digest().String()
 		if _, err := v1.NewHash(out.Digest); err != nil {
 			return Ref{}, fmt.Errorf("image %q: %w", s, err)
 		}
