@@ -43,11 +43,11 @@ func TestAPIServer(t *testing.T) {
 func testPodSecurity(t *testing.T, cfg *rest.Config) {
 	ctx := ctxFor(t)
 	cs := kubernetes.NewForConfigOrDie(cfg)
-	o, err := Build(Params{Image: testImage})
+	o, err := Build(Params{Image: testImage, AssetsImage: testAssets})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := bundles.Apply(ctx, cfg, mustRender(t, Params{Image: testImage})); err != nil {
+	if _, err := bundles.Apply(ctx, cfg, mustRender(t, Params{Image: testImage, AssetsImage: testAssets})); err != nil {
 		t.Fatal(err)
 	}
 	const baseline = "talos-default"
@@ -92,7 +92,7 @@ func ctxFor(t *testing.T) context.Context {
 // second apply changes nothing: every resourceVersion stays.
 func testApplyTwice(t *testing.T, cfg *rest.Config) {
 	ctx := ctxFor(t)
-	objs, err := Render(Params{Image: testImage})
+	objs, err := Render(Params{Image: testImage, AssetsImage: testAssets})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,6 +102,15 @@ func testApplyTwice(t *testing.T, cfg *rest.Config) {
 	}
 	if res.Created != len(objs) {
 		t.Fatalf("first apply: %+v, want %d created", res, len(objs))
+	}
+	// The assets image volume is kept: with the ImageVolume feature off
+	// the apiserver drops the field (and the volume would have no source).
+	d, err := kubernetes.NewForConfigOrDie(cfg).AppsV1().Deployments(Namespace).Get(ctx, Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vs := d.Spec.Template.Spec.Volumes; len(vs) != 3 || vs[2].Image == nil || vs[2].Image.Reference != testAssets {
+		t.Errorf("stored volumes %+v: want the assets image volume of %s", vs, testAssets)
 	}
 	before := versions(t, ctx, cfg, objs)
 	res, err = bundles.Apply(ctx, cfg, objs)
@@ -159,7 +168,7 @@ func versions(t *testing.T, ctx context.Context, cfg *rest.Config, objs []*unstr
 // allowed by the Role. Requests outside it are forbidden.
 func testServiceAccountRights(t *testing.T, cfg *rest.Config) {
 	ctx := ctxFor(t)
-	objs, err := Render(Params{Image: testImage})
+	objs, err := Render(Params{Image: testImage, AssetsImage: testAssets})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,7 +344,7 @@ func testWaitAnswer(t *testing.T, cfg *rest.Config) {
 	port := ln.Addr().(*net.TCPAddr).Port
 
 	const ns = "wait-answer"
-	objs, err := Render(Params{Namespace: ns, Image: testImage, HTTPPort: port})
+	objs, err := Render(Params{Namespace: ns, Image: testImage, AssetsImage: testAssets, HTTPPort: port})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -45,6 +46,11 @@ const LeaseName = "rackboot-dhcp"
 // objects).
 const StateDir = "/var/lib/rackboot"
 
+// AssetsDir is where the replica finds the asset cache and the image store
+// when Params.AssetsImage is set: the assets image (package assetimage)
+// mounted read-only as an image volume, given to serve as --assets-from.
+const AssetsDir = "/var/lib/rackboot-assets"
+
 // Labels of the appliance's pods; Selector selects them.
 var (
 	Selector = map[string]string{
@@ -78,6 +84,11 @@ type Params struct {
 	// --range for full.
 	DHCP, Range string
 	LeaseName   string // default LeaseName
+	// AssetsImage is the assets image (assetimage.Name: name:tag@digest):
+	// mounted read-only at AssetsDir as an image volume, and serve reads
+	// its boot files and mirror images there. Empty: none (the replicas
+	// serve no boot files and no images).
+	AssetsImage string
 }
 
 func (p Params) withDefaults() Params {
@@ -114,6 +125,9 @@ func (p Params) check() error {
 	}
 	if p.HTTPPort < 1 || p.HTTPPort > 65535 {
 		return fmt.Errorf("HTTP port %d: write a port from 1 to 65535", p.HTTPPort)
+	}
+	if p.AssetsImage != "" && !strings.Contains(p.AssetsImage, "@sha256:") {
+		return fmt.Errorf("assets image %q: it must be pinned by digest (name:tag@sha256:...), as assetimage.Name writes it: the volume is pulled IfNotPresent", p.AssetsImage)
 	}
 	switch p.DHCP {
 	case "proxy", "off":
@@ -247,6 +261,9 @@ func ServeArgs(p Params) []string {
 	if p.Range != "" {
 		args = append(args, "--range="+p.Range)
 	}
+	if p.AssetsImage != "" {
+		args = append(args, "--assets-from="+AssetsDir)
+	}
 	return args
 }
 
@@ -297,11 +314,34 @@ func podSpec(p Params) corev1.PodSpec {
 			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 		},
 		Containers: []corev1.Container{container(p)},
-		Volumes: []corev1.Volume{
-			{Name: "state", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-			{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-		},
+		Volumes:    volumes(p),
 	}
+}
+
+// volumes are the state and /tmp emptyDirs and, with an assets image, the
+// image volume holding the boot files and the mirror's images (read-only:
+// the kubelet mounts image volumes read-only).
+func volumes(p Params) []corev1.Volume {
+	vs := []corev1.Volume{
+		{Name: "state", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+		{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+	}
+	if p.AssetsImage != "" {
+		vs = append(vs, corev1.Volume{Name: "assets", VolumeSource: corev1.VolumeSource{
+			Image: &corev1.ImageVolumeSource{Reference: p.AssetsImage, PullPolicy: corev1.PullIfNotPresent}}})
+	}
+	return vs
+}
+
+func volumeMounts(p Params) []corev1.VolumeMount {
+	ms := []corev1.VolumeMount{
+		{Name: "state", MountPath: StateDir},
+		{Name: "tmp", MountPath: "/tmp"},
+	}
+	if p.AssetsImage != "" {
+		ms = append(ms, corev1.VolumeMount{Name: "assets", MountPath: AssetsDir, ReadOnly: true})
+	}
+	return ms
 }
 
 func container(p Params) corev1.Container {
@@ -363,10 +403,7 @@ func container(p Params) corev1.Container {
 				Add:  []corev1.Capability{"NET_BIND_SERVICE", "NET_RAW"},
 			},
 		},
-		VolumeMounts: []corev1.VolumeMount{
-			{Name: "state", MountPath: StateDir},
-			{Name: "tmp", MountPath: "/tmp"},
-		},
+		VolumeMounts:             volumeMounts(p),
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
 }

@@ -18,10 +18,12 @@ var update = flag.Bool("update", false, "rewrite the golden files in handoff/tes
 
 const testImage = "ghcr.io/dotfile/rackboot:v1.0.0@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
+const testAssets = "ghcr.io/dotfile/rackboot-assets:fedcba987654@sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+
 // TestRenderGolden: the objects for the default parameters and a pinned
 // image, as YAML.
 func TestRenderGolden(t *testing.T) {
-	objs, err := Render(Params{Image: testImage})
+	objs, err := Render(Params{Image: testImage, AssetsImage: testAssets})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,6 +135,9 @@ func TestParams(t *testing.T) {
 	if !slices.Contains(args, "--range=10.0.0.10-10.0.0.20") || !slices.Contains(args, "--dhcp=full") || !slices.Contains(args, "--kube") {
 		t.Errorf("serve args %v", args)
 	}
+	if slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--assets-from") }) || len(o.Deployment.Spec.Template.Spec.Volumes) != 2 {
+		t.Errorf("without an assets image: args %v, volumes %v; want no --assets-from and the two emptyDirs", args, o.Deployment.Spec.Template.Spec.Volumes)
+	}
 	for _, tc := range []struct {
 		p    Params
 		want string
@@ -143,9 +148,36 @@ func TestParams(t *testing.T) {
 		{Params{Namespace: "Rack Boot"}, "namespace"},
 		{Params{Replicas: -1}, "write 1 or more"},
 		{Params{HTTPPort: 70000}, "from 1 to 65535"},
+		{Params{AssetsImage: "ghcr.io/dotfile/rackboot-assets:latest"}, "pinned by digest"},
 	} {
 		if _, err := Render(tc.p); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Render(%+v): %v, want an error with %q", tc.p, err, tc.want)
 		}
+	}
+}
+
+// TestAssetsVolume: the assets image is an image volume, pulled if not
+// present, mounted read-only where --assets-from reads.
+func TestAssetsVolume(t *testing.T) {
+	o, err := Build(Params{AssetsImage: testAssets})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := o.Deployment.Spec.Template.Spec
+	var vol *corev1.Volume
+	for i := range ps.Volumes {
+		if ps.Volumes[i].Name == "assets" {
+			vol = &ps.Volumes[i]
+		}
+	}
+	if vol == nil || vol.Image == nil || vol.Image.Reference != testAssets || vol.Image.PullPolicy != corev1.PullIfNotPresent {
+		t.Fatalf("volumes %+v: want an image volume of %s, IfNotPresent", ps.Volumes, testAssets)
+	}
+	c := ps.Containers[0]
+	if !slices.Contains(c.VolumeMounts, corev1.VolumeMount{Name: "assets", MountPath: AssetsDir, ReadOnly: true}) {
+		t.Errorf("mounts %+v: want assets read-only at %s", c.VolumeMounts, AssetsDir)
+	}
+	if !slices.Contains(c.Args, "--assets-from="+AssetsDir) {
+		t.Errorf("args %v: want --assets-from=%s", c.Args, AssetsDir)
 	}
 }

@@ -226,6 +226,26 @@ func (s *Store) has(r Ref) (v1.Descriptor, error) {
 	return d, nil
 }
 
+// EntryBlobs returns the blobs of the image stored under name (an Entry's
+// Name): its manifests, configs and layers on disk, each once, in walk
+// order. An incomplete image is an error. (The assets image, package
+// assetimage, packs them.)
+func (s *Store) EntryBlobs(name string) ([]v1.Descriptor, error) {
+	idx, err := s.readIndex()
+	if err != nil {
+		return nil, err
+	}
+	d, ok := findEntry(idx, name)
+	if !ok {
+		return nil, fmt.Errorf("image %s: %w", name, ErrNotFound)
+	}
+	c := s.closure(name, d, entryPlatforms(d))
+	if len(c.problems) > 0 {
+		return nil, fmt.Errorf("image %s is incomplete: %w (pull it again to complete it)", name, errors.Join(c.problems...))
+	}
+	return c.blobs, nil
+}
+
 // Problem is a blob Verify found wrong.
 type Problem struct {
 	Image string // the image's name; several images can share a blob
