@@ -46,10 +46,14 @@ func run(in io.Reader, out io.Writer, bench, unit, target string) error {
 	return fmt.Errorf("no row %q in unit %q in benchstat's output: check -bench and -unit against the Benchmark lines", bench, unit)
 }
 
-// FormatRatio is "1.05× [0.98-1.12]" ("∞" for an unbounded end).
+// FormatRatio is "1.05× [0.98-1.12]" ("∞" for an unbounded end, "[no
+// interval]" where benchstat had too few samples for one).
 func FormatRatio(r Result) string {
 	if math.IsNaN(r.Ratio) {
 		return "n/a"
+	}
+	if math.IsNaN(r.Lo) || math.IsNaN(r.Hi) {
+		return fmt.Sprintf("%.2f× [no interval]", r.Ratio)
 	}
 	end := func(v float64) string {
 		if math.IsInf(v, 1) || math.IsNaN(v) {

@@ -213,6 +213,9 @@ func Decide(row Row, t Target) Result {
 			res.Hi = hi / plo
 		}
 	}
+	if math.IsInf(row.BaseCI, 1) || math.IsInf(row.PeerCI, 1) {
+		res.Lo, res.Hi = math.NaN(), math.NaN() // no range without both intervals
+	}
 	if row.Peer <= 0 || row.Base < 0 {
 		res.Verdict, res.Why = NoSigDif, "the peer's median is not positive: no ratio"
 		return res

@@ -83,7 +83,7 @@ func TestDecide(t *testing.T) {
 		if got.Verdict != tc.want {
 			t.Errorf("%s: %s (%s, ratio %v [%v-%v]), want %s", tc.name, got.Verdict, got.Why, got.Ratio, got.Lo, got.Hi, tc.want)
 		}
-		if tc.row.Peer > 0 && !(got.Lo <= got.Ratio && got.Ratio <= got.Hi) {
+		if tc.row.Peer > 0 && !math.IsNaN(got.Lo) && !(got.Lo <= got.Ratio && got.Ratio <= got.Hi) {
 			t.Errorf("%s: ratio %v outside its range [%v-%v]", tc.name, got.Ratio, got.Lo, got.Hi)
 		}
 	}
@@ -114,6 +114,10 @@ func TestRun(t *testing.T) {
 	}
 	if want := "met\t1.15× [1.11-1.18] (benchstat: significant (p=0.002 n=6))\n"; out.String() != want {
 		t.Errorf("got %q, want %q", out.String(), want)
+	}
+	out.Reset()
+	if err := run(bytes.NewReader(in), &out, "P1/c100", "MiB/s", ">=1.0"); err != nil || !strings.HasPrefix(out.String(), "no significant difference\t1.15× [no interval]") {
+		t.Errorf("n=2: %q %v", out.String(), err)
 	}
 	if err := run(bytes.NewReader(in), &out, "P1/c7", "MiB/s", ">=1.0"); err == nil || !strings.Contains(err.Error(), "P1/c7") {
 		t.Errorf("unknown benchmark: %v", err)
