@@ -99,6 +99,10 @@ func (s *Store) Refresh(ctx context.Context) error {
 }
 
 func (s *Store) observeLocked(rec Machine) {
+	if s.backend != nil && rec.Name == "" && IsDiscoveredKey(rec.Key) {
+		s.observeSeenLocked(rec)
+		return
+	}
 	old := s.machines[rec.Key]
 	if old != nil && rec.Revision < old.Revision {
 		return // an older record than the one in memory (a late watch event)
@@ -210,6 +214,7 @@ func (s *Store) flushBackend() error {
 			errs = append(errs, err)
 		}
 	}
+	errs = append(errs, s.flushSeen()...)
 	if len(errs) > 0 {
 		s.mu.Lock()
 		if !s.closed && s.timer == nil { // the backend may be back soon: try again
@@ -228,6 +233,9 @@ func (s *Store) deleteShared(key string) error {
 	if err := s.backend.Delete(ctx, key); err != nil {
 		return fmt.Errorf("forget %s: %w", key, err)
 	}
+	s.mu.Lock()
+	delete(s.seenStored, key)
+	s.mu.Unlock()
 	return nil
 }
 

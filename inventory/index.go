@@ -105,13 +105,19 @@ func (s *Store) setAddrLocked(m *Machine, addr netip.Addr) {
 }
 
 // evictLocked drops the least recently seen unknown machines beyond the
-// limit. The change waits for the next write, like any unknown one.
-func (s *Store) evictLocked() {
+// limit. In machines.json the change waits for the next write, like any
+// unknown one; a shared store deletes their records, and writeNow reports
+// that the caller must write now (no flush delay).
+func (s *Store) evictLocked() (writeNow bool) {
 	for s.idx.unknown.Len() > s.maxUnknown {
 		key := s.idx.unknown.Front().Value.(string)
 		m := s.machines[key]
 		s.removeLocked(m)
 		s.dirty = true
+		if s.seenGoneLocked(key) {
+			writeNow = true
+		}
 		s.log.Debug("inventory: unknown machine dropped (too many)", "mac", key)
 	}
+	return writeNow
 }

@@ -235,6 +235,11 @@ type Store struct {
 
 	backend Backend             // nil: machines.json at path
 	ops     map[string][]change // named machines' changes not yet in backend
+
+	// Discovered machines' records (shared stores, discovered.go).
+	summary    func(Machine) string
+	seenStored map[string]seenMark // as last stored
+	seenDirty  map[string]bool     // to write or delete at the next flush
 }
 
 // fileFormat is the content of machines.json.
@@ -283,6 +288,8 @@ func newStore(path string, opts ...Option) (*Store, error) {
 		subs:        map[int]chan struct{}{},
 		events:      map[string]uint64{},
 		ops:         map[string][]change{},
+		seenStored:  map[string]seenMark{},
+		seenDirty:   map[string]bool{},
 	}
 	for _, o := range opts {
 		o(s)
@@ -302,8 +309,13 @@ func (s *Store) loadLocked(ms []Machine) {
 		m.Logs, m.Pulled = nil, nil
 		m.redact() // files written before redaction existed
 		s.addLocked(&m)
+		if s.backend != nil && m.Name == "" {
+			s.markLocked(m)
+		}
 	}
-	s.evictLocked()
+	if s.backend == nil {
+		s.evictLocked() // a shared store's records are bounded by their writers
+	}
 }
 
 // decode parses and checks a machines.json document.
@@ -366,11 +378,13 @@ func (s *Store) Record(e pxe.Event) {
 	}
 	s.mu.Lock()
 	m := s.machines[key]
+	adopted := false
 	if m == nil && e.Name != "" && mac != "" {
 		// A machine first seen as unknown, now known by name: adopt its history.
 		if old := s.machines[mac]; old != nil && old.Name == "" {
 			seen := old.clone()
 			s.adoptLocked(old, e.Name)
+			adopted = s.seenGoneLocked(mac)
 			m = old
 			s.queueLocked(m.Key, func(r *Machine) bool { r.adoptHistory(seen); return true })
 		}
@@ -402,9 +416,9 @@ func (s *Store) Record(e pxe.Event) {
 		})
 	}
 	writeNow := s.changedLocked(m)
-	s.evictLocked()
+	evicted := s.evictLocked()
 	s.mu.Unlock()
-	s.saveNow(writeNow)
+	s.saveNow(writeNow || adopted || evicted)
 	s.log.Debug("inventory: event", "machine", key, "stage", e.Stage, "addr", e.Addr)
 }
 
@@ -453,9 +467,9 @@ func (s *Store) recordDenied(key, name string, t time.Time, detail string) {
 		})
 	}
 	writeNow := s.changedLocked(m)
-	s.evictLocked()
+	evicted := s.evictLocked()
 	s.mu.Unlock()
-	s.saveNow(writeNow)
+	s.saveNow(writeNow || evicted)
 	s.log.Debug("inventory: denied request", "machine", key, "detail", detail)
 }
 
@@ -516,12 +530,14 @@ func (s *Store) MarkEvent(who, id, stage, detail string) (applied bool, err erro
 		s.mu.Unlock()
 		return false, nil
 	}
+	writeNow := false
 	if !recorded {
 		s.applyIDLocked(m, s.now(), id, stage, detail)
-		s.changedLocked(m)
+		writeNow = s.changedLocked(m)
 	}
 	if m.Name == "" {
 		s.mu.Unlock()
+		s.saveNow(writeNow) // a discovered machine's record, when due
 		return true, nil
 	}
 	if id != "" {
@@ -716,6 +732,7 @@ func (s *Store) Forget(who string) error {
 	}
 	s.removeLocked(m)
 	s.dirty = true
+	delete(s.seenDirty, m.Key)
 	s.notifyLocked()
 	s.mu.Unlock()
 	if s.backend != nil {
@@ -897,18 +914,9 @@ func (s *Store) changedLocked(m *Machine) (writeNow bool) {
 	s.notifyLocked()
 	if m.Name == "" {
 		s.idx.touch(m.Key)
-		return false
+		return s.seenChangedLocked(m) // a shared store's record, when due
 	}
-	if s.closed {
-		return false
-	}
-	if s.delay <= 0 {
-		return true
-	}
-	if s.timer == nil {
-		s.timer = time.AfterFunc(s.delay, func() { s.saveNow(true) })
-	}
-	return false
+	return s.scheduleLocked()
 }
 
 // saveNow writes the state if now is true, logging a failure (the state

@@ -41,6 +41,8 @@ func TestAPIServer(t *testing.T) {
 	t.Run("RBAC", func(t *testing.T) { testRBAC(t, env.Config) })
 	t.Run("Documents", func(t *testing.T) { testDocuments(t, env.Config) })
 	t.Run("ImportPartial", func(t *testing.T) { testImportPartial(t, env.Config) })
+	t.Run("Discovered", func(t *testing.T) { testDiscovered(t, env.Config) })
+	t.Run("DiscoveredCap", func(t *testing.T) { testDiscoveredCap(t, env.Config) })
 }
 
 // replicas makes a namespace and n Stores on it, each with its own client.
@@ -425,7 +427,8 @@ func TestMachineObjectName(t *testing.T) {
 	for _, tt := range []struct{ key, want string }{
 		{"formula", "rackboot-machine-formula"},
 		{"cp-1.rack", "rackboot-machine-cp-1.rack"},
-		{"52:54:00:12:34:56", "rackboot-machine-x-"},
+		{"52:54:00:12:34:56", "rackboot-discovered-525400123456"},
+		{"52-54-00-12-34-56", "rackboot-machine-52-54-00-12-34-56"}, // a name, not a discovered MAC key
 		{"Formula", "rackboot-machine-x-"},
 		{"x-formula", "rackboot-machine-x-"},
 		{strings.Repeat("a", 300), "rackboot-machine-x-"},

@@ -22,7 +22,9 @@ import (
 )
 
 // Machines keeps one ConfigMap per machine (rackboot-machine-<name>, the
-// record as JSON under machine.json). It implements inventory.Backend.
+// record as JSON under machine.json), and one per discovered machine
+// (rackboot-discovered-<MAC in hex>, component discovered: discovered.go).
+// It implements inventory.Backend.
 type Machines struct{ s *Store }
 
 var _ inventory.Backend = (*Machines)(nil)
@@ -30,10 +32,14 @@ var _ inventory.Backend = (*Machines)(nil)
 // Machines returns the machine records' backend.
 func (s *Store) Machines() *Machines { return &Machines{s: s} }
 
-// MachineObjectName is the ConfigMap name of the machine record key: the
-// prefix and the key when that makes a valid name, else the prefix, "x-"
-// and a hash of the key (MAC keys of unknown machines, long names).
+// MachineObjectName is the ConfigMap name of the machine record key: for
+// a discovered machine's MAC DiscoveredObjectName, else the prefix and the
+// key when that makes a valid name, else the prefix, "x-" and a hash of
+// the key (long names).
 func MachineObjectName(key string) string {
+	if inventory.IsDiscoveredKey(key) {
+		return DiscoveredObjectName(key)
+	}
 	name := MachinePrefix + key
 	if !strings.HasPrefix(key, "x-") && len(validation.IsDNS1123Subdomain(name)) == 0 {
 		return name
@@ -73,7 +79,7 @@ func encodeMachine(m inventory.Machine) (map[string]string, error) {
 
 // Load lists every machine record, sorted by key.
 func (b *Machines) Load(ctx context.Context) ([]inventory.Machine, error) {
-	list, err := b.s.cs.CoreV1().ConfigMaps(b.s.ns).List(ctx, metav1.ListOptions{LabelSelector: selector(ComponentMachine)})
+	list, err := b.s.cs.CoreV1().ConfigMaps(b.s.ns).List(ctx, metav1.ListOptions{LabelSelector: recordSelector})
 	if err != nil {
 		return nil, fmt.Errorf("list machine records in %s: %w", b.s.ns, err)
 	}
@@ -142,7 +148,7 @@ func (b *Machines) create(ctx context.Context, key string, change func(*inventor
 	if err != nil {
 		return err
 	}
-	cm := &corev1.ConfigMap{ObjectMeta: b.s.meta(MachineObjectName(key), ComponentMachine), Data: data}
+	cm := &corev1.ConfigMap{ObjectMeta: b.s.meta(MachineObjectName(key), recordComponent(key)), Data: data}
 	_, err = b.s.cs.CoreV1().ConfigMaps(b.s.ns).Create(ctx, cm, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		return apierrors.NewConflict(schema.GroupResource{Resource: "configmaps"}, cm.Name, err)
@@ -174,16 +180,26 @@ const (
 // other replicas (or this one) store it, until ctx ends. A watch the server
 // closes is resumed from the last version seen; one that fails (the
 // version is too old, the server is away) lists again. inventory.Store's
-// Observe is the usual seen. It returns ctx's error.
+// Observe is the usual seen. It returns ctx's error. Deleted records are
+// not reported: WatchChanges does that.
 func (b *Machines) Watch(ctx context.Context, seen func(inventory.Machine)) error {
+	return b.WatchChanges(ctx, seen, nil)
+}
+
+// WatchChanges is Watch that also calls gone (when not nil) with the key of
+// each record deleted (machine forget, a discovered machine evicted or
+// adopted), including those deleted while the watch was down (found by
+// the next list). inventory.Store's ObserveDeleted is the usual gone.
+func (b *Machines) WatchChanges(ctx context.Context, seen func(inventory.Machine), gone func(key string)) error {
+	w := &recordWatch{b: b, seen: seen, gone: gone, keys: map[string]string{}}
 	rv := ""
 	for {
 		var err error
 		if rv == "" {
-			rv, err = b.list(ctx, seen)
+			rv, err = w.list(ctx)
 		}
 		if err == nil {
-			rv, err = b.watchFrom(ctx, rv, seen)
+			rv, err = w.watchFrom(ctx, rv)
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -201,54 +217,76 @@ func (b *Machines) Watch(ctx context.Context, seen func(inventory.Machine)) erro
 	}
 }
 
-// list calls seen with every record and returns the list's version.
-func (b *Machines) list(ctx context.Context, seen func(inventory.Machine)) (string, error) {
-	list, err := b.s.cs.CoreV1().ConfigMaps(b.s.ns).List(ctx, metav1.ListOptions{LabelSelector: selector(ComponentMachine)})
+// recordWatch is one WatchChanges: keys maps each record's object name to
+// its key, for deletions.
+type recordWatch struct {
+	b    *Machines
+	seen func(inventory.Machine)
+	gone func(string)
+	keys map[string]string
+}
+
+// list calls seen with every record, gone with every key known before and
+// not listed now, and returns the list's version.
+func (w *recordWatch) list(ctx context.Context) (string, error) {
+	list, err := w.b.s.cs.CoreV1().ConfigMaps(w.b.s.ns).List(ctx, metav1.ListOptions{LabelSelector: recordSelector})
 	if err != nil {
 		return "", fmt.Errorf("list machine records: %w", err)
 	}
+	listed := map[string]bool{}
 	for i := range list.Items {
-		b.observe(&list.Items[i], seen)
+		listed[list.Items[i].Name] = true
+		w.observe(&list.Items[i])
+	}
+	for name, key := range w.keys {
+		if !listed[name] {
+			w.deleted(name, key)
+		}
 	}
 	return list.ResourceVersion, nil
 }
 
 // watchFrom watches from version rv until the watch ends, and returns the
 // last version seen; an error when the watch failed.
-func (b *Machines) watchFrom(ctx context.Context, rv string, seen func(inventory.Machine)) (string, error) {
-	w, err := b.s.cs.CoreV1().ConfigMaps(b.s.ns).Watch(ctx, metav1.ListOptions{LabelSelector: selector(ComponentMachine),
+func (w *recordWatch) watchFrom(ctx context.Context, rv string) (string, error) {
+	wi, err := w.b.s.cs.CoreV1().ConfigMaps(w.b.s.ns).Watch(ctx, metav1.ListOptions{LabelSelector: recordSelector,
 		ResourceVersion: rv, AllowWatchBookmarks: true})
 	if err != nil {
 		return rv, fmt.Errorf("watch machine records: %w", err)
 	}
-	defer w.Stop()
-	for ev := range w.ResultChan() {
-		switch ev.Type {
-		case watch.Added, watch.Modified, watch.Bookmark:
-			cm, ok := ev.Object.(*corev1.ConfigMap)
-			if !ok {
-				continue
-			}
-			rv = cm.ResourceVersion
-			if ev.Type != watch.Bookmark {
-				b.observe(cm, seen)
-			}
-		case watch.Deleted:
-			if cm, ok := ev.Object.(*corev1.ConfigMap); ok {
-				rv = cm.ResourceVersion
-			}
-		case watch.Error:
+	defer wi.Stop()
+	for ev := range wi.ResultChan() {
+		if ev.Type == watch.Error {
 			return rv, fmt.Errorf("watch machine records: %w", apierrors.FromObject(ev.Object))
+		}
+		cm, ok := ev.Object.(*corev1.ConfigMap)
+		if !ok {
+			continue
+		}
+		rv = cm.ResourceVersion
+		switch ev.Type {
+		case watch.Added, watch.Modified:
+			w.observe(cm)
+		case watch.Deleted:
+			w.deleted(cm.Name, w.keys[cm.Name])
 		}
 	}
 	return rv, nil
 }
 
-func (b *Machines) observe(cm *corev1.ConfigMap, seen func(inventory.Machine)) {
+func (w *recordWatch) observe(cm *corev1.ConfigMap) {
 	m, err := decodeMachine(cm)
 	if err != nil {
-		b.s.log.Warn("machine record skipped", "object", cm.Name, "err", err)
+		w.b.s.log.Warn("machine record skipped", "object", cm.Name, "err", err)
 		return
 	}
-	seen(m)
+	w.keys[cm.Name] = m.Key
+	w.seen(m)
+}
+
+func (w *recordWatch) deleted(name, key string) {
+	delete(w.keys, name)
+	if key != "" && w.gone != nil {
+		w.gone(key)
+	}
 }
