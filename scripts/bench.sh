@@ -211,7 +211,8 @@ wrk_line() {
       m = (u == "GB") ? 1024 : (u == "MB") ? 1 : (u == "KB") ? 1/1024 : 1/1048576; mibs = v * m}
     /Socket errors/ {gsub(/,/, ""); errs += $4 + $6 + $8 + $10}
     /Non-2xx/ {errs += $NF}
-    END {printf "Benchmark%s 1 %.0f ns/op %.1f MiB/s %.2f req/s %d errors\n", name, (rps > 0) ? 1e9 / rps : 0, mibs, rps, errs}'
+    END {ns = (rps > 0) ? sprintf(" %.0f ns/op", 1e9 / rps) : ""  # no request done: no time per request
+      printf "Benchmark%s 1%s %.1f MiB/s %.2f req/s %d errors\n", name, ns, mibs, rps, errs}'
 }
 
 # ---------------------------------------------------------------- shared
