@@ -225,13 +225,9 @@ func adoptedConfig(a *app, path string, rackText []byte, name string) ([]byte, e
 	if err != nil {
 		return nil, err
 	}
-	file := filepath.Join(a.StateDir(), profiles.SecretsFile)
-	if _, err := os.Stat(file); err != nil {
-		return nil, fmt.Errorf("no cluster secrets (%s): run rackboot serve with this state dir first", file)
-	}
-	b, err := profiles.LoadSecrets(file)
+	b, err := adoptSecrets(a)
 	if err != nil {
-		return nil, fmt.Errorf("cluster secrets: %w", err)
+		return nil, err
 	}
 	opts, err := mirrorConfigOptions(r)
 	if err != nil {

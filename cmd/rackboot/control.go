@@ -62,7 +62,16 @@ func controlHandler(status http.Handler, act controlActions) http.Handler {
 	mux.Handle("POST /machines/{key}/reinstall", do(act.reinstall))
 	mux.Handle("POST /machines/{key}/forget", do(act.forget))
 	if act.reload != nil {
-		mux.Handle("POST /rack/reload", do(func(string) error { _, err := act.reload(); return err }))
+		// The answer says what changed: {"ok": "true", "message": "rack reloaded: ..."}.
+		mux.Handle("POST /rack/reload", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			msg, err := act.reload()
+			if err != nil {
+				do(func(string) error { return err })(w, r)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			json.NewEncoder(w).Encode(map[string]string{"ok": "true", "message": msg})
+		}))
 	}
 	return mux
 }

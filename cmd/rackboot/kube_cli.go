@@ -178,8 +178,8 @@ func (a *app) bmcPasswords(ctx context.Context) (*profiles.BMCPasswords, error) 
 }
 
 // kubeMachines are the machine records in the cluster, as every replica
-// of serve --kube sees them (unknown machines are kept by the replicas in
-// memory only: they are not there). Nothing is written.
+// of serve --kube sees them: the rack's machines and the discovered ones
+// (keyed by MAC). Nothing is written.
 func (a *app) kubeMachines(ctx context.Context) ([]inventory.Machine, error) {
 	inv, err := a.kubeInventory(ctx)
 	if err != nil {
@@ -242,4 +242,26 @@ func (a *app) kubeServed(ctx context.Context) (*status.MachinesResponse, error) 
 		return nil, err
 	}
 	return &status.MachinesResponse{Time: time.Now(), Stages: inventory.Stages(), Machines: ms}, nil
+}
+
+// forgetMachine is machine forget's change: under --kube the discovered
+// machine's record in the cluster is deleted (every replica drops it
+// through its watch), else through the running serve or in the state
+// directory.
+func (a *app) forgetMachine(ctx context.Context, mac string) error {
+	if a.kube == nil {
+		return changeMachine(ctx, a.StateDir(), "/machines/"+mac+"/forget",
+			func(st *inventory.Store) error { return st.Forget(mac) })
+	}
+	inv, err := a.kubeInventory(ctx)
+	if err != nil {
+		return err
+	}
+	if err := inv.Forget(mac); err != nil {
+		if errors.Is(err, inventory.ErrUnknownMachine) {
+			return fmt.Errorf("%w: no discovered machine with this MAC in namespace %s (list them with rackboot machines --kube)", err, a.kube.Namespace())
+		}
+		return fmt.Errorf("--kube: %w", err)
+	}
+	return nil
 }

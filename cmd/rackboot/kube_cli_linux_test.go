@@ -162,6 +162,8 @@ func TestKubeCommands(t *testing.T) {
 	l.checkUpgradeState(t)
 	l.checkFlags(t)
 	l.checkAdopt(t)
+	l.checkDiscovered(t)
+	l.checkReload(t)
 
 	if ents, err := os.ReadDir(l.away); err != nil || len(ents) != 0 {
 		t.Errorf("the laptop's directory holds %v (%v): --kube must create nothing locally", ents, err)

@@ -61,27 +61,37 @@ func init() {
 		cmd.AddCommand(reinstall)
 		cmd.AddCommand(newAdoptCmd(a))
 		cmd.AddCommand(newRemoveCmd(a))
-		cmd.AddCommand(&cobra.Command{
-			Use:   "forget MAC",
-			Short: "Drop a machine that is not in the rack file from the status page",
-			Args:  cobra.ExactArgs(1),
-			RunE: func(cmd *cobra.Command, args []string) error {
-				hw, err := net.ParseMAC(args[0])
-				if err != nil {
-					return fmt.Errorf("%q is not a MAC address: write it like 52:54:00:12:34:56", args[0])
-				}
-				mac := hw.String()
-				err = changeMachine(cmd.Context(), a.StateDir(), "/machines/"+mac+"/forget",
-					func(st *inventory.Store) error { return st.Forget(mac) })
-				if err != nil {
-					return err
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "forgot %s\n", mac)
-				return nil
-			},
-		})
+		cmd.AddCommand(newForgetCmd(a))
 		return cmd
 	})
+}
+
+// newForgetCmd is `rackboot machine forget MAC`.
+func newForgetCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "forget MAC",
+		Short: "Drop a machine that is not in the rack file from the status page",
+		Long: "Drops a discovered machine (one that netbooted but is not in the rack file) from what\n" +
+			"rackboot remembers; if it netboots again it is recorded anew. Goes through the running\n" +
+			"rackboot serve when there is one; with --kube, deletes its record in the cluster, and every\n" +
+			"replica of the rackboot in Kubernetes drops it through its watch. A machine of the rack\n" +
+			"file is refused: use `rackboot machine reinstall NAME` or `rackboot machine remove NAME`.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			hw, err := net.ParseMAC(args[0])
+			if err != nil {
+				return fmt.Errorf("%q is not a MAC address: write it like 52:54:00:12:34:56", args[0])
+			}
+			mac := hw.String()
+			if err := a.forgetMachine(cmd.Context(), mac); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "forgot %s\n", mac)
+			return nil
+		},
+	}
+	registerKube(cmd)
+	return cmd
 }
 
 // changeMachine asks the running serve to make a change (so one process

@@ -33,6 +33,7 @@ type kubeFlags struct {
 	leaseDuration time.Duration
 	renewDeadline time.Duration
 	retryPeriod   time.Duration
+	assetsFrom    string // serve_kube_assets.go
 }
 
 func (k *kubeFlags) register(cmd *cobra.Command) {
@@ -44,6 +45,7 @@ func (k *kubeFlags) register(cmd *cobra.Command) {
 	fl.DurationVar(&k.leaseDuration, "lease-duration", leader.DefaultLeaseDuration, "with --kube: how long the other replicas wait after the leader's last renewal before one takes over (whole seconds)")
 	fl.DurationVar(&k.renewDeadline, "renew-deadline", leader.DefaultRenewDeadline, "with --kube: the leader stops answering DHCP when it could not renew the Lease for this long (shorter than --lease-duration)")
 	fl.DurationVar(&k.retryPeriod, "retry-period", leader.DefaultRetryPeriod, "with --kube: how often replicas try to take or renew the Lease")
+	fl.StringVar(&k.assetsFrom, "assets-from", "", assetsFromHelp)
 }
 
 // check reports flags given without --kube.
@@ -51,7 +53,7 @@ func (k *kubeFlags) check(cmd *cobra.Command) error {
 	if k.enabled {
 		return nil
 	}
-	for _, name := range []string{"kubeconfig", "namespace", "lease-name", "lease-duration", "renew-deadline", "retry-period"} {
+	for _, name := range []string{"kubeconfig", "namespace", "lease-name", "lease-duration", "renew-deadline", "retry-period", "assets-from"} {
 		if cmd.Flags().Changed(name) {
 			return fmt.Errorf("--%s is for --kube only: add --kube, or leave it out", name)
 		}
@@ -102,6 +104,10 @@ type kubeServe struct {
 	// ready is the term whose lease table has been read (see Active).
 	dhcp  atomic.Pointer[pxe.DHCPServer]
 	ready atomic.Int64
+
+	// rackIn takes the rack ConfigMap in (set by rackWatch; the control
+	// socket's reload uses it too: serve_kube_rack.go).
+	rackIn *rackIntake
 }
 
 // kubeStartTimeout bounds reading the state at start: an API server that
@@ -190,7 +196,7 @@ func (ks *kubeServe) termStarted() {
 func (ks *kubeServe) inventory(ctx context.Context, opts ...inventory.Option) (*inventory.Store, error) {
 	sctx, cancel := context.WithTimeout(ctx, kubeStartTimeout)
 	defer cancel()
-	store, err := ks.state.Inventory(sctx, opts...)
+	store, err := ks.state.Inventory(sctx, append(opts, inventory.WithDiscoveredSummary(discoveredSummary))...)
 	if err != nil {
 		return nil, fmt.Errorf("--kube: %w", err)
 	}
@@ -203,7 +209,7 @@ func (ks *kubeServe) options(store *inventory.Store) []pxe.Option {
 	return []pxe.Option{
 		pxe.WithService("leader", ks.elector.Run),
 		pxe.WithService("machine-watch", func(ctx context.Context) error {
-			err := ks.state.Machines().Watch(ctx, store.Observe)
+			err := ks.state.Machines().WatchChanges(ctx, store.Observe, store.ObserveDeleted)
 			if errors.Is(err, context.Canceled) {
 				return nil
 			}
@@ -215,13 +221,6 @@ func (ks *kubeServe) options(store *inventory.Store) []pxe.Option {
 // rackSource names where the rack came from, for the log.
 func (ks *kubeServe) rackSource() string {
 	return "configmap " + ks.state.Namespace() + "/" + kubestate.RackName
-}
-
-// reload answers the control socket's rack reload: the rack is the
-// ConfigMap's, read at start.
-func (ks *kubeServe) reload() (string, error) {
-	return "", fmt.Errorf("serve --kube reads the rack from configmap %s/%s when it starts: change it there and restart the replicas (kubectl rollout restart)",
-		ks.state.Namespace(), kubestate.RackName)
 }
 
 // metrics registers whether this replica leads and how many DHCP packets
