@@ -40,7 +40,7 @@ type handoffFlags struct {
 	kubeconfig, namespace, image, imageLayout string
 	dhcp, dhcpRange                           string
 	replicas, httpPort                        int
-	dryRun, back                              bool
+	dryRun, back, noAssets                    bool
 	timeout                                   time.Duration
 	poll                                      time.Duration // tests
 }
@@ -86,6 +86,7 @@ differs from the one here is never replaced, on either side.`,
 	fl.StringVar(&f.dhcpRange, "range", "", "address range for --dhcp full, e.g. 192.168.1.100-192.168.1.199")
 	fl.IntVar(&f.httpPort, "http-port", handoff.DefaultHTTPPort, "the replicas' HTTP port on their node (iPXE scripts, configs, status page)")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "print the objects and the state files that would be copied; send the objects as a server-side dry run when the namespace exists; change nothing")
+	fl.BoolVar(&f.noAssets, "no-assets", false, "do not build the assets image (boot files and the mirror's images, mounted by the replicas as an image volume): the replicas then serve no boot files and no images")
 	fl.BoolVar(&f.back, "back", false, "bring the state back to this laptop and stop the cluster's replicas")
 	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "how long to wait for a replica to answer (or, with --back, for the replicas to stop)")
 	return cmd
@@ -133,6 +134,11 @@ func runHandoff(cmd *cobra.Command, a *app, f *handoffFlags) error {
 		}
 		fmt.Fprintf(out, "handoff: rackboot's image %s is in the laptop's registry mirror (keep serve running until this command is done)\n", params.Image)
 	}
+	if !f.noAssets {
+		if params.AssetsImage, err = handoffAssets(a, out, f.dryRun); err != nil {
+			return err
+		}
+	}
 	objs, err := handoff.Render(params)
 	if err != nil {
 		return err
@@ -145,6 +151,11 @@ func runHandoff(cmd *cobra.Command, a *app, f *handoffFlags) error {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
 	fmt.Fprintf(out, "handoff: cluster from %s, namespace %s\n", where, f.namespace)
+	if params.AssetsImage != "" {
+		if err := checkImageVolumes(cs.Discovery()); err != nil {
+			return err
+		}
+	}
 	// The namespace first, the state next, the appliance last: its pods
 	// find their state when they start.
 	if err := handoffApply(ctx, out, a, cfg, objs[:1]); err != nil {

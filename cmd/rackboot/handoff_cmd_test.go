@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/dotfile/rackboot/assetimage"
 	"github.com/dotfile/rackboot/handoff"
 	"github.com/dotfile/rackboot/internal/kubetest"
 	"github.com/dotfile/rackboot/inventory"
@@ -182,6 +183,19 @@ func TestHandoffAPIServer(t *testing.T) {
 	}
 	if d, _ := idx.Digest(); digest != d.String() {
 		t.Errorf("deployment image digest %s, the layout's index is %s", digest, d)
+	}
+	// The assets image (here: the mirror's one image, rackboot's) is put
+	// into the laptop's mirror and mounted by the Deployment, by digest.
+	var assets string
+	for _, v := range dep.Spec.Template.Spec.Volumes {
+		if v.Image != nil {
+			assets = v.Image.Reference
+		}
+	}
+	if !strings.HasPrefix(assets, assetimage.Repository+":") || !strings.Contains(out, assets) {
+		t.Errorf("deployment assets volume %q: want %s:<tag>@sha256:... as handoff printed it", assets, assetimage.Repository)
+	} else if tagged, _, _ := strings.Cut(assets, "@"); store.Has(tagged) != nil {
+		t.Errorf("the laptop's image store has no %s: %v", tagged, store.Has(tagged))
 	}
 	for _, f := range []struct{ file, name, key string }{
 		{profiles.SecretsFile, kubestate.SecretsName, kubestate.SecretsKey},
@@ -371,5 +385,18 @@ func TestHandoffFlags(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(state, "assets")); err == nil {
 		t.Error("a refused handoff wrote the image store")
+	}
+}
+
+// TestImageVolumesByDefault: ImageVolume is on by default from Kubernetes
+// 1.35 (k8s.io/kubernetes v1.35.8 pkg/features/kube_features.go).
+func TestImageVolumesByDefault(t *testing.T) {
+	for _, tc := range []struct {
+		major, minor string
+		want         bool
+	}{{"1", "35", true}, {"1", "36+", true}, {"2", "0", true}, {"1", "34", false}, {"1", "31+", false}, {"", "", false}} {
+		if got := imageVolumesByDefault(tc.major, tc.minor); got != tc.want {
+			t.Errorf("%s.%s: %v, want %v", tc.major, tc.minor, got, tc.want)
+		}
 	}
 }

@@ -145,7 +145,7 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 		store.Declare(r.Machines[i].Name)
 	}
 
-	cache, err := openAssetCache(a)
+	cache, err := serveAssetCache(a, f)
 	if err != nil {
 		return err
 	}
@@ -382,7 +382,7 @@ func serveMirror(a *app, r *profiles.Rack, f *serveFlags, host string, cache *im
 	if f.registryPort == 0 {
 		return nil, nil
 	}
-	images, err := openImageStore(a)
+	images, err := serveImageStore(a, f)
 	if err != nil {
 		return nil, err
 	}

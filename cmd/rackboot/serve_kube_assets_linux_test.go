@@ -1,0 +1,246 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/random"
+
+	"github.com/dotfile/rackboot/assetimage"
+	"github.com/dotfile/rackboot/imager"
+	"github.com/dotfile/rackboot/internal/kubetest"
+	"github.com/dotfile/rackboot/registry"
+)
+
+// TestServeKubeAssetsFromContainerd: what the kubelet does with the
+// Deployment's image volume, done by the real runtime. The laptop's asset
+// cache (a boot file set and a stored image) becomes the assets image,
+// put into the laptop's image store and served by its registry mirror; a
+// private containerd pulls it through a hosts.toml for ghcr.io (as Talos
+// writes it) and mounts it read-only (`ctr images mount`: unpack, a view
+// snapshot, overlayfs, as containerd's CRI does for an image volume); a
+// `serve --kube --assets-from <mount>` replica against the real API server
+// serves the kernel and initramfs byte for byte as the laptop's cache holds
+// them, and a blob of the stored image from its registry mirror.
+func TestServeKubeAssetsFromContainerd(t *testing.T) {
+	containerd := needTool(t, "containerd", "containerd")
+	ctr := needTool(t, "ctr", "containerd")
+	env := kubetest.Start(t)
+	k := newKubeSegment(t, env, "rackboot-assets", 1, shortElection)
+
+	// The laptop's asset cache.
+	assets := filepath.Join(t.TempDir(), "assets")
+	set := imager.Set{Version: "v1.13.0", Schematic: imager.VanillaSchematicID, Arch: "amd64"}
+	kernel, initramfs := importTestSet(t, assets, set)
+	store, err := registry.Open(filepath.Join(assets, assetimage.ImagesDir))
+	must(t, err)
+	img, err := random.Image(128<<10, 2)
+	must(t, err)
+	must(t, store.Put("registry.k8s.io/pause:3.10", img))
+	layers, err := img.Layers()
+	must(t, err)
+	layerDigest, err := layers[0].Digest()
+	must(t, err)
+	rc, err := layers[0].Compressed()
+	must(t, err)
+	layerBytes, err := io.ReadAll(rc)
+	must(t, err)
+	rc.Close()
+
+	t0 := time.Now()
+	built, err := assetimage.Build(assetimage.Config{AssetsDir: assets, Images: store})
+	must(t, err)
+	must(t, assetimage.Put(store, built))
+	t.Logf("measured: assets image %s built and put in %v (%d bytes of layers)", built.Ref(), time.Since(t0).Round(time.Millisecond), built.Bytes)
+	mirror := startTestMirror(t, store)
+
+	// A private containerd; ghcr.io through the laptop's mirror.
+	tmp, err := os.MkdirTemp("", "rbassets")
+	must(t, err)
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	sock := startContainerd(t, containerd, tmp)
+	hostsDir := filepath.Join(tmp, "certs.d")
+	must(t, os.MkdirAll(filepath.Join(hostsDir, "ghcr.io"), 0o755))
+	must(t, os.WriteFile(filepath.Join(hostsDir, "ghcr.io", "hosts.toml"), []byte(fmt.Sprintf(`[host."http://%s"]
+  capabilities = ["pull", "resolve"]
+`, mirror)), 0o644))
+	ref := assetimage.Repository + "@" + built.Digest.String()
+	ctrRun := func(args ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, ctr, append([]string{"--address", sock, "--namespace", "k8s.io"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	t0 = time.Now()
+	ctrRun("images", "pull", "--hosts-dir", hostsDir, "--platform", "linux/amd64", ref)
+	mnt := filepath.Join(tmp, "mnt")
+	must(t, os.MkdirAll(mnt, 0o755))
+	ctrRun("images", "mount", "--platform", "linux/amd64", ref, mnt)
+	t.Cleanup(func() { ctrRun("images", "unmount", "--rm", mnt) })
+	t.Logf("measured: containerd pulled and mounted it in %v", time.Since(t0).Round(time.Millisecond))
+	if err := os.WriteFile(filepath.Join(mnt, "x"), nil, 0o644); err == nil || !strings.Contains(err.Error(), "read-only") {
+		t.Errorf("writing into the mounted image: %v, want a read-only file system", err)
+	}
+
+	// One replica reading its boot files and images from the mount.
+	r := k.replicas[0]
+	must(t, os.MkdirAll(r.state, 0o755)) // the pod's emptyDir
+	r.proc = r.ns.Start(k.bin, "-f", k.rack, "--state", r.state, "serve",
+		"--kube", "--kubeconfig", k.env.Kubeconfig, "--namespace", k.ns,
+		"-i", "eth0", "--server-ip", r.ip, "--dhcp", "off", "--assets-from", mnt)
+	waitHTTP(t, k, r)
+	for file, want := range map[string][]byte{imager.FileKernel: kernel, imager.FileInitramfs: initramfs} {
+		got := filepath.Join(t.TempDir(), file)
+		if out, err := k.curl("-f", "-o", got, "http://"+r.ip+":8080/assets/"+set.ID(file)); err != nil {
+			t.Fatalf("GET %s: %v %s", file, err, out)
+		}
+		if b, _ := os.ReadFile(got); !bytes.Equal(b, want) {
+			t.Errorf("%s from the replica: %d bytes, differs from the laptop's cache (%d bytes)", file, len(b), len(want))
+		}
+	}
+	got := filepath.Join(t.TempDir(), "blob")
+	if out, err := k.curl("-f", "-o", got, "http://"+r.ip+":5000/v2/registry.k8s.io/pause/blobs/"+layerDigest.String()); err != nil {
+		t.Fatalf("GET the layer from the replica's mirror: %v %s", err, out)
+	}
+	if b, _ := os.ReadFile(got); !bytes.Equal(b, layerBytes) {
+		t.Errorf("layer from the replica's mirror: %d bytes, differs from the image's (%d bytes)", len(b), len(layerBytes))
+	}
+	// A set the image does not hold is not found (nothing falls through to
+	// the replica's empty state directory).
+	other := imager.Set{Version: "v1.13.1", Schematic: imager.VanillaSchematicID, Arch: "amd64"}
+	if c, _ := k.code("http://" + r.ip + ":8080/assets/" + other.ID(imager.FileKernel)); c != "404" {
+		t.Errorf("a kernel the image does not hold: HTTP %s, want 404", c)
+	}
+}
+
+// needTool finds a program or fails naming its Debian package.
+func needTool(t *testing.T, bin, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(bin)
+	if err != nil {
+		t.Fatalf("%s not found: install the Debian package %s (apt-get install %s)", bin, pkg, pkg)
+	}
+	return p
+}
+
+// importTestSet imports random boot files with a bzImage's and an xz
+// initramfs's magic as set, and returns them.
+func importTestSet(t *testing.T, dir string, set imager.Set) (kernel, initramfs []byte) {
+	t.Helper()
+	kernel = make([]byte, 300<<10)
+	rand.Read(kernel)
+	copy(kernel[0x1fe:], "\x55\xaa")
+	copy(kernel[0x202:], "HdrS")
+	initramfs = make([]byte, 700<<10)
+	rand.Read(initramfs)
+	copy(initramfs, "\xfd7zXZ\x00")
+	tmp := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(tmp, "k"), kernel, 0o644))
+	must(t, os.WriteFile(filepath.Join(tmp, "i"), initramfs, 0o644))
+	c, err := imager.OpenCache(dir)
+	must(t, err)
+	defer c.Close()
+	_, err = c.Import(set, filepath.Join(tmp, "k"), filepath.Join(tmp, "i"))
+	must(t, err)
+	return kernel, initramfs
+}
+
+// startTestMirror serves store on 127.0.0.1 (the laptop's mirror) and
+// returns its host:port.
+func startTestMirror(t *testing.T, store *registry.Store) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	srv, err := registry.New(registry.Config{Store: store, Log: slog.New(slog.DiscardHandler)}, registry.WithListener(ln))
+	must(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return srv.Addr().String()
+}
+
+// startContainerd runs a containerd with its root, state and sockets in
+// dir (short: a unix socket path has at most 108 bytes), killed by its PID
+// when the test ends; it returns the socket.
+func startContainerd(t *testing.T, bin, dir string) string {
+	t.Helper()
+	sock := filepath.Join(dir, "c.sock")
+	cfg := fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[debug]
+  address = ""
+[metrics]
+  address = ""
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, filepath.Join(dir, "t.sock"))
+	must(t, os.WriteFile(filepath.Join(dir, "config.toml"), []byte(cfg), 0o644))
+	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
+	must(t, err)
+	cmd := exec.Command(bin, "--config", filepath.Join(dir, "config.toml"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	must(t, cmd.Start())
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("containerd log:\n%s", b)
+		}
+		logf.Close()
+	})
+	for i := 0; ; i++ {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return sock
+		}
+		if i > 100 {
+			t.Fatal("containerd did not open its socket")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitHTTP waits until the replica answers GET / (its readiness probe).
+func waitHTTP(t *testing.T, k *kubeSegment, r *replica) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if c, _ := k.code("http://" + r.ip + ":8080/"); c == "200" {
+			return
+		}
+		select {
+		case <-r.proc.Done():
+			t.Fatalf("replica %s exited: %v\n%s", r.name, r.proc.Err(), r.proc.Output())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica %s did not answer HTTP within 60 s\n%s", r.name, r.proc.Output())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
