@@ -355,11 +355,15 @@ func (b *Builder) stageISO(ctx context.Context, img ImageSpec, work string) erro
 	if err := f.Truncate(size); err != nil {
 		return fmt.Errorf("size ESP image: %w", err)
 	}
-	fsys, err := createFAT(file.New(f, false), fsType, 0, size, espLabel)
+	espStore := newBufferedStorage(file.New(f, false))
+	fsys, err := createFAT(espStore, fsType, 0, size, espLabel)
 	if err != nil {
 		return fmt.Errorf("create ESP filesystem (%d MiB): %w", size/miB, err)
 	}
 	if err := writeFAT(ctx, fsys, esp, b.progress); err != nil {
+		return fmt.Errorf("fill ESP: %w", err)
+	}
+	if err := espStore.Flush(); err != nil {
 		return fmt.Errorf("fill ESP: %w", err)
 	}
 	if err := freeFAT16Cluster2(f, 0); err != nil {
@@ -380,7 +384,13 @@ func stageFile(p string, mode os.FileMode, src fatFile, buf []byte) error {
 	if err != nil {
 		return err
 	}
-	if _, err := io.CopyBuffer(out, onlyReader{in}, buf); err != nil {
+	// A file source goes through copy_file_range (os.File.ReadFrom): the
+	// kernel copies it without a trip through this process.
+	var r io.Reader = onlyReader{in}
+	if f, ok := in.(*os.File); ok {
+		r = f
+	}
+	if _, err := io.CopyBuffer(out, r, buf); err != nil {
 		out.Close()
 		return err
 	}
@@ -394,7 +404,8 @@ func stageFile(p string, mode os.FileMode, src fatFile, buf []byte) error {
 // finalizeISO writes the staged tree work into f with go-diskfs. Finalize
 // removes work.
 func finalizeISO(f *os.File, size int64, work string, p Progress) error {
-	b := progressStorage{Storage: file.New(f, false), p: p}
+	buf := newBufferedStorage(file.New(f, false))
+	b := progressStorage{Storage: buf, p: p}
 	iso, err := iso9660.Create(b, size, 0, isoSector, work)
 	if err != nil {
 		return fmt.Errorf("create ISO 9660: %w", err)
@@ -421,6 +432,9 @@ func finalizeISO(f *os.File, size int64, work string, p Progress) error {
 		},
 	})
 	if err != nil {
+		return fmt.Errorf("finalize ISO 9660: %w", err)
+	}
+	if err := buf.Flush(); err != nil {
 		return fmt.Errorf("finalize ISO 9660: %w", err)
 	}
 	return nil
@@ -512,17 +526,28 @@ func writeAtomically(out string, fill func(*os.File) error) (res *Image, err err
 	if err := fill(f); err != nil {
 		return nil, err
 	}
-	if err := f.Sync(); err != nil {
-		return nil, fmt.Errorf("fsync %s: %w", tmp, err)
+	// Hash while fsync waits for the disk: both read the same page cache,
+	// and the image is complete before either starts.
+	type sum struct {
+		n   int64
+		h   []byte
+		err error
 	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return nil, err
+	hashed := make(chan sum, 1)
+	go func() {
+		h := sha256.New()
+		n, err := io.CopyBuffer(h, io.NewSectionReader(f, 0, 1<<62), make([]byte, copyBufSize))
+		hashed <- sum{n, h.Sum(nil), err}
+	}()
+	syncErr := f.Sync()
+	hs := <-hashed
+	if syncErr != nil {
+		return nil, fmt.Errorf("fsync %s: %w", tmp, syncErr)
 	}
-	h := sha256.New()
-	n, err := io.CopyBuffer(h, onlyReader{f}, make([]byte, copyBufSize))
-	if err != nil {
-		return nil, fmt.Errorf("hash %s: %w", tmp, err)
+	if hs.err != nil {
+		return nil, fmt.Errorf("hash %s: %w", tmp, hs.err)
 	}
+	n := hs.n
 	if err := f.Close(); err != nil {
 		return nil, fmt.Errorf("close %s: %w", tmp, err)
 	}
@@ -536,5 +561,5 @@ func writeAtomically(out string, fill func(*os.File) error) (res *Image, err err
 		}
 		d.Close()
 	}
-	return &Image{Path: out, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+	return &Image{Path: out, Size: n, SHA256: hex.EncodeToString(hs.h)}, nil
 }

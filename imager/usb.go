@@ -98,7 +98,8 @@ func (b *Builder) fillUSB(ctx context.Context, f *os.File, img ImageSpec, l USBL
 	if err := f.Truncate(l.DiskSize); err != nil {
 		return err
 	}
-	d, err := diskfs.OpenBackend(file.New(f, false), diskfs.WithOpenMode(diskfs.ReadWrite), diskfs.WithSectorSize(usbSector))
+	store := newBufferedStorage(file.New(f, false))
+	d, err := diskfs.OpenBackend(store, diskfs.WithOpenMode(diskfs.ReadWrite), diskfs.WithSectorSize(usbSector))
 	if err != nil {
 		return fmt.Errorf("open disk image: %w", err)
 	}
@@ -138,6 +139,9 @@ func (b *Builder) fillUSB(ctx context.Context, f *os.File, img ImageSpec, l USBL
 	if err := writeFAT(ctx, espFS, esp, b.progress); err != nil {
 		return fmt.Errorf("fill ESP: %w", err)
 	}
+	if err := store.Flush(); err != nil {
+		return fmt.Errorf("fill ESP: %w", err)
+	}
 	if err := freeFAT16Cluster2(f, l.ESPStart); err != nil {
 		return fmt.Errorf("ESP: %w", err)
 	}
@@ -146,6 +150,9 @@ func (b *Builder) fillUSB(ctx context.Context, f *os.File, img ImageSpec, l USBL
 		return fmt.Errorf("create metal-iso filesystem: %w", err)
 	}
 	if err := writeFAT(ctx, cfgFS, []fatFile{{Path: "/" + ConfigFile, Data: img.Config}}, b.progress); err != nil {
+		return fmt.Errorf("write %s: %w", ConfigFile, err)
+	}
+	if err := store.Flush(); err != nil {
 		return fmt.Errorf("write %s: %w", ConfigFile, err)
 	}
 	if err := freeFAT16Cluster2(f, l.MetalISOStart); err != nil {
