@@ -44,9 +44,10 @@ type change func(*Machine) bool
 // OpenBackend loads every machine from b and returns a store that saves
 // to b: machines of the rack (known by name) get their changes saved within
 // the flush delay (MarkEvent, Reset and Forget: before they return), each
-// as a change to that machine's record alone. Unknown machines are kept in
-// memory only. Changes other processes make reach this store through
-// Observe (a watch) or Refresh.
+// as a change to that machine's record alone. Unknown (discovered)
+// machines get records too, written only when they first appear or their
+// summary changes (discovered.go). Changes other processes make reach
+// this store through Observe and ObserveDeleted (a watch) or Refresh.
 func OpenBackend(ctx context.Context, b Backend, opts ...Option) (*Store, error) {
 	if b == nil {
 		return nil, errors.New("open inventory: no backend")

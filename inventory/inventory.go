@@ -11,7 +11,8 @@
 // flush delay. Unknown machines (keyed by MAC: anything on the LAN that asked
 // to netboot) are bounded (WithMaxUnknown, least recently seen dropped first)
 // and kept in memory: they never cause a write on their own and reach the file
-// only along with other changes. Text from outside (details, kernel log lines)
+// only along with other changes (a store shared through a Backend writes
+// their records on their own, rarely: discovered.go). Text from outside (details, kernel log lines)
 // is stored with config tokens redacted (pxe.RedactTokens).
 package inventory
 

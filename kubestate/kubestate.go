@@ -7,6 +7,7 @@
 //	Secret    rackboot-token-key        pxe-token.key: the config-token key
 //	Secret    rackboot-bmc-passwords    bmc-passwords.yaml: the BMC passwords
 //	ConfigMap rackboot-machine-<name>   machine.json: one machine's record
+//	ConfigMap rackboot-discovered-<mac> machine.json: one discovered machine's record
 //	ConfigMap rackboot-dhcp-leases      dhcp-leases.json: the lease table
 //	ConfigMap rackboot-spent-<id>       pin.json: one spent config token
 //	ConfigMap rackboot-tokens-consumed  consumed.json: used-up tokens by machine
@@ -30,7 +31,7 @@
 //	bmc, err := st.BMCPasswords(ctx, nil)
 //	tokens, err := st.Tokens(ctx, pxe.TokenConfig{}) // pxe.Config.Tokens
 //	inv, err := st.Inventory(ctx, inventory.WithNames(...), ...)
-//	go st.Machines().Watch(ctx, inv.Observe)  // other replicas' changes
+//	go st.Machines().WatchChanges(ctx, inv.Observe, inv.ObserveDeleted) // other replicas' changes
 //	dhcpCfg.LeaseStore = st.Leases()          // one per DHCP server; the leader's
 //
 // The Role a replica needs is Rules().
