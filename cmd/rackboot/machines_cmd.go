@@ -105,7 +105,7 @@ func inventorySnapshot(ctx context.Context, stateDir string) ([]inventory.Machin
 type machinesReport struct {
 	Time time.Time `json:"time"`
 	// From is "serve" (the running serve), "kubernetes" (--kube: the
-	// records in the cluster; no discovered machines) or "state file" (what serve last
+	// records in the cluster, discovered machines included) or "state file" (what serve last
 	// saved; discovered machines reach it only along with other changes).
 	From       string              `json:"from"`
 	Known      []knownMachine      `json:"known"`
