@@ -166,12 +166,16 @@ func (l *kubeLab) checkReload(t *testing.T) {
 	if code, body := post(); code != http.StatusOK || !strings.HasPrefix(body["message"], "rack unchanged: configmap "+handoff.Namespace+"/rackboot-rack") {
 		t.Errorf("reload of the same rack: %d %v", code, body)
 	}
-	edit(func(src []byte) ([]byte, error) { return []byte(strings.Replace(string(src), "vip: 10.0.0.10", "vip: 10.0.0.9", 1)), nil })
+	edit(func(src []byte) ([]byte, error) {
+		return []byte(strings.Replace(string(src), "vip: 10.0.0.10", "vip: 10.0.0.9", 1)), nil
+	})
 	if code, body := post(); code != http.StatusConflict || !strings.Contains(body["error"], "restart rackboot serve") {
 		t.Errorf("reload with another VIP: %d %v", code, body)
 	}
 	if live.Rack().Cluster.VIP != r.Cluster.VIP {
 		t.Error("a refused reload changed the replica's rack")
 	}
-	edit(func(src []byte) ([]byte, error) { return []byte(strings.Replace(string(src), "vip: 10.0.0.9", "vip: 10.0.0.10", 1)), nil })
+	edit(func(src []byte) ([]byte, error) {
+		return []byte(strings.Replace(string(src), "vip: 10.0.0.9", "vip: 10.0.0.10", 1)), nil
+	})
 }
