@@ -152,7 +152,7 @@ func runHandoff(cmd *cobra.Command, a *app, f *handoffFlags) error {
 	}
 	fmt.Fprintf(out, "handoff: cluster from %s, namespace %s\n", where, f.namespace)
 	if params.AssetsImage != "" {
-		if err := checkImageVolumes(cs.Discovery()); err != nil {
+		if err := checkImageVolumes(ctx, cs); err != nil {
 			return err
 		}
 	}

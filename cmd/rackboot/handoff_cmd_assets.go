@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -8,7 +9,9 @@ import (
 	"strconv"
 	"strings"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/dotfile/rackboot/assetimage"
 	"github.com/dotfile/rackboot/ociimage"
@@ -52,8 +55,45 @@ func handoffAssets(a *app, out io.Writer, dryRun bool) (string, error) {
 
 // checkImageVolumes refuses a cluster whose Kubernetes has the ImageVolume
 // feature off by default (before 1.35: k8s.io/kubernetes
-// pkg/features/kube_features.go), saying how to turn it on.
-func checkImageVolumes(dc discovery.ServerVersionInterface) error {
+// pkg/features/kube_features.go), saying how to turn it on, or whose
+// control planes run a containerd without image volumes (before 2.1).
+func checkImageVolumes(ctx context.Context, cs kubernetes.Interface) error {
+	if err := checkServerVersion(cs.Discovery()); err != nil {
+		return err
+	}
+	nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: "node-role.kubernetes.io/control-plane"})
+	if err != nil {
+		return fmt.Errorf("list the control-plane nodes: %w", err)
+	}
+	for _, n := range nodes.Items {
+		if rt := n.Status.NodeInfo.ContainerRuntimeVersion; !runtimeHasImageVolumes(rt) {
+			return fmt.Errorf("node %s runs %s, which cannot mount image volumes (containerd 2.1 or later can; Talos v1.13 ships 2.2.3): upgrade Talos on it, or pass --no-assets", n.Name, rt)
+		}
+	}
+	return nil
+}
+
+// runtimeHasImageVolumes reports whether a node's container runtime
+// ("containerd://2.2.3") mounts image volumes: containerd from 2.1
+// (containerd/containerd#10579), CRI-O (from 1.31); others are assumed to.
+func runtimeHasImageVolumes(rt string) bool {
+	v, ok := strings.CutPrefix(rt, "containerd://")
+	if !ok {
+		return true
+	}
+	parts := strings.SplitN(strings.TrimPrefix(v, "v"), ".", 3)
+	if len(parts) < 2 {
+		return false
+	}
+	ma, err1 := strconv.Atoi(parts[0])
+	mi, err2 := strconv.Atoi(strings.TrimFunc(parts[1], func(r rune) bool { return r < '0' || r > '9' }))
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	return ma > 2 || (ma == 2 && mi >= 1)
+}
+
+func checkServerVersion(dc discovery.ServerVersionInterface) error {
 	v, err := dc.ServerVersion()
 	if err != nil {
 		return fmt.Errorf("read the cluster's Kubernetes version: %w", err)

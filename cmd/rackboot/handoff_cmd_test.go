@@ -400,3 +400,15 @@ func TestImageVolumesByDefault(t *testing.T) {
 		}
 	}
 }
+
+// TestRuntimeHasImageVolumes: containerd mounts image volumes from 2.1.
+func TestRuntimeHasImageVolumes(t *testing.T) {
+	for rt, want := range map[string]bool{
+		"containerd://2.2.3": true, "containerd://v2.1.0": true, "containerd://3.0.0": true, "cri-o://1.33.0": true,
+		"containerd://2.0.5": false, "containerd://1.6.20~ds1": false, "containerd://1.7.27": false, "containerd://x": false,
+	} {
+		if got := runtimeHasImageVolumes(rt); got != want {
+			t.Errorf("%s: %v, want %v", rt, got, want)
+		}
+	}
+}

@@ -39,8 +39,10 @@ func serveImageStore(a *app, f *serveFlags) (*registry.Store, error) {
 	return registry.Open(filepath.Join(f.kube.assetsFrom, assetimage.ImagesDir), registry.WithLogger(a.log.With("service", "images")))
 }
 
-// assetsFromDir checks that --assets-from is a directory: a volume that
-// is not mounted would otherwise look like an empty cache.
+// assetsFromDir checks that --assets-from is a directory holding boot
+// files or images: a volume that is not mounted, or one a container runtime
+// without image volume support mounted empty (containerd before 2.1 does:
+// k3s-io/k3s#14323), would otherwise look like an empty cache.
 func assetsFromDir(dir string) error {
 	st, err := os.Stat(dir)
 	if err != nil {
@@ -49,5 +51,10 @@ func assetsFromDir(dir string) error {
 	if !st.IsDir() {
 		return fmt.Errorf("--assets-from %s: not a directory", dir)
 	}
-	return nil
+	for _, sub := range []string{"talos", assetimage.ImagesDir} {
+		if _, err := os.Stat(filepath.Join(dir, sub)); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("--assets-from %s holds neither talos/ nor %s/: the assets image's volume is empty; the node's container runtime must support image volumes (containerd 2.1 or later; Talos v1.13 ships 2.2.3)", dir, assetimage.ImagesDir)
 }

@@ -244,3 +244,19 @@ func waitHTTP(t *testing.T, k *kubeSegment, r *replica) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestAssetsFromDir: an empty or missing --assets-from (an image volume a
+// runtime without support mounted empty) is refused, saying why.
+func TestAssetsFromDir(t *testing.T) {
+	empty := t.TempDir()
+	if err := assetsFromDir(empty); err == nil || !strings.Contains(err.Error(), "containerd 2.1") {
+		t.Errorf("empty dir: %v, want a refusal naming containerd 2.1", err)
+	}
+	if err := assetsFromDir(filepath.Join(empty, "none")); err == nil || !strings.Contains(err.Error(), "not mounted") {
+		t.Errorf("missing dir: %v", err)
+	}
+	must(t, os.Mkdir(filepath.Join(empty, "talos"), 0o755))
+	if err := assetsFromDir(empty); err != nil {
+		t.Errorf("with talos/: %v", err)
+	}
+}
