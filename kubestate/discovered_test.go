@@ -116,6 +116,25 @@ func testDiscovered(t *testing.T, cfg *rest.Config) {
 	waitFor(t, "the first replica sees the new address", func() bool { m, _ := a.Machine(key); return m.Addr == ip2 })
 	t.Logf("measured: %d writes of the record for %d events from 2 replicas in %v", rec.Revision, 2+150, time.Since(start).Round(time.Millisecond))
 
+	// Another device, an hour later still probing with nothing new: one
+	// write moves its last-seen time.
+	hourly := net.HardwareAddr{0x02, 0, 0, 0, 0, 0xaa}
+	a.Record(pxe.Event{MAC: hourly, Addr: ip1, Stage: pxe.StageDHCP, Detail: "again"})
+	if err := a.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(inventory.DiscoveredRefresh + time.Minute)
+	a.Record(pxe.Event{MAC: hourly, Addr: ip1, Stage: pxe.StageIPXE, Detail: "again", Time: later.Add(-time.Minute)})
+	a.Record(pxe.Event{MAC: hourly, Addr: ip1, Stage: pxe.StageDHCP, Detail: "again", Time: later})
+	if err := a.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if h := storedRecord(t, rs[2], hourly.String()); h.Revision != 2 || !h.LastSeen.Equal(later) {
+		t.Errorf("an hour later: revision %d, last seen %v; want 2, %v", h.Revision, h.LastSeen, later)
+	}
+	if err := a.Forget(hourly.String()); err != nil {
+		t.Fatal(err)
+	}
 	// machine forget, as the command does it: a third client's inventory.
 	cli, err := rs[2].Inventory(ctx)
 	if err != nil {
