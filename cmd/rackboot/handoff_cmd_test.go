@@ -412,3 +412,25 @@ func TestRuntimeHasImageVolumes(t *testing.T) {
 		}
 	}
 }
+
+// FuzzRuntimeHasImageVolumes: any node's runtime string is judged without
+// a panic; a runtime that is not containerd is never refused, and a
+// containerd accepted has a major version of 2 or more.
+func FuzzRuntimeHasImageVolumes(f *testing.F) {
+	for _, s := range []string{"containerd://2.2.3", "containerd://1.6.20~ds1", "cri-o://1.33.0", "containerd://v2.1", "containerd://"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, rt string) {
+		ok := runtimeHasImageVolumes(rt)
+		v, isContainerd := strings.CutPrefix(rt, "containerd://")
+		if !isContainerd && !ok {
+			t.Fatalf("%q refused: not containerd", rt)
+		}
+		if isContainerd && ok {
+			major, _, _ := strings.Cut(strings.TrimPrefix(v, "v"), ".")
+			if n, err := strconv.Atoi(major); err != nil || n < 2 {
+				t.Fatalf("%q accepted with major %q", rt, major)
+			}
+		}
+	})
+}
