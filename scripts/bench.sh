@@ -237,6 +237,7 @@ cluster:
     subnet: 10.98.0.0/20
     gateway: 10.98.0.254
     nameservers: [10.98.0.254]
+    rackboot: 10.98.0.1 # configs name rackboot's registry mirror: P4's stand-in pulls its installer image there
 machines:
   - name: bench1
     role: controlplane
@@ -622,6 +623,17 @@ if want P4 || want P9; then
   ip -n "$ns" link set tap0 master br0; ip -n "$ns" link set tap0 up
   d=$WORK/p4; mkdir -p "$d"
   MAC=52:54:00:be:00:01 UUID=6c3f0a52-0b8e-4a34-9d8e-2b7c5e1f0a01
+  # The direct boot's command line comes from rackboot's iPXE script, whose
+  # config token is bound to the machine's MAC, UUID and address, and serve
+  # checks the requester's link-layer address and (full DHCP) its lease: the
+  # request comes from a namespace on the bridge with the machine's MAC,
+  # which first takes its lease (busybox udhcpc), and address; its port is
+  # up only for that.
+  mkns fetch; fns=$NS
+  ip -n "$ns" link add fv0 type veth peer name eth0 netns "$fns"
+  ip -n "$ns" link set fv0 master br0
+  ip -n "$fns" link set eth0 address "$MAC"
+  ip -n "$fns" addr add 10.98.0.11/20 dev eth0
   qemu_base=(qemu-system-x86_64 -machine q35,graphics=off -accel tcg -cpu max -smp 1 -m 512 -nodefaults -display none
     -no-reboot -smbios "type=1,uuid=$UUID,serial=BENCH-1"
     -netdev tap,id=n0,ifname=tap0,script=no,downscript=no)
@@ -671,14 +683,13 @@ if want P4 || want P9; then
       serial=$d/serial-$s-$r.log
       disk=(-drive "if=none,id=nv,format=raw,file=$d/nvme.img" -device nvme,drive=nv,serial=NVME-BENCH-1)
       if [ $s = direct ]; then
-        # The kernel line rackboot's iPXE script would run, minus the URLs.
-        # The config token is bound to the machine's MAC, UUID and address:
-        # ask as iPXE would, from the machine's reserved address (held on
-        # the bridge only for this request, then removed before the boot).
-        ip -n "$ns" addr add 10.98.0.11/32 dev br0
-        script=$(ip netns exec "$ns" curl -fsS --interface 10.98.0.11 \
+        # The kernel line rackboot's iPXE script would run, minus initrd=.
+        ip -n "$ns" link set fv0 up; ip -n "$fns" link set eth0 up
+        ip netns exec "$fns" busybox udhcpc -i eth0 -f -q -n -t 10 -T 1 -s /bin/true >>"$WORK/logs/p4-udhcpc.log" 2>&1 ||
+          { cat "$WORK/logs/p4-udhcpc.log" >&2; die "P4: no DHCP lease for $MAC from rackboot (before the direct boot)"; }
+        script=$(ip netns exec "$fns" curl -fsS --retry 5 --retry-connrefused --retry-delay 1 \
           "http://10.98.0.1:8080/ipxe?mac=${MAC//:/-}&uuid=$UUID&serial=BENCH-1&arch=x86_64&platform=pcbios")
-        ip -n "$ns" addr del 10.98.0.11/32 dev br0
+        ip -n "$fns" link set eth0 down; ip -n "$ns" link set fv0 down
         args=$(awk '$1=="kernel" {for (i=3;i<=NF;i++) if ($i !~ /^initrd=/) printf "%s%s", (n++?" ":""), $i}' <<<"$script")
         [ -n "$args" ] || die "P4: no kernel line in the boot script: $script"
         # The same NIC (e1000 with its iPXE ROM, unused: -kernel boots first).
