@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
+	"github.com/dotfile/rackboot/assetimage"
 	"github.com/dotfile/rackboot/bundles"
 	"github.com/dotfile/rackboot/handoff"
 	"github.com/dotfile/rackboot/internal/atomicfile"
@@ -63,6 +64,12 @@ puts it into the mirror's store as ` + ociimage.Repository + `:<version> (from
 --image-layout, make release's dist/oci, else built from this binary) and names
 it by digest; keep the laptop's serve running until this command is done.
 --image names an image the nodes can pull elsewhere instead.
+
+The boot files and the mirror's images go too: handoff builds the assets image
+(` + assetimage.Repository + `:<digest>) from the asset cache, puts it into the
+mirror's store, and the replicas mount it read-only as an image volume (needs
+Kubernetes 1.35 or later and containerd 2.1 or later on the control planes;
+--no-assets leaves it out).
 
 --back copies the state from the cluster into the state directory and scales
 the Deployment to 0 first, so two DHCP servers never run: the cluster's
@@ -185,6 +192,9 @@ handoff: rackboot now runs in the cluster. Next:
   2. watch it: kubectl -n %s get pods -l app.kubernetes.io/name=rackboot; status page at %s
   3. to serve from a laptop again: rackboot handoff --back (it stops the cluster's replicas first)
 `, ans.Pod, ans.Node, ans.URL, f.namespace, ans.URL)
+	if addr := r.Cluster.Network.Rackboot; addr != "" && params.AssetsImage != "" {
+		fmt.Fprintf(out, "  4. the machines pull images from %s:%d (cluster.network.rackboot), this laptop's address: give it to a control-plane node running a replica as a second address, or new pulls go to the internet (and fail with cluster.offline)\n", addr, profiles.RegistryPort)
+	}
 	return nil
 }
 

@@ -159,7 +159,7 @@ func TestHandoffAPIServer(t *testing.T) {
 		t.Fatalf("handoff: %v\n%s\n%s", err, out, errOut)
 	}
 	t.Logf("measured: first handoff in %v", time.Since(t0).Round(time.Millisecond))
-	for _, want := range []string{"Deployment rackboot-system/rackboot created", "answers at http://127.0.0.1:" + port + "/", "stop rackboot serve"} {
+	for _, want := range []string{"Deployment rackboot-system/rackboot created", "answers at http://127.0.0.1:" + port + "/", "stop rackboot serve", "the assets image " + assetimage.Repository, "the machines pull images from"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("handoff output lacks %q:\n%s", want, out)
 		}
