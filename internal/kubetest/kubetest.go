@@ -93,11 +93,19 @@ type Option func(*settings)
 type settings struct {
 	addr         string
 	readyTimeout time.Duration
+	saAdmission  bool
 }
 
 // WithAddress makes the API server listen on (and its certificate name) the
 // given loopback address, e.g. "127.0.0.2". etcd stays on 127.0.0.1.
 func WithAddress(ip string) Option { return func(s *settings) { s.addr = ip } }
+
+// WithServiceAccountAdmission keeps the ServiceAccount admission plugin on
+// (it is off by default: no controller-manager makes the namespaces'
+// default ServiceAccounts). A pod then gets its token volume, as in a
+// cluster, and its namespace needs the kube-root-ca.crt ConfigMap (see
+// Env.PublishRootCA).
+func WithServiceAccountAdmission() Option { return func(s *settings) { s.saAdmission = true } }
 
 // WithReadyTimeout bounds how long Start waits for /readyz (default 90 s).
 func WithReadyTimeout(d time.Duration) Option { return func(s *settings) { s.readyTimeout = d } }
@@ -271,6 +279,10 @@ func (e *Env) startOnce() error {
 	if err != nil {
 		return err
 	}
+	admission := "--disable-admission-plugins=ServiceAccount"
+	if e.set.saAdmission {
+		admission = "--disable-admission-plugins="
+	}
 	api, err := e.launch("kube-apiserver",
 		"--etcd-servers="+etcdURL,
 		"--bind-address="+e.set.addr, "--advertise-address="+e.set.addr,
@@ -284,7 +296,7 @@ func (e *Env) startOnce() error {
 		"--service-cluster-ip-range=10.0.0.0/24",
 		"--token-auth-file="+filepath.Join(e.Dir, "tokens.csv"),
 		"--authorization-mode=RBAC", "--allow-privileged=true",
-		"--disable-admission-plugins=ServiceAccount",
+		admission,
 		"--endpoint-reconciler-type=none")
 	if err != nil {
 		return err
