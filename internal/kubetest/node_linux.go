@@ -642,6 +642,7 @@ func (n *Node) stop() {
 	procs := n.procs
 	n.procs = nil
 	n.mu.Unlock()
+	t0 := time.Now()
 	var containerd *proc
 	for _, p := range procs {
 		if p.name == "containerd" {
@@ -650,11 +651,13 @@ func (n *Node) stop() {
 		}
 		stopProc(p)
 	}
+	tKubelet := time.Since(t0)
 	if containerd != nil {
 		n.stopTasks()
 		stopProc(containerd)
 		n.killShims()
 	}
+	n.t.Logf("kubetest: node %s stopped in %v (kubelet %v)", n.Name, time.Since(t0).Round(time.Millisecond), tKubelet.Round(time.Millisecond))
 	for _, p := range n.proxies {
 		_ = p.Cut()
 	}
@@ -712,7 +715,9 @@ func (n *Node) stopTasks() {
 	for _, d := range n.taskDirs() {
 		id := filepath.Base(d)
 		for try := 0; try < 50; try++ {
-			if n.inNS(true, "ctr", "--address", n.Sock, "--namespace", "k8s.io", "tasks", "delete", id).Run() == nil {
+			// The CRI deletes a task once it exited: "not found" is done.
+			out, err := n.inNS(true, "ctr", "--address", n.Sock, "--namespace", "k8s.io", "tasks", "delete", id).CombinedOutput()
+			if err == nil || bytes.Contains(out, []byte("not found")) {
 				break
 			}
 			time.Sleep(100 * time.Millisecond) // the killed process being reaped
