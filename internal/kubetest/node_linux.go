@@ -86,6 +86,9 @@ var kernelDefaults = map[string]string{
 	"kernel/keys/root_maxbytes": "25000000",
 }
 
+// fixedPaths are the host paths the node gets its own directory at.
+var fixedPaths = []string{"/var/lib/kubelet", "/var/log/containers", "/var/lib/cni"}
+
 // NodeOption changes a node.
 type NodeOption func(*nodeSettings)
 
@@ -233,6 +236,23 @@ func (n *Node) mountNamespace() error {
 	if out, err := exec.Command("unshare", "--mount="+n.mntns, "--propagation", "private", "true").CombinedOutput(); err != nil {
 		n.mntns = ""
 		return fmt.Errorf("make a mount namespace: %w: %s", err, bytes.TrimSpace(out))
+	}
+	// Paths the kubelet and containerd's CNI library use whatever their
+	// configuration says (the device plugins' socket, the serving
+	// certificate, the container log links, the CNI cache): the node's own
+	// directories there, in its mount namespace. Only the empty mount
+	// points are made on the host.
+	for _, hp := range fixedPaths {
+		own := filepath.Join(n.Dir, "host", strings.ReplaceAll(strings.Trim(hp, "/"), "/", "-"))
+		if err := os.MkdirAll(own, 0o755); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(hp, 0o755); err != nil {
+			return fmt.Errorf("make the mount point %s: %w", hp, err)
+		}
+		if out, err := n.inNS(false, "mount", "--bind", own, hp).CombinedOutput(); err != nil {
+			return fmt.Errorf("give the node its own %s: %w: %s", hp, err, bytes.TrimSpace(out))
+		}
 	}
 	sys := filepath.Join(n.Dir, "sysctl")
 	for key, val := range kernelDefaults {
