@@ -16,6 +16,8 @@ pkgs=(
   chromium
   # the registry mirror: a real upstream registry (CNCF distribution) and real pull clients
   docker-registry skopeo containerd
+  # a real kubelet node in the tests (internal/kubetest): runc for containerd, gcc to build Kubernetes' pause
+  runc gcc libc6-dev
   # BMCs: a real IPMI BMC simulator and client; sushy-tools' Redfish emulator (../shared/tools) runs on these
   openipmi ipmitool python3-flask python3-tenacity python3-bcrypt python3-webob python3-pbr python3-requests
   # disk inspection and wipes: Ceph's own bluestore label reader (ceph-bluestore-tool), hexdump
