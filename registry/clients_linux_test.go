@@ -6,16 +6,16 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/dotfile/rackboot/internal/containerdtest"
 )
 
 // pulledStore fills a store from a real docker-registry the way rackboot
@@ -141,21 +141,6 @@ func TestContainerdThroughMirror(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(tmp) })
-	sock := filepath.Join(tmp, "c.sock")
-	cfg := fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = %q
-[ttrpc]
-  address = %q
-[debug]
-  address = ""
-[metrics]
-  address = ""
-`, filepath.Join(tmp, "root"), filepath.Join(tmp, "state"), sock, filepath.Join(tmp, "t.sock"))
-	os.WriteFile(filepath.Join(tmp, "config.toml"), []byte(cfg), 0o644)
 	hostsDir := filepath.Join(tmp, "certs.d")
 	os.MkdirAll(filepath.Join(hostsDir, "registry.k8s.io"), 0o755)
 	os.WriteFile(filepath.Join(hostsDir, "registry.k8s.io", "hosts.toml"), []byte(fmt.Sprintf(`server = "https://registry.k8s.io"
@@ -164,32 +149,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   capabilities = ["pull", "resolve"]
 `, host)), 0o644)
 
-	logf, _ := os.Create(filepath.Join(tmp, "containerd.log"))
-	cmd := exec.Command(containerd, "--config", filepath.Join(tmp, "config.toml"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("containerd log:\n%s", b)
-		}
-		logf.Close()
-	})
-	for i := 0; ; i++ {
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			break
-		}
-		if i > 100 {
-			t.Fatal("containerd did not open its socket")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	sock := containerdtest.Start(t, containerd, tmp)
 	pull := func(ref string) {
 		t.Helper()
 		if _, err := run(t, ctr, "--address", sock, "--namespace", "rackboot-test", "images", "pull",

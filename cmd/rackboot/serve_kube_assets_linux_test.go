@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 
 	"github.com/dotfile/rackboot/assetimage"
 	"github.com/dotfile/rackboot/imager"
+	"github.com/dotfile/rackboot/internal/containerdtest"
 	"github.com/dotfile/rackboot/internal/kubetest"
 	"github.com/dotfile/rackboot/registry"
 )
@@ -72,7 +72,7 @@ func TestServeKubeAssetsFromContainerd(t *testing.T) {
 	tmp, err := os.MkdirTemp("", "rbassets")
 	must(t, err)
 	t.Cleanup(func() { os.RemoveAll(tmp) })
-	sock := startContainerd(t, containerd, tmp)
+	sock := containerdtest.Start(t, containerd, tmp)
 	hostsDir := filepath.Join(tmp, "certs.d")
 	must(t, os.MkdirAll(filepath.Join(hostsDir, "ghcr.io"), 0o755))
 	must(t, os.WriteFile(filepath.Join(hostsDir, "ghcr.io", "hosts.toml"), []byte(fmt.Sprintf(`[host."http://%s"]
@@ -176,53 +176,6 @@ func startTestMirror(t *testing.T, store *registry.Store) string {
 	go func() { done <- srv.Serve(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return srv.Addr().String()
-}
-
-// startContainerd runs a containerd with its root, state and sockets in
-// dir (short: a unix socket path has at most 108 bytes), killed by its PID
-// when the test ends; it returns the socket.
-func startContainerd(t *testing.T, bin, dir string) string {
-	t.Helper()
-	sock := filepath.Join(dir, "c.sock")
-	cfg := fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = %q
-[ttrpc]
-  address = %q
-[debug]
-  address = ""
-[metrics]
-  address = ""
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, filepath.Join(dir, "t.sock"))
-	must(t, os.WriteFile(filepath.Join(dir, "config.toml"), []byte(cfg), 0o644))
-	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
-	must(t, err)
-	cmd := exec.Command(bin, "--config", filepath.Join(dir, "config.toml"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	must(t, cmd.Start())
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("containerd log:\n%s", b)
-		}
-		logf.Close()
-	})
-	for i := 0; ; i++ {
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			return sock
-		}
-		if i > 100 {
-			t.Fatal("containerd did not open its socket")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // waitHTTP waits until the replica answers GET / (its readiness probe).
