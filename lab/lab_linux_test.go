@@ -432,7 +432,16 @@ func TestStopProcessChecksIdentity(t *testing.T) {
 	}
 	p := Process{Role: "ours", PID: cmd.Process.Pid, StartTime: st, Exe: exe}
 	if !running(p) {
-		t.Fatal("running() does not see our process")
+		// Say why, so a rare failure here explains itself.
+		st2, serr := procStartTime(p.PID)
+		exitedAlready := false
+		select {
+		case <-done:
+			exitedAlready = true
+		default:
+		}
+		t.Fatalf("running() does not see our process: start time %d then %d (%v), argv0 %q want %q, exited %v",
+			st, st2, serr, procArgv0(p.PID), exe, exitedAlready)
 	}
 	if signalled, err := stopProcess(p, 5*time.Second); err != nil || !signalled {
 		t.Fatalf("stop: signalled=%v err=%v", signalled, err)
