@@ -373,12 +373,14 @@ func (e *Env) waitReady(procs ...*proc) error {
 }
 
 // tail returns the last lines of a process log.
-func (e *Env) tail(name string) string {
-	b, err := os.ReadFile(filepath.Join(e.Dir, name+".log"))
+func (e *Env) tail(name string) string { return tailFile(filepath.Join(e.Dir, name+".log"), 3000) }
+
+// tailFile returns the last max bytes of a log file, or why it cannot.
+func tailFile(path string, max int) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return err.Error()
 	}
-	const max = 3000
 	if len(b) > max {
 		b = b[len(b)-max:]
 	}

@@ -642,17 +642,7 @@ func (n *Node) waitReady() error {
 	}
 }
 
-func (n *Node) tail(name string) string {
-	b, err := os.ReadFile(filepath.Join(n.Dir, name+".log"))
-	if err != nil {
-		return err.Error()
-	}
-	const max = 4000
-	if len(b) > max {
-		b = b[len(b)-max:]
-	}
-	return string(b)
-}
+func (n *Node) tail(name string) string { return tailFile(filepath.Join(n.Dir, name+".log"), 4000) }
 
 // stop ends the kubelet, every container (through containerd, then by the
 // PIDs containerd recorded), containerd, the proxies, the mount namespace
