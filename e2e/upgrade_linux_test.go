@@ -35,6 +35,7 @@ import (
 
 	"github.com/dotfile/rackboot/bundles"
 	"github.com/dotfile/rackboot/internal/kubetest"
+	"github.com/dotfile/rackboot/internal/tcpproxy"
 	"github.com/dotfile/rackboot/inventory"
 	"github.com/dotfile/rackboot/lab"
 	"github.com/dotfile/rackboot/lab/standin/install"
@@ -339,7 +340,7 @@ func removeWorker(ctx context.Context, t *testing.T, s *scenario, k *upgradeKube
 	out := exec("rackboot", "machine", "remove", "w2", "--yes", "--kubeconfig", k.env.Kubeconfig)
 	logTiming(t, "machine remove w2", time.Since(start))
 	t.Logf("machine remove w2:\n%s", out)
-	for _, want := range []string{"reset", "w2", "the running rackboot serve reloaded the rack: it no longer serves w2"} {
+	for _, want := range []string{"reset", "w2", "the running rackboot serve reloaded the rack (", "removed w2): it no longer serves w2"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("machine remove output lacks %q:\n%s", want, out)
 		}
@@ -682,27 +683,8 @@ func (s *scenario) forwardIntoLab(t *testing.T, url string) {
 	if err != nil {
 		t.Fatalf("listen on %s in the lab's namespace: %v", hostPort, err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				up, err := net.DialTimeout("tcp", hostPort, 5*time.Second)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				done := make(chan struct{}, 2)
-				go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
-				go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
-				<-done
-			}()
-		}
-	}()
+	p := tcpproxy.Start(ln, hostPort)
+	t.Cleanup(func() { p.Cut() })
 }
 
 // listenInNamespace makes a listening socket inside the named network

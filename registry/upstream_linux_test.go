@@ -1,19 +1,15 @@
 package registry
 
 import (
-	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
 	"os/exec"
-	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -22,6 +18,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/dotfile/rackboot/internal/registrytest"
 )
 
 // need fails the test when a Debian tool is missing.
@@ -34,69 +32,12 @@ func need(t *testing.T, bin, pkg string) string {
 	return p
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // startUpstream runs Debian's docker-registry (CNCF distribution 2.8) on
-// loopback with filesystem storage; it is killed (by PID) at cleanup.
+// loopback with filesystem storage until the test ends
+// (internal/registrytest) and returns its host:port.
 func startUpstream(t *testing.T) string {
 	t.Helper()
-	bin := need(t, "docker-registry", "docker-registry")
-	dir := t.TempDir()
-	addr := freePort(t)
-	cfg := fmt.Sprintf(`version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-http:
-  addr: %s
-`, filepath.Join(dir, "data"), addr)
-	cfgPath := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(dir, "registry.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "serve", cfgPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("docker-registry log:\n%s", b)
-		}
-	})
-	for i := 0; ; i++ {
-		resp, err := http.Get("http://" + addr + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return addr
-			}
-		}
-		if i > 100 {
-			t.Fatalf("docker-registry on %s did not answer: %v", addr, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return registrytest.Start(t, registrytest.Options{}).Addr
 }
 
 // recorder is a reverse proxy in front of the upstream that counts
@@ -117,7 +58,11 @@ func newRecorder(t *testing.T, upstream string) *recorder {
 	rec := &recorder{}
 	rec.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec.mu.Lock()
-		rec.reqs = append(rec.reqs, r.Method+" "+r.URL.Path)
+		line := r.Method + " " + r.URL.Path
+		if rg := r.Header.Get("Range"); rg != "" {
+			line += " " + rg
+		}
+		rec.reqs = append(rec.reqs, line)
 		tamper := rec.tamper
 		rec.mu.Unlock()
 		if tamper != nil && tamper(w, r, rp) {
@@ -130,6 +75,14 @@ func newRecorder(t *testing.T, upstream string) *recorder {
 }
 
 func (r *recorder) host() string { return strings.TrimPrefix(r.srv.URL, "http://") }
+
+// requests are the requests so far: "GET /v2/pause/blobs/sha256:…",
+// followed by the Range header's value when there is one.
+func (r *recorder) requests() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.reqs)
+}
 
 func (r *recorder) count() int {
 	r.mu.Lock()

@@ -17,7 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/dotfile/rackboot/lab/standin/imagepull/registrytest"
+	"github.com/dotfile/rackboot/internal/registrytest"
 	"github.com/dotfile/rackboot/profiles"
 	"github.com/dotfile/rackboot/registry"
 )

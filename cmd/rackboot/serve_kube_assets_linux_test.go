@@ -101,15 +101,15 @@ func TestServeKubeAssetsFromContainerd(t *testing.T) {
 	}
 
 	// One replica reading its boot files and images from the mount.
-	r := k.replicas[0]
-	must(t, os.MkdirAll(r.state, 0o755)) // the pod's emptyDir
-	r.proc = r.ns.Start(k.bin, "-f", k.rack, "--state", r.state, "serve",
-		"--kube", "--kubeconfig", k.env.Kubeconfig, "--namespace", k.ns,
-		"-i", "eth0", "--server-ip", r.ip, "--dhcp", "off", "--assets-from", mnt)
-	waitHTTP(t, k, r)
+	r := k.Replicas[0]
+	must(t, os.MkdirAll(r.State, 0o755)) // the pod's emptyDir
+	r.Proc = r.NS.Start(k.Rackboot, "-f", k.RackFile, "--state", r.State, "serve",
+		"--kube", "--kubeconfig", k.Env.Kubeconfig, "--namespace", k.KubeNamespace,
+		"-i", "eth0", "--server-ip", r.IP, "--dhcp", "off", "--assets-from", mnt)
+	k.WaitHTTP(t, r)
 	for file, want := range map[string][]byte{imager.FileKernel: kernel, imager.FileInitramfs: initramfs} {
 		got := filepath.Join(t.TempDir(), file)
-		if out, err := k.curl("-f", "-o", got, "http://"+r.ip+":8080/assets/"+set.ID(file)); err != nil {
+		if out, err := k.Curl("-f", "-o", got, "http://"+r.IP+":8080/assets/"+set.ID(file)); err != nil {
 			t.Fatalf("GET %s: %v %s", file, err, out)
 		}
 		if b, _ := os.ReadFile(got); !bytes.Equal(b, want) {
@@ -117,7 +117,7 @@ func TestServeKubeAssetsFromContainerd(t *testing.T) {
 		}
 	}
 	got := filepath.Join(t.TempDir(), "blob")
-	if out, err := k.curl("-f", "-o", got, "http://"+r.ip+":5000/v2/registry.k8s.io/pause/blobs/"+layerDigest.String()); err != nil {
+	if out, err := k.Curl("-f", "-o", got, "http://"+r.IP+":5000/v2/registry.k8s.io/pause/blobs/"+layerDigest.String()); err != nil {
 		t.Fatalf("GET the layer from the replica's mirror: %v %s", err, out)
 	}
 	if b, _ := os.ReadFile(got); !bytes.Equal(b, layerBytes) {
@@ -126,7 +126,7 @@ func TestServeKubeAssetsFromContainerd(t *testing.T) {
 	// A set the image does not hold is not found (nothing falls through to
 	// the replica's empty state directory).
 	other := imager.Set{Version: "v1.13.1", Schematic: imager.VanillaSchematicID, Arch: "amd64"}
-	if c, _ := k.code("http://" + r.ip + ":8080/assets/" + other.ID(imager.FileKernel)); c != "404" {
+	if c, _ := k.Code("http://" + r.IP + ":8080/assets/" + other.ID(imager.FileKernel)); c != "404" {
 		t.Errorf("a kernel the image does not hold: HTTP %s, want 404", c)
 	}
 }
@@ -176,26 +176,6 @@ func startTestMirror(t *testing.T, store *registry.Store) string {
 	go func() { done <- srv.Serve(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return srv.Addr().String()
-}
-
-// waitHTTP waits until the replica answers GET / (its readiness probe).
-func waitHTTP(t *testing.T, k *kubeSegment, r *replica) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if c, _ := k.code("http://" + r.ip + ":8080/"); c == "200" {
-			return
-		}
-		select {
-		case <-r.proc.Done():
-			t.Fatalf("replica %s exited: %v\n%s", r.name, r.proc.Err(), r.proc.Output())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("replica %s did not answer HTTP within 60 s\n%s", r.name, r.proc.Output())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // TestAssetsFromDir: an empty or missing --assets-from (an image volume a

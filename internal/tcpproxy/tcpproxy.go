@@ -1,6 +1,7 @@
 // Package tcpproxy forwards TCP connections from a listener to one address,
 // for tests that need a path they can cut: a process in a network namespace
-// reaching an API server on the host's loopback, or an API server that
+// reaching an API server on the host's loopback (or the host reaching a
+// server inside a namespace: StartDial), or an API server that
 // becomes unreachable for one client while others keep it. Two faults:
 // Cut closes the listener and resets every connection (the server is gone:
 // the client learns at once); Blackhole keeps accepting and keeps the
@@ -21,8 +22,8 @@ import (
 
 // Proxy forwards connections accepted on a listener to a target.
 type Proxy struct {
-	ln     net.Listener
-	target string
+	ln   net.Listener
+	dial func() (net.Conn, error)
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -35,7 +36,14 @@ type Proxy struct {
 
 // Start forwards every connection accepted on ln to target until Cut.
 func Start(ln net.Listener, target string) *Proxy {
-	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}, upConn: map[net.Conn]struct{}{},
+	return StartDial(ln, func() (net.Conn, error) { return net.DialTimeout("tcp", target, 5*time.Second) })
+}
+
+// StartDial forwards every connection accepted on ln to a connection dial
+// makes, until Cut: for a target the host cannot dial directly, such as an
+// address inside another network namespace.
+func StartDial(ln net.Listener, dial func() (net.Conn, error)) *Proxy {
+	p := &Proxy{ln: ln, dial: dial, conns: map[net.Conn]struct{}{}, upConn: map[net.Conn]struct{}{},
 		freed: make(chan struct{})}
 	p.wg.Add(1)
 	go p.accept()
@@ -68,7 +76,7 @@ func (p *Proxy) forward(c net.Conn) {
 	if p.blackholed() {
 		return
 	}
-	up, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+	up, err := p.dial()
 	if err != nil {
 		return
 	}

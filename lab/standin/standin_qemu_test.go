@@ -44,8 +44,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/dotfile/rackboot/internal/netns"
+	"github.com/dotfile/rackboot/internal/registrytest"
 	"github.com/dotfile/rackboot/lab/standin"
-	"github.com/dotfile/rackboot/lab/standin/imagepull/registrytest"
 	"github.com/dotfile/rackboot/lab/standin/installer"
 	"github.com/dotfile/rackboot/lab/standin/marker"
 	"github.com/dotfile/rackboot/lab/standin/report"

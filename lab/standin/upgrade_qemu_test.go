@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/dotfile/rackboot/internal/netns"
+	"github.com/dotfile/rackboot/internal/tcpproxy"
 	"github.com/dotfile/rackboot/lab/standin/install"
 	"github.com/dotfile/rackboot/lab/standin/installer"
 	"github.com/dotfile/rackboot/lab/standin/report"
@@ -314,31 +315,13 @@ func forward(t *testing.T, ns *netns.NS, addr string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				var up net.Conn
-				err := ns.Run(func() error {
-					var err error
-					up, err = net.DialTimeout("tcp", addr, 5*time.Second)
-					return err
-				})
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				done := make(chan struct{}, 2)
-				go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
-				go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
-				<-done
-			}()
-		}
-	}()
+	p := tcpproxy.StartDial(ln, func() (up net.Conn, err error) {
+		err = ns.Run(func() error {
+			up, err = net.DialTimeout("tcp", addr, 5*time.Second)
+			return err
+		})
+		return up, err
+	})
+	t.Cleanup(func() { p.Cut() })
 	return ln.Addr().String()
 }

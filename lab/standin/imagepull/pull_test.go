@@ -25,9 +25,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/dotfile/rackboot/internal/registrytest"
 	"github.com/dotfile/rackboot/lab/standin"
 	"github.com/dotfile/rackboot/lab/standin/imagepull"
-	"github.com/dotfile/rackboot/lab/standin/imagepull/registrytest"
 	"github.com/dotfile/rackboot/lab/standin/installer"
 )
 
