@@ -156,15 +156,9 @@ func runAdopt(ctx context.Context, a *app, stdout, stderr io.Writer, macArg stri
 	}
 	mac := m.Select.MAC[0]
 	fmt.Fprintf(stdout, "adopted %s (%s, %s) into %s\n", m.Name, mac, m.Role, path)
-	err = controlPost(ctx, a.StateDir(), "/rack/reload")
-	switch {
-	case err == nil:
-		fmt.Fprintf(stdout, "the running rackboot serve reloaded the rack: %s's next network boot installs Talos with its own config\n", m.Name)
-	case errors.Is(err, errNoServer):
-		fmt.Fprintf(stdout, "no rackboot serve is running: once one runs, %s's next network boot installs Talos with its own config\n", m.Name)
-	default:
-		fmt.Fprintf(stdout, "the running rackboot serve did not take the new rack (%v): restart it; %s then installs at its next network boot\n", err, m.Name)
-	}
+	reportServeReload(ctx, a.StateDir(), stdout,
+		m.Name+"'s next network boot installs Talos with its own config",
+		"once one runs, "+m.Name+"'s next network boot installs Talos with its own config")
 	switch {
 	case seen.waiting && seen.Addr.IsValid() && !f.noApply:
 		return applyAdopted(ctx, a, stdout, path, out, m, netip.AddrPortFrom(seen.Addr, constants.ApidPort))

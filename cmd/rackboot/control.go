@@ -131,29 +131,63 @@ func controlClient(stateDir string, timeout time.Duration) *http.Client {
 var errNoServer = errors.New("no rackboot serve is running for this state dir")
 
 // controlPost asks the running serve to act; errNoServer when none runs.
-func controlPost(ctx context.Context, stateDir, path string) error {
+func controlPost(ctx context.Context, stateDir, path string) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, controlBase+path, nil)
 	if err != nil {
-		return err
+		return "", err
 	}
 	resp, err := controlClient(stateDir, 10*time.Second).Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return errNoServer
+			return "", errNoServer
 		}
-		return fmt.Errorf("ask the running rackboot serve: %w", err)
+		return "", fmt.Errorf("ask the running rackboot serve: %w", err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var answer struct{ Error, Message string }
+	parsed := json.Unmarshal(body, &answer) == nil
 	if resp.StatusCode != http.StatusOK {
-		var e struct{ Error string }
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		if parsed && answer.Error != "" {
 			if resp.StatusCode == http.StatusNotFound {
-				return fmt.Errorf("%s (%w)", e.Error, inventory.ErrUnknownMachine)
+				return "", fmt.Errorf("%s (%w)", answer.Error, inventory.ErrUnknownMachine)
 			}
-			return errors.New(e.Error)
+			return "", errors.New(answer.Error)
 		}
-		return fmt.Errorf("the running rackboot serve answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
+		return "", fmt.Errorf("the running rackboot serve answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
 	}
-	return nil
+	return answer.Message, nil
+}
+
+// reportServeReload asks a running serve to read the rack file again (the
+// control socket's /rack/reload) and says what happened, with what the
+// serve answered changed ("7 machines, added urban"), then the caller's:
+// taken when the serve took the new rack, idle when none runs. A serve that
+// refused the new rack is named with its reason; the rack file is written
+// either way, so this never fails the command.
+func reportServeReload(ctx context.Context, stateDir string, out io.Writer, taken, idle string) {
+	msg, err := controlPost(ctx, stateDir, "/rack/reload")
+	switch {
+	case err == nil:
+		// "rack reloaded: 7 machines, added urban" reads as
+		// "reloaded the rack (7 machines, added urban)".
+		if what := strings.TrimPrefix(msg, "rack reloaded: "); what != "" && what != msg {
+			msg = " (" + what + ")"
+		} else {
+			msg = ""
+		}
+		fmt.Fprintf(out, "the running rackboot serve reloaded the rack%s%s\n", msg, suffix(taken))
+	case errors.Is(err, errNoServer):
+		fmt.Fprintf(out, "no rackboot serve is running%s\n", suffix(idle))
+	default:
+		fmt.Fprintf(out, "the running rackboot serve did not take the new rack (%v): restart it\n", err)
+	}
+}
+
+// suffix is ": s", or nothing for an empty s.
+func suffix(s string) string {
+	if s == "" {
+		return ""
+	}
+	return ": " + s
 }

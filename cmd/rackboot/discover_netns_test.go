@@ -152,7 +152,7 @@ func TestDiscoverAdoptInNamespace(t *testing.T) {
 	if err != nil {
 		t.Fatalf("adopt: %v\n%s", err, adoptOut)
 	}
-	for _, want := range []string{"adopted urban (" + newMAC + ", controlplane)", "the running rackboot serve reloaded the rack",
+	for _, want := range []string{"adopted urban (" + newMAC + ", controlplane)", "the running rackboot serve reloaded the rack (3 machines, added urban): urban's next network boot",
 		// Nothing answers on :50000 in the client namespace: the config
 		// is not sent, the next network boot installs.
 		"machine at 10.77.0.120: Talos maintenance API:", "urban did not take its config there: restart it with a network boot"} {

@@ -100,7 +100,7 @@ func changeMachine(ctx context.Context, stateDir, path string, local func(*inven
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	err := controlPost(ctx, stateDir, path)
+	_, err := controlPost(ctx, stateDir, path)
 	if !errors.Is(err, errNoServer) {
 		return err
 	}

@@ -324,15 +324,7 @@ func runRemove(cmd *cobra.Command, a *app, f *removeFlags, name string) error {
 		return &exitError{code: 1, err: err}
 	}
 	step(5, "rack file: dropped %s from %s", name, path)
-	err = controlPost(ctx, a.StateDir(), "/rack/reload")
-	switch {
-	case err == nil:
-		fmt.Fprintf(out, "the running rackboot serve reloaded the rack: it no longer serves %s\n", name)
-	case errors.Is(err, errNoServer):
-		fmt.Fprintln(out, "no rackboot serve is running: the next one reads the new rack file")
-	default:
-		fmt.Fprintf(out, "the running rackboot serve did not take the new rack (%v): restart it\n", err)
-	}
+	reportServeReload(ctx, a.StateDir(), out, "it no longer serves "+name, "the next one reads the new rack file")
 	return nil
 }
 

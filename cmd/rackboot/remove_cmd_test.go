@@ -567,7 +567,8 @@ func TestRemoveWithServe(t *testing.T) {
 	if err != nil {
 		t.Fatalf("remove: %v", err)
 	}
-	wantOutput(t, out, "forgot that mastema is installed", "the running rackboot serve reloaded the rack")
+	wantOutput(t, out, "forgot that mastema is installed", "the running rackboot serve reloaded the rack (",
+		"removed mastema): it no longer serves mastema")
 	if st.Installed("mastema") {
 		t.Error("serve's inventory still marks mastema installed")
 	}

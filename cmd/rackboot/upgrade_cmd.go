@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"strings"
@@ -238,23 +237,10 @@ func runUpgrade(ctx context.Context, a *app, cmd *cobra.Command, f *upgradeFlags
 		}
 		fmt.Fprintf(out, "%s: talosVersion %s → %s (comments and layout kept), so new and reinstalled machines get %s\n", where, r.Cluster.TalosVersion, target, target)
 		if a.kube == nil {
-			reportServeReload(ctx, a, out)
+			reportServeReload(ctx, a.StateDir(), out, "", "the next one reads the new rack file")
 		}
 	}
 	return nil
-}
-
-// reportServeReload asks a running serve to read the rack file again
-// (the control socket's /rack/reload) and says what happened.
-func reportServeReload(ctx context.Context, a *app, out io.Writer) {
-	switch err := controlPost(ctx, a.StateDir(), "/rack/reload"); {
-	case err == nil:
-		fmt.Fprintln(out, "the running rackboot serve reloaded the rack")
-	case errors.Is(err, errNoServer):
-		fmt.Fprintln(out, "no rackboot serve is running: the next one reads the new rack file")
-	default:
-		fmt.Fprintf(out, "the running rackboot serve did not take the new rack (%v): restart it\n", err)
-	}
 }
 
 // setRackTalosVersion writes the upgrade's version into the rack file
