@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -143,17 +145,25 @@ func TestPullFromDistribution(t *testing.T) {
 	}
 }
 
-// TestPullInterruptedResumes cancels a pull in the middle of a layer
-// (the upstream stalls after half of it), then pulls again.
-func TestPullInterruptedResumes(t *testing.T) {
-	up := startUpstream(t)
-	rec := newRecorder(t, up)
+// interruptedPull pushes an image with a small and a 3 MiB layer and
+// pulls it through rec, whose upstream sends half of the big layer and
+// then stalls until the pull is cancelled. It returns the store's
+// directory, the big layer's digest and bytes, and the path of the
+// .partial file the cut download left.
+func interruptedPull(t *testing.T, up string, rec *recorder) (dir string, big v1.Hash, bigBytes []byte, partial string) {
+	t.Helper()
 	img := image(t, image(t, nil, amd64, 100<<10), amd64, 3<<20)
 	push(t, up, "pause:3.10", img)
 	layers, _ := img.Layers()
-	big, _ := layers[1].Digest()
-	bigSize, _ := layers[1].Size()
-
+	big, _ = layers[1].Digest()
+	rc, err := layers[1].Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bigBytes, err = io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	rec.setTamper(func(w http.ResponseWriter, r *http.Request, next http.Handler) bool {
@@ -170,9 +180,9 @@ func TestPullInterruptedResumes(t *testing.T) {
 		<-r.Context().Done() // stall until the client gives up
 		return true
 	})
-	dir := t.TempDir()
+	dir = t.TempDir()
 	s, _ := Open(dir, WithUpstream("registry.k8s.io", rec.host()))
-	_, err := s.Pull(ctx, "registry.k8s.io/pause:3.10", nil, func(p Progress) {
+	_, err = s.Pull(ctx, "registry.k8s.io/pause:3.10", nil, func(p Progress) {
 		if p.Blob == big && p.Complete > 0 {
 			cancel()
 		}
@@ -186,21 +196,100 @@ func TestPullInterruptedResumes(t *testing.T) {
 	if err := s.Has("registry.k8s.io/pause:3.10"); err == nil {
 		t.Fatal("interrupted image listed as complete")
 	}
-	// What a kill -9 would leave: a stale .partial file.
-	stale := filepath.Join(filepath.Dir(s.BlobPath(big)), "."+big.Hex+partialSuffix)
-	os.WriteFile(stale, []byte("half a layer"), 0o644)
-
 	rec.setTamper(nil)
+	return dir, big, bigBytes, filepath.Join(filepath.Dir(s.BlobPath(big)), "."+big.Hex+partialSuffix)
+}
+
+// TestPullInterruptedResumes: a pull cut in the middle of a layer keeps
+// the bytes it got; the next pull (another process, as after a kill -9)
+// asks only for the rest (Range: bytes=N-, which docker-registry answers
+// with 206) and stores the layer whole and checked.
+func TestPullInterruptedResumes(t *testing.T) {
+	up := startUpstream(t)
+	rec := newRecorder(t, up)
+	dir, big, bigBytes, partial := interruptedPull(t, up, rec)
+	kept, err := os.ReadFile(partial)
+	if err != nil || len(kept) == 0 || len(kept) >= len(bigBytes) {
+		t.Fatalf("after the cut the download kept %d of %d bytes (%v): want part of the layer", len(kept), len(bigBytes), err)
+	}
+	if !bytes.Equal(kept, bigBytes[:len(kept)]) {
+		t.Fatal("the kept bytes are not the layer's first bytes")
+	}
+
+	before := len(rec.requests())
 	s2, _ := Open(dir, WithUpstream("registry.k8s.io", rec.host()))
 	p, err := s2.Pull(context.Background(), "registry.k8s.io/pause:3.10", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Present < 1 || p.FetchedBytes < bigSize {
-		t.Fatalf("resumed pull %+v: want the small layer reused and the big one fetched", p)
+	reqs := rec.requests()[before:]
+	blobPath := "GET /v2/pause/blobs/" + big.String()
+	ranged := blobPath + " bytes=" + itoa(len(kept)) + "-"
+	if !slices.Contains(reqs, ranged) || slices.Contains(reqs, blobPath) {
+		t.Errorf("requests of the resumed pull %q: want %q and no request for the whole layer", reqs, ranged)
 	}
-	if _, err := os.Stat(stale); err == nil {
-		t.Fatal("stale .partial file left behind")
+	t.Logf("resumed at byte %d of %d: the pull fetched %d bytes in all", len(kept), len(bigBytes), p.FetchedBytes)
+	if p.Present < 1 || p.FetchedBytes >= int64(len(bigBytes)) || p.FetchedBytes < int64(len(bigBytes)-len(kept)) {
+		t.Errorf("resumed pull %+v: want the small layer present and only the rest of the big one fetched", p)
+	}
+	if _, err := os.Stat(partial); err == nil {
+		t.Error(".partial file left behind")
+	}
+	if probs, err := s2.Verify(context.Background()); err != nil || len(probs) != 0 {
+		t.Fatalf("Verify: %v %v", probs, err)
+	}
+}
+
+// TestPullResumeBadPrefix: a .partial whose bytes are not the layer's (a
+// disk error, another blob's bytes) is continued, fails the digest check,
+// and is dropped; the same pull then fetches the layer whole and succeeds.
+func TestPullResumeBadPrefix(t *testing.T) {
+	up := startUpstream(t)
+	rec := newRecorder(t, up)
+	dir, big, bigBytes, partial := interruptedPull(t, up, rec)
+	if err := os.WriteFile(partial, []byte("not the layer's first bytes"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := len(rec.requests())
+	s2, _ := Open(dir, WithUpstream("registry.k8s.io", rec.host()))
+	p, err := s2.Pull(context.Background(), "registry.k8s.io/pause:3.10", nil, nil)
+	if err != nil {
+		t.Fatalf("pull over a bad .partial: %v", err)
+	}
+	reqs := rec.requests()[before:]
+	blobPath := "GET /v2/pause/blobs/" + big.String()
+	if !slices.Contains(reqs, blobPath+" bytes=27-") || !slices.Contains(reqs, blobPath) {
+		t.Errorf("requests %q: want the ranged request, then the whole layer", reqs)
+	}
+	if p.FetchedBytes < int64(len(bigBytes)) {
+		t.Errorf("pull %+v: want the whole layer fetched again", p)
+	}
+	if probs, err := s2.Verify(context.Background()); err != nil || len(probs) != 0 {
+		t.Fatalf("Verify: %v %v", probs, err)
+	}
+}
+
+// TestPullResumeRangeIgnored: a registry that ignores Range (its answer is
+// 200 with the whole blob) gets the layer written from its first byte.
+func TestPullResumeRangeIgnored(t *testing.T) {
+	up := startUpstream(t)
+	rec := newRecorder(t, up)
+	dir, _, bigBytes, partial := interruptedPull(t, up, rec)
+	rec.setTamper(func(w http.ResponseWriter, r *http.Request, next http.Handler) bool {
+		r.Header.Del("Range")
+		next.ServeHTTP(w, r)
+		return true
+	})
+	s2, _ := Open(dir, WithUpstream("registry.k8s.io", rec.host()))
+	p, err := s2.Pull(context.Background(), "registry.k8s.io/pause:3.10", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.FetchedBytes < int64(len(bigBytes)) {
+		t.Errorf("pull %+v: want the whole layer fetched", p)
+	}
+	if _, err := os.Stat(partial); err == nil {
+		t.Error(".partial file left behind")
 	}
 	if probs, err := s2.Verify(context.Background()); err != nil || len(probs) != 0 {
 		t.Fatalf("Verify: %v %v", probs, err)

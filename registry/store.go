@@ -30,6 +30,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -60,6 +61,7 @@ var ErrNotFound = errors.New("not in the image store")
 type Store struct {
 	dir        string
 	remoteOpts []remote.Option
+	keychain   authn.Keychain    // for ranged blob requests (WithKeychain); nil: anonymous
 	mirrors    map[string]string // upstream registry host -> plain-HTTP host:port
 	refresh    bool
 	log        *slog.Logger
@@ -616,7 +618,7 @@ func (p *puller) manifest(d v1.Descriptor, raw []byte, depth int) error {
 	if depth > 4 {
 		return fmt.Errorf("pull %s: manifest %s: indexes nested too deep", p.image, d.Digest)
 	}
-	if err := p.blob(d, func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil }); err != nil {
+	if err := p.blob(d, whole(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil })); err != nil {
 		return err
 	}
 	switch {
@@ -651,7 +653,7 @@ func (p *puller) manifest(d v1.Descriptor, raw []byte, depth int) error {
 			if !distributable(b) {
 				continue
 			}
-			if err := p.blob(b, p.opener(b.Digest)); err != nil {
+			if err := p.blob(b, p.rangeOpener(b.Digest)); err != nil {
 				return err
 			}
 		}
@@ -685,7 +687,7 @@ func (p *puller) opener(d v1.Hash) func() (io.ReadCloser, error) {
 
 // blob writes one blob unless it is present with its size: to a
 // .partial file, checked against d's size and digest, fsynced, renamed.
-func (p *puller) blob(d v1.Descriptor, open func() (io.ReadCloser, error)) error {
+func (p *puller) blob(d v1.Descriptor, open opener) error {
 	n, err := p.s.writeBlob(d, open, func(done int64) {
 		if p.progress != nil {
 			p.progress(Progress{Image: p.image, Blob: d.Digest, Complete: done, Total: d.Size})
@@ -703,9 +705,15 @@ func (p *puller) blob(d v1.Descriptor, open func() (io.ReadCloser, error)) error
 	return nil
 }
 
-// writeBlob returns the bytes written, or -1 when the blob was present.
-// The caller holds the store lock.
-func (s *Store) writeBlob(d v1.Descriptor, open func() (io.ReadCloser, error), progress func(int64)) (int64, error) {
+// writeBlob returns the bytes fetched, or -1 when the blob was present.
+// The bytes go to a .partial file, which an interrupted fetch (a cut
+// connection, a cancelled pull, a kill -9) leaves in place: the next fetch
+// hashes what it holds and asks open only for the rest. The whole is
+// checked against d's size and digest before it is fsynced and renamed
+// under its digest, so a .partial is never trusted, only continued: one
+// whose bytes do not make the blob is dropped and the blob fetched whole
+// once more. The caller holds the store lock.
+func (s *Store) writeBlob(d v1.Descriptor, open opener, progress func(int64)) (int64, error) {
 	if d.Digest.Algorithm != "sha256" || len(d.Digest.Hex) != 64 {
 		return 0, fmt.Errorf("unsupported digest %q", d.Digest)
 	}
@@ -716,52 +724,103 @@ func (s *Store) writeBlob(d v1.Descriptor, open func() (io.ReadCloser, error), p
 	if err := s.init(); err != nil {
 		return 0, err
 	}
-	// A .partial file is one an interrupted run left: it is never
-	// trusted, only replaced (the store lock keeps other writers out).
 	tmp := path + partialSuffix
 	tmp = filepath.Join(filepath.Dir(tmp), "."+filepath.Base(tmp))
-	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return 0, err
+	n, err := s.fetchInto(tmp, path, d, open, progress, true)
+	if errors.Is(err, errBadPrefix) {
+		s.log.Info("an interrupted download's bytes do not make the blob; fetching it whole", "blob", d.Digest.String())
+		m, err := s.fetchInto(tmp, path, d, open, progress, false)
+		return n + m, err
 	}
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	return n, err
+}
+
+// errBadPrefix: the bytes a .partial held, continued, do not hash to the
+// blob's digest.
+var errBadPrefix = errors.New("the bytes kept from an interrupted download do not make the blob")
+
+// fetchInto fetches d into tmp (continuing what tmp holds when resume),
+// checks it and renames it to path. It returns the bytes fetched.
+func (s *Store) fetchInto(tmp, path string, d v1.Descriptor, open opener, progress func(int64), resume bool) (int64, error) {
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return 0, err
 	}
-	ok := false
+	keep := true // a failed fetch keeps its bytes for the next one
 	defer func() {
-		if !ok {
-			f.Close()
+		f.Close()
+		if !keep {
 			os.Remove(tmp)
 		}
 	}()
-	rc, err := open()
+	h := sha256.New()
+	have, err := keptPrefix(f, h, d.Size, resume)
 	if err != nil {
 		return 0, err
 	}
-	defer rc.Close()
-	h := sha256.New()
-	w := &progressWriter{w: io.MultiWriter(f, h), fn: progress}
-	n, err := io.Copy(w, io.LimitReader(rc, d.Size+1))
-	if err != nil {
-		return n, err
-	}
-	if n != d.Size {
-		return n, fmt.Errorf("got %d bytes, want %d", n, d.Size)
+	resumed := have > 0
+	var n int64
+	if have < d.Size {
+		rc, start, err := open(have)
+		if err != nil {
+			return 0, err
+		}
+		defer rc.Close()
+		if start != have { // the whole blob came: start over
+			h.Reset()
+			have, resumed = 0, false
+			if err := f.Truncate(0); err != nil {
+				return 0, err
+			}
+		}
+		if _, err := f.Seek(have, io.SeekStart); err != nil {
+			return 0, err
+		}
+		w := &progressWriter{w: io.MultiWriter(f, h), n: have, fn: progress}
+		n, err = io.Copy(w, io.LimitReader(rc, d.Size-have+1))
+		if err != nil {
+			return n, err
+		}
+		if have+n > d.Size {
+			keep = false
+			return n, fmt.Errorf("got more than the %d bytes its descriptor says", d.Size)
+		}
+		if have+n < d.Size {
+			return n, fmt.Errorf("got %d bytes, want %d", have+n, d.Size)
+		}
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != d.Digest.Hex {
+		keep = false
+		if resumed {
+			return n, errBadPrefix
+		}
 		return n, fmt.Errorf("content does not match its digest (it hashes to sha256:%s): the registry or the network altered it", got)
 	}
 	if err := f.Sync(); err != nil {
 		return n, err
 	}
-	if err := f.Close(); err != nil {
-		return n, err
-	}
 	if err := os.Rename(tmp, path); err != nil {
 		return n, err
 	}
-	ok = true
+	keep = true
 	return n, nil
+}
+
+// keptPrefix hashes what f holds from an interrupted download and returns
+// its length; without resume, or when it holds more than the blob, f is
+// emptied and 0 returned.
+func keptPrefix(f *os.File, h hash.Hash, size int64, resume bool) (int64, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if !resume || fi.Size() > size {
+		return 0, f.Truncate(0)
+	}
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, fi.Size())); err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
 }
 
 type progressWriter struct {
@@ -862,7 +921,7 @@ func (s *Store) Put(ref string, img any) error {
 }
 
 func (s *Store) putBytes(d v1.Descriptor, b []byte) error {
-	_, err := s.writeBlob(d, func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }, nil)
+	_, err := s.writeBlob(d, whole(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }), nil)
 	if err != nil {
 		return fmt.Errorf("blob %s: %w", d.Digest, err)
 	}
@@ -894,7 +953,7 @@ func (s *Store) putImage(img v1.Image) (v1.Descriptor, error) {
 		if err != nil {
 			return v1.Descriptor{}, err
 		}
-		if _, err := s.writeBlob(ld, l.Compressed, nil); err != nil {
+		if _, err := s.writeBlob(ld, whole(l.Compressed), nil); err != nil {
 			return v1.Descriptor{}, fmt.Errorf("layer %s: %w", ld.Digest, err)
 		}
 	}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
 
 	"github.com/dotfile/rackboot/profiles"
@@ -33,7 +32,7 @@ func (f *imagePullFlags) register(cmd *cobra.Command) {
 
 // storeOptions turns the flags into image store options.
 func (f *imagePullFlags) storeOptions() ([]registry.Option, error) {
-	opts := []registry.Option{registry.WithRemoteOptions(remote.WithAuthFromKeychain(authn.DefaultKeychain))}
+	opts := []registry.Option{registry.WithKeychain(authn.DefaultKeychain)}
 	if f.refresh {
 		opts = append(opts, registry.WithRefresh())
 	}
