@@ -29,6 +29,7 @@ type ZeroJobSpec struct {
 	Node   string // the Kubernetes node (the machine's name)
 	Device string // the kernel name on the node, "sda"
 	Serial string // Talos's Disk.Serial: checked on the node before writing
+	WWID   string // Talos's Disk.WWID, for a disk with no serial (AHCI SATA): checked instead
 	Size   int64  // Talos's Disk.Size: checked too
 	Image  string // rackboot's image (ociimage.ImageName), pulled through the rack's mirror
 	// Binary is the binary's path in the image (ociimage.BinaryPath).
@@ -37,9 +38,18 @@ type ZeroJobSpec struct {
 
 var dnsUnsafe = regexp.MustCompile(`[^a-z0-9-]+`)
 
-// ZeroJobName is the Job's name for a node's disk: rackboot-zero-<node>-<serial>,
-// lower-cased and made a DNS label; when longer than 63 characters, cut
-// and ended with a hash of both, so two disks never share a name.
+// ID is what names the disk: its serial, else its WWID.
+func (s ZeroJobSpec) ID() string {
+	if s.Serial != "" {
+		return s.Serial
+	}
+	return s.WWID
+}
+
+// ZeroJobName is the Job's name for a node's disk: rackboot-zero-<node>-<serial>
+// (a disk without a serial: its WWID), lower-cased and made a DNS label;
+// when longer than 63 characters, cut and ended with a hash of both, so two
+// disks never share a name.
 func ZeroJobName(node, serial string) string {
 	n := strings.Trim(dnsUnsafe.ReplaceAllString(strings.ToLower("rackboot-zero-"+node+"-"+serial), "-"), "-")
 	if len(n) <= 63 {
@@ -50,10 +60,15 @@ func ZeroJobName(node, serial string) string {
 }
 
 // ZeroArgs is the Job's command line after the binary: the device, its
-// serial and size, and one --range OFF:LEN per range.
-func ZeroArgs(device, serial string, size int64, ranges []Range) []string {
-	args := []string{ZeroCommand, "--device", ZeroHostDev + "/" + device, "--serial", serial,
-		"--size", strconv.FormatInt(size, 10), "--result-file", "/dev/termination-log"}
+// serial (or, without one, its WWID) and size, and one --range OFF:LEN per
+// range.
+func ZeroArgs(s ZeroJobSpec, ranges []Range) []string {
+	id := []string{"--serial", s.Serial}
+	if s.Serial == "" {
+		id = []string{"--wwid", s.WWID}
+	}
+	args := append([]string{ZeroCommand, "--device", ZeroHostDev + "/" + s.Device}, id...)
+	args = append(args, "--size", strconv.FormatInt(s.Size, 10), "--result-file", "/dev/termination-log")
 	for _, r := range ranges {
 		args = append(args, "--range", FormatRange(r))
 	}
@@ -108,12 +123,16 @@ func ZeroJob(s ZeroJobSpec) *batchv1.Job {
 	annotations := map[string]string{
 		"rackboot.dotfile.dev/node":   s.Node,
 		"rackboot.dotfile.dev/device": s.Device,
-		"rackboot.dotfile.dev/serial": s.Serial,
+	}
+	if s.Serial != "" {
+		annotations["rackboot.dotfile.dev/serial"] = s.Serial
+	} else {
+		annotations["rackboot.dotfile.dev/wwid"] = s.WWID
 	}
 	return &batchv1.Job{
 		TypeMeta: metav1.TypeMeta{APIVersion: "batch/v1", Kind: "Job"},
 		ObjectMeta: metav1.ObjectMeta{
-			Name: ZeroJobName(s.Node, s.Serial), Namespace: ZeroNamespace,
+			Name: ZeroJobName(s.Node, s.ID()), Namespace: ZeroNamespace,
 			Labels: labels, Annotations: annotations,
 		},
 		Spec: batchv1.JobSpec{
@@ -132,7 +151,7 @@ func ZeroJob(s ZeroJobSpec) *batchv1.Job {
 						Image:                    s.Image,
 						ImagePullPolicy:          corev1.PullIfNotPresent,
 						Command:                  []string{s.Binary},
-						Args:                     ZeroArgs(s.Device, s.Serial, s.Size, WipePlan(s.Size)),
+						Args:                     ZeroArgs(s, WipePlan(s.Size)),
 						TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 						SecurityContext: &corev1.SecurityContext{
 							Privileged: &yes, RunAsUser: &root, RunAsGroup: &root, RunAsNonRoot: &no,

@@ -4,6 +4,8 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -58,6 +60,30 @@ func TestZeroJobGolden(t *testing.T) {
 		}
 	}
 }
+
+// TestZeroJobWWID: for a disk without a serial the Job names it by its
+// WWID, on the command line and in its annotations, and its name (a WWID
+// is long, with spaces) is still a DNS label of its own.
+func TestZeroJobWWID(t *testing.T) {
+	const wwid = "t10.ATA     WDC WD40EFRX-68N32N0                    WD-WCC7K4NLX3JT"
+	s := ZeroJobSpec{Node: "lailah", Device: "sdc", WWID: wwid, Size: 4 << 40, Image: "i", Binary: "/rackboot"}
+	j := ZeroJob(s)
+	args := j.Spec.Template.Spec.Containers[0].Args
+	i := slices.Index(args, "--wwid")
+	if i < 0 || args[i+1] != wwid || slices.Contains(args, "--serial") || !slices.Contains(args, "/host/dev/sdc") {
+		t.Errorf("args %q: want --wwid %q, no --serial", args, wwid)
+	}
+	if a := j.Spec.Template.Annotations; a["rackboot.dotfile.dev/wwid"] != wwid || a["rackboot.dotfile.dev/serial"] != "" {
+		t.Errorf("annotations %v", a)
+	}
+	other := s
+	other.WWID = strings.Replace(wwid, "JT", "JU", 1)
+	if n := j.Name; len(n) > 63 || !dnsLabel.MatchString(n) || n == ZeroJob(other).Name {
+		t.Errorf("name %q (another disk's %q): want a distinct DNS label", n, ZeroJob(other).Name)
+	}
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 
 func TestZeroJobName(t *testing.T) {
 	for _, tc := range []struct{ node, serial, want string }{

@@ -23,6 +23,10 @@ type ZeroOptions struct {
 	// for a loop device, which has none, its backing file. The device
 	// must have it (see Identities) or nothing is written.
 	Serial string
+	// WWID names a disk Talos reports no serial for (Disk.WWID: an AHCI
+	// SATA disk); the device's sysfs wwid must be it. Give Serial or
+	// WWID, not both.
+	WWID string
 	// Size, when not 0, is the size in bytes the device must have.
 	Size int64
 	// Ranges to zero; each must lie within the device.
@@ -47,6 +51,10 @@ type ZeroedRange struct {
 	How string // "BLKZEROOUT" or "write"
 }
 
+// WWIDIdentity is Identity.From for the device's WWID, the one identity
+// ZeroOptions.WWID is checked against.
+const WWIDIdentity = "sysfs wwid"
+
 // Identity is one way a block device names itself.
 type Identity struct {
 	Value string
@@ -59,7 +67,10 @@ type Identity struct {
 // <devRoot>/disk/by-id links that resolve to it, less their bus prefix
 // ("ata-", "scsi-", "nvme-", "virtio-": udev writes ID_SERIAL after it,
 // which is what Talos reports for SATA and SCSI disks through ata_id and
-// scsi_id); and, for a loop device, its backing file.
+// scsi_id); for a loop device, its backing file; and the WWID
+// go-blockdevice reads for Talos's Disk.WWID (<sys>/wwid, else
+// <sys>/device/wwid: for a SATA disk the T10 identifier libata builds from
+// the drive's model and serial, "t10.ATA     <model> <serial>").
 func Identities(sysRoot, devRoot string, rdev uint64) []Identity {
 	sys := filepath.Join(sysRoot, "dev", "block", fmt.Sprintf("%d:%d", unix.Major(rdev), unix.Minor(rdev)))
 	var out []Identity
@@ -78,6 +89,11 @@ func Identities(sysRoot, devRoot string, rdev uint64) []Identity {
 	if s := read(filepath.Join(sys, "loop", "backing_file")); s != "" {
 		out = append(out, Identity{s, "loop backing file"})
 	}
+	if s := read(filepath.Join(sys, "wwid")); s != "" {
+		out = append(out, Identity{s, WWIDIdentity})
+	} else if s := read(filepath.Join(sys, "device", "wwid")); s != "" {
+		out = append(out, Identity{s, WWIDIdentity})
+	}
 	byID := filepath.Join(devRoot, "disk", "by-id")
 	ents, _ := os.ReadDir(byID)
 	for _, e := range ents {
@@ -95,15 +111,19 @@ func Identities(sysRoot, devRoot string, rdev uint64) []Identity {
 // ZeroDevice zeroes ranges of a block device after checking it is the
 // disk meant: it opens the device exclusively (O_EXCL: refused while it
 // or a partition of it is mounted or held by LVM, md or a running OSD),
-// checks it is a block device with identity Serial (Identities) and,
+// checks it is a block device with identity Serial or WWID (Identities) and,
 // when given, Size; only then writes. Each range is zeroed with
 // BLKZEROOUT when its ends are aligned to the logical block size, else
 // (or when the device refuses BLKZEROOUT) with writes of zeros; then the
 // device is fsynced and every range read back and checked to be zeros.
 func ZeroDevice(o ZeroOptions) (ZeroReport, error) {
 	rep := ZeroReport{Device: o.Device}
-	if o.Serial == "" {
-		return rep, errors.New("no serial given: the disk to zero is named by its serial, as `rackboot disks` lists it")
+	if (o.Serial == "") == (o.WWID == "") {
+		return rep, errors.New("give the disk's serial or, for a disk without one, its WWID (not both): the disk to zero is named as `rackboot disks` lists it")
+	}
+	what, want := "serial", o.Serial
+	if o.WWID != "" {
+		what, want = "WWID", o.WWID
 	}
 	if o.SysRoot == "" {
 		o.SysRoot = "/sys"
@@ -128,7 +148,10 @@ func ZeroDevice(o ZeroOptions) (ZeroReport, error) {
 		return rep, fmt.Errorf("%s is not a block device: nothing was written", o.Device)
 	}
 	ids := Identities(o.SysRoot, o.DevRoot, st.Rdev)
-	i := slices.IndexFunc(ids, func(id Identity) bool { return id.Value == o.Serial })
+	i := slices.IndexFunc(ids, func(id Identity) bool {
+		// A WWID is checked against the WWID only, a serial against the rest.
+		return id.Value == want && (id.From == WWIDIdentity) == (o.WWID != "")
+	})
 	if i < 0 {
 		var have []string
 		for _, id := range ids {
@@ -137,7 +160,7 @@ func ZeroDevice(o ZeroOptions) (ZeroReport, error) {
 		if len(have) == 0 {
 			have = []string{"none readable"}
 		}
-		return rep, fmt.Errorf("%s is not the disk with serial %q: its identities are %s; nothing was written", o.Device, o.Serial, strings.Join(have, ", "))
+		return rep, fmt.Errorf("%s is not the disk with %s %q: its identities are %s; nothing was written", o.Device, what, want, strings.Join(have, ", "))
 	}
 	rep.Identity = ids[i].From
 	var size uint64
@@ -146,7 +169,7 @@ func ZeroDevice(o ZeroOptions) (ZeroReport, error) {
 	}
 	rep.Size = int64(size)
 	if o.Size != 0 && rep.Size != o.Size {
-		return rep, fmt.Errorf("%s holds %d bytes, not the %d expected of serial %s: nothing was written", o.Device, rep.Size, o.Size, o.Serial)
+		return rep, fmt.Errorf("%s holds %d bytes, not the %d expected of %s %s: nothing was written", o.Device, rep.Size, o.Size, what, want)
 	}
 	for _, r := range o.Ranges {
 		if r.Offset < 0 || r.Length <= 0 || r.End() > rep.Size {

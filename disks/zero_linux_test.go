@@ -8,6 +8,7 @@ package disks_test
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -111,5 +112,64 @@ func TestZeroDeviceLoop(t *testing.T) {
 		if !bytes.Equal(got, marker) {
 			t.Errorf("marker at %d changed: %q", off, got)
 		}
+	}
+}
+
+// TestZeroDeviceWWID: a disk Talos reports no serial for (a SATA disk on
+// AHCI) is named by its WWID, which go-blockdevice reads from sysfs
+// (<dev>/wwid, else <dev>/device/wwid). A loop device has no WWID, so the
+// device is a real loop device and the sysfs it is checked against a tree
+// written here with that device's numbers: the WWID libata gives a SATA
+// disk at device/wwid, and the loop's backing file.
+func TestZeroDeviceWWID(t *testing.T) {
+	const size = 8 << 20
+	const wwid = "t10.ATA     WDC WD40EFRX-68N32N0                    WD-WCC7K4NLX3JT"
+	img := filepath.Join(t.TempDir(), "sata.img")
+	diskstest.Seed(t, img, size, false, 0)
+	dev := diskstest.LoopDevice(t, img)
+	var st unix.Stat_t
+	if err := unix.Stat(dev, &st); err != nil {
+		t.Fatal(err)
+	}
+	sys := t.TempDir()
+	blk := filepath.Join(sys, "dev", "block", fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev)))
+	for p, v := range map[string]string{"device/wwid": wwid + "\n", "loop/backing_file": img + "\n"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(blk, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(blk, p), []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plan := disks.WipePlan(size)
+	opts := func(serial, w string) disks.ZeroOptions {
+		return disks.ZeroOptions{Device: dev, Serial: serial, WWID: w, Size: size, Ranges: plan, SysRoot: sys, DevRoot: t.TempDir()}
+	}
+	for _, tc := range []struct {
+		name         string
+		serial, wwid string
+		want         string
+	}{
+		{"another WWID", "", "t10.ATA     WDC WD40EFRX-68N32N0                    WD-OTHER", `is not the disk with WWID "t10.ATA     WDC WD40EFRX-68N32N0                    WD-OTHER": its identities are "` + img + `" (loop backing file), "` + wwid + `" (sysfs wwid)`},
+		// Each kind is checked against its own: the backing file is no WWID,
+		// the WWID no serial.
+		{"the backing file as a WWID", "", img, "is not the disk with WWID"},
+		{"the WWID as a serial", wwid, "", "is not the disk with serial"},
+		{"both", img, wwid, "not both"},
+		{"neither", "", "", "not both"},
+	} {
+		if _, err := disks.ZeroDevice(opts(tc.serial, tc.wwid)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+	if n := len(diskstest.Inspect(t, img).Labels()); n != 1 {
+		t.Fatalf("after refusals the image holds %d labels, want the one seeded", n)
+	}
+	rep, err := disks.ZeroDevice(opts("", wwid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Identity != disks.WWIDIdentity || !diskstest.Inspect(t, img).Clean() {
+		t.Errorf("zeroed by %q, image now %s; want by %q and nothing left", rep.Identity, diskstest.Inspect(t, img).Summary(), disks.WWIDIdentity)
 	}
 }

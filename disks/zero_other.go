@@ -10,6 +10,7 @@ import (
 // ZeroOptions: see zero_linux.go.
 type ZeroOptions struct {
 	Device, Serial   string
+	WWID             string
 	Size             int64
 	Ranges           []Range
 	SysRoot, DevRoot string

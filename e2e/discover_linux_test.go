@@ -70,6 +70,7 @@ type machinesJSON struct {
 				Size       uint64 `json:"size"`
 				Transport  string `json:"transport"`
 				Rotational bool   `json:"rotational"`
+				WWID       string `json:"wwid"`
 			} `json:"disks"`
 			Links []struct {
 				Name string `json:"name"`
@@ -164,9 +165,10 @@ func TestDiscoverAdopt(t *testing.T) {
 		if d.Hardware == nil {
 			t.Fatalf("machines --json: no hardware for %s (%s)", mac, d.HardwareError)
 		}
-		serials := map[string]string{}
+		serials, wwids := map[string]string{}, map[string]string{}
 		for _, disk := range d.Hardware.Disks {
 			serials[disk.Name] = disk.Serial + " " + disk.Transport
+			wwids[disk.Name] = disk.WWID
 		}
 		// The lab's SATA disks are on AHCI: go-blockdevice's transport
 		// "sata", for which Talos v1.13.0 runs no udev helper (T
@@ -178,7 +180,16 @@ func TestDiscoverAdopt(t *testing.T) {
 			if sata.Serial == "" {
 				t.Fatalf("lab plan: SATA disk %d has no serial: the check below would not tell", i)
 			}
-			want["sd"+string(rune('a'+i))] = " sata"
+			name := "sd" + string(rune('a'+i))
+			want[name] = " sata"
+			// What names such a disk instead (`disks wipe --wwid`): the
+			// WWID go-blockdevice reads (device/wwid), for a SATA disk
+			// the T10 identifier libata builds from its model and serial
+			// (kernel drivers/ata/libata-scsi.c ata_scsiop_inq_83,
+			// drivers/scsi/scsi_lib.c scsi_vpd_lun_id: "t10.ATA     ...").
+			if w := wwids[name]; !strings.HasPrefix(w, "t10.ATA ") || !strings.HasSuffix(w, " "+sata.Serial) {
+				t.Errorf("machines --json: disk %s has WWID %q, want libata's t10.ATA identifier ending in its serial %q", name, w, sata.Serial)
+			}
 		}
 		for name, w := range want {
 			if got := serials[name]; got != w {

@@ -45,6 +45,7 @@ type disksFlags struct {
 	nodes      []string
 	timeout    time.Duration
 	serials    []string
+	wwids      []string
 	method     string
 	yes        bool
 	forceOther bool
@@ -77,8 +78,8 @@ func disksCmd(a *app) *cobra.Command {
 	cmd.Flags().BoolVar(&f.asJSON, "json", false, "print JSON")
 
 	wipe := &cobra.Command{
-		Use:   "wipe NAME --serial S...",
-		Short: "Wipe disks of one machine, named by serial, through Talos's API",
+		Use:   "wipe NAME --serial S... [--wwid W...]",
+		Short: "Wipe disks of one machine, named by serial (or WWID), through Talos's API",
 		Long: "Wipes the disks with the given serials on machine NAME with Talos's BlockDeviceWipe, then\n" +
 			"reads back what Talos sees on them. Never the install disk; a disk that is not a Ceph\n" +
 			"candidate only with --force-non-ceph; never a disk a Rook OSD uses (asked of the cluster:\n" +
@@ -89,7 +90,9 @@ func disksCmd(a *app) *cobra.Command {
 			"a one-shot privileged Job on the machine (namespace rackboot-system, rackboot's own image\n" +
 			"through the rack's mirror) that checks the disk's serial and zeroes 4 KiB at each copy and\n" +
 			"both ends' MiB again. --method zeroes writes the whole disk (hours on a large HDD) and\n" +
-			"leaves nothing.",
+			"leaves nothing.\n" +
+			"Talos reports no serial for SATA disks on an AHCI controller (it runs no udev helper for\n" +
+			"them); name those by their WWID with --wwid, quoted, as `rackboot disks NAME` prints it.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runDisksWipe(cmd, a, &f, args[0])
@@ -97,6 +100,7 @@ func disksCmd(a *app) *cobra.Command {
 	}
 	wfl := wipe.Flags()
 	wfl.StringArrayVar(&f.serials, "serial", nil, "serial of a disk to wipe (repeatable; rackboot disks NAME lists them)")
+	wfl.StringArrayVar(&f.wwids, "wwid", nil, "WWID of a disk to wipe that has no serial, such as a SATA disk on AHCI (repeatable; rackboot disks NAME lists them)")
 	wfl.StringVar(&f.method, "method", "fast", "fast (signatures, first and last MiB) or zeroes (the whole disk)")
 	wfl.BoolVar(&f.yes, "yes", false, "do not ask for the machine's name before wiping")
 	wfl.BoolVar(&f.forceOther, "force-non-ceph", false, "also wipe disks that cephDisks does not match")
@@ -110,8 +114,10 @@ func disksCmd(a *app) *cobra.Command {
 
 // diskRow is one disk of one machine, as `disks` shows it.
 type diskRow struct {
-	Name      string `json:"name"`
-	Serial    string `json:"serial,omitempty"`
+	Name   string `json:"name"`
+	Serial string `json:"serial,omitempty"`
+	// WWID is Talos's Disk.WWID; it names a disk without a serial.
+	WWID      string `json:"wwid,omitempty"`
 	Model     string `json:"model,omitempty"`
 	Size      uint64 `json:"size"`
 	Transport string `json:"transport,omitempty"`
@@ -130,6 +136,14 @@ type diskRow struct {
 	// What is on it, in words; Wipe the command that would wipe it.
 	What string `json:"what"`
 	Wipe string `json:"wipe,omitempty"`
+}
+
+// idText is what names the disk: "serial S", else "WWID W".
+func (d diskRow) idText() string {
+	if d.Serial == "" && d.WWID != "" {
+		return fmt.Sprintf("WWID %q", d.WWID)
+	}
+	return "serial " + d.Serial
 }
 
 func (d diskRow) hasContent() bool {
@@ -152,7 +166,7 @@ func diskRows(machine string, ds []block.DiskSpec, vols map[string]block.Discove
 	var out []diskRow
 	for _, d := range ds {
 		name := path.Base(d.DevPath)
-		row := diskRow{Name: name, Serial: d.Serial, Model: d.Model, Size: d.Size, Transport: d.Transport,
+		row := diskRow{Name: name, Serial: d.Serial, WWID: d.WWID, Model: d.Model, Size: d.Size, Transport: d.Transport,
 			Install: name == install, Ceph: ceph != nil && ceph.MatchString(name) && name != install}
 		var parts []string
 		for id, v := range vols {
@@ -191,7 +205,7 @@ func diskRows(machine string, ds []block.DiskSpec, vols map[string]block.Discove
 			row.Verdict = "clean"
 			if row.hasContent() {
 				row.Verdict = "not clean"
-				row.Wipe = wipeCommand(machine, d.Serial, name)
+				row.Wipe = wipeCommand(machine, row)
 			}
 		}
 		out = append(out, row)
@@ -199,13 +213,26 @@ func diskRows(machine string, ds []block.DiskSpec, vols map[string]block.Discove
 	return out
 }
 
-// wipeCommand is the command that wipes one disk; a disk without a serial
-// cannot be named safely.
-func wipeCommand(machine, serial, name string) string {
-	if serial == "" {
-		return fmt.Sprintf("(%s has no serial: rackboot wipes disks by serial only; wipe it with talosctl wipe disk %s after checking it is the right one)", name, name)
+// wipeCommand is the command that wipes one disk, naming it by its serial,
+// else by its WWID (shell-quoted: a SATA disk's holds spaces); a disk with
+// neither cannot be named safely.
+func wipeCommand(machine string, d diskRow) string {
+	switch {
+	case d.Serial != "":
+		return fmt.Sprintf("rackboot disks wipe %s --serial %s", machine, shellQuote(d.Serial))
+	case d.WWID != "":
+		return fmt.Sprintf("rackboot disks wipe %s --wwid %s", machine, shellQuote(d.WWID))
 	}
-	return fmt.Sprintf("rackboot disks wipe %s --serial %s", machine, serial)
+	return fmt.Sprintf("(%s has no serial and no WWID: rackboot cannot name it safely; wipe it with talosctl wipe disk %s after checking it is the right one)", d.Name, d.Name)
+}
+
+// shellQuote is s as one word for a POSIX shell: as is when it holds only
+// characters no shell treats specially, else in single quotes.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.,:/@+=") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func describeDisk(d diskRow) string {
@@ -446,7 +473,7 @@ func writeDisks(w io.Writer, rep []machineDisks) error {
 			}
 			serial := d.Serial
 			if serial == "" {
-				serial = "-"
+				serial = "-" // a WWID is long: the JSON and the wipe command carry it
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Machine, d.Name, serial, humanBytes(d.Size), use, d.What, verdict)
 		}
@@ -477,28 +504,44 @@ var wipeMethods = map[string]storage.BlockDeviceWipeDescriptor_Method{
 	"zeroes": storage.BlockDeviceWipeDescriptor_ZEROES,
 }
 
-// pickWipe resolves serials to disks and refuses what must not be wiped:
-// an unknown serial, the install disk, a disk cephDisks does not match
-// (unless forceOther).
-func pickWipe(machine string, rows []diskRow, serials []string, forceOther bool) ([]diskRow, error) {
-	var out []diskRow
+// pickWipe resolves serials (and, for disks without one, WWIDs) to disks
+// and refuses what must not be wiped: an unknown serial or WWID, a WWID
+// given for a disk that has a serial (a serial names it), the install
+// disk, a disk cephDisks does not match (unless forceOther).
+func pickWipe(machine string, rows []diskRow, serials, wwids []string, forceOther bool) ([]diskRow, error) {
+	type want struct{ kind, value string }
+	var ws []want
 	for _, s := range serials {
-		i := slices.IndexFunc(rows, func(d diskRow) bool { return d.Serial != "" && d.Serial == s })
+		ws = append(ws, want{"serial", s})
+	}
+	for _, w := range wwids {
+		ws = append(ws, want{"WWID", w})
+	}
+	var out []diskRow
+	for _, w := range ws {
+		i := slices.IndexFunc(rows, func(d diskRow) bool {
+			if w.kind == "serial" {
+				return d.Serial != "" && d.Serial == w.value
+			}
+			return d.WWID != "" && d.WWID == w.value
+		})
 		if i < 0 {
 			var have []string
 			for _, d := range rows {
-				if d.Serial != "" {
-					have = append(have, d.Serial+" ("+d.Name+")")
+				if d.Serial != "" || d.WWID != "" {
+					have = append(have, d.idText()+" ("+d.Name+")")
 				}
 			}
-			return nil, fmt.Errorf("%s has no disk with serial %q; its disks: %s", machine, s, strings.Join(have, ", "))
+			return nil, fmt.Errorf("%s has no disk with %s %q; its disks: %s", machine, w.kind, w.value, strings.Join(have, ", "))
 		}
 		d := rows[i]
 		switch {
+		case w.kind == "WWID" && d.Serial != "":
+			return nil, fmt.Errorf("%s has serial %s: name it with --serial %s (--wwid is for disks Talos reports no serial for)", d.Name, d.Serial, shellQuote(d.Serial))
 		case d.Install:
-			return nil, fmt.Errorf("%s (serial %s) is %s's install disk: rackboot never wipes it (reset the machine with Talos for that)", d.Name, s, machine)
+			return nil, fmt.Errorf("%s (%s) is %s's install disk: rackboot never wipes it (reset the machine with Talos for that)", d.Name, d.idText(), machine)
 		case !d.Ceph && !forceOther:
-			return nil, fmt.Errorf("%s (serial %s) is not a Ceph candidate of %s (cephDisks does not match it): add --force-non-ceph to wipe it anyway", d.Name, s, machine)
+			return nil, fmt.Errorf("%s (%s) is not a Ceph candidate of %s (cephDisks does not match it): add --force-non-ceph to wipe it anyway", d.Name, d.idText(), machine)
 		}
 		if !slices.ContainsFunc(out, func(o diskRow) bool { return o.Name == d.Name }) {
 			out = append(out, d)
@@ -568,8 +611,8 @@ func runDisksWipe(cmd *cobra.Command, a *app, f *disksFlags, name string) error 
 	if !ok {
 		return &exitError{code: 2, err: fmt.Errorf("--method %q: use fast or zeroes", f.method)}
 	}
-	if len(f.serials) == 0 {
-		return &exitError{code: 2, err: fmt.Errorf("say which disks to wipe: --serial S (see `rackboot disks %s`)", name)}
+	if len(f.serials) == 0 && len(f.wwids) == 0 {
+		return &exitError{code: 2, err: fmt.Errorf("say which disks to wipe: --serial S, or --wwid W for a disk without a serial (see `rackboot disks %s`)", name)}
 	}
 	r, err := a.loadRack(cmd)
 	if err != nil {
@@ -595,7 +638,7 @@ func runDisksWipe(cmd *cobra.Command, a *app, f *disksFlags, name string) error 
 	if md.Error != "" {
 		return &exitError{code: 1, err: fmt.Errorf("%s: %s", name, md.Error)}
 	}
-	picked, err := pickWipe(name, md.Disks, f.serials, f.forceOther)
+	picked, err := pickWipe(name, md.Disks, f.serials, f.wwids, f.forceOther)
 	if err != nil {
 		return &exitError{code: 1, err: err}
 	}
@@ -604,7 +647,7 @@ func runDisksWipe(cmd *cobra.Command, a *app, f *disksFlags, name string) error 
 		return &exitError{code: 1, err: err}
 	}
 	for _, d := range picked {
-		fmt.Fprintf(out, "%s: %s (serial %s, %s): %s\n", name, d.Name, d.Serial, humanBytes(d.Size), d.What)
+		fmt.Fprintf(out, "%s: %s (%s, %s): %s\n", name, d.Name, d.idText(), humanBytes(d.Size), d.What)
 	}
 	if !f.yes {
 		fmt.Fprintf(out, "wipe these disks of %s with the %s method? Type the machine's name to go on: ", name, f.method)
@@ -664,8 +707,8 @@ func runDisksWipe(cmd *cobra.Command, a *app, f *disksFlags, name string) error 
 			fmt.Fprintf(out, "  %s had a Ceph bluestore label. Talos's fast wipe clears the one at offset 0 only: Ceph ≥ 19.2.1 keeps copies at %s,\n"+
 				"  which Talos cannot see and Rook's ceph-volume still finds, so Rook may refuse the disk. With --no-cluster\n"+
 				"  rackboot cannot run the Job that zeroes them: once Kubernetes runs, wipe again without --no-cluster, or now\n"+
-				"  `rackboot disks wipe %s --serial %s --method zeroes` (writes all %s: hours on a large HDD).\n",
-				d.Name, copiesText(d.Size), name, d.Serial, humanBytes(d.Size))
+				"  `%s --method zeroes` (writes all %s: hours on a large HDD).\n",
+				d.Name, copiesText(d.Size), wipeCommand(name, d), humanBytes(d.Size))
 		}
 	}
 	if left > 0 {

@@ -4,8 +4,9 @@ package main
 // loopback, configured with formula's config from the state dir's secrets
 // (mutual TLS with the admin talosconfig rackboot makes from them), over
 // sparse disk images: sda a stale Ceph disk (GPT, ext4, bluestore labels
-// at 0 and 1 GiB), sdb empty, vdb ext4 (not a Ceph candidate), nvme0n1 the
-// install disk.
+// at 0 and 1 GiB), sdb empty, sdc empty and, like a SATA disk on AHCI
+// under Talos, with no serial but a WWID, vdb ext4 (not a Ceph
+// candidate), nvme0n1 the install disk.
 
 import (
 	"bytes"
@@ -15,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -40,10 +42,21 @@ const cephDiskSize = 2 << 30
 
 type disksLab struct {
 	rack, state, root, addr string
-	sda, vdb                string
+	sda, sdc, vdb           string
 }
 
-func newDisksLab(t *testing.T) disksLab {
+// Disk identities of newDisksLab: sda has a serial and a WWID (an NAA
+// one, as a SAS or NVMe disk reports), sdc a WWID only, the T10
+// identifier libata builds for a SATA disk from its model and serial.
+const (
+	sdaWWID = "naa.5000cca26fd1e2a3"
+	sdcWWID = "t10.ATA     WDC WD40EFRX-68N32N0                    WD-WCC7K4NLX3JT"
+)
+
+// newDisksLab starts the lab; sdcLabels are offsets of bluestore labels on
+// sdc (none: blank). The node probes its disks once at start, as Talos's
+// discovery does until a change event, so a disk is seeded here.
+func newDisksLab(t *testing.T, sdcLabels ...int64) disksLab {
 	t.Helper()
 	rack, state := writeExampleRack(t)
 	l := disksLab{rack: rack, state: state, root: t.TempDir()}
@@ -65,21 +78,26 @@ func newDisksLab(t *testing.T) disksLab {
 	}
 	l.sda = filepath.Join(l.root, "dev/sda")
 	l.vdb = filepath.Join(l.root, "dev/vdb")
+	l.sdc = filepath.Join(l.root, "dev/sdc")
 	diskstest.Seed(t, filepath.Join(l.root, "dev/nvme0n1"), 128<<20, true)
 	diskstest.Seed(t, l.sda, cephDiskSize, true, 0, 1<<30)
 	diskstest.Seed(t, filepath.Join(l.root, "dev/sdb"), 64<<20, false)
+	diskstest.Seed(t, l.sdc, 64<<20, false, sdcLabels...)
 	diskstest.Seed(t, l.vdb, 128<<20, true)
 	disk := func(name, serial, transport string, size uint64) block.DiskSpec {
 		d := block.DiskSpec{DevPath: "/dev/" + name, Serial: serial, Transport: transport, SectorSize: 512, IOSize: 512, Model: "test " + transport}
 		d.SetSize(size)
 		return d
 	}
+	sda, sdc := disk("sda", "WD-OLD-1", "sata", cephDiskSize), disk("sdc", "", "sata", 64<<20)
+	sda.WWID, sdc.WWID = sdaWWID, sdcWWID
 	srv, err := apid.New(apid.Config{
 		Version: "v1.13.0",
 		Inventory: apid.Inventory{Disks: []block.DiskSpec{
 			disk("nvme0n1", "NVME-INSTALL", "nvme", 128<<20),
-			disk("sda", "WD-OLD-1", "sata", cephDiskSize),
+			sda,
 			disk("sdb", "WD-NEW-2", "sata", 64<<20),
+			sdc,
 			disk("vdb", "VD-DATA", "virtio", 128<<20),
 		}},
 		Addresses:  []netip.Addr{netip.MustParseAddr("127.0.0.1")},
@@ -173,6 +191,9 @@ func TestDisksReport(t *testing.T) {
 	if d := rows["sdb"]; !d.Ceph || d.Verdict != "clean" || d.Wipe != "" {
 		t.Errorf("sdb = %+v, want a clean Ceph candidate", d)
 	}
+	if d := rows["sdc"]; !d.Ceph || d.Verdict != "clean" || d.Serial != "" || d.WWID != sdcWWID {
+		t.Errorf("sdc = %+v, want a clean Ceph candidate with no serial and WWID %q", d, sdcWWID)
+	}
 	if d := rows["vdb"]; d.Ceph || d.Verdict != "" || !slices.Equal(d.Filesystems, []string{"ext4 in vdb1 (olddata)"}) {
 		t.Errorf("vdb = %+v, want not a candidate, ext4 in vdb1", d)
 	}
@@ -218,6 +239,8 @@ func TestDisksWipeRefuses(t *testing.T) {
 		{[]string{"--serial", "WD-OLD-1", "--yes"}, "cannot ask the cluster whether a Rook OSD uses these disks"},
 		{[]string{"--serial", "WD-OLD-1", "--no-cluster", "--method", "quick"}, `--method "quick": use fast or zeroes`},
 		{[]string{"--no-cluster"}, "say which disks to wipe"},
+		{[]string{"--wwid", "t10.ATA     NOPE", "--no-cluster", "--yes"}, `formula has no disk with WWID "t10.ATA     NOPE"; its disks: serial NVME-INSTALL (nvme0n1), serial WD-OLD-1 (sda), serial WD-NEW-2 (sdb), WWID "` + sdcWWID + `" (sdc), serial VD-DATA (vdb)`},
+		{[]string{"--wwid", sdaWWID, "--no-cluster", "--yes"}, "sda has serial WD-OLD-1: name it with --serial WD-OLD-1"},
 	} {
 		out, err := l.run(t, "", append([]string{"disks", "wipe", "formula", "--node", node}, tc.args...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -269,6 +292,56 @@ func TestDisksWipe(t *testing.T) {
 	}
 	if rep := diskstest.Inspect(t, l.sda); !rep.Clean() {
 		t.Errorf("after zeroes: %s", rep.Summary())
+	}
+}
+
+// TestDisksWipeByWWID: a disk Talos reports no serial for (a SATA disk on
+// AHCI) is named by its WWID: the report's wipe command says so, quoted for
+// the shell, and that command wipes it.
+func TestDisksWipeByWWID(t *testing.T) {
+	l := newDisksLab(t, 0) // a bluestore label at 0 on sdc
+	rows, _ := l.report(t)
+	want := "rackboot disks wipe formula --wwid '" + sdcWWID + "'"
+	if d := rows["sdc"]; d.Verdict != "not clean" || d.Wipe != want {
+		t.Fatalf("sdc = %+v, want not clean with wipe command %q", d, want)
+	}
+	// The command as the report prints it, split as a shell would.
+	args := []string{"disks", "wipe", "formula", "--wwid", sdcWWID, "--node", "formula=" + l.addr, "--no-cluster", "--yes"}
+	out, err := l.run(t, "", args...)
+	t.Logf("wipe by WWID:\n%s", out)
+	if err != nil {
+		t.Fatalf("wipe: %v", err)
+	}
+	for _, w := range []string{`formula: sdc (WWID "` + sdcWWID + `", 67.1 MB): Ceph bluestore label on sdc`, "sdc wiped (fast): Talos sees nothing on it now"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("output lacks %q", w)
+		}
+	}
+	if rep := diskstest.Inspect(t, l.sdc); !rep.Clean() {
+		t.Errorf("after the wipe sdc holds %s", rep.Summary())
+	}
+	if len(diskstest.Inspect(t, l.sda).Labels()) != 2 {
+		t.Error("the wipe of sdc touched sda")
+	}
+}
+
+func TestShellQuote(t *testing.T) {
+	for in, want := range map[string]string{
+		"WD-OLD-1":               "WD-OLD-1",
+		"naa.5000cca26fd1e2a3":   "naa.5000cca26fd1e2a3",
+		"t10.ATA     QEMU  QM01": "'t10.ATA     QEMU  QM01'",
+		"it's":                   `'it'\''s'`,
+		"":                       "''",
+		"$(reboot)":              "'$(reboot)'",
+	} {
+		if got := shellQuote(in); got != want {
+			t.Errorf("shellQuote(%q) = %s, want %s", in, got, want)
+		}
+		// A POSIX shell reads it back as the one word it was.
+		out, err := exec.Command("sh", "-c", `printf %s `+shellQuote(in)).Output()
+		if err != nil || string(out) != in {
+			t.Errorf("sh reads %s as %q (%v), want %q", shellQuote(in), out, err, in)
+		}
 	}
 }
 
@@ -346,13 +419,15 @@ func TestOSDUsing(t *testing.T) {
 }
 
 func TestDiskRows(t *testing.T) {
-	ds := []block.DiskSpec{{DevPath: "/dev/nvme0n1", Serial: "N"}, {DevPath: "/dev/sda", Serial: "A"}, {DevPath: "/dev/sdb"}, {DevPath: "/dev/sdc", Serial: "C"}}
+	ds := []block.DiskSpec{{DevPath: "/dev/nvme0n1", Serial: "N"}, {DevPath: "/dev/sda", Serial: "A"}, {DevPath: "/dev/sdb"}, {DevPath: "/dev/sdc", Serial: "C"},
+		{DevPath: "/dev/sdd", WWID: "t10.ATA     X 1"}}
 	vols := map[string]block.DiscoveredVolumeSpec{
 		"nvme0n1":   {Type: "disk", Name: "gpt"},
 		"nvme0n1p1": {Type: "partition", Parent: "nvme0n1", Name: "vfat", Label: "EFI"},
 		"sda":       {Type: "disk", Name: "bluestore"},
 		"sdb":       {Type: "disk", Name: "xfs"},
 		"sdc":       {Type: "disk"},
+		"sdd":       {Type: "disk", Name: "bluestore"},
 	}
 	rows := diskRows("lailah", ds, vols, "nvme0n1", regexp.MustCompile(`^sd[a-z]+$`))
 	got := map[string]diskRow{}
@@ -365,8 +440,11 @@ func TestDiskRows(t *testing.T) {
 	if r := got["sda"]; r.Verdict != "not clean" || r.What != "Ceph bluestore label on sda" || r.Wipe != "rackboot disks wipe lailah --serial A" {
 		t.Errorf("sda: %+v", r)
 	}
-	if r := got["sdb"]; r.Verdict != "not clean" || !strings.Contains(r.Wipe, "has no serial") {
+	if r := got["sdb"]; r.Verdict != "not clean" || !strings.Contains(r.Wipe, "has no serial and no WWID") {
 		t.Errorf("sdb: %+v", r)
+	}
+	if r := got["sdd"]; r.Verdict != "not clean" || r.Wipe != "rackboot disks wipe lailah --wwid 't10.ATA     X 1'" {
+		t.Errorf("sdd: %+v", r)
 	}
 	if r := got["sdc"]; r.Verdict != "clean" || r.Wipe != "" {
 		t.Errorf("sdc: %+v", r)

@@ -182,6 +182,7 @@ type hardwareDisk struct {
 	Name       string `json:"name"`
 	Model      string `json:"model,omitempty"`
 	Serial     string `json:"serial,omitempty"`
+	WWID       string `json:"wwid,omitempty"`
 	Size       uint64 `json:"size"`
 	Transport  string `json:"transport,omitempty"`
 	Rotational bool   `json:"rotational"`

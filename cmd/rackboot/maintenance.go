@@ -122,7 +122,7 @@ func hardwareDiskOf(id string, s *block.DiskSpec) hardwareDisk {
 		name = path.Base(s.DevPath)
 	}
 	return hardwareDisk{
-		Name: name, Model: s.Model, Serial: s.Serial, Size: s.Size, Transport: s.Transport,
+		Name: name, Model: s.Model, Serial: s.Serial, WWID: s.WWID, Size: s.Size, Transport: s.Transport,
 		Rotational: s.Rotational, Readonly: s.Readonly, CDROM: s.CDROM,
 	}
 }

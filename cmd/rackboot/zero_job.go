@@ -201,13 +201,13 @@ func (z zeroJobRun) podResult(ctx context.Context, j *batchv1.Job) (string, int3
 func zeroLabelCopies(ctx context.Context, cs kubernetes.Interface, node, image string, picked []diskRow, timeout time.Duration, out io.Writer) error {
 	var errs []error
 	for _, d := range picked {
-		spec := disks.ZeroJobSpec{Node: node, Device: d.Name, Serial: d.Serial, Size: int64(d.Size), Image: image, Binary: ociimage.BinaryPath}
-		name := disks.ZeroJobName(node, d.Serial)
+		spec := disks.ZeroJobSpec{Node: node, Device: d.Name, Serial: d.Serial, WWID: d.WWID, Size: int64(d.Size), Image: image, Binary: ociimage.BinaryPath}
+		name := disks.ZeroJobName(node, spec.ID())
 		fmt.Fprintf(out, "%s: %s: zeroing the Ceph label copies and both ends (%s) with Job %s/%s (image %s)\n",
 			node, d.Name, rangesText(int64(d.Size)), disks.ZeroNamespace, name, image)
 		msg, err := zeroJobRun{cs: cs, spec: spec, timeout: timeout, poll: time.Second}.run(ctx)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("zeroing %s (serial %s) on %s with Job %s/%s: %w", d.Name, d.Serial, node, disks.ZeroNamespace, name, err))
+			errs = append(errs, fmt.Errorf("zeroing %s (%s) on %s with Job %s/%s: %w", d.Name, d.idText(), node, disks.ZeroNamespace, name, err))
 			continue
 		}
 		fmt.Fprintf(out, "%s: %s: Job %s: %s\n", node, d.Name, name, cmpOr(msg, "finished (no message)"))
