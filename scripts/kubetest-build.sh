@@ -65,12 +65,15 @@ ldf+=" -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base
 ldf+=" -X k8s.io/client-go/pkg/version.gitVersion=$v"
 command -v gcc >/dev/null && [ "$(gcc -print-file-name=libc.a)" != libc.a ] ||
 	{ log "gcc or a static libc is missing (Kubernetes' pause is C): apt-get install gcc libc6-dev"; exit 1; }
-kdir=$(cd "$mod" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
 tmp=$(mktemp -d "$out.tmp.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 t0=$SECONDS
 log "building kube-apiserver and kubelet $v and etcd v$ETCD_VERSION (cold: 5-10 min on 2 cores)"
 (cd "$mod" && go build -ldflags "$ldf" -o "$tmp/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubelet ./cmd/etcd)
+# The module's directory once the build has downloaded it (go list -m gives
+# an empty Dir for a module not yet in the cache).
+kdir=$(cd "$mod" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
+[ -f "$kdir/build/pause/linux/pause.c" ] || { log "k8s.io/kubernetes's build/pause/linux/pause.c not found (module dir: '$kdir')"; exit 1; }
 # As build/pause/Makefile does (CFLAGS), for this machine's architecture.
 gcc -Os -Wall -Werror -static -DVERSION=v3.10.1-kubetest -o "$tmp/pause" "$kdir/build/pause/linux/pause.c"
 echo "$stamp" >"$tmp/STAMP"
@@ -78,7 +81,7 @@ chmod 0755 "$tmp"
 "$tmp/kube-apiserver" --version >&2
 "$tmp/kubelet" --version >&2
 "$tmp/pause" -v >&2
-"$tmp/etcd" --version | head -1 >&2
+"$tmp/etcd" --version | sed -n 1p >&2 # sed reads it all: head would make etcd die of SIGPIPE under pipefail
 rm -rf "$out"
 mv "$tmp" "$out"
 trap - EXIT
