@@ -1,7 +1,10 @@
 package bundles
 
 import (
+	"errors"
 	"io/fs"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -188,4 +191,39 @@ func FuzzImages(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestListImages: ListImages gives what Images of the real render gives,
+// for both engines with apps, and makes and reads no certificate or
+// password: its directories are left not existing.
+func TestListImages(t *testing.T) {
+	for _, engine := range []string{EngineCockroachDB, EnginePostgres} {
+		t.Run(engine, func(t *testing.T) {
+			p := appsParams(t, engine, twoApps...)
+			var objs []*unstructured.Unstructured
+			for _, b := range render(t, p) {
+				objs = append(objs, b.Objects...)
+			}
+			want, err := Images(objs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nowhere := filepath.Join(t.TempDir(), "nowhere")
+			p.CertsDir, p.PostgresCertsDir, p.PasswordsDir = nowhere+"/crdb", nowhere+"/pg", nowhere+"/pw"
+			got, err := ListImages(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("ListImages:\n got  %q\n want %q (Images of the rendered bundles)", got, want)
+			}
+			if _, err := os.Stat(nowhere); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("ListImages touched its directories: %v", err)
+			}
+			p.CertsDir, p.PostgresCertsDir, p.PasswordsDir = "", "", ""
+			if _, err := ListImages(p); err != nil {
+				t.Errorf("ListImages needs no directory, but: %v", err)
+			}
+		})
+	}
 }

@@ -56,7 +56,35 @@ type Params struct {
 	// CNPGManifests is the folder of CloudNativePG's materialized release
 	// manifest; nil means the one embedded in the binary.
 	CNPGManifests fs.FS
+
+	// placeholders renders Secrets with placeholder certificates and
+	// passwords, making and reading none (ListImages only: such objects
+	// never leave this package).
+	placeholders bool
 }
+
+// ListImages is the images the bundles for p run (Images of every object
+// Render would make). Images do not depend on certificates or passwords,
+// so none are made or read: the objects are rendered with placeholders in
+// their Secrets and dropped, and p's directories are not used. Making the
+// three RSA keys of CockroachDB's certificates only to drop them took
+// ~0.7 s of every `serve` start on a 2-core machine (BENCHMARKS.md, P6).
+func ListImages(p Params) ([]string, error) {
+	p.placeholders = true
+	bs, err := Render(p)
+	if err != nil {
+		return nil, err
+	}
+	var objs []*unstructured.Unstructured
+	for _, b := range bs {
+		objs = append(objs, b.Objects...)
+	}
+	return Images(objs)
+}
+
+// placeholderPEM fills a certificate or key field when placeholders is
+// set; it is no PEM, so nothing could mistake it for a key.
+var placeholderPEM = []byte("placeholder: rendered only to list images")
 
 // App is one app of the rack's database section.
 type App = appdb.App
@@ -158,6 +186,13 @@ func passwords(p Params) (map[string]string, error) {
 	if len(p.Apps) == 0 {
 		return map[string]string{}, nil
 	}
+	if p.placeholders {
+		pw := map[string]string{}
+		for _, a := range p.Apps {
+			pw[a.Name] = string(placeholderPEM)
+		}
+		return pw, nil
+	}
 	if p.PasswordsDir == "" {
 		return nil, errors.New("render bundles: apps but no passwords directory")
 	}
@@ -174,12 +209,15 @@ func renderCockroach(p Params, now func() time.Time) (Bundle, error) {
 	if cp.Replicas < 1 {
 		return Bundle{}, errors.New("render CockroachDB bundle: no schedulable nodes")
 	}
-	if p.CertsDir == "" {
-		return Bundle{}, errors.New("render CockroachDB bundle: no certificates directory")
-	}
-	certs, err := cockroach.LoadOrCreateCerts(p.CertsDir, cp.Replicas, cp.Namespace, now)
-	if err != nil {
-		return Bundle{}, fmt.Errorf("render CockroachDB bundle: %w", err)
+	certs := &cockroach.Certs{CACert: placeholderPEM, NodeCert: placeholderPEM, NodeKey: placeholderPEM, RootCert: placeholderPEM, RootKey: placeholderPEM}
+	if !p.placeholders {
+		if p.CertsDir == "" {
+			return Bundle{}, errors.New("render CockroachDB bundle: no certificates directory")
+		}
+		var err error
+		if certs, err = cockroach.LoadOrCreateCerts(p.CertsDir, cp.Replicas, cp.Namespace, now); err != nil {
+			return Bundle{}, fmt.Errorf("render CockroachDB bundle: %w", err)
+		}
 	}
 	crdbObjs, err := cockroach.Objects(cp, certs)
 	if err != nil {
@@ -239,12 +277,14 @@ func renderPostgres(p Params, now func() time.Time) ([]Bundle, error) {
 	if pp.Instances() < 1 {
 		return nil, errors.New("render PostgreSQL bundle: no schedulable nodes")
 	}
-	if p.PostgresCertsDir == "" {
-		return nil, errors.New("render PostgreSQL bundle: no certificates directory")
-	}
-	certs, err := cnpg.LoadOrCreateCerts(p.PostgresCertsDir, cnpg.DNSNames(pp.Namespace), now)
-	if err != nil {
-		return nil, fmt.Errorf("render PostgreSQL bundle: %w", err)
+	certs := &cnpg.Certs{CACert: placeholderPEM, CAKey: placeholderPEM, ServerCert: placeholderPEM, ServerKey: placeholderPEM}
+	if !p.placeholders {
+		if p.PostgresCertsDir == "" {
+			return nil, errors.New("render PostgreSQL bundle: no certificates directory")
+		}
+		if certs, err = cnpg.LoadOrCreateCerts(p.PostgresCertsDir, cnpg.DNSNames(pp.Namespace), now); err != nil {
+			return nil, fmt.Errorf("render PostgreSQL bundle: %w", err)
+		}
 	}
 	pw, err := passwords(p)
 	if err != nil {

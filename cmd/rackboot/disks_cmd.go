@@ -576,10 +576,12 @@ func osdBlockPath(d appsv1.Deployment) string {
 
 // osdUsing says which Rook OSD deployment uses disk d of node, from
 // what Rook puts in each OSD deployment: its node and ROOK_BLOCK_PATH
-// (/dev/sdX, or a /dev/disk/by-id path holding the serial). An OSD on the
-// node whose device is unknown, or names a disk the machine no longer has
-// under that name (Rook's raw OSDs find their disk again by OSD id after a
-// reboot renames it), blocks every disk with a bluestore label.
+// (/dev/sdX, or a /dev/disk/by-id path holding the serial or the NAA
+// WWID as wwn-0x…). An OSD on the node whose device is unknown, names a
+// disk the machine no longer has under that name (Rook's raw OSDs find
+// their disk again by OSD id after a reboot renames it), or names a by-id
+// path while the disk has no serial to match it with, blocks every disk
+// with a bluestore label.
 func osdUsing(deps []appsv1.Deployment, node string, d diskRow, names []string) string {
 	for _, dep := range deps {
 		if osdNode(dep) != node {
@@ -596,8 +598,11 @@ func osdUsing(deps []appsv1.Deployment, node string, d diskRow, names []string) 
 			if len(d.CephLabels) > 0 {
 				return who + " runs on " + node + " and its device is not recorded"
 			}
-		case path.Base(bp) == d.Name, d.Serial != "" && strings.Contains(bp, d.Serial):
+		case path.Base(bp) == d.Name, d.Serial != "" && strings.Contains(bp, d.Serial),
+			strings.HasPrefix(d.WWID, "naa.") && strings.Contains(bp, "wwn-0x"+d.WWID[len("naa."):]):
 			return who + " uses " + bp
+		case strings.Contains(bp, "/by-") && d.Serial == "" && len(d.CephLabels) > 0:
+			return who + " runs on " + node + " and names its disk " + bp + ", which cannot be matched to " + d.Name + " (it has no serial) and may be it"
 		case strings.HasPrefix(bp, "/dev/") && !strings.Contains(bp, "/by-") && !slices.Contains(names, path.Base(bp)) && len(d.CephLabels) > 0:
 			return who + " was prepared on " + bp + ", which " + node + " no longer has under that name"
 		}

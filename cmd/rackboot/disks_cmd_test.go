@@ -394,7 +394,10 @@ func TestOSDUsing(t *testing.T) {
 	}
 	sda := diskRow{Name: "sda", Serial: "WD-1", CephLabels: []string{"sda"}}
 	sdaEmpty := diskRow{Name: "sda", Serial: "WD-1"}
-	names := []string{"nvme0n1", "sda", "sdb"}
+	sdc := diskRow{Name: "sdc", WWID: "t10.ATA     X WD-3", CephLabels: []string{"sdc"}}
+	sdcEmpty := diskRow{Name: "sdc", WWID: "t10.ATA     X WD-3"}
+	sdcNAA := diskRow{Name: "sdc", WWID: "naa.5000cca26fd1e2a3"}
+	names := []string{"nvme0n1", "sda", "sdb", "sdc"}
 	for _, tc := range []struct {
 		name string
 		deps []appsv1.Deployment
@@ -410,6 +413,10 @@ func TestOSDUsing(t *testing.T) {
 		{"renamed, disk without label", []appsv1.Deployment{dep("lailah", "/dev/sdq")}, sdaEmpty, ""},
 		{"device unknown", []appsv1.Deployment{dep("lailah", "")}, sda, "its device is not recorded"},
 		{"device unknown, disk without label", []appsv1.Deployment{dep("lailah", "")}, sdaEmpty, ""},
+		{"by wwn", []appsv1.Deployment{dep("lailah", "/dev/disk/by-id/wwn-0x5000cca26fd1e2a3")}, sdcNAA, "uses /dev/disk/by-id/wwn-0x5000cca26fd1e2a3"},
+		{"by id, disk without serial", []appsv1.Deployment{dep("lailah", "/dev/disk/by-id/ata-X_WD-9")}, sdc, "cannot be matched to sdc"},
+		{"by id, disk without serial or label", []appsv1.Deployment{dep("lailah", "/dev/disk/by-id/ata-X_WD-9")}, sdcEmpty, ""},
+		{"by id, another serial", []appsv1.Deployment{dep("lailah", "/dev/disk/by-id/ata-X_WD-9")}, sda, ""},
 	} {
 		got := osdUsing(tc.deps, "lailah", tc.disk, names)
 		if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -13,7 +12,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/dotfile/rackboot/bundles"
 	"github.com/dotfile/rackboot/inventory"
@@ -71,24 +69,15 @@ func rackImages(r *profiles.Rack) (images []profiles.Image, unlisted []string, e
 	return images, unlisted, nil
 }
 
-// bundleImages renders the bundles for the rack, with throwaway
-// certificates in a folder removed afterwards (images do not depend on
-// them), and lists their images.
+// bundleImages lists the images the embedded bundles run for the rack:
+// rendered with placeholder certificates and passwords, nothing written
+// (the state directory given to rackParams is not used).
 func bundleImages(r *profiles.Rack) ([]string, error) {
-	tmp, err := os.MkdirTemp("", "rackboot-images-")
+	refs, err := bundles.ListImages(rackParams(r, ""))
 	if err != nil {
 		return nil, fmt.Errorf("list the bundles' images: %w", err)
 	}
-	defer os.RemoveAll(tmp)
-	bs, err := bundles.Render(rackParams(r, tmp))
-	if err != nil {
-		return nil, fmt.Errorf("list the bundles' images: %w", err)
-	}
-	var objs []*unstructured.Unstructured
-	for _, b := range bs {
-		objs = append(objs, b.Objects...)
-	}
-	return bundles.Images(objs)
+	return refs, nil
 }
 
 // mirrorConfigOptions are the config options every generated config gets:
