@@ -325,6 +325,13 @@ func (r *Rack) baseConfig(m *Machine, b *secrets.Bundle, opts ...ConfigOption) (
 	for _, opt := range opts {
 		opt(&o)
 	}
+	for _, f := range o.hostFuncs {
+		hosts, err := f()
+		if err != nil {
+			return nil, fmt.Errorf("config for %s: registries to mirror: %w", m.Name, err)
+		}
+		o.registryHosts = append(o.registryHosts, hosts...)
+	}
 	schematicID, err := SchematicID(r.Schematic(m))
 	if err != nil {
 		return nil, fmt.Errorf("config for %s: %w", m.Name, err)
@@ -458,6 +465,7 @@ type ConfigOption func(*configOptions)
 
 type configOptions struct {
 	registryHosts []string
+	hostFuncs     []func() ([]string, error)
 }
 
 // WithRegistryHosts adds upstream registries to mirror, besides
@@ -467,6 +475,13 @@ type configOptions struct {
 // and registry-1.docker.io are docker.io (see NormalizeRegistryHost).
 func WithRegistryHosts(hosts ...string) ConfigOption {
 	return func(o *configOptions) { o.registryHosts = append(o.registryHosts, hosts...) }
+}
+
+// WithRegistryHostsFunc is WithRegistryHosts with hosts known later: f is
+// called for each config (make it cheap after its first call, e.g.
+// sync.OnceValues), and its error fails the config.
+func WithRegistryHostsFunc(f func() ([]string, error)) ConfigOption {
+	return func(o *configOptions) { o.hostFuncs = append(o.hostFuncs, f) }
 }
 
 // registryHostRE is a registry host as an image name starts with one

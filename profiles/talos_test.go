@@ -2,6 +2,7 @@ package profiles
 
 import (
 	"bytes"
+	"errors"
 	"flag"
 	"net/url"
 	"os"
@@ -612,6 +613,7 @@ func TestRegistryMirrors(t *testing.T) {
 		{"offline", true, "192.168.1.2", nil, defaults, "http://192.168.1.2:5000"},
 		{"extra-hosts", false, "192.168.1.2", []ConfigOption{WithRegistryHosts("nvcr.io", "registry.example.com:5000", "ghcr.io", "registry-1.docker.io")}, extra, "http://192.168.1.2:5000"},
 		{"extra-hosts-offline", true, "192.168.1.2", []ConfigOption{WithRegistryHosts("nvcr.io"), WithRegistryHosts("registry.example.com:5000", "index.docker.io")}, extra, "http://192.168.1.2:5000"},
+		{"hosts-func", false, "192.168.1.2", []ConfigOption{WithRegistryHostsFunc(func() ([]string, error) { return []string{"nvcr.io", "registry.example.com:5000"}, nil })}, extra, "http://192.168.1.2:5000"},
 		{"ipv6", true, "fd00::2", nil, defaults, "http://[fd00::2]:5000"},
 	}
 	for _, tc := range tests {
@@ -742,6 +744,11 @@ func TestNormalizeRegistryHost(t *testing.T) {
 	}
 	if _, err := GenerateConfig(r, "one", testBundle(t), WithRegistryHosts("https://nvcr.io")); err == nil || !strings.Contains(err.Error(), `registry host "https://nvcr.io"`) {
 		t.Fatalf("bad registry host: err %v", err)
+	}
+	// So does a failed WithRegistryHostsFunc, with its error.
+	boom := errors.New("manifests unreadable")
+	if _, err := GenerateConfig(r, "one", testBundle(t), WithRegistryHostsFunc(func() ([]string, error) { return nil, boom })); !errors.Is(err, boom) {
+		t.Fatalf("failed hosts func: err %v", err)
 	}
 }
 

@@ -2,11 +2,13 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -83,6 +85,30 @@ func bundleImages(r *profiles.Rack) ([]string, error) {
 // mirrorConfigOptions are the config options every generated config gets:
 // the registries of the bundles' images are mirrored too.
 func mirrorConfigOptions(r *profiles.Rack) ([]profiles.ConfigOption, error) {
+	hosts, err := bundleRegistryHosts(r)
+	if err != nil {
+		return nil, err
+	}
+	return []profiles.ConfigOption{profiles.WithRegistryHosts(hosts...)}, nil
+}
+
+// lazyMirrorConfigOptions is mirrorConfigOptions for serve: the list is
+// made in the background from the start, off serve's way to its first
+// answer (DHCP and TFTP need no config; listing the images parses Rook's
+// manifests, ~0.3 s on 2 cores), and a config waits for it. An error is
+// logged at once and fails every config.
+func lazyMirrorConfigOptions(r *profiles.Rack, log *slog.Logger) []profiles.ConfigOption {
+	hosts := sync.OnceValues(func() ([]string, error) { return bundleRegistryHosts(r) })
+	go func() {
+		if _, err := hosts(); err != nil {
+			log.Error("machine configs cannot be made", "err", err)
+		}
+	}()
+	return []profiles.ConfigOption{profiles.WithRegistryHostsFunc(hosts)}
+}
+
+// bundleRegistryHosts is the registries of the bundles' images.
+func bundleRegistryHosts(r *profiles.Rack) ([]string, error) {
 	refs, err := bundleImages(r)
 	if err != nil {
 		return nil, err
@@ -95,7 +121,7 @@ func mirrorConfigOptions(r *profiles.Rack) ([]profiles.ConfigOption, error) {
 		}
 		hosts = append(hosts, p.Registry)
 	}
-	return []profiles.ConfigOption{profiles.WithRegistryHosts(hosts...)}, nil
+	return hosts, nil
 }
 
 // parsePlatforms turns "linux/amd64" strings into OCI platforms.

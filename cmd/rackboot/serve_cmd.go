@@ -163,10 +163,7 @@ func runServe(ctx context.Context, a *app, cmd *cobra.Command, f *serveFlags) er
 			a.log.Warn("machine cannot netboot yet", "machine", m.Name, "err", err)
 		}
 	}
-	cfgOpts, err := mirrorConfigOptions(r)
-	if err != nil {
-		return err
-	}
+	cfgOpts := lazyMirrorConfigOptions(r, a.log)
 	live.start(func(r *profiles.Rack) *profiles.Booter {
 		return profiles.NewBooter(r, bundle, resolve, profiles.WithConfigOptions(cfgOpts...),
 			profiles.WithInstalled(store.Installed), profiles.WithExtraKernelArgs(f.extraArgs...))
