@@ -124,7 +124,11 @@ func Render(p Params) ([]Bundle, error) {
 			return nil, fmt.Errorf("render Rook-Ceph bundle: %w", err)
 		}
 	}
-	upstream, err := rook.Upstream(manifests)
+	upstreamOf := rook.Upstream
+	if p.placeholders { // listing images: CRDs hold none
+		upstreamOf = rook.UpstreamWithoutCRDs
+	}
+	upstream, err := upstreamOf(manifests)
 	if err != nil {
 		return nil, fmt.Errorf("render Rook-Ceph bundle: %w", err)
 	}

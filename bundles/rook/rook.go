@@ -93,6 +93,17 @@ func Source(fsys fs.FS) (string, error) {
 // Namespace object is dropped: Cluster generates it with the labels Talos
 // needs.
 func Upstream(fsys fs.FS) ([]*unstructured.Unstructured, error) {
+	return upstream(fsys, "")
+}
+
+// UpstreamWithoutCRDs is Upstream without the CustomResourceDefinitions,
+// which are most of its bytes and hold no image: for listing images, where
+// parsing them was ~0.3 s of every config render on 2 cores.
+func UpstreamWithoutCRDs(fsys fs.FS) ([]*unstructured.Unstructured, error) {
+	return upstream(fsys, "CustomResourceDefinition")
+}
+
+func upstream(fsys fs.FS, skipKind string) ([]*unstructured.Unstructured, error) {
 	src, err := Source(fsys)
 	if err != nil {
 		return nil, err
@@ -107,7 +118,7 @@ func Upstream(fsys fs.FS) ([]*unstructured.Unstructured, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read Rook %s: %w (run `make bundles`)", name, err)
 		}
-		objs, err := ParseYAML(name, b)
+		objs, err := parseYAML(name, b, skipKind)
 		if err != nil {
 			return nil, fmt.Errorf("parse Rook manifests: %w", err)
 		}

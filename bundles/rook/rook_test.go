@@ -68,6 +68,36 @@ func TestUpstream(t *testing.T) {
 	}
 }
 
+// TestUpstreamWithoutCRDs: the same objects as Upstream minus every
+// CustomResourceDefinition, in the same order; a "kind:" that is not a
+// top-level key does not hide a document.
+func TestUpstreamWithoutCRDs(t *testing.T) {
+	fsys := embedded(t)
+	all, err := Upstream(fsys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := UpstreamWithoutCRDs(fsys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []*unstructured.Unstructured
+	for _, o := range all {
+		if o.GetKind() != "CustomResourceDefinition" {
+			want = append(want, o)
+		}
+	}
+	if len(want) == len(all) || !reflect.DeepEqual(got, want) {
+		t.Errorf("UpstreamWithoutCRDs: %d objects, want the %d of Upstream's %d that are not CRDs, equal", len(got), len(want), len(all))
+	}
+	docs := "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  x: |\n    kind: CustomResourceDefinition\n" +
+		"---\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: b\n"
+	objs, err := parseYAML("t", []byte(docs), "CustomResourceDefinition")
+	if err != nil || len(objs) != 1 || objs[0].GetName() != "a" {
+		t.Errorf("parseYAML skipping CRDs: %v, %d objects; want only ConfigMap a", err, len(objs))
+	}
+}
+
 func TestUpstreamMissingAndWrong(t *testing.T) {
 	if _, err := Upstream(fstest.MapFS{}); err == nil {
 		t.Error("empty folder accepted")

@@ -17,6 +17,12 @@ import (
 // skipped; every other document must be a mapping with apiVersion, kind and
 // metadata.name. name is used in error messages only.
 func ParseYAML(name string, data []byte) ([]*unstructured.Unstructured, error) {
+	return parseYAML(name, data, "")
+}
+
+// parseYAML is ParseYAML; a document whose top-level kind is skipKind
+// (a line "kind: <skipKind>" at column 0) is left out unparsed.
+func parseYAML(name string, data []byte, skipKind string) ([]*unstructured.Unstructured, error) {
 	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
 	var out []*unstructured.Unstructured
 	for doc := 1; ; doc++ {
@@ -26,6 +32,9 @@ func ParseYAML(name string, data []byte) ([]*unstructured.Unstructured, error) {
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: read YAML document %d: %w", name, doc, err)
+		}
+		if skipKind != "" && topLevelKind(raw) == skipKind {
+			continue
 		}
 		var m map[string]any
 		if err := yaml.Unmarshal(raw, &m); err != nil {
@@ -80,4 +89,15 @@ func describe(u *unstructured.Unstructured) string {
 		return "?"
 	}
 	return fmt.Sprintf("%s %s/%s", get("kind"), get("metadata", "namespace"), get("metadata", "name"))
+}
+
+// topLevelKind is the value of a "kind:" line at column 0 of a YAML
+// document (a top-level key: nested ones are indented), "" if none.
+func topLevelKind(doc []byte) string {
+	for line := range bytes.Lines(doc) {
+		if v, ok := bytes.CutPrefix(line, []byte("kind:")); ok {
+			return string(bytes.TrimSpace(v))
+		}
+	}
+	return ""
 }
