@@ -104,8 +104,10 @@ func TestMaintenanceHardware(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []hardwareDisk{
-		{Name: "nvme0n1", Model: "QEMU NVMe Ctrl", Serial: "nvme-install-0", Size: 20971520 * 512, Transport: "nvme"},
-		{Name: "sda", Model: "QEMU HARDDISK", Size: 25165824 * 512, Transport: "sata", Rotational: true},
+		// The WWIDs are the kernel's for QEMU's NVMe and AHCI disks: the
+		// SATA disk has no serial in Talos, only its WWID.
+		{Name: "nvme0n1", Model: "QEMU NVMe Ctrl", Serial: "nvme-install-0", WWID: "nvme.1b36-6e766d652d30-51454d55204e564d65204374726c-00000001", Size: 20971520 * 512, Transport: "nvme"},
+		{Name: "sda", Model: "QEMU HARDDISK", WWID: "t10.ATA     QEMU HARDDISK                           QM00001", Size: 25165824 * 512, Transport: "sata", Rotational: true},
 		{Name: "vda", Serial: "vd-config", Size: 2097152 * 512, Transport: "virtio", Rotational: true, Readonly: true},
 	}
 	if !slices.Equal(hw.Disks, want) {

@@ -135,7 +135,7 @@ func TestUpDiskCheckStandin(t *testing.T) {
 	if !slices.Equal(c.ops, []string{"vip", "nodes", "apply rook-ceph", "gates rook-ceph", "apply cockroachdb", "gates cockroachdb"}) {
 		t.Errorf("second run %q", c.ops)
 	}
-	if !strings.Contains(out, "formula: sda clean, sdb clean\n") || !strings.Contains(out, "invisible to Talos") {
+	if !strings.Contains(out, "formula: sda clean, sdb clean, sdc clean\n") || !strings.Contains(out, "invisible to Talos") {
 		t.Errorf("second run output lacks the verdicts or the blind-spot note")
 	}
 	// What the check cannot see: the fast wipe left the copy at 1 GiB.
