@@ -10,13 +10,14 @@ import (
 	"testing"
 
 	"github.com/dotfile/rackboot/internal/bmctest"
+	"github.com/dotfile/rackboot/internal/syncbuf"
 )
 
 type (
 	sushy      = bmctest.Sushy
 	sushyOpts  = bmctest.SushyOpts
 	ipmiSim    = bmctest.IPMISim
-	syncBuffer = bmctest.SyncBuffer
+	syncBuffer = syncbuf.Buffer
 )
 
 func startSushy(t *testing.T, o sushyOpts) *sushy { return bmctest.StartSushy(t, o) }

@@ -5,18 +5,11 @@ package lab
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
-	"math/big"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -28,6 +21,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/dotfile/rackboot/bmc"
+	"github.com/dotfile/rackboot/internal/selfsigned"
 )
 
 // sushyDebs are the Debian packages sushy-tools needs.
@@ -262,7 +256,8 @@ func (l *Lab) startSushy(ctx context.Context, st *State, vm VMPlan, dir, agentUR
 	}
 	var pool *x509.CertPool
 	if vm.BMC.TLS {
-		certPEM, keyPEM, err := selfSigned(vm.BMC.Addr, vm.Name, time.Now())
+		// A CA of its own for the BMC's IP, so a client trusts exactly it.
+		certPEM, keyPEM, err := selfsigned.Cert("rackboot lab BMC "+vm.Name, []string{vm.BMC.Addr.String()}, time.Now(), 365*24*time.Hour)
 		if err != nil {
 			return err
 		}
@@ -308,39 +303,6 @@ func (l *Lab) startSushy(ctx context.Context, st *State, vm VMPlan, dir, agentUR
 		}
 	}
 	return err
-}
-
-// selfSigned is an ECDSA certificate for the BMC's IP (a CA of its own, so
-// a client can trust exactly it) and its key, PEM.
-func selfSigned(ip netip.Addr, vm string, now time.Time) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "rackboot lab BMC " + vm},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.AddDate(1, 0, 0),
-		IPAddresses:           []net.IP{ip.AsSlice()},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), nil
 }
 
 // pingIPMI asks the BMC at addr, from inside the lab, for its

@@ -28,11 +28,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dotfile/rackboot/internal/syncbuf"
 )
 
 // NS is a network namespace that lives as long as the test that made it.
@@ -188,7 +189,7 @@ func (n *NS) Start(name string, args ...string) *Process {
 // Process is a command started with Start.
 type Process struct {
 	Cmd  *exec.Cmd
-	out  lockedBuffer
+	out  syncbuf.Buffer
 	done chan struct{}
 	err  error
 }
@@ -263,23 +264,4 @@ func run(ctx context.Context, name string, args ...string) ([]byte, error) {
 		return out, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
 	}
 	return out, nil
-}
-
-// lockedBuffer is a bytes.Buffer safe for a writing process and a reading
-// test.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -6,26 +6,21 @@ package registrytest
 
 import (
 	"bufio"
-	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dotfile/rackboot/internal/selfsigned"
+	"github.com/dotfile/rackboot/internal/syncbuf"
 )
 
 // Binary is Debian's CNCF distribution registry.
@@ -38,7 +33,7 @@ type Registry struct {
 	URL string
 	// CertPool trusts the registry's certificate (TLS only).
 	CertPool *x509.CertPool
-	out      *lockedBuffer
+	out      *syncbuf.Buffer
 }
 
 // Options of Config.
@@ -57,7 +52,7 @@ func Config(dir, addr string, o Options) (string, *x509.CertPool, error) {
 		if err != nil {
 			return "", nil, err
 		}
-		certPEM, keyPEM, err := selfSigned(host)
+		certPEM, keyPEM, err := selfsigned.Cert("registrytest", []string{host}, time.Now(), 24*time.Hour)
 		if err != nil {
 			return "", nil, err
 		}
@@ -102,7 +97,7 @@ func Start(t testing.TB, o Options) *Registry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Registry{Addr: addr, URL: "http://" + addr, CertPool: pool, out: &lockedBuffer{}}
+	r := &Registry{Addr: addr, URL: "http://" + addr, CertPool: pool, out: &syncbuf.Buffer{}}
 	if o.TLS {
 		r.URL = "https://" + addr
 	}
@@ -185,53 +180,6 @@ func FreeAddr(t testing.TB) string {
 	addr := l.Addr().String()
 	l.Close()
 	return addr
-}
-
-func selfSigned(host string) (certPEM, keyPEM []byte, _ error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "registrytest"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IsCA:         true, BasicConstraintsValid: true,
-	}
-	if ip := net.ParseIP(host); ip != nil {
-		tmpl.IPAddresses = []net.IP{ip}
-	} else {
-		tmpl.DNSNames = []string{host}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), nil
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // WaitRequests returns the access log's request lines once ok accepts them
