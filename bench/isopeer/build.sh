@@ -5,7 +5,7 @@
 # same files, paths and size as rackboot's boot/efiboot.img), then
 # `xorriso -as mkisofs` with the same tree and El Torito layout (BIOS
 # isolinux with a boot table, then the EFI entry; Rock Ridge, no Joliet,
-# volume metal-iso).
+# volume metal-iso), fsynced before the script returns.
 #
 #   build.sh OUT NAME KERNEL INITRD CONFIG CMDLINE_FILE BOOTLOADERS_DIR
 #
@@ -52,3 +52,6 @@ xorriso -as mkisofs -quiet -o "$out" -V metal-iso -R \
   -b isolinux/isolinux.bin -c isolinux/boot.cat -no-emul-boot -boot-load-size 4 -boot-info-table \
   -eltorito-alt-boot -e boot/efiboot.img -no-emul-boot "$t"
 chmod 600 "$out"
+# Durable before it returns, as rackboot's ISO is (rackboot writes a temp
+# file, fsyncs it and renames it): fsync the ISO.
+sync "$out"
