@@ -20,6 +20,8 @@ import (
 	"sync"
 	"testing"
 	"testing/fstest"
+
+	"github.com/dotfile/rackboot/internal/syncbuf"
 )
 
 var updateHTTPGolden = flag.Bool("update-http", false, "rewrite pxe/testdata/http golden scripts")
@@ -83,24 +85,6 @@ func (l *httpEvents) stages() []string {
 	return s
 }
 
-// logSink is a log sink shared by handler goroutines.
-type logSink struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *logSink) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 const (
 	macCP1     = "52:54:00:00:00:01"
 	macW1      = "52:54:00:00:00:02"
@@ -121,7 +105,7 @@ type httpFixture struct {
 	events *httpEvents
 	clock  *tokClock
 	tokens *Tokens
-	logs   *logSink
+	logs   *syncbuf.Buffer
 	assets string
 	neigh  StaticNeighbors
 }
@@ -165,7 +149,7 @@ func newHTTPFixture(t *testing.T) *httpFixture {
 		events: &httpEvents{},
 		clock:  clk,
 		tokens: tk,
-		logs:   &logSink{},
+		logs:   &syncbuf.Buffer{},
 		assets: dir,
 		neigh:  fixtureNeighbors(t),
 	}

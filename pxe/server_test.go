@@ -21,6 +21,8 @@ import (
 	"testing"
 	"testing/fstest"
 	"time"
+
+	"github.com/dotfile/rackboot/internal/syncbuf"
 )
 
 type serverFixture struct {
@@ -28,7 +30,7 @@ type serverFixture struct {
 	base   string // http://127.0.0.1:port
 	booter *rackBooter
 	events *httpEvents
-	logs   *logSink
+	logs   *syncbuf.Buffer
 	clock  *tokClock
 	assets string
 	state  string
@@ -61,7 +63,7 @@ func startServer(t *testing.T, so serverOpts) *serverFixture {
 			},
 			configs: map[string][]byte{"cp1": []byte(configCP1)},
 		},
-		events: &httpEvents{}, logs: &logSink{}, clock: so.clock, assets: so.assets, state: so.stateDir,
+		events: &httpEvents{}, logs: &syncbuf.Buffer{}, clock: so.clock, assets: so.assets, state: so.stateDir,
 	}
 	srv, err := New(Config{
 		ServerIP:   netip.MustParseAddr("127.0.0.1"),

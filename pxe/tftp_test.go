@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dotfile/rackboot/internal/syncbuf"
 	"github.com/dotfile/rackboot/pxe/ipxe"
 )
 
@@ -99,7 +100,7 @@ func debianIPXE(t *testing.T) string {
 type tftpFixture struct {
 	port   string
 	events *httpEvents
-	logs   *logSink
+	logs   *syncbuf.Buffer
 	dir    string
 }
 
@@ -114,7 +115,7 @@ func startTFTP(t *testing.T) *tftpFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &tftpFixture{events: &httpEvents{}, logs: &logSink{}, dir: dir}
+	f := &tftpFixture{events: &httpEvents{}, logs: &syncbuf.Buffer{}, dir: dir}
 	known := map[netip.Addr]net.HardwareAddr{netip.MustParseAddr("127.0.0.1"): tMAC(t, macCP1)}
 	srv, err := NewTFTP(TFTPConfig{Files: files, Timeout: time.Second, Retries: 3,
 		Followed: func(a netip.Addr) (net.HardwareAddr, bool) { m, ok := known[a]; return m, ok },

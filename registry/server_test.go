@@ -18,6 +18,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/dotfile/rackboot/internal/syncbuf"
 )
 
 type mirror struct {
@@ -25,33 +27,16 @@ type mirror struct {
 	store   *Store
 	h       *Handler
 	reg     *prometheus.Registry
-	logs    *syncBuffer
+	logs    *syncbuf.Buffer
 	mu      sync.Mutex
 	events  []Event
 	stopped chan error
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startMirror serves store on a loopback port through New/Serve.
 func startMirror(t *testing.T, store *Store) *mirror {
 	t.Helper()
-	m := &mirror{store: store, reg: prometheus.NewRegistry(), logs: &syncBuffer{}, stopped: make(chan error, 1)}
+	m := &mirror{store: store, reg: prometheus.NewRegistry(), logs: &syncbuf.Buffer{}, stopped: make(chan error, 1)}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -1,13 +1,11 @@
 package upgrade
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +22,7 @@ import (
 
 	"github.com/dotfile/rackboot/bundles"
 	"github.com/dotfile/rackboot/internal/kubetest"
+	"github.com/dotfile/rackboot/internal/syncbuf"
 )
 
 // The API server here has no kubelet, no scheduler and no
@@ -283,26 +282,9 @@ type flow struct {
 	k     *kube
 	talos *talosDouble
 	cfg   Config
-	out   *syncBuffer
+	out   *syncbuf.Buffer
 	// states are every upgrade.json Run wrote, in order.
 	states [][]byte
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 const (
@@ -350,7 +332,7 @@ func newFlow(t *testing.T, k *kube, names [3]string) *flow {
 		return NodeAddress(ctx, k.cs, name)
 	}
 	ceph := CephGate(k.dyn, "rook-ceph", "rook-ceph")
-	f := &flow{k: k, talos: d, out: &syncBuffer{}}
+	f := &flow{k: k, talos: d, out: &syncbuf.Buffer{}}
 	f.cfg = Config{
 		StateDir:      t.TempDir(),
 		Plan:          plan,
