@@ -109,7 +109,12 @@ func FuzzSysfsLines(f *testing.F) {
 			t.Errorf("parseMAC(%q) prints %q", s, mac.String())
 		}
 		if h, ok := scsiHost(s); ok {
-			if !strings.HasPrefix(s, strconv.Itoa(h)+":") && !strings.HasPrefix(strings.TrimLeft(s, "0"), strconv.Itoa(h)+":") {
+			// The first field, leading zeros dropped ("00" is host 0).
+			first, _, _ := strings.Cut(s, ":")
+			if first = strings.TrimLeft(first, "0"); first == "" {
+				first = "0"
+			}
+			if first != strconv.Itoa(h) {
 				t.Errorf("scsiHost(%q) = %d", s, h)
 			}
 		}
