@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,8 +53,13 @@ func run(t testing.TB, name string, args ...string) string {
 func testLoaders(t testing.TB) string {
 	t.Helper()
 	loadersOnce.Do(func() {
-		_, self, _, _ := runtime.Caller(0)
-		script := filepath.Join(filepath.Dir(self), "..", "scripts", "materialize-bootloaders.sh")
+		// go test runs in the package's folder (also under -trimpath,
+		// where runtime.Caller would give a module path).
+		script, err := filepath.Abs(filepath.Join("..", "scripts", "materialize-bootloaders.sh"))
+		if err != nil {
+			loadersErr = err
+			return
+		}
 		// One fixed directory, replaced by the script on each run.
 		dir := filepath.Join(os.TempDir(), "rackboot-test-bootloaders-"+strconv.Itoa(os.Getuid()))
 		out, err := exec.Command(script, dir).CombinedOutput()
@@ -86,10 +90,13 @@ func testBuilder(t testing.TB, opts ...BuilderOption) *Builder {
 	return b
 }
 
-// moduleRoot is the repository root.
+// moduleRoot is the repository root: go test runs in the package's folder.
 func moduleRoot() string {
-	_, self, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(self), "..")
+	root, err := filepath.Abs("..")
+	if err != nil {
+		panic(err)
+	}
+	return root
 }
 
 // testConfig is machine cp1's real Talos config from profiles' test rack

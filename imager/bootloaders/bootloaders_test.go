@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -34,8 +33,12 @@ func TestCheck(t *testing.T) {
 // TestMaterialize runs the script and checks that it copies Debian's files
 // byte for byte, with a SOURCE naming each package.
 func TestMaterialize(t *testing.T) {
-	_, self, _, _ := runtime.Caller(0)
-	script := filepath.Join(filepath.Dir(self), "..", "..", "scripts", "materialize-bootloaders.sh")
+	// go test runs in the package's folder (runtime.Caller would give a
+	// module path under -trimpath).
+	script, err := filepath.Abs(filepath.Join("..", "..", "scripts", "materialize-bootloaders.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	out := filepath.Join(t.TempDir(), "bin")
 	cmd := exec.Command(script, out)
 	if b, err := cmd.CombinedOutput(); err != nil {
