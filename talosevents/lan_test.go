@@ -1,9 +1,7 @@
 package talosevents
 
 import (
-	"bytes"
 	"context"
-	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -11,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/dotfile/rackboot/internal/syncbuf"
 	"github.com/dotfile/rackboot/inventory"
 	"github.com/dotfile/rackboot/pxe"
 )
@@ -157,13 +155,13 @@ func TestKmsgCountsDrops(t *testing.T) {
 func TestSinkRedactsTokens(t *testing.T) {
 	const secret = "SECRETTOKEN"
 	st := rack(t)
-	var logs bytes.Buffer
+	var logs syncbuf.Buffer
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	s, err := New(Config{Resolver: st.ByAddr, Recorder: st}, WithListener(lis),
-		WithLogger(slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+		WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,15 +179,4 @@ func TestSinkRedactsTokens(t *testing.T) {
 	if strings.Contains(logs.String(), secret) || !strings.Contains(logs.String(), "talos event") {
 		t.Fatalf("logs:\n%s", logs.String())
 	}
-}
-
-type syncWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
 }
