@@ -15,7 +15,8 @@
 #   RACKBOOT=bin/rackboot   the binary under test
 #   BENCH_ONLY="P1 P3"      run only these rows (default: all, P1-P9)
 #   BENCH_ROUNDS=6          A/B rounds per pair; rows whose round is short
-#                           (P3, P5) run max(10, BENCH_ROUNDS), P6 max(20, ·)
+#                           (P2, P3, P5) run max(10, BENCH_ROUNDS), P2 over
+#                           the veth twice that, P6 max(20, ·)
 #   BENCH_QUICK=1           short runs, 2 rounds: for checking the harness
 #   BENCH_OUT=FILE          where to write (default docs/BENCHMARKS.md)
 #   BENCH_KEEP=1            keep the work directory (logs, raw results)
@@ -150,6 +151,7 @@ wait_http() {
 }
 
 # median, p95 and max of numbers on stdin.
+p2_rounds() { if [ "$1" = veth ] && [ "$QUICK" != 1 ]; then echo $((SHORT_ROUNDS * 2)); else echo "$SHORT_ROUNDS"; fi; }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "n/a"; exit} if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 p95() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "n/a"; exit} i=int(NR*0.95+0.999999); if (i<1) i=1; print a[i]}'; }
 maxof() { sort -g | awk 'END {if (NR==0) print "n/a"; else print $1}'; }
@@ -256,11 +258,30 @@ fresh_state() {
   if [ -d "$STATE_TEMPLATE" ]; then cp -a "$STATE_TEMPLATE" "$1"; rm -f "$1/dhcp-leases.json"; else mkdir -p "$1"; fi
 }
 
+# The machine's own speed, per section: the host can take CPU time from this
+# machine (steal, in /proc/stat) or run it slower without saying so, and a row
+# that moves between runs with both sides moving is the machine, not the code.
+# Each mark times one core hashing 128 MiB and closes the previous section.
+probe_ms() { local t0; t0=$(date +%s%N); head -c 134217728 /dev/zero | sha256sum >/dev/null; echo $((($(date +%s%N) - t0) / 1000000)); }
+cpu_ticks() { awk '/^cpu / {print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+MACHINE=() MARK_NAME="" MARK_TICKS="" MARK_PROBE=""
+machine_mark() {
+  local ticks probe
+  probe=$(probe_ms); ticks=$(cpu_ticks)
+  if [ -n "$MARK_NAME" ]; then
+    MACHINE+=("$(awk -v n="$MARK_NAME" -v a="$MARK_TICKS" -v b="$ticks" -v p0="$MARK_PROBE" -v p1="$probe" 'BEGIN {
+      split(a, x, " "); split(b, y, " "); t = y[2] - x[2]; st = 0; if (t > 0) st = 100 * (y[1] - x[1]) / t;
+      printf "%s: steal %.1f %%, probe %.2f s → %.2f s", n, st, p0 / 1000, p1 / 1000 }')")
+  fi
+  MARK_NAME=$1 MARK_TICKS=$ticks MARK_PROBE=$probe
+}
+
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date -u +%Y-%m-%dT%H:%MZ)
 
 # ================================================================ P1 HTTP
 if want P1; then
+  machine_mark P1
   log "P1: HTTP, a 100 MB file to 6 and 100 clients: rackboot vs nginx"
   mkns http; ns=$NS
   ip -n "$ns" link add d0 type bridge # no dummy module here; a bridge with no ports holds the address as well
@@ -331,6 +352,7 @@ fi
 
 # ================================================================ P2 TFTP
 if want P2; then
+  machine_mark P2
   log "P2: TFTP ipxe.efi, 1 and 200 clients, blksize 1468: rackboot vs tftpd-hpa"
   mkns tftps; srv=$NS
   mkns tftpc; cli=$NS
@@ -365,7 +387,9 @@ if want P2; then
       # and with 6 rounds a 200-client row ~10 % apart flipped between
       # "met" and "no significant difference" from run to run. Over the
       # veth 40 one-client transfers a round smooth out the host's jitter.
-      n=$P2_BIG rounds=$SHORT_ROUNDS; [ $c = 1 ] && { n=5; [ $path = veth ] && n=40; }
+      # The veth rows take seconds a round and move most with the host's
+      # load, so they get twice the rounds (p2_rounds).
+      n=$P2_BIG rounds=$(p2_rounds $path); [ $c = 1 ] && { n=5; [ $path = veth ] && n=40; }
       [ "$QUICK" = 1 ] && [ $c = 1 ] && [ $path = veth ] && n=20
       for r in $(seq "$rounds"); do
         for s in rackboot tftpd-hpa; do
@@ -388,7 +412,7 @@ if want P2; then
       fb=$(metric "$RES/p2/tftpd-hpa.txt" "P2/$path-c$c" failed | awk '{s+=$1} END {print s+0}')
       rtt=$rtt_delay; [ $path = veth ] && rtt=$rtt_veth
       judge p2 "P2/$path-c$c" xfers/s '>=1.0'
-      row "P2 TFTP ipxe.efi, $c client(s), RTT ${rtt} ms ($path) (transfers/s, median of $SHORT_ROUNDS)" "$(fmt "$a" 2) /s, $fa failed" \
+      row "P2 TFTP ipxe.efi, $c client(s), RTT ${rtt} ms ($path) (transfers/s, median of $(p2_rounds $path))" "$(fmt "$a" 2) /s, $fa failed" \
         "tftpd-hpa $(fmt "$b" 2) /s, $fb failed" "$RATIO" "≥ 1.0× tftpd-hpa, 0 failures in every run" \
         "$(cell "$([ "$fa" = 0 ] && echo 1)" "$fa failed transfers")"
     done
@@ -403,6 +427,7 @@ fi
 
 # ================================================================ P7 registry
 if want P7; then
+  machine_mark P7
   log "P7: registry mirror, a 100 MB layer blob to 6 and 50 clients: rackboot vs docker-registry"
   mkns reg; ns=$NS
   ip -n "$ns" link add d0 type bridge
@@ -454,6 +479,7 @@ fi
 
 # ================================================================ P3 + P6 DHCP
 if want P3 || want P6; then
+  machine_mark P3+P6
   mkns dhcps; srv=$NS
   mkns dhcpc; cli=$NS
   ip -n "$srv" link add s0 type veth peer name c0 netns "$cli"
@@ -549,6 +575,7 @@ fi
 # xorriso -as mkisofs) is given both as files, taken once from a reference
 # ISO rackboot built before the timed runs.
 if want P5; then
+  machine_mark P5
   log "P5: ISO with a 100 MB initramfs: rackboot image iso vs mkfs.fat + mcopy + xorriso, $SHORT_ROUNDS rounds"
   [ -f "$STANDIN/vmlinuz" ] || die "$STANDIN missing: run \`make standin\`"
   d=$WORK/p5
@@ -615,6 +642,7 @@ fi
 # lab's RA responder, and on every PXE boot the time iPXE spends in
 # "Configuring (net0 MAC)" (DHCP, then IPv6 autoconfiguration) until "ok".
 if want P4 || want P9; then
+  machine_mark P4+P9
   variants=()
   want P4 && variants+=(direct pxe)
   want P9 && { want P4 || variants+=(pxe); variants+=(pxe-nora); }
@@ -756,6 +784,7 @@ fi
 # bridge; kill -9 of the leader → the first OFFER from the other, per
 # round. No external peer: the bound is the Lease's.
 if want P8; then
+  machine_mark P8
   log "P8: DHCP leader switch-over after kill -9, $ROUNDS rounds (lease ${P8_LEASE}s, renew ${P8_RENEW}s, retry ${P8_RETRY}s)"
   KUBETEST_BIN=$(scripts/kubetest-build.sh) || die "scripts/kubetest-build.sh failed: P8 needs the test kube-apiserver and etcd (make kubetest)"
   go test -c -o "$WORK/bin/switchover.test" ./bench/switchover
@@ -777,6 +806,7 @@ if want P8; then
 fi
 
 # ================================================================ report
+machine_mark end
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 ELAPSED=$SECONDS
 CPU=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
@@ -788,9 +818,10 @@ HEADER=$(awk '/^<!-- results below/ {exit} {print}' "$OUT" 2>/dev/null || true)
   echo
   echo "## Results"
   echo
-  echo "**This run took $((ELAPSED / 60)) min $((ELAPSED % 60)) s** (rows: $ONLY; $ROUNDS A/B rounds per pair, $SHORT_ROUNDS for P2, P3 and P5, $P6_RUNS runs for P6)."
+  echo "**This run took $((ELAPSED / 60)) min $((ELAPSED % 60)) s** (rows: $ONLY; $ROUNDS A/B rounds per pair, $SHORT_ROUNDS for P2 through the delay link, P3 and P5, $(p2_rounds veth) for P2 over the veth, $P6_RUNS runs for P6)."
   echo "Machine: $(nproc) cores, $CPU, kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME"). Started $STARTED."
   echo "Load average (1/5/15 min) before: $LOAD_BEFORE; after: $LOAD_AFTER. Rackboot: \`$("$RB" --version 2>/dev/null || echo "$RB")\`."
+  [ ${#MACHINE[@]} -gt 0 ] && echo "The machine during each section (CPU time the host took, and one core hashing 128 MiB before → after; compare these between runs before comparing rows): $(IFS=';'; echo "${MACHINE[*]}" | sed 's/;/; /g')."
   [ "$QUICK" = 1 ] && echo "**Quick run (BENCH_QUICK=1): $ROUNDS short rounds per row; numbers are for checking the harness only.**"
   echo
   echo "Verdicts: \"met\" / \"missed\" from benchstat's comparison of all rounds (its significance test for a 1× target, the range of rackboot ÷ peer its 95 % confidence intervals allow for another), and absolute targets checked on every run; \"no significant difference\" where the rounds cannot tell."
