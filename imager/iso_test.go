@@ -53,13 +53,7 @@ func run(t testing.TB, name string, args ...string) string {
 func testLoaders(t testing.TB) string {
 	t.Helper()
 	loadersOnce.Do(func() {
-		// go test runs in the package's folder (also under -trimpath,
-		// where runtime.Caller would give a module path).
-		script, err := filepath.Abs(filepath.Join("..", "scripts", "materialize-bootloaders.sh"))
-		if err != nil {
-			loadersErr = err
-			return
-		}
+		script := filepath.Join(moduleRoot(), "scripts", "materialize-bootloaders.sh")
 		// One fixed directory, replaced by the script on each run.
 		dir := filepath.Join(os.TempDir(), "rackboot-test-bootloaders-"+strconv.Itoa(os.Getuid()))
 		out, err := exec.Command(script, dir).CombinedOutput()
@@ -90,7 +84,8 @@ func testBuilder(t testing.TB, opts ...BuilderOption) *Builder {
 	return b
 }
 
-// moduleRoot is the repository root: go test runs in the package's folder.
+// moduleRoot is the repository root: go test runs in the package's folder
+// (runtime.Caller would give a module path under -trimpath).
 func moduleRoot() string {
 	root, err := filepath.Abs("..")
 	if err != nil {

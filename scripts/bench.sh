@@ -150,8 +150,11 @@ wait_http() {
   die "$2 did not answer within 30 s"
 }
 
-# median, p95 and max of numbers on stdin.
+# Rounds of a P2 row: SHORT_ROUNDS through the delay link, twice that over
+# the veth (its rounds take seconds and move most with the host's load).
 p2_rounds() { if [ "$1" = veth ] && [ "$QUICK" != 1 ]; then echo $((SHORT_ROUNDS * 2)); else echo "$SHORT_ROUNDS"; fi; }
+
+# median, p95 and max of numbers on stdin.
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "n/a"; exit} if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 p95() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "n/a"; exit} i=int(NR*0.95+0.999999); if (i<1) i=1; print a[i]}'; }
 maxof() { sort -g | awk 'END {if (NR==0) print "n/a"; else print $1}'; }
@@ -383,12 +386,10 @@ if want P2; then
   for path in delay veth; do
     host=10.98.0.1; [ $path = veth ] && host=10.97.0.1
     for c in 1 200; do
-      # Every P2 row gets SHORT_ROUNDS (10): one-client rounds take ~1 s,
-      # and with 6 rounds a 200-client row ~10 % apart flipped between
-      # "met" and "no significant difference" from run to run. Over the
-      # veth 40 one-client transfers a round smooth out the host's jitter.
-      # The veth rows take seconds a round and move most with the host's
-      # load, so they get twice the rounds (p2_rounds).
+      # At least SHORT_ROUNDS (10) per row (p2_rounds): with 6, a 200-client
+      # row ~10 % apart flipped between "met" and "no significant
+      # difference" from run to run. Over the veth 40 one-client transfers
+      # a round smooth out the host's jitter.
       n=$P2_BIG rounds=$(p2_rounds $path); [ $c = 1 ] && { n=5; [ $path = veth ] && n=40; }
       [ "$QUICK" = 1 ] && [ $c = 1 ] && [ $path = veth ] && n=20
       for r in $(seq "$rounds"); do
